@@ -1,0 +1,67 @@
+/*
+ * store.h - where a stream's bytes live: one file descriptor.
+ *
+ * A store is either a memfd (RAM) or an unlinked file in a cache directory
+ * (disk; the kernel's page cache then decides what stays in memory, so the
+ * daemon's RSS stays flat however large the stream). The store is sparse:
+ * bytes may be written at any offset, and holes cost nothing. It does not
+ * know which bytes are present; the stream keeps that map.
+ *
+ * Reads are served from memory: store_map() hands out pointers into shared
+ * mappings of the file, made 1 GiB at a time and kept until the store is
+ * closed, so a pointer stays valid for the store's lifetime.
+ *
+ * Threads: store_map() may be called from any thread; writes are expected
+ * from one producer at a time per offset (the stream serialises them).
+ */
+#ifndef STREAMFS_STORE_H
+#define STREAMFS_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+struct store;
+
+/*
+ * Open an empty store: in @dir (an unlinked file; O_TMPFILE where the file
+ * system supports it), or in RAM when @dir is NULL. @label names it in
+ * /proc/PID/fd and error messages. Returns NULL with errno set.
+ */
+struct store *store_open(const char *dir, const char *label);
+
+/* Unmap and close. Can't fail; NULL is fine. */
+void store_close(struct store *st);
+
+/* Write all of @buf at @off. Returns 0 or -errno (-ENOSPC, -EIO, ...). */
+int store_pwrite(struct store *st, const void *buf, size_t len, uint64_t off);
+
+/*
+ * Move up to @len bytes from the pipe @fd to @off. Returns bytes moved,
+ * 0 at EOF, -EAGAIN if @fd has nothing now, or -errno. Errors of the store
+ * itself come back as -(STORE_ERR_BIAS + errno) so the caller can tell them from
+ * errors of @fd; use store_error_is_store() / store_error_errno().
+ */
+ssize_t store_splice_in(struct store *st, int fd, size_t len, uint64_t off);
+#define STORE_ERR_BIAS 4096
+static inline int store_error_is_store(ssize_t r)
+{
+	return r <= -STORE_ERR_BIAS;
+}
+static inline int store_error_errno(ssize_t r)
+{
+	return r <= -STORE_ERR_BIAS ? (int)(-r - STORE_ERR_BIAS) : (int)-r;
+}
+
+/*
+ * Point @iov at [off, off+len) (which must have been written). Returns the
+ * number of iovecs (1, or 2 across a mapping boundary), -EOVERFLOW if
+ * @iovmax is too small, or -ENOMEM if a mapping fails.
+ */
+int store_map(struct store *st, uint64_t off, size_t len, struct iovec *iov, int iovmax);
+
+/* The descriptor, for diagnostics. */
+int store_fd(const struct store *st);
+
+#endif

@@ -1,0 +1,263 @@
+/*
+ * stream.h - a byte stream filled in the background, read at any offset.
+ *
+ * A stream is the "async buffer" of streamfs. A source (command, FIFO, URL,
+ * or a scripted fake in the unit tests) pushes bytes into it; readers ask for
+ * byte ranges and either get them at once or are parked until the range is
+ * present, the stream ends, or it fails. The stream knows nothing of FUSE:
+ * a parked read is a struct stream_waiter whose done() callback the FUSE
+ * layer turns into a reply.
+ *
+ * The contract (DESIGN.md section 2), as this module keeps it:
+ *  - A read whose whole range is present is answered at once, whatever the
+ *    producer is doing (S2).
+ *  - A read whose range is not present waits until it is, or until the
+ *    stream ends (short count at the end, 0 at or past it) or fails at E
+ *    (short count up to E, -EIO for a read starting at or past E) (S3, S4).
+ *  - The failure offset is the byte where the sequential fill stopped, to
+ *    the byte; stream_get_info() shows it the moment stream_fail() returns.
+ *  - A stream shorter than its announced length fails where it stopped (S5).
+ *  - Cancelling wakes every waiter with -ECANCELED (S9).
+ *
+ * States: IDLE -> RUNNING -> COMPLETE | FAILED | CANCELLED. The last three
+ * are terminal; once there a stream never changes state again (a CANCELLED
+ * stream was stopped by us, not by its source).
+ *
+ * Threads: every function here is thread-safe. done() callbacks run in the
+ * thread that made the progress (usually the I/O thread) or in the thread
+ * that called stream_cancel(), with no stream lock held.
+ */
+#ifndef STREAMFS_STREAM_H
+#define STREAMFS_STREAM_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+struct stream;
+struct store;
+
+enum stream_state {
+	STREAM_IDLE,
+	STREAM_RUNNING,
+	STREAM_COMPLETE,
+	STREAM_FAILED,
+	STREAM_CANCELLED,
+};
+
+/* "idle", "running", "complete", "failed", "cancelled". Never NULL. */
+const char *stream_state_name(enum stream_state st);
+
+/*
+ * What a source provides. The stream calls start() once, from
+ * stream_start(), without its lock held; the source then produces with
+ * stream_write()/stream_splice() and finishes with stream_end() or
+ * stream_fail(), from any thread. cancel() asks it to stop as soon as it can
+ * and must not block; producer calls made after it return -ECANCELED.
+ * destroy() frees the source's private data when the stream is freed.
+ * A source that produces after start() returned holds its own reference
+ * (stream_ref) until it has finished, and drops it then.
+ */
+struct stream_source_ops {
+	const char *kind; /* "cmd", "pipe", "stdin", "url", "fake" */
+	int (*start)(struct stream *s, void *src);
+	void (*cancel)(struct stream *s, void *src);
+	void (*destroy)(void *src);
+};
+
+/*
+ * Create an IDLE stream named @name (copied) that stores its bytes in @store
+ * and is fed by @ops/@src. Takes ownership of @store and @src (on failure
+ * too: they are closed/destroyed). Returns a stream with one reference, or
+ * NULL with errno set.
+ */
+struct stream *stream_new(const char *name, struct store *store,
+			  const struct stream_source_ops *ops, void *src);
+
+/* References. The stream is freed (store closed, source destroyed) when the
+ * last one goes; it must be terminal or idle by then. */
+struct stream *stream_ref(struct stream *s);
+void stream_unref(struct stream *s);
+
+const char *stream_name(const struct stream *s);
+
+/*
+ * IDLE -> RUNNING and call the source's start(). Idempotent: returns 0 at
+ * once for a stream that was already started. If start() fails the stream
+ * is FAILED at offset 0 with its error, and that error is returned.
+ */
+int stream_start(struct stream *s);
+
+/*
+ * Stop the stream: a RUNNING or IDLE stream becomes CANCELLED with @msg
+ * (may be NULL), the source's cancel() is called, and every parked waiter is
+ * completed with -ECANCELED. Present bytes stay readable. A terminal stream
+ * is left as it is. Can't fail.
+ */
+void stream_cancel(struct stream *s, const char *msg);
+
+/* ---- producer side ---------------------------------------------------- */
+
+/*
+ * Store @len bytes at @off, mark them present, and wake the readers they
+ * satisfy. Bytes already present are not rewritten. Returns 0, -ECANCELED
+ * if the stream is no longer running, or the store's error (the stream is
+ * then FAILED at its frontier with that error).
+ */
+int stream_write(struct stream *s, uint64_t off, const void *buf, size_t len);
+
+/*
+ * Move up to @max bytes from the pipe @fd to the sequential frontier
+ * (zero-copy where the kernel allows). Returns the number of bytes moved,
+ * 0 at end of file, -EAGAIN if the pipe is empty, -ECANCELED, or another
+ * negative errno (a store error fails the stream as stream_write does; a
+ * read error on @fd is returned for the source to report).
+ */
+ssize_t stream_splice(struct stream *s, int fd, size_t max);
+
+/* Append: stream_write() at the sequential frontier. */
+int stream_append(struct stream *s, const void *buf, size_t len);
+
+/*
+ * Announce the stream's length (Content-Length, a declared size). stat
+ * shows it from now on; ending short of it is a failure (S5), and bytes
+ * past it are refused with -EFBIG (the stream fails at @len). Announcing a
+ * length smaller than the bytes already present fails with -EINVAL.
+ */
+int stream_set_length(struct stream *s, uint64_t len);
+
+/*
+ * The source has delivered everything. The stream becomes COMPLETE with
+ * its size fixed at the frontier, or FAILED at the frontier if that is
+ * short of the announced length. No-op on a terminal stream.
+ */
+void stream_end(struct stream *s);
+
+/*
+ * The source failed: FAILED at the sequential frontier with errno @err
+ * (positive, e.g. EIO) and a printf-style message for status and the log.
+ * No-op on a terminal stream.
+ */
+void stream_fail(struct stream *s, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/*
+ * Source-specific status (e.g. "exit_status", "http_code"), shown as
+ * user.streamfs.KEY. Replaces an earlier value of the same key. Returns 0
+ * or -ENOMEM.
+ */
+int stream_set_attr(struct stream *s, const char *key, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+/* ---- reader side ------------------------------------------------------ */
+
+enum stream_wait_kind {
+	STREAM_WAIT_RANGE, /* all of [off, off+len), or the end/failure inside it */
+	STREAM_WAIT_ANY,   /* at least one byte at off (pipe-like reads), or end/failure */
+	STREAM_WAIT_END,   /* the stream is terminal */
+	STREAM_WAIT_SIZE,  /* a size worth showing: a length announced, a byte at 0, or the end */
+};
+
+/* stream_wait() returns this when it parked the waiter ("in progress"; no
+ * result of a wait is ever -EINPROGRESS). */
+#define STREAM_PARKED ((ssize_t)-EINPROGRESS)
+
+/*
+ * A waiting reader. The caller allocates it (usually inside its own request
+ * struct), calls stream_waiter_init(), fills kind/off/len/done/data and
+ * passes it to stream_wait(). Fields after "private" belong to stream.c.
+ *
+ * Result passed to done() (and returned by stream_wait when not parked):
+ *  RANGE/ANY: bytes readable at off (> 0), 0 at or past the end, -EIO if
+ *             the stream failed at or before off, -ECANCELED if cancelled.
+ *             A RANGE result is len, except at the end or the failure point.
+ *  END:       0 complete, -EIO failed, -ECANCELED cancelled.
+ *  SIZE:      0, or -EIO/-ECANCELED if the stream stopped with no byte at 0
+ *             (a source that failed at once).
+ *  any kind:  -EINTR if stream_unwait() was called before stream_wait().
+ */
+struct stream_waiter {
+	enum stream_wait_kind kind;
+	uint64_t off;
+	size_t len;
+	void (*done)(struct stream_waiter *w, ssize_t result);
+	void *data;
+
+	/* private */
+	struct stream_waiter *next, *prev;
+	uint64_t need;  /* first byte this waiter still misses */
+	ssize_t result; /* handed to done() */
+	int wstate;
+};
+
+void stream_waiter_init(struct stream_waiter *w);
+
+/*
+ * Ask for @w's condition. If it can be answered now, returns the result
+ * (>= 0 or -errno) and @w stays the caller's; done() is not called.
+ * Otherwise parks @w and returns STREAM_PARKED: done() will be called
+ * exactly once, later, unless stream_unwait() takes @w back first.
+ * A parked waiter does not start the stream; call stream_start() first.
+ */
+ssize_t stream_wait(struct stream *s, struct stream_waiter *w);
+
+/*
+ * Take @w back (a reader was interrupted). Returns true if @w was parked and
+ * is now the caller's again: done() will not be called. Returns false if
+ * done() has been or is about to be called (the caller must not touch @w),
+ * or if @w had not been passed to stream_wait() yet: that later call then
+ * returns -EINTR. Safe to call from any thread, concurrently with done().
+ */
+bool stream_unwait(struct stream *s, struct stream_waiter *w);
+
+/*
+ * Point @iov at the present bytes [off, off+len) inside the store's memory
+ * (no copy). Returns the number of iovecs used (<= @iovmax), -ERANGE if part
+ * of the range is not present, or -ENOMEM/-EOVERFLOW if it needs more
+ * iovecs. The memory stays valid, and its bytes unchanged, until the stream
+ * is freed.
+ */
+int stream_data(struct stream *s, uint64_t off, size_t len, struct iovec *iov, int iovmax);
+
+/*
+ * Blocking read with regular-file results (S3/S4): waits for the whole
+ * range (or, with @partial, for at least one byte), then copies. Returns
+ * bytes read, 0 at end, -EIO past a failure, -ECANCELED. For tests and
+ * other non-FUSE users; the FUSE layer parks instead.
+ */
+ssize_t stream_read(struct stream *s, void *buf, size_t len, uint64_t off, bool partial);
+
+/* ---- status ----------------------------------------------------------- */
+
+struct stream_info {
+	enum stream_state state;
+	uint64_t bytes;        /* bytes present in the store */
+	uint64_t frontier;     /* contiguous bytes from offset 0 */
+	int64_t length;        /* exact size when COMPLETE, else the announced length, else -1 */
+	uint64_t error_offset; /* FAILED/CANCELLED: where the fill stopped */
+	int error;             /* FAILED/CANCELLED: positive errno */
+	char error_msg[256];   /* FAILED/CANCELLED: "exit 127: sh: foo: not found", ... */
+	unsigned waiters;      /* parked waiters now */
+	uint64_t start_ms;     /* CLOCK_MONOTONIC ms at start, 0 if idle */
+	uint64_t end_ms;       /* ... when it became terminal, 0 if not */
+};
+
+/* A consistent snapshot. Can't fail. */
+void stream_get_info(struct stream *s, struct stream_info *out);
+
+/*
+ * Copy the value of source attribute @key into @buf (NUL-terminated,
+ * truncated to @size). Returns its length, or -ENODATA.
+ */
+ssize_t stream_get_attr(struct stream *s, const char *key, char *buf, size_t size);
+
+/*
+ * Call @fn for each source attribute key, under the stream's lock (@fn must
+ * not call back into this stream). Returns the number of keys.
+ */
+int stream_list_attrs(struct stream *s, void (*fn)(const char *key, void *arg), void *arg);
+
+#endif

@@ -1,0 +1,781 @@
+/*
+ * fs.c - the FUSE layer (libfuse3 low-level API). See fs.h.
+ *
+ * Decisions, each from a measurement on this kernel (DESIGN.md section 3):
+ *  - Reads, opens and stats that must wait are parked on the stream as a
+ *    struct pending and answered by the thread that brings the data. FUSE
+ *    workers never sleep on data, so hundreds of waiting readers cannot
+ *    starve ls or stat.
+ *  - An interrupt (Ctrl-C, SIGKILL, timeout) unparks the request and
+ *    answers EINTR. The race with a normal completion is settled by the
+ *    stream: stream_unwait() says who owns the pending; the completer
+ *    first disarms the interrupt callback (which waits for a running one)
+ *    and only then replies.
+ *  - Incomplete streams are opened direct_io (reads reach us even past the
+ *    current size; short replies are not zero-filled). Complete ones with
+ *    keep_cache and long attribute timeouts: re-reads at page-cache speed.
+ *  - st_size is never a misleading 0 and never decreases: stat and open
+ *    wait for a size worth showing (a length, a first byte, or the end).
+ *    st_blocks = ceil(size/512) so cp does not take the file for sparse;
+ *    st_blksize = 1 MiB doubles cat's throughput.
+ *  - GETATTR with a file handle means lseek(SEEK_END) (or a read past
+ *    i_size in page-cache mode): it waits for the end of the stream (S6).
+ *  - Replies are sent from the store's mapping (fuse_reply_iov), never as
+ *    fd buffers, which libfuse 3.14 turns into a copy per request.
+ *
+ * The tree is built before mounting and never changes afterwards, so
+ * lookups need no lock.
+ */
+#define FUSE_USE_VERSION 312
+
+#include "fs.h"
+
+#include "log.h"
+#include "source.h"
+
+#include <errno.h>
+#include <fuse_lowlevel.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BLKSIZE (1 << 20)
+#define DONE_ATTR_TIMEOUT 3600.0 /* a complete stream never changes */
+#define ENTRY_TIMEOUT 1.0
+
+struct node {
+	fuse_ino_t ino;
+	char *name;
+	struct node *parent;
+	bool dir;
+	struct node **kids; /* dir */
+	size_t nkids, capkids;
+	struct stream *s; /* file */
+	enum size_policy size;
+	enum read_policy read;
+	enum start_policy start;
+	char *source;
+};
+
+struct fs {
+	struct fuse_session *se;
+	struct node **nodes; /* by inode number; nodes[FUSE_ROOT_ID] is the root */
+	size_t nnodes, capnodes;
+	struct timespec mtime;
+	uid_t uid;
+	gid_t gid;
+	bool mounted, shut;
+};
+
+/* An open file. */
+struct handle {
+	struct node *n;
+	struct stream *s; /* a reference */
+};
+
+enum pending_op { P_READ, P_OPEN, P_GETATTR };
+
+/* A request parked on a stream. */
+struct pending {
+	struct stream_waiter w;
+	fuse_req_t req;
+	struct fs *fs;
+	struct node *n;
+	struct stream *s; /* a reference */
+	enum pending_op op;
+	bool with_fh;               /* P_GETATTR: carried a file handle */
+	struct fuse_file_info fi;   /* P_OPEN */
+};
+
+/* ---- the tree --------------------------------------------------------- */
+
+static struct node *node_new(struct fs *fs, struct node *parent, const char *name, bool dir)
+{
+	if (fs->nnodes == fs->capnodes) {
+		size_t cap = fs->capnodes ? fs->capnodes * 2 : 64;
+		struct node **nn = realloc(fs->nodes, cap * sizeof(*nn));
+		if (!nn)
+			return NULL;
+		fs->nodes = nn;
+		fs->capnodes = cap;
+	}
+	struct node *n = calloc(1, sizeof(*n));
+	if (!n || !(n->name = strdup(name))) {
+		free(n);
+		return NULL;
+	}
+	if (parent) {
+		if (parent->nkids == parent->capkids) {
+			size_t cap = parent->capkids ? parent->capkids * 2 : 8;
+			struct node **nk = realloc(parent->kids, cap * sizeof(*nk));
+			if (!nk) {
+				free(n->name);
+				free(n);
+				return NULL;
+			}
+			parent->kids = nk;
+			parent->capkids = cap;
+		}
+		parent->kids[parent->nkids++] = n;
+	}
+	n->parent = parent;
+	n->dir = dir;
+	n->ino = fs->nnodes;
+	fs->nodes[fs->nnodes++] = n;
+	return n;
+}
+
+static struct node *child(const struct node *dir, const char *name, size_t len)
+{
+	for (size_t i = 0; i < dir->nkids; i++)
+		if (strlen(dir->kids[i]->name) == len && memcmp(dir->kids[i]->name, name, len) == 0)
+			return dir->kids[i];
+	return NULL;
+}
+
+static struct node *node_of(struct fs *fs, fuse_ino_t ino)
+{
+	return ino < fs->nnodes ? fs->nodes[ino] : NULL;
+}
+
+struct fs *fs_new(void)
+{
+	struct fs *fs = calloc(1, sizeof(*fs));
+	if (!fs)
+		return NULL;
+	clock_gettime(CLOCK_REALTIME, &fs->mtime);
+	fs->uid = getuid();
+	fs->gid = getgid();
+	/* Inode 0 is invalid in FUSE; 1 is the root. */
+	if (!node_new(fs, NULL, "", true) || !node_new(fs, NULL, "", true)) {
+		fs_free(fs);
+		errno = ENOMEM;
+		return NULL;
+	}
+	return fs;
+}
+
+int fs_add_file(struct fs *fs, const char *path, struct stream *s, const struct file_opts *opts,
+		const char *source, char *err, size_t errlen)
+{
+	struct node *dir = fs->nodes[FUSE_ROOT_ID];
+	const char *p = path;
+	for (;;) {
+		const char *slash = strchr(p, '/');
+		size_t len = slash ? (size_t)(slash - p) : strlen(p);
+		struct node *c = child(dir, p, len);
+		if (!slash) {
+			if (c) {
+				snprintf(err, errlen, "duplicate name '%s'", path);
+				goto fail;
+			}
+			struct node *n = node_new(fs, dir, p, false);
+			if (!n || !(n->source = strdup(source))) {
+				snprintf(err, errlen, "out of memory");
+				goto fail;
+			}
+			n->s = s;
+			n->size = opts->size;
+			n->read = opts->read;
+			n->start = opts->start;
+			return 0;
+		}
+		if (c && !c->dir) {
+			snprintf(err, errlen, "'%.*s' is both a file and a directory",
+				 (int)(slash - path), path);
+			goto fail;
+		}
+		if (!c) {
+			char part[256];
+			snprintf(part, sizeof(part), "%.*s", (int)len, p);
+			c = node_new(fs, dir, part, true);
+			if (!c) {
+				snprintf(err, errlen, "out of memory");
+				goto fail;
+			}
+		}
+		dir = c;
+		p = slash + 1;
+	}
+fail:
+	stream_unref(s);
+	return -1;
+}
+
+void fs_free(struct fs *fs)
+{
+	if (!fs)
+		return;
+	for (size_t i = 0; i < fs->nnodes; i++) {
+		struct node *n = fs->nodes[i];
+		if (n->s)
+			stream_unref(n->s);
+		free(n->kids);
+		free(n->name);
+		free(n->source);
+		free(n);
+	}
+	free(fs->nodes);
+	if (fs->se)
+		fuse_session_destroy(fs->se);
+	free(fs);
+}
+
+/* ---- attributes ------------------------------------------------------- */
+
+/* What stat shows: the exact size once complete, else the announced
+ * length, else the bytes so far (never decreasing). */
+static uint64_t shown_size(const struct stream_info *in)
+{
+	return in->length >= 0 ? (uint64_t)in->length : in->frontier;
+}
+
+static double fill_attr(struct fs *fs, const struct node *n, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = n->ino;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_atim = st->st_mtim = st->st_ctim = fs->mtime;
+	st->st_blksize = BLKSIZE;
+	if (n->dir) {
+		st->st_mode = S_IFDIR | 0555;
+		st->st_nlink = 2;
+		return ENTRY_TIMEOUT;
+	}
+	struct stream_info in;
+	stream_get_info(n->s, &in);
+	st->st_mode = S_IFREG | 0444;
+	st->st_nlink = 1;
+	st->st_size = (off_t)shown_size(&in);
+	st->st_blocks = (blkcnt_t)((shown_size(&in) + 511) / 512);
+	return in.state == STREAM_COMPLETE ? DONE_ATTR_TIMEOUT : 0.0;
+}
+
+static void reply_entry(fuse_req_t req, struct fs *fs, const struct node *n)
+{
+	struct fuse_entry_param e;
+	memset(&e, 0, sizeof(e));
+	e.ino = n->ino;
+	e.generation = 1;
+	e.attr_timeout = fill_attr(fs, n, &e.attr);
+	e.entry_timeout = ENTRY_TIMEOUT;
+	fuse_reply_entry(req, &e);
+}
+
+static void reply_attr(fuse_req_t req, struct fs *fs, const struct node *n)
+{
+	struct stat st;
+	double t = fill_attr(fs, n, &st);
+	fuse_reply_attr(req, &st, t);
+}
+
+/* ---- parked requests -------------------------------------------------- */
+
+static int reply_errno(ssize_t r)
+{
+	return r == -EINTR ? EINTR : EIO; /* cancelled (unmount, rm) reads see EIO */
+}
+
+static void reply_read(fuse_req_t req, struct stream *s, uint64_t off, ssize_t r)
+{
+	if (r < 0) {
+		fuse_reply_err(req, reply_errno(r));
+		return;
+	}
+	if (r == 0) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	struct iovec iov[4];
+	int n = stream_data(s, off, (size_t)r, iov, 4);
+	if (n < 0) {
+		log_error("%s: read of present bytes at %" PRIu64 " failed: %s", stream_name(s),
+			  off, strerror(-n));
+		fuse_reply_err(req, EIO);
+		return;
+	}
+	fuse_reply_iov(req, iov, n);
+}
+
+static void reply_open(struct pending *p, ssize_t r)
+{
+	if (r < 0) {
+		fuse_reply_err(p->req, reply_errno(r));
+		return;
+	}
+	struct handle *h = malloc(sizeof(*h));
+	if (!h) {
+		fuse_reply_err(p->req, ENOMEM);
+		return;
+	}
+	h->n = p->n;
+	h->s = stream_ref(p->s);
+	struct stream_info in;
+	stream_get_info(p->s, &in);
+	p->fi.fh = (uintptr_t)h;
+	if (in.state == STREAM_COMPLETE) {
+		p->fi.keep_cache = 1;
+		p->fi.direct_io = 0;
+	} else {
+		p->fi.keep_cache = 0;
+		p->fi.direct_io = 1;
+	}
+	if (fuse_reply_open(p->req, &p->fi) < 0) {
+		/* The opener is gone (interrupted): no release will come. */
+		stream_unref(h->s);
+		free(h);
+	}
+}
+
+/* Answer @p with result @r and free it. No stream lock is held. */
+static void pending_complete(struct pending *p, ssize_t r)
+{
+	/* Disarm the interrupt callback first: this waits for one that is
+	 * running, which has found (through stream_unwait) that @p is ours. */
+	fuse_req_interrupt_func(p->req, NULL, NULL);
+	switch (p->op) {
+	case P_READ:
+		reply_read(p->req, p->s, p->w.off, r);
+		break;
+	case P_OPEN:
+		reply_open(p, r);
+		break;
+	case P_GETATTR:
+		if (r == -EINTR || (p->with_fh && r < 0))
+			fuse_reply_err(p->req, reply_errno(r));
+		else
+			reply_attr(p->req, p->fs, p->n); /* stat of a failed stream still works */
+		break;
+	}
+	stream_unref(p->s);
+	free(p);
+}
+
+static void pending_done(struct stream_waiter *w, ssize_t r)
+{
+	pending_complete(w->data, r);
+}
+
+static void pending_interrupt(fuse_req_t req, void *data)
+{
+	struct pending *p = data;
+	if (!stream_unwait(p->s, &p->w))
+		return; /* being completed, or not parked yet (stream_wait says EINTR) */
+	fuse_reply_err(req, EINTR);
+	stream_unref(p->s);
+	free(p);
+}
+
+/* Park @req on @n's stream until @kind/@off/@len holds, or answer now. */
+static void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s,
+		 enum pending_op op, enum stream_wait_kind kind, uint64_t off, size_t len,
+		 const struct fuse_file_info *fi)
+{
+	struct pending *p = calloc(1, sizeof(*p));
+	if (!p) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	stream_waiter_init(&p->w);
+	p->w.kind = kind;
+	p->w.off = off;
+	p->w.len = len;
+	p->w.done = pending_done;
+	p->w.data = p;
+	p->req = req;
+	p->fs = fs;
+	p->n = n;
+	p->s = stream_ref(s);
+	p->op = op;
+	p->with_fh = fi != NULL;
+	if (fi)
+		p->fi = *fi;
+	/* Armed before parking: an interrupt that comes in between is seen by
+	 * stream_wait() as -EINTR instead of being lost. */
+	fuse_req_interrupt_func(req, pending_interrupt, p);
+	ssize_t r = stream_wait(s, &p->w);
+	if (r != STREAM_PARKED)
+		pending_complete(p, r);
+}
+
+/* ---- operations ------------------------------------------------------- */
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	/* Without this the kernel sends GETATTR before every read and drops a
+	 * file's page cache whenever its size changes. */
+	conn->want &= ~FUSE_CAP_AUTO_INVAL_DATA;
+	/* Parked page-cache readers count against max_background (default
+	 * 12); past it every other page-cache read on the mount stalls. */
+	conn->max_background = 1024;
+	conn->congestion_threshold = 768;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct node *d = node_of(fs, parent);
+	struct node *n = d && d->dir ? child(d, name, strlen(name)) : NULL;
+	if (!n) {
+		fuse_reply_err(req, d && d->dir ? ENOENT : ENOTDIR);
+		return;
+	}
+	reply_entry(req, fs, n); /* starts nothing: ls stays cheap */
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct node *n = node_of(fs, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (n->dir) {
+		reply_attr(req, fs, n);
+		return;
+	}
+	stream_start(n->s);
+	enum stream_wait_kind kind = fi || n->size == SIZE_WAIT ? STREAM_WAIT_END : STREAM_WAIT_SIZE;
+	park(req, fs, n, n->s, P_GETATTR, kind, 0, 0, fi);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		       struct fuse_file_info *fi)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct node *n = node_of(fs, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	if (n->dir) {
+		fuse_reply_err(req, EISDIR);
+		return;
+	}
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	stream_start(n->s);
+	park(req, fs, n, n->s, P_OPEN, STREAM_WAIT_SIZE, 0, 0, fi);
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	struct iovec iov[4];
+
+	/* The common case, data already here: no allocation, no waiter. */
+	int n = stream_data(h->s, (uint64_t)off, size, iov, 4);
+	if (n >= 0) {
+		fuse_reply_iov(req, iov, n);
+		return;
+	}
+	park(req, fs, h->n, h->s, P_READ,
+	     h->n->read == READ_PARTIAL ? STREAM_WAIT_ANY : STREAM_WAIT_RANGE, (uint64_t)off, size,
+	     NULL);
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	stream_unref(h->s);
+	free(h);
+	fuse_reply_err(req, 0);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct node *n = node_of(fs, ino);
+	if (!n || !n->dir) {
+		fuse_reply_err(req, n ? ENOTDIR : ENOENT);
+		return;
+	}
+	fi->cache_readdir = 1; /* the tree never changes while mounted */
+	fuse_reply_open(req, fi);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct node *d = node_of(fs, ino);
+	if (!d || !d->dir) {
+		fuse_reply_err(req, ENOTDIR);
+		return;
+	}
+	char *buf = malloc(size);
+	if (!buf) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	size_t used = 0;
+	for (size_t i = (size_t)off; i < d->nkids + 2; i++) {
+		const struct node *n = i == 0 ? d : i == 1 ? (d->parent ? d->parent : d) : d->kids[i - 2];
+		const char *name = i == 0 ? "." : i == 1 ? ".." : n->name;
+		struct stat st;
+		memset(&st, 0, sizeof(st));
+		st.st_ino = n->ino;
+		st.st_mode = n->dir ? S_IFDIR : S_IFREG;
+		size_t need = fuse_add_direntry(req, buf + used, size - used, name, &st, (off_t)(i + 1));
+		if (need > size - used)
+			break;
+		used += need;
+	}
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+/* ---- status as extended attributes ------------------------------------ */
+
+#define XATTR_PREFIX "user.streamfs."
+
+static const char *const file_keys[] = {"state", "bytes", "size", "source", "kind",
+				       "error", "error_offset", NULL};
+
+/* The value of file attribute @key into @buf; its length, or -ENODATA. */
+static ssize_t file_xattr(const struct node *n, const char *key, char *buf, size_t size)
+{
+	struct stream_info in;
+	stream_get_info(n->s, &in);
+	bool failed = in.state == STREAM_FAILED || in.state == STREAM_CANCELLED;
+	if (strcmp(key, "state") == 0)
+		return snprintf(buf, size, "%s", stream_state_name(in.state));
+	if (strcmp(key, "bytes") == 0)
+		return snprintf(buf, size, "%" PRIu64, in.bytes);
+	if (strcmp(key, "size") == 0)
+		return in.length >= 0 ? snprintf(buf, size, "%" PRId64, in.length) : -ENODATA;
+	if (strcmp(key, "source") == 0)
+		return snprintf(buf, size, "%s", n->source);
+	if (strcmp(key, "kind") == 0) {
+		const char *k = n->source[0] == '-' ? "stdin"
+				: strncmp(n->source, "cmd:", 4) == 0  ? "cmd"
+				: strncmp(n->source, "pipe:", 5) == 0 ? "pipe"
+								       : "url";
+		return snprintf(buf, size, "%s", k);
+	}
+	if (strcmp(key, "error") == 0)
+		return failed ? snprintf(buf, size, "%s", in.error_msg) : -ENODATA;
+	if (strcmp(key, "error_offset") == 0)
+		return failed ? snprintf(buf, size, "%" PRIu64, in.error_offset) : -ENODATA;
+	return stream_get_attr(n->s, key, buf, size);
+}
+
+static ssize_t root_xattr(const char *key, char *buf, size_t size)
+{
+	if (strcmp(key, "pid") == 0)
+		return snprintf(buf, size, "%d", (int)getpid());
+	if (strcmp(key, "version") == 0)
+		return snprintf(buf, size, "%s", STREAMFS_VERSION);
+	return -ENODATA;
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct node *n = node_of(fs, ino);
+	if (!n || strncmp(name, XATTR_PREFIX, strlen(XATTR_PREFIX)) != 0 ||
+	    (n->dir && ino != FUSE_ROOT_ID)) {
+		fuse_reply_err(req, n ? ENODATA : ENOENT);
+		return;
+	}
+	const char *key = name + strlen(XATTR_PREFIX);
+	char buf[4096];
+	ssize_t len = n->dir ? root_xattr(key, buf, sizeof(buf)) : file_xattr(n, key, buf, sizeof(buf));
+	if (len < 0) {
+		fuse_reply_err(req, (int)-len);
+		return;
+	}
+	if ((size_t)len >= sizeof(buf))
+		len = sizeof(buf) - 1; /* values are cut at 4 KiB */
+	if (size == 0)
+		fuse_reply_xattr(req, (size_t)len);
+	else if ((size_t)len > size)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, buf, (size_t)len);
+}
+
+struct namebuf {
+	char buf[2048];
+	size_t len;
+};
+
+static void add_name(const char *key, void *arg)
+{
+	struct namebuf *nb = arg;
+	int n = snprintf(nb->buf + nb->len, sizeof(nb->buf) - nb->len, XATTR_PREFIX "%s", key);
+	if (n > 0 && nb->len + (size_t)n + 1 <= sizeof(nb->buf))
+		nb->len += (size_t)n + 1; /* keep the NUL as separator */
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct node *n = node_of(fs, ino);
+	if (!n) {
+		fuse_reply_err(req, ENOENT);
+		return;
+	}
+	struct namebuf nb = {.len = 0};
+	char tmp[8];
+	if (ino == FUSE_ROOT_ID) {
+		add_name("pid", &nb);
+		add_name("version", &nb);
+	} else if (!n->dir) {
+		for (int i = 0; file_keys[i]; i++)
+			if (file_xattr(n, file_keys[i], tmp, sizeof(tmp)) >= 0)
+				add_name(file_keys[i], &nb);
+		stream_list_attrs(n->s, add_name, &nb);
+	}
+	if (size == 0)
+		fuse_reply_xattr(req, nb.len);
+	else if (nb.len > size)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, nb.buf, nb.len);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	struct statvfs sv;
+	memset(&sv, 0, sizeof(sv));
+	uint64_t bytes = 0;
+	for (size_t i = 0; i < fs->nnodes; i++) {
+		if (fs->nodes[i]->s) {
+			struct stream_info in;
+			stream_get_info(fs->nodes[i]->s, &in);
+			bytes += in.bytes;
+		}
+	}
+	sv.f_bsize = BLKSIZE;
+	sv.f_frsize = 4096;
+	sv.f_blocks = (bytes + 4095) / 4096;
+	sv.f_files = fs->nnodes - 1;
+	sv.f_namemax = 255;
+	fuse_reply_statfs(req, &sv);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.open = op_open,
+	.read = op_read,
+	.release = op_release,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.statfs = op_statfs,
+};
+
+/* ---- session ---------------------------------------------------------- */
+
+/* libfuse reports problems through its logger; keep the last message so a
+ * failed mount can say why in one line of our own. */
+static char fuse_last_msg[512];
+
+static void fuse_logger(enum fuse_log_level level, const char *fmt, va_list ap)
+{
+	char msg[512];
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	size_t len = strlen(msg);
+	while (len > 0 && msg[len - 1] == '\n')
+		msg[--len] = '\0';
+	snprintf(fuse_last_msg, sizeof(fuse_last_msg), "%s", msg);
+	log_debug("libfuse: %s", msg);
+}
+
+int fs_mount(struct fs *fs, const char *mountpoint, char *const *fuse_opts, char *err,
+	     size_t errlen)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	int r = -1;
+	fuse_set_log_func(fuse_logger);
+	fuse_last_msg[0] = '\0';
+	if (fuse_opt_add_arg(&args, "streamfs") ||
+	    fuse_opt_add_arg(&args, "-oro,default_permissions,auto_unmount,fsname=streamfs,"
+				    "subtype=streamfs"))
+		goto out;
+	for (size_t i = 0; fuse_opts && fuse_opts[i]; i++)
+		if (fuse_opt_add_arg(&args, "-o") || fuse_opt_add_arg(&args, fuse_opts[i]))
+			goto out;
+	fs->se = fuse_session_new(&args, &ops, sizeof(ops), fs);
+	if (!fs->se) {
+		snprintf(err, errlen, "bad mount options: %s",
+			 fuse_last_msg[0] ? fuse_last_msg : "rejected by libfuse");
+		goto out;
+	}
+	if (fuse_session_mount(fs->se, mountpoint) != 0) {
+		snprintf(err, errlen, "cannot mount on '%s': %s", mountpoint,
+			 fuse_last_msg[0] ? fuse_last_msg : "mount failed");
+		goto out;
+	}
+	fs->mounted = true;
+	r = 0;
+out:
+	fuse_opt_free_args(&args);
+	return r;
+}
+
+void fs_start_mount_streams(struct fs *fs)
+{
+	for (size_t i = 0; i < fs->nnodes; i++)
+		if (fs->nodes[i]->s && fs->nodes[i]->start == START_MOUNT)
+			stream_start(fs->nodes[i]->s);
+}
+
+int fs_loop(struct fs *fs)
+{
+	if (fuse_set_signal_handlers(fs->se) != 0)
+		return -1;
+	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+	if (!cfg) {
+		fuse_remove_signal_handlers(fs->se);
+		return -1;
+	}
+	/* Workers never sleep on data, so a few threads carry any load; more
+	 * only help copy replies of data already present in parallel. */
+	fuse_loop_cfg_set_max_threads(cfg, 16);
+	fuse_loop_cfg_set_idle_threads(cfg, 4);
+	int r = fuse_session_loop_mt(fs->se, cfg);
+	fuse_loop_cfg_destroy(cfg);
+	fuse_remove_signal_handlers(fs->se);
+	return r;
+}
+
+void fs_shutdown(struct fs *fs)
+{
+	if (fs->shut)
+		return;
+	fs->shut = true;
+	/* Every parked request is answered (EIO) by the cancel itself. */
+	for (size_t i = 0; i < fs->nnodes; i++)
+		if (fs->nodes[i]->s)
+			stream_cancel(fs->nodes[i]->s, "streamfs is shutting down");
+	source_cmd_kill_all();
+	if (!source_wait_all_done(5000))
+		log_warn("some sources did not stop within 5 s");
+	if (fs->mounted) {
+		fuse_session_unmount(fs->se);
+		fs->mounted = false;
+	}
+}

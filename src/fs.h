@@ -1,0 +1,50 @@
+/*
+ * fs.h - the FUSE layer: a read-only tree of streams on the libfuse3
+ * low-level API. It only translates: every decision about bytes is the
+ * stream's. Reads that must wait are parked on the stream and answered by
+ * whoever fills the data; no FUSE worker thread ever sleeps on data.
+ */
+#ifndef STREAMFS_FS_H
+#define STREAMFS_FS_H
+
+#include "config.h"
+#include "streamfs/stream.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct fs;
+
+/* An empty tree. Returns NULL with errno set. */
+struct fs *fs_new(void);
+
+/*
+ * Add a file at @path (a validated name; parent directories are made as
+ * needed). Takes the caller's reference on @s in every case. @opts is
+ * copied (size and read policies are used here). Returns 0, or -1 with
+ * @err set ("'a/b' is both a file and a directory", duplicate names).
+ */
+int fs_add_file(struct fs *fs, const char *path, struct stream *s, const struct file_opts *opts,
+		const char *source, char *err, size_t errlen);
+
+/* Create the FUSE session and mount it at @mountpoint with the default
+ * options (ro, default_permissions, auto_unmount) plus @fuse_opts (each a
+ * -o argument). Returns 0, or -1 with @err set. */
+int fs_mount(struct fs *fs, const char *mountpoint, char *const *fuse_opts, char *err,
+	     size_t errlen);
+
+/* Start every stream whose policy is start=mount. */
+void fs_start_mount_streams(struct fs *fs);
+
+/* Serve requests until unmounted or SIGINT/SIGTERM/SIGHUP. Returns 0 or
+ * the loop's error. */
+int fs_loop(struct fs *fs);
+
+/* Wake every parked request with EIO, stop every stream and its source
+ * (killing command process groups), unmount. Idempotent. */
+void fs_shutdown(struct fs *fs);
+
+/* Free everything. The streams' sources must be done (fs_shutdown). */
+void fs_free(struct fs *fs);
+
+#endif

@@ -1,0 +1,284 @@
+/*
+ * main.c - the streamfs command: mount (the default), status, add, rm.
+ *
+ * Mounting, in order: parse and check everything (bad input exits 2 with
+ * one line, before anything is mounted); create the streams (nothing
+ * runs yet); mount; daemonize (the parent exits 0 only once the mount is
+ * there); start the I/O thread and the start=mount streams; serve until
+ * unmounted or signalled; then wake every waiter, stop every source, kill
+ * every command group, unmount.
+ */
+#define FUSE_USE_VERSION 312
+
+#include "config.h"
+#include "fs.h"
+#include "ioloop.h"
+#include "log.h"
+#include "source.h"
+#include "status.h"
+#include "streamfs/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DEFAULT_CACHE_DIR "/var/tmp"
+
+static const char usage[] =
+	"usage: streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...\n"
+	"       streamfs status [--json] [--watch] MOUNTPOINT\n"
+	"\n"
+	"Mount streams as ordinary read-only, seekable files. SOURCE is one of:\n"
+	"  cmd:COMMAND        standard output of /bin/sh -c COMMAND\n"
+	"  pipe:PATH          a FIFO (or any file), read sequentially\n"
+	"  -                  streamfs's own standard input\n"
+	"  http://... https://... ftp://... ftps://...   a URL\n"
+	"NAME may contain '/' to make subdirectories.\n"
+	"\n"
+	"Options:\n"
+	"  -f, --foreground       stay in the foreground (default: daemonize once mounted)\n"
+	"  -c, --config FILE      manifest: one [NAME] section per file, with source= and options\n"
+	"  -o OPT[,OPT...]        FUSE mount options (allow_other, ...)\n"
+	"      --cache-dir DIR    keep stream bytes in unlinked files in DIR (default " DEFAULT_CACHE_DIR
+	")\n"
+	"      --cache-dir=memory keep them in RAM instead\n"
+	"  -v, --verbose          more log output (repeat for debug)\n"
+	"  -q, --quiet            errors only\n"
+	"      --version          print the version\n"
+	"  -h, --help             this text\n"
+	"\n"
+	"Per-file options (for every NAME=SOURCE on the command line):\n"
+	"  --size=auto|wait|BYTES what stat shows while a stream runs (default auto)\n"
+	"  --start=access|mount   start on first open/stat (default) or at mount\n"
+	"  --read=full|partial    reads wait for the whole range (default) or return what is there\n"
+	"  URL options: --header='N: v', --user=U:P, --insecure, --retries=N, --retry-time=S,\n"
+	"               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted\n"
+	"\n"
+	"Unmount with 'fusermount3 -u MOUNTPOINT', or SIGINT/SIGTERM to the daemon.\n"
+	"Status: 'streamfs status MOUNTPOINT', or getfattr -d MOUNTPOINT/NAME.\n";
+
+/* One line on stderr; returns the exit code for bad input. */
+__attribute__((format(printf, 1, 2))) static int die_usage(const char *fmt, ...)
+{
+	char msg[1200];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "streamfs: %s\n", msg);
+	return 2;
+}
+
+/* Is @path already the mount point of a FUSE file system? */
+static bool fuse_mounted_at(const char *path)
+{
+	char real[PATH_MAX];
+	if (!realpath(path, real))
+		return false;
+	FILE *f = fopen("/proc/self/mounts", "re");
+	if (!f)
+		return false;
+	char line[4096];
+	bool found = false;
+	while (!found && fgets(line, sizeof(line), f)) {
+		char dev[1024], dir[PATH_MAX], type[256];
+		if (sscanf(line, "%1023s %4095s %255s", dev, dir, type) != 3)
+			continue;
+		/* /proc/mounts escapes blanks as \040; compare only what can match. */
+		found = strcmp(dir, real) == 0 && strncmp(type, "fuse", 4) == 0;
+	}
+	fclose(f);
+	return found;
+}
+
+/*
+ * Keep stdin for a "-" source across daemonizing: a new open file
+ * description of the same pipe/FIFO/tty through /proc (so O_NONBLOCK does
+ * not leak to whoever else shares ours), or a plain duplicate.
+ */
+static int save_stdin(void)
+{
+	int fd = open("/proc/self/fd/0", O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+	if (fd < 0)
+		fd = fcntl(STDIN_FILENO, F_DUPFD_CLOEXEC, 3);
+	return fd;
+}
+
+static void raise_fd_limit(void)
+{
+	struct rlimit rl;
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
+}
+
+static struct stream *make_stream(const struct config *cfg, const struct file_spec *f,
+				  struct ioloop *loop, const char *cwd, int stdin_fd, char *err,
+				  size_t errlen)
+{
+	const char *dir = cfg->memory_store ? NULL : cfg->cache_dir ? cfg->cache_dir
+								     : DEFAULT_CACHE_DIR;
+	struct store *st = store_open(dir, f->name);
+	if (!st) {
+		snprintf(err, errlen, "cannot create a store in '%s': %s", dir ? dir : "memory",
+			 strerror(errno));
+		return NULL;
+	}
+	struct stream *s = NULL;
+	char *abs = NULL;
+	switch (f->kind) {
+	case SOURCE_CMD:
+		s = source_cmd_new(loop, f->name, f->arg, cwd, st);
+		break;
+	case SOURCE_PIPE:
+		if (f->arg[0] != '/' && cwd && asprintf(&abs, "%s/%s", cwd, f->arg) < 0)
+			abs = NULL;
+		s = source_pipe_new(loop, f->name, abs ? abs : f->arg, st);
+		free(abs);
+		break;
+	case SOURCE_STDIN:
+		s = source_stdin_new(loop, f->name, stdin_fd, st);
+		break;
+	case SOURCE_URL:
+		s = source_url_new(loop, f->name, f->arg, &f->opts, st);
+		break;
+	}
+	if (!s) {
+		snprintf(err, errlen, "'%s': %s", f->name, strerror(errno));
+		return NULL;
+	}
+	if (f->opts.size == SIZE_FIXED)
+		stream_set_length(s, f->opts.size_bytes);
+	return s;
+}
+
+static int mount_main(int argc, char **argv)
+{
+	struct config cfg;
+	char err[1024];
+	int rc = 1;
+	struct ioloop *loop = NULL;
+	struct fs *fs = NULL;
+	int stdin_fd = -1;
+	char cwd[PATH_MAX];
+
+	memset(&cfg, 0, sizeof(cfg));
+	if (config_parse_args(&cfg, argc, argv, err, sizeof(err)) < 0) {
+		rc = die_usage("%s", err);
+		goto out;
+	}
+	if (cfg.show_help) {
+		fputs(usage, stdout);
+		rc = 0;
+		goto out;
+	}
+	if (cfg.show_version) {
+		printf("streamfs %s\n", STREAMFS_VERSION);
+		rc = 0;
+		goto out;
+	}
+	log_set_level(cfg.verbosity < 0 ? LOG_LVL_ERROR
+		      : cfg.verbosity == 0 ? LOG_LVL_INFO
+					 : LOG_LVL_DEBUG);
+
+	struct stat sb;
+	if (stat(cfg.mountpoint, &sb) < 0) {
+		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint, strerror(errno));
+		goto out;
+	}
+	if (!S_ISDIR(sb.st_mode)) {
+		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint, "not a directory");
+		goto out;
+	}
+	if (fuse_mounted_at(cfg.mountpoint)) {
+		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint,
+			       "a FUSE file system is already mounted there");
+		goto out;
+	}
+	if (!getcwd(cwd, sizeof(cwd)))
+		strcpy(cwd, "/");
+	raise_fd_limit();
+	for (size_t i = 0; i < cfg.nfiles; i++) {
+		if (cfg.files[i].kind == SOURCE_STDIN && (stdin_fd = save_stdin()) < 0) {
+			rc = die_usage("cannot keep standard input: %s", strerror(errno));
+			goto out;
+		}
+	}
+
+	if (source_url_global_init() < 0) {
+		rc = die_usage("cannot initialise libcurl");
+		goto out;
+	}
+	loop = ioloop_new();
+	fs = fs_new();
+	if (!loop || !fs) {
+		rc = die_usage("out of memory");
+		goto out;
+	}
+	for (size_t i = 0; i < cfg.nfiles; i++) {
+		const struct file_spec *f = &cfg.files[i];
+		struct stream *s = make_stream(&cfg, f, loop, cwd, stdin_fd, err, sizeof(err));
+		if (f->kind == SOURCE_STDIN)
+			stdin_fd = -1; /* the stream owns it now, even on failure */
+		if (!s || fs_add_file(fs, f->name, s, &f->opts, f->source, err, sizeof(err)) < 0) {
+			rc = die_usage("%s", err);
+			goto out;
+		}
+	}
+	if (fs_mount(fs, cfg.mountpoint, cfg.fuse_opts, err, sizeof(err)) < 0) {
+		rc = die_usage("%s", err);
+		goto out;
+	}
+
+	/* Fork now, before any thread exists. The parent returns once the
+	 * child is set up; the mount is already in place. */
+	if (!cfg.foreground) {
+		if (fuse_daemonize(0) != 0) {
+			fs_shutdown(fs);
+			goto out;
+		}
+		log_use_syslog(true);
+	}
+	if (ioloop_start(loop) < 0) {
+		log_error("cannot start the I/O thread");
+		fs_shutdown(fs);
+		goto out;
+	}
+	log_info("mounted %zu file%s on %s", cfg.nfiles, cfg.nfiles == 1 ? "" : "s",
+		 cfg.mountpoint);
+	fs_start_mount_streams(fs);
+	fs_loop(fs);
+	log_info("unmounting %s", cfg.mountpoint);
+	fs_shutdown(fs);
+	rc = 0;
+out:
+	if (loop)
+		ioloop_stop(loop);
+	fs_free(fs);
+	ioloop_free(loop);
+	if (stdin_fd >= 0)
+		close(stdin_fd);
+	config_free(&cfg);
+	source_url_global_cleanup();
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc > 1 && strcmp(argv[1], "status") == 0)
+		return status_main(argc - 1, argv + 1);
+	if (argc > 1 && (strcmp(argv[1], "add") == 0 || strcmp(argv[1], "rm") == 0)) {
+		fprintf(stderr, "streamfs: '%s' is not available yet in this version\n", argv[1]);
+		return 2;
+	}
+	return mount_main(argc, argv);
+}

@@ -1,0 +1,455 @@
+/*
+ * source_cmd.c - cmd:COMMAND, the stdout of /bin/sh -c COMMAND.
+ *
+ * The command runs in its own process group with stdin /dev/null, stdout
+ * a pipe pumped into the stream, stderr a pipe whose tail we keep for
+ * status and the log. It is forked by the loop thread, the thread that
+ * lives as long as the daemon, because PR_SET_PDEATHSIG fires when the
+ * *thread* that forked dies: a FUSE worker could exit early.
+ *
+ * The stream ends when both stdout reached EOF and the shell was reaped
+ * (through a pidfd in the same epoll set, so no SIGCHLD handler): exit 0
+ * completes it, anything else fails it at the byte where output stopped
+ * ("exit 3: last stderr line", "killed by signal 9 (Killed)"). Then the
+ * rest of the process group (background jobs the command left) gets
+ * SIGTERM, so nothing the command started outlives its stream by much,
+ * and nothing at all outlives the daemon (source_cmd_kill_all()).
+ *
+ * Cancel: SIGTERM to the group, SIGKILL 2 s later if the shell is still
+ * there.
+ */
+#include "source.h"
+
+#include "log.h"
+#include "streamfs/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define KILL_GRACE_MS 2000
+#define ERR_TAIL 2048     /* bytes of stderr kept */
+#define ERR_LOG_LINES 50  /* stderr lines logged per command, then silence */
+
+struct cmd_src {
+	struct ioloop *loop;
+	struct stream *s;
+	char *command;
+	char *cwd;
+
+	/* loop thread only */
+	pid_t pid; /* 0 before the fork and after reaping */
+	int pidfd;
+	struct ioloop_watch pid_watch, err_watch;
+	int errfd;
+	struct fd_pump out;
+	bool out_done, exited, cancelled, active;
+	int out_err; /* read error on stdout, 0 if none */
+	siginfo_t status;
+	struct ioloop_timer kill_timer;
+	char tail[ERR_TAIL]; /* last bytes of stderr */
+	size_t tail_len;
+	unsigned lines_logged;
+	char line[512]; /* the stderr line being assembled for the log */
+	size_t line_len;
+
+	struct cmd_src *next_live; /* protected by live_lock */
+	pid_t live_pgid;           /* protected by live_lock */
+};
+
+/* Process groups that may still have members, for source_cmd_kill_all(). */
+static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cmd_src *live;
+
+static void live_add(struct cmd_src *c, pid_t pgid)
+{
+	pthread_mutex_lock(&live_lock);
+	c->live_pgid = pgid;
+	c->next_live = live;
+	live = c;
+	pthread_mutex_unlock(&live_lock);
+}
+
+/* Signal what is left of the group and forget it. */
+static void live_remove(struct cmd_src *c, int sig)
+{
+	pthread_mutex_lock(&live_lock);
+	for (struct cmd_src **p = &live; *p; p = &(*p)->next_live) {
+		if (*p == c) {
+			*p = c->next_live;
+			if (c->live_pgid > 0 && sig)
+				kill(-c->live_pgid, sig);
+			c->live_pgid = 0;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&live_lock);
+}
+
+void source_cmd_kill_all(void)
+{
+	pthread_mutex_lock(&live_lock);
+	for (struct cmd_src *c = live; c; c = c->next_live)
+		if (c->live_pgid > 0)
+			kill(-c->live_pgid, SIGKILL);
+	pthread_mutex_unlock(&live_lock);
+}
+
+/* ---- stderr ----------------------------------------------------------- */
+
+static void log_line(struct cmd_src *c)
+{
+	if (c->line_len == 0)
+		return;
+	c->line[c->line_len] = '\0';
+	if (c->lines_logged < ERR_LOG_LINES)
+		log_info("%s: stderr: %s", stream_name(c->s), c->line);
+	else if (c->lines_logged == ERR_LOG_LINES)
+		log_info("%s: further stderr output is not logged", stream_name(c->s));
+	c->lines_logged++;
+	c->line_len = 0;
+}
+
+static void take_stderr(struct cmd_src *c, const char *buf, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (buf[i] == '\n')
+			log_line(c);
+		else if (c->line_len < sizeof(c->line) - 1)
+			c->line[c->line_len++] = buf[i];
+	}
+	if (n >= ERR_TAIL) {
+		memcpy(c->tail, buf + n - ERR_TAIL, ERR_TAIL);
+		c->tail_len = ERR_TAIL;
+	} else {
+		size_t keep = c->tail_len + n > ERR_TAIL ? ERR_TAIL - n : c->tail_len;
+		memmove(c->tail, c->tail + c->tail_len - keep, keep);
+		memcpy(c->tail + keep, buf, n);
+		c->tail_len = keep + n;
+	}
+}
+
+static void drain_stderr(struct cmd_src *c)
+{
+	char buf[4096];
+	for (;;) {
+		ssize_t n = read(c->errfd, buf, sizeof(buf));
+		if (n > 0) {
+			take_stderr(c, buf, (size_t)n);
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n == 0 || errno != EAGAIN) {
+			ioloop_del(c->loop, &c->err_watch);
+			close(c->errfd);
+			c->errfd = -1;
+		}
+		return;
+	}
+}
+
+static void err_event(struct ioloop_watch *w, uint32_t events)
+{
+	drain_stderr(w->data);
+}
+
+/* The last non-empty line of stderr, for the error message. */
+static void last_line(const struct cmd_src *c, char *out, size_t size)
+{
+	size_t end = c->tail_len;
+	while (end > 0 && (c->tail[end - 1] == '\n' || c->tail[end - 1] == '\r'))
+		end--;
+	size_t start = end;
+	while (start > 0 && c->tail[start - 1] != '\n')
+		start--;
+	size_t n = end - start < size - 1 ? end - start : size - 1;
+	memcpy(out, c->tail + start, n);
+	out[n] = '\0';
+}
+
+/* ---- end of the command ----------------------------------------------- */
+
+static void finish(struct cmd_src *c)
+{
+	if (!c->active || !c->out_done || !c->exited)
+		return;
+	c->active = false;
+	ioloop_timer_disarm(c->loop, &c->kill_timer);
+	if (c->errfd >= 0) {
+		drain_stderr(c);
+		if (c->errfd >= 0) {
+			ioloop_del(c->loop, &c->err_watch);
+			close(c->errfd);
+			c->errfd = -1;
+		}
+	}
+	log_line(c);
+
+	char line[256], tail[300] = "";
+	last_line(c, line, sizeof(line));
+	if (line[0])
+		snprintf(tail, sizeof(tail), ": %s", line);
+	if (c->tail_len)
+		stream_set_attr(c->s, "stderr", "%.*s", (int)c->tail_len, c->tail);
+
+	int code = c->status.si_status;
+	if (c->status.si_code == CLD_EXITED) {
+		stream_set_attr(c->s, "exit_status", "%d", code);
+		if (c->cancelled)
+			; /* the stream is CANCELLED already */
+		else if (c->out_err)
+			stream_fail(c->s, c->out_err, "reading the command's output: %s",
+				    strerror(c->out_err));
+		else if (code == 0)
+			stream_end(c->s);
+		else
+			stream_fail(c->s, EIO, "exit %d%s", code, tail);
+	} else {
+		stream_set_attr(c->s, "exit_status", "%d", 128 + code);
+		if (!c->cancelled)
+			stream_fail(c->s, EIO, "killed by signal %d (%s)%s", code, strsignal(code),
+				    tail);
+	}
+	/* Background jobs the command left behind go with it. */
+	live_remove(c, SIGTERM);
+	source_drop(c->s);
+}
+
+static void out_done(struct fd_pump *p, int err)
+{
+	struct cmd_src *c = p->data;
+	c->out_done = true;
+	if (err && err != ECANCELED)
+		c->out_err = err;
+	finish(c);
+}
+
+static void pid_event(struct ioloop_watch *w, uint32_t events)
+{
+	struct cmd_src *c = w->data;
+	memset(&c->status, 0, sizeof(c->status));
+	if (waitid(P_PID, (id_t)c->pid, &c->status, WEXITED | WNOHANG) < 0 ||
+	    c->status.si_pid == 0)
+		return; /* not yet (spurious) */
+	ioloop_del(c->loop, &c->pid_watch);
+	close(c->pidfd);
+	c->pidfd = -1;
+	c->pid = 0;
+	c->exited = true;
+	if (c->cancelled && !c->out_done) {
+		fd_pump_stop(&c->out);
+		c->out_done = true;
+	}
+	finish(c);
+}
+
+static void kill_timer_fired(struct ioloop_timer *t)
+{
+	struct cmd_src *c = t->data;
+	if (c->pid > 0) {
+		log_warn("%s: command ignored SIGTERM, sending SIGKILL", stream_name(c->s));
+		live_remove(c, SIGKILL);
+	}
+}
+
+/* ---- start and cancel ------------------------------------------------- */
+
+static int pidfd_open_(pid_t pid)
+{
+	return (int)syscall(SYS_pidfd_open, pid, 0);
+}
+
+/* In the child, between fork and exec: async-signal-safe calls only. */
+static void child(struct cmd_src *c, int out_w, int err_w, pid_t parent)
+{
+	setpgid(0, 0);
+	prctl(PR_SET_PDEATHSIG, SIGKILL);
+	if (getppid() != parent)
+		_exit(127); /* the daemon died before we could ask to follow it */
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+	/* libfuse ignores SIGPIPE; exec keeps ignored signals ignored, and a
+	 * pipeline like "yes | head" relies on SIGPIPE. */
+	signal(SIGPIPE, SIG_DFL);
+	int devnull = open("/dev/null", O_RDONLY);
+	if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
+		_exit(126);
+	syscall(SYS_close_range, 3, ~0U, 0);
+	if (c->cwd && chdir(c->cwd) < 0) {
+		static const char msg[] = "streamfs: cannot enter the working directory\n";
+		ssize_t w = write(2, msg, sizeof(msg) - 1);
+		(void)w;
+		_exit(126);
+	}
+	execl("/bin/sh", "sh", "-c", c->command, (char *)NULL);
+	_exit(127);
+}
+
+static void spawn(void *arg)
+{
+	struct cmd_src *c = arg;
+	int out[2] = {-1, -1}, err[2] = {-1, -1};
+	const char *what = "pipe";
+
+	if (pipe2(out, O_CLOEXEC) < 0 || pipe2(err, O_CLOEXEC) < 0)
+		goto fail;
+	/* Larger pipe: fewer wake-ups at high rates (best effort). */
+	fcntl(out[0], F_SETPIPE_SZ, 1 << 20);
+	fcntl(out[0], F_SETFL, O_NONBLOCK);
+	fcntl(err[0], F_SETFL, O_NONBLOCK);
+
+	what = "fork";
+	pid_t parent = getpid();
+	pid_t pid = fork();
+	if (pid < 0)
+		goto fail;
+	if (pid == 0)
+		child(c, out[1], err[1], parent);
+	setpgid(pid, pid); /* also here: no window where a kill(-pgid) misses */
+	close(out[1]);
+	close(err[1]);
+	out[1] = err[1] = -1;
+	c->pid = pid;
+	live_add(c, pid);
+	log_debug("%s: started pid %d: %s", stream_name(c->s), (int)pid, c->command);
+
+	what = "pidfd_open";
+	c->pidfd = pidfd_open_(pid);
+	if (c->pidfd < 0)
+		goto fail_child;
+	c->pid_watch = (struct ioloop_watch){.fd = c->pidfd, .cb = pid_event, .data = c};
+	c->err_watch = (struct ioloop_watch){.fd = err[0], .cb = err_event, .data = c};
+	c->errfd = err[0];
+	err[0] = -1;
+	what = "epoll";
+	if (ioloop_add(c->loop, &c->pid_watch, EPOLLIN) < 0 ||
+	    ioloop_add(c->loop, &c->err_watch, EPOLLIN) < 0)
+		goto fail_child;
+	c->active = true;
+	int fd = out[0];
+	out[0] = -1;
+	if (fd_pump_start(&c->out, c->loop, c->s, fd, out_done, c) < 0) {
+		c->out_done = true;
+		c->out_err = EIO;
+	}
+	return;
+
+fail_child:
+	/* The child exists but we cannot watch it: kill and reap it here. */
+	live_remove(c, SIGKILL);
+	waitpid(pid, NULL, 0);
+	c->pid = 0;
+	if (c->pidfd >= 0) {
+		close(c->pidfd);
+		c->pidfd = -1;
+	}
+	if (c->errfd >= 0) {
+		ioloop_del(c->loop, &c->err_watch);
+		close(c->errfd);
+		c->errfd = -1;
+	}
+fail:;
+	int e = errno;
+	for (int i = 0; i < 2; i++) {
+		if (out[i] >= 0)
+			close(out[i]);
+		if (err[i] >= 0)
+			close(err[i]);
+	}
+	stream_fail(c->s, e, "cannot start the command: %s: %s", what, strerror(e));
+	source_drop(c->s);
+}
+
+static void cancel_in_loop(void *arg)
+{
+	struct cmd_src *c = arg;
+	struct stream *s = c->s;
+	if (c->active && !c->cancelled) {
+		c->cancelled = true;
+		if (!c->out_done) {
+			fd_pump_stop(&c->out);
+			c->out_done = true;
+		}
+		if (c->pid > 0) {
+			pthread_mutex_lock(&live_lock);
+			if (c->live_pgid > 0)
+				kill(-c->live_pgid, SIGTERM);
+			pthread_mutex_unlock(&live_lock);
+			ioloop_timer_arm(c->loop, &c->kill_timer, KILL_GRACE_MS);
+		}
+		finish(c);
+	}
+	stream_unref(s); /* the ref of this call */
+}
+
+static int cmd_start(struct stream *s, void *src)
+{
+	struct cmd_src *c = src;
+	source_take(s); /* until the command is reaped */
+	int r = ioloop_call(c->loop, spawn, c);
+	if (r < 0)
+		source_drop(s);
+	return r;
+}
+
+static void cmd_cancel(struct stream *s, void *src)
+{
+	struct cmd_src *c = src;
+	stream_ref(s);
+	if (ioloop_call(c->loop, cancel_in_loop, c) < 0) {
+		/* The loop is gone (shutdown): just make sure the group dies. */
+		live_remove(c, SIGKILL);
+		stream_unref(s);
+	}
+}
+
+static void cmd_destroy(void *src)
+{
+	struct cmd_src *c = src;
+	live_remove(c, 0);
+	free(c->command);
+	free(c->cwd);
+	free(c);
+}
+
+static const struct stream_source_ops cmd_ops = {
+	.kind = "cmd",
+	.start = cmd_start,
+	.cancel = cmd_cancel,
+	.destroy = cmd_destroy,
+};
+
+struct stream *source_cmd_new(struct ioloop *loop, const char *name, const char *command,
+			      const char *cwd, struct store *store)
+{
+	struct cmd_src *c = calloc(1, sizeof(*c));
+	if (!c || !(c->command = strdup(command)) || (cwd && !(c->cwd = strdup(cwd)))) {
+		if (c)
+			free(c->command);
+		free(c);
+		store_close(store);
+		errno = ENOMEM;
+		return NULL;
+	}
+	c->loop = loop;
+	c->pidfd = -1;
+	c->errfd = -1;
+	c->out.fd = -1;
+	c->kill_timer.cb = kill_timer_fired;
+	c->kill_timer.data = c;
+	struct stream *s = stream_new(name, store, &cmd_ops, c);
+	if (s)
+		c->s = s;
+	return s;
+}

@@ -1,0 +1,177 @@
+/*
+ * store.c - see store.h.
+ *
+ * Mappings: the file is mapped in 1 GiB windows, each made on first use and
+ * kept until store_close(). Pointers handed out therefore stay valid while
+ * the store lives, with no reference counting on the read path. Mapping
+ * beyond the file's current size is allowed; only touching pages past EOF
+ * would fault, and callers only touch bytes that were written.
+ */
+#include "streamfs/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define WIN_SHIFT 30
+#define WIN_SIZE (1ULL << WIN_SHIFT)
+
+struct store {
+	int fd;
+	pthread_mutex_t lock; /* protects win, nwin */
+	void **win;           /* win[i] maps [i*WIN_SIZE, (i+1)*WIN_SIZE), or NULL */
+	size_t nwin;
+};
+
+static int open_in_dir(const char *dir)
+{
+	int fd = open(dir, O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
+	if (fd >= 0 || (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL))
+		return fd;
+	/* File systems without O_TMPFILE: create and unlink at once. */
+	char path[4096];
+	if (snprintf(path, sizeof(path), "%s/streamfs.XXXXXX", dir) >= (int)sizeof(path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	fd = mkostemp(path, O_CLOEXEC);
+	if (fd >= 0)
+		unlink(path);
+	return fd;
+}
+
+struct store *store_open(const char *dir, const char *label)
+{
+	struct store *st = calloc(1, sizeof(*st));
+	if (!st)
+		return NULL;
+	if (dir)
+		st->fd = open_in_dir(dir);
+	else
+		st->fd = memfd_create(label ? label : "streamfs", MFD_CLOEXEC);
+	if (st->fd < 0) {
+		int e = errno;
+		free(st);
+		errno = e;
+		return NULL;
+	}
+	pthread_mutex_init(&st->lock, NULL);
+	return st;
+}
+
+void store_close(struct store *st)
+{
+	if (!st)
+		return;
+	for (size_t i = 0; i < st->nwin; i++)
+		if (st->win[i])
+			munmap(st->win[i], WIN_SIZE);
+	free(st->win);
+	close(st->fd);
+	pthread_mutex_destroy(&st->lock);
+	free(st);
+}
+
+int store_fd(const struct store *st)
+{
+	return st->fd;
+}
+
+int store_pwrite(struct store *st, const void *buf, size_t len, uint64_t off)
+{
+	const char *p = buf;
+	while (len > 0) {
+		ssize_t n = pwrite(st->fd, p, len, (off_t)off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EIO;
+		p += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
+ssize_t store_splice_in(struct store *st, int fd, size_t len, uint64_t off)
+{
+	loff_t o = (loff_t)off;
+	for (;;) {
+		ssize_t n = splice(fd, NULL, st->fd, &o, len, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+		if (n >= 0)
+			return n;
+		if (errno == EINTR)
+			continue;
+		if (errno == EAGAIN)
+			return -EAGAIN;
+		break;
+	}
+	/* A pipe read does not fail except for EAGAIN, so any other error
+	 * but EINVAL (splice unsupported for this pair) is the store's. */
+	if (errno != EINVAL)
+		return -(STORE_ERR_BIAS + errno);
+
+	/* splice not supported between these two: copy through a buffer. */
+	char buf[65536];
+	ssize_t n = read(fd, buf, len < sizeof(buf) ? len : sizeof(buf));
+	if (n < 0)
+		return errno == EAGAIN ? -EAGAIN : -errno;
+	if (n == 0)
+		return 0;
+	int r = store_pwrite(st, buf, (size_t)n, off);
+	return r < 0 ? -(STORE_ERR_BIAS - r) : n;
+}
+
+static void *window(struct store *st, size_t i)
+{
+	void *w = NULL;
+	pthread_mutex_lock(&st->lock);
+	if (i >= st->nwin) {
+		size_t n = i + 1 > st->nwin * 2 ? i + 1 : st->nwin * 2;
+		void **nw = realloc(st->win, n * sizeof(*nw));
+		if (!nw)
+			goto out;
+		memset(nw + st->nwin, 0, (n - st->nwin) * sizeof(*nw));
+		st->win = nw;
+		st->nwin = n;
+	}
+	if (!st->win[i]) {
+		void *m = mmap(NULL, WIN_SIZE, PROT_READ, MAP_SHARED, st->fd, (off_t)(i * WIN_SIZE));
+		if (m != MAP_FAILED)
+			st->win[i] = m;
+	}
+	w = st->win[i];
+out:
+	pthread_mutex_unlock(&st->lock);
+	return w;
+}
+
+int store_map(struct store *st, uint64_t off, size_t len, struct iovec *iov, int iovmax)
+{
+	int n = 0;
+	while (len > 0) {
+		if (n == iovmax)
+			return -EOVERFLOW;
+		size_t i = (size_t)(off >> WIN_SHIFT);
+		uint64_t in = off & (WIN_SIZE - 1);
+		size_t chunk = WIN_SIZE - in < len ? (size_t)(WIN_SIZE - in) : len;
+		char *w = window(st, i);
+		if (!w)
+			return -ENOMEM;
+		iov[n].iov_base = w + in;
+		iov[n].iov_len = chunk;
+		n++;
+		off += chunk;
+		len -= chunk;
+	}
+	return n;
+}
