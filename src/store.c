@@ -102,6 +102,25 @@ int store_pwrite(struct store *st, const void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+int store_pread(struct store *st, void *buf, size_t len, uint64_t off)
+{
+	char *p = buf;
+	while (len > 0) {
+		ssize_t n = pread(st->fd, p, len, (off_t)off);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EIO; /* a hole the map said was written */
+		p += n;
+		len -= (size_t)n;
+		off += (uint64_t)n;
+	}
+	return 0;
+}
+
 ssize_t store_splice_in(struct store *st, int fd, size_t len, uint64_t off)
 {
 	loff_t o = (loff_t)off;

@@ -588,6 +588,16 @@ int stream_data(struct stream *s, uint64_t off, size_t len, struct iovec *iov, i
 	return store_map(s->store, off, len, iov, iovmax);
 }
 
+int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off)
+{
+	pthread_mutex_lock(&s->lock);
+	bool ok = rangeset_contains(&s->present, off, off + len);
+	pthread_mutex_unlock(&s->lock);
+	if (!ok)
+		return -ERANGE;
+	return len ? store_pread(s->store, buf, len, off) : 0;
+}
+
 struct sync_wait {
 	struct stream_waiter w;
 	pthread_mutex_t m;

@@ -61,6 +61,10 @@ static inline int store_error_errno(ssize_t r)
  */
 int store_map(struct store *st, uint64_t off, size_t len, struct iovec *iov, int iovmax);
 
+/* Copy [off, off+len) (which must have been written) into @buf with
+ * pread. Returns 0 or -errno. */
+int store_pread(struct store *st, void *buf, size_t len, uint64_t off);
+
 /* The descriptor, for diagnostics. */
 int store_fd(const struct store *st);
 

@@ -223,6 +223,14 @@ bool stream_unwait(struct stream *s, struct stream_waiter *w);
 int stream_data(struct stream *s, uint64_t off, size_t len, struct iovec *iov, int iovmax);
 
 /*
+ * Copy the present bytes [off, off+len) into @buf (pread from the store;
+ * no mapping is touched, so the daemon's RSS does not grow with the
+ * stream). Returns 0, -ERANGE if part of the range is not present, or the
+ * store's error.
+ */
+int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off);
+
+/*
  * Blocking read with regular-file results (S3/S4): waits for the whole
  * range (or, with @partial, for at least one byte), then copies. Returns
  * bytes read, 0 at end, -EIO past a failure, -ECANCELED. For tests and

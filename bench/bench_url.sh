@@ -1,0 +1,153 @@
+#!/bin/bash
+# bench_url.sh - URL source throughput and latency against curl, same run.
+#
+#   bench/bench_url.sh [SIZE_MIB]        (default 1024)
+#
+# Starts its own nginx on 127.0.0.1 (random free port, config, logs and pid
+# in a tmp dir it creates and removes) serving one file of SIZE_MIB random
+# bytes, then, REPS times each (default 3), interleaved:
+#   - sequential read: `curl -s -o /dev/null URL`  vs  `cat MNT/f > /dev/null`
+#     on a fresh streamfs mount (foreground -f), MiB/s each and the ratio;
+#   - first 4 KiB: `curl -s -r 0-4095 -o /dev/null URL`  vs
+#     `head -c 4096 MNT/f` on a fresh mount (mount time not counted).
+# Prints the median of each. Environment: STREAMFS (binary, default
+# build/streamfs), STREAMFS_OPTS (extra options, e.g. --cache-dir=memory),
+# REPS, BENCH_TMP (parent of the tmp dir, default /tmp).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(dirname "$HERE")
+STREAMFS=${STREAMFS:-$REPO/build/streamfs}
+STREAMFS_OPTS=${STREAMFS_OPTS:-}
+SIZE_MIB=${1:-${SIZE_MIB:-1024}}
+REPS=${REPS:-3}
+NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
+
+for t in "$STREAMFS" "$NGINX"; do
+	[ -x "$t" ] || { echo "bench_url: $t not found (build first: cmake -B build && cmake --build build)" >&2; exit 2; }
+done
+command -v curl >/dev/null || { echo "bench_url: curl not found" >&2; exit 2; }
+
+TMP=$(mktemp -d "${BENCH_TMP:-/tmp}/bench_url.XXXXXX")
+MNT=$TMP/mnt
+NGINX_PID=
+SFS_PID=
+
+stop_streamfs() {
+	if [ -n "$SFS_PID" ]; then
+		if mountpoint -q "$MNT" 2>/dev/null; then
+			fusermount3 -u "$MNT" 2>/dev/null || fusermount3 -uz "$MNT" 2>/dev/null || true
+		fi
+		# a foreground daemon exits once unmounted; SIGTERM if it does not
+		for _ in $(seq 50); do kill -0 "$SFS_PID" 2>/dev/null || break; sleep 0.1; done
+		if kill -0 "$SFS_PID" 2>/dev/null; then
+			kill -TERM "$SFS_PID" 2>/dev/null || true
+			for _ in $(seq 50); do kill -0 "$SFS_PID" 2>/dev/null || break; sleep 0.1; done
+			kill -KILL "$SFS_PID" 2>/dev/null || true
+		fi
+		wait "$SFS_PID" 2>/dev/null || true
+		SFS_PID=
+	fi
+}
+
+cleanup() {
+	set +e
+	stop_streamfs
+	if [ -n "$NGINX_PID" ]; then
+		kill -QUIT "$NGINX_PID" 2>/dev/null
+		for _ in $(seq 50); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$NGINX_PID" 2>/dev/null
+		wait "$NGINX_PID" 2>/dev/null
+	fi
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+now() { date +%s.%N; }
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# ---- the file and nginx
+mkdir -p "$TMP/www" "$TMP/nginx" "$MNT"
+echo "bench_url: making a ${SIZE_MIB} MiB file in $TMP ..." >&2
+dd if=/dev/urandom of="$TMP/www/f" bs=1M count="$SIZE_MIB" status=none
+BYTES=$(stat -c %s "$TMP/www/f")
+
+PORT=$(free_port)
+cat >"$TMP/nginx/nginx.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log warn;
+events { worker_connections 256; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    server { listen 127.0.0.1:$PORT; root $TMP/www; }
+}
+EOF
+"$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" </dev/null >"$TMP/nginx/stderr" 2>&1 &
+NGINX_PID=$!
+URL="http://127.0.0.1:$PORT/f"
+for _ in $(seq 100); do
+	curl -s -o /dev/null -r 0-0 "$URL" && break
+	kill -0 "$NGINX_PID" 2>/dev/null || { cat "$TMP/nginx/stderr" "$TMP/nginx/error.log" >&2; exit 1; }
+	sleep 0.05
+done
+cat "$TMP/www/f" >/dev/null # page cache warm: measure streamfs and curl, not the disk
+
+start_streamfs() {
+	# shellcheck disable=SC2086
+	"$STREAMFS" -f $STREAMFS_OPTS "$MNT" "f=$URL" </dev/null >"$TMP/streamfs.log" 2>&1 &
+	SFS_PID=$!
+	for _ in $(seq 200); do
+		mountpoint -q "$MNT" && return 0
+		kill -0 "$SFS_PID" 2>/dev/null || break
+		sleep 0.025
+	done
+	echo "bench_url: streamfs did not mount:" >&2
+	cat "$TMP/streamfs.log" >&2
+	exit 1
+}
+
+: >"$TMP/seq_curl"; : >"$TMP/seq_sfs"; : >"$TMP/ttfb_curl"; : >"$TMP/ttfb_sfs"
+for r in $(seq "$REPS"); do
+	echo "bench_url: round $r/$REPS" >&2
+	# sequential, curl
+	t0=$(now); curl -s -o /dev/null "$URL"; t1=$(now)
+	awk -v b="$BYTES" -v a="$t0" -v z="$t1" 'BEGIN {printf "%.1f\n", b/1048576/(z-a)}' >>"$TMP/seq_curl"
+	# sequential, streamfs (fresh mount: the bytes come over HTTP)
+	start_streamfs
+	t0=$(now); cat "$MNT/f" >/dev/null; t1=$(now)
+	got=$(stat -c %s "$MNT/f")
+	stop_streamfs
+	[ "$got" = "$BYTES" ] || { echo "bench_url: size through the mount $got != $BYTES" >&2; exit 1; }
+	awk -v b="$BYTES" -v a="$t0" -v z="$t1" 'BEGIN {printf "%.1f\n", b/1048576/(z-a)}' >>"$TMP/seq_sfs"
+	# first 4 KiB, curl
+	t0=$(now); curl -s -r 0-4095 -o /dev/null "$URL"; t1=$(now)
+	awk -v a="$t0" -v z="$t1" 'BEGIN {printf "%.2f\n", (z-a)*1000}' >>"$TMP/ttfb_curl"
+	# first 4 KiB, streamfs on a fresh mount
+	start_streamfs
+	t0=$(now); n=$(head -c 4096 "$MNT/f" | wc -c); t1=$(now)
+	stop_streamfs
+	[ "$n" = 4096 ] || { echo "bench_url: head -c 4096 gave $n bytes" >&2; exit 1; }
+	awk -v a="$t0" -v z="$t1" 'BEGIN {printf "%.2f\n", (z-a)*1000}' >>"$TMP/ttfb_sfs"
+done
+
+SC=$(median <"$TMP/seq_curl"); SS=$(median <"$TMP/seq_sfs")
+TC=$(median <"$TMP/ttfb_curl"); TS=$(median <"$TMP/ttfb_sfs")
+echo
+echo "URL source vs curl: ${SIZE_MIB} MiB from nginx on 127.0.0.1, median of $REPS"
+printf '%-28s %12s %12s %14s\n' "measure" "streamfs" "curl" "streamfs/curl"
+printf '%-28s %12s %12s %14s\n' "sequential read (MiB/s)" "$SS" "$SC" "$(awk -v a="$SS" -v b="$SC" 'BEGIN {printf "%.2f", a/b}')"
+printf '%-28s %12s %12s %14s\n' "first 4 KiB, fresh (ms)" "$TS" "$TC" "$(awk -v a="$TS" -v b="$TC" 'BEGIN {printf "%.2f", a/b}')"
+echo "(sequential: cat MNT/f >/dev/null vs curl -s -o /dev/null; first 4 KiB: head -c 4096 vs curl -r 0-4095)"

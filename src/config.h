@@ -1,0 +1,141 @@
+/*
+ * config.h - the command line and the manifest, parsed into one struct.
+ *
+ * Everything the user can say is checked here, before anything is mounted:
+ * a bad value produces one clear line (in @err) naming what is wrong, and
+ * the caller exits non-zero. No function here prints, exits or touches the
+ * file system except config_load_manifest() reading its file.
+ *
+ * Syntax accepted (DESIGN.md section 4):
+ *   streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...
+ *   SOURCE: cmd:COMMAND | pipe:PATH | - | http://... https://... ftp://... ftps://...
+ *   per-file options, given once on the command line for every file there:
+ *     --size=auto|wait|BYTES (BYTES may carry K/M/G/T binary suffixes)
+ *     --start=access|mount   --read=full|partial
+ *     URL options: --header='Name: value' (repeatable), --insecure,
+ *     --retries=N, --retry-time=SECONDS, --stall-timeout=SECONDS,
+ *     --connect-timeout=SECONDS, --max-redirs=N, --user=USER:PASSWORD,
+ *     --location-trusted (send credentials/headers after redirects to
+ *     other hosts)
+ *   manifest (-c FILE, INI, libinih): one section per file, the section
+ *   name is NAME; keys: source (required), and the per-file options without
+ *   "--" (size, start, read, header (repeatable), insecure = true|false, ...).
+ *   A section named [streamfs] is refused (reserved). Files from the
+ *   manifest come first, then those on the command line; a name given
+ *   twice is an error.
+ */
+#ifndef STREAMFS_CONFIG_H
+#define STREAMFS_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum size_policy { SIZE_AUTO, SIZE_WAIT, SIZE_FIXED };
+enum start_policy { START_ACCESS, START_MOUNT };
+enum read_policy { READ_FULL, READ_PARTIAL };
+enum source_kind { SOURCE_CMD, SOURCE_PIPE, SOURCE_STDIN, SOURCE_URL };
+
+/* Per-file options. Defaults come from config_file_opts_default(). */
+struct file_opts {
+	enum size_policy size;
+	uint64_t size_bytes; /* SIZE_FIXED */
+	enum start_policy start;
+	enum read_policy read;
+
+	/* URL sources */
+	char **headers; /* "Name: value", NULL-terminated array or NULL; owned */
+	size_t nheaders;
+	bool insecure;          /* default false: TLS verification on */
+	bool location_trusted;  /* default false */
+	char *userpwd;          /* "user:password" or NULL; owned */
+	int retries;            /* default 5 */
+	double retry_time;      /* seconds, default 60 */
+	double stall_timeout;   /* seconds without a byte, default 30 */
+	double connect_timeout; /* seconds, default 15 */
+	int max_redirs;         /* default 10 */
+};
+
+struct file_spec {
+	char *name;   /* validated relative path, e.g. "dir/a.bin"; owned */
+	char *source; /* as written, e.g. "cmd:ls -l"; owned */
+	enum source_kind kind;
+	char *arg;    /* the command, the path, or the URL; NULL for stdin; owned */
+	struct file_opts opts;
+};
+
+struct config {
+	char *mountpoint;  /* as given; owned */
+	char *manifest;    /* -c FILE or NULL; owned */
+	bool foreground;   /* -f */
+	int verbosity;     /* 0 normal, -1 with -q, +1 per -v */
+	char *cache_dir;   /* --cache-dir DIR; NULL means the default */
+	bool memory_store; /* --cache-dir=memory: keep bytes in RAM (memfd) */
+	char **fuse_opts;  /* each -o argument, NULL-terminated array; owned */
+	size_t nfuse_opts;
+	struct file_spec *files; /* owned */
+	size_t nfiles;
+	bool show_help;    /* -h/--help: caller prints usage, exits 0 */
+	bool show_version; /* --version */
+};
+
+/* Default per-file options. Can't fail. */
+void config_file_opts_default(struct file_opts *o);
+
+/*
+ * Set one per-file option by its name without "--" ("size", "start",
+ * "read", "header", "insecure", "retries", ...). @value is NULL for a bare
+ * flag (allowed only for boolean options). Returns 0, or -1 with a message
+ * in @err such as "bad --size value 'abc': expected auto, wait or a byte
+ * count". On failure @o is unchanged.
+ */
+int config_set_file_option(struct file_opts *o, const char *key, const char *value, char *err,
+			   size_t errlen);
+
+/*
+ * Check a file name: a relative path of non-empty components separated by
+ * '/', none of them "." or "..", no leading or trailing '/', no control
+ * characters (bytes below 0x20, 0x7f: they would break status output and
+ * line-based protocols), at most 4095 bytes in all and 255 per component.
+ * Returns 0 or -1 with @err set.
+ */
+int config_validate_name(const char *name, char *err, size_t errlen);
+
+/*
+ * Parse "NAME=SOURCE" (split at the first '='), validate the name and the
+ * source (known kind, non-empty command/path, URL with a host), and fill
+ * @out with a copy of @defaults. Returns 0, or -1 with @err set and @out
+ * left empty (nothing to free).
+ */
+int config_parse_file(const char *arg, const struct file_opts *defaults, struct file_spec *out,
+		      char *err, size_t errlen);
+
+/*
+ * Parse the mount command line (argv[0] is the program; no subcommand).
+ * Loads the manifest if -c is given. Checks duplicates (and a name that
+ * another one needs as its directory: "a" and "a/b"), that exactly one
+ * mountpoint is given (unless -h/--version, which stop parsing at once), and
+ * that "-" is used at most once. @cfg is overwritten, not freed, first.
+ * Returns 0, or -1 with @err set; free @cfg with config_free() either way.
+ */
+int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/*
+ * Read a manifest file and append its files to @cfg. Returns 0, or -1 with
+ * @err naming the file, the line and the problem ("streamfs.ini:7: unknown
+ * key 'sise' in [video.mp4]").
+ */
+int config_load_manifest(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/* Free everything @cfg owns and zero it. NULL is fine. */
+void config_free(struct config *cfg);
+void config_file_spec_free(struct file_spec *f);
+void config_file_opts_free(struct file_opts *o);
+
+/* Deep copy of @src into @dst. Returns 0 or -1 (ENOMEM). */
+int config_file_opts_copy(struct file_opts *dst, const struct file_opts *src);
+
+/* "cmd", "pipe", "stdin", "url". */
+const char *config_source_kind_name(enum source_kind k);
+
+#endif
