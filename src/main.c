@@ -229,7 +229,13 @@ static int mount_main(int argc, char **argv)
 		struct stream *s = make_stream(&cfg, f, loop, cwd, stdin_fd, err, sizeof(err));
 		if (f->kind == SOURCE_STDIN)
 			stdin_fd = -1; /* the stream owns it now, even on failure */
-		if (!s || fs_add_file(fs, f->name, s, &f->opts, f->source, err, sizeof(err)) < 0) {
+		/* Status shows URLs without their credentials. */
+		char *shown = f->kind == SOURCE_URL ? source_url_redact(f->source) : NULL;
+		int r = s ? fs_add_file(fs, f->name, s, &f->opts, shown ? shown : f->source, err,
+					sizeof(err))
+			  : -1;
+		free(shown);
+		if (r < 0) {
 			rc = die_usage("%s", err);
 			goto out;
 		}

@@ -30,6 +30,10 @@ struct stream *source_stdin_new(struct ioloop *loop, const char *name, int fd,
 struct stream *source_url_new(struct ioloop *loop, const char *name, const char *url,
 			      const struct file_opts *opts, struct store *store);
 
+/* @url without user:password (for status and logs). Returns a malloc'ed
+ * string, or NULL (ENOMEM). */
+char *source_url_redact(const char *url);
+
 /* Daemon shutdown: SIGKILL every command process group still alive. Safe
  * from any thread; idempotent. */
 void source_cmd_kill_all(void);

@@ -1,29 +1,184 @@
 /*
- * source_url.c - http(s)/ftp(s) URLs through libcurl. (Placeholder until
- * the URL source lands: such a stream fails at once with ENOSYS.)
+ * source_url.c - http(s)/ftp(s) URLs through libcurl.
+ *
+ * Every transfer of every URL stream is driven by the one I/O thread,
+ * through a single curl multi handle and its socket API: curl tells us
+ * which sockets to watch (socket callback) and when to wake it (timer
+ * callback); the ioloop calls curl_multi_socket_action() back. No thread
+ * per transfer, no lock around curl: only the loop thread touches it.
+ *
+ * A stream is one or more transfers of the same resource:
+ *  - The first GET learns the length (Content-Length, or the FTP size) and
+ *    the validator (a strong ETag, else Last-Modified). The length is
+ *    announced to the stream as soon as the headers are in, before any
+ *    body byte, so stat shows it at once.
+ *  - On a dropped connection, a stall (no byte for stall_timeout s), a
+ *    body cut short, or a retryable status (5xx, 408, 429 with
+ *    Retry-After), the next transfer asks for "Range: bytes=N-" with
+ *    If-Range, after a backoff (1 s doubling to 30 s, or Retry-After), as
+ *    long as the retry count and the total retry time allow.
+ *  - A 206 must start at N and carry the same validator; a 200 to a range
+ *    request means the server sent the whole body again: its first N
+ *    bytes are skipped if the validator still matches, otherwise the
+ *    stream fails. Two versions of a resource are never mixed.
+ *  - 4xx (but 408/429), DNS, TLS and connection errors on the first
+ *    request fail the stream at byte 0 with a message saying which.
+ *
+ * Redirects are followed here, not by libcurl, so that headers and
+ * credentials given for the file are dropped when a redirect leaves the
+ * original host (unless location_trusted), and only http, https, ftp and
+ * ftps targets are accepted.
+ *
+ * The body is stored as sent: no Accept-Encoding is sent and nothing is
+ * decoded, so the file is exactly the bytes of the resource.
  */
 #include "source.h"
 
+#include "log.h"
 #include "streamfs/store.h"
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
 
-static int url_start(struct stream *s, void *src)
-{
-	return -ENOSYS;
-}
+#define BACKOFF_FIRST_MS 1000
+#define BACKOFF_MAX_MS 30000
+#define RATE_UPDATE_MS 1000
 
-static const struct stream_source_ops url_ops = {
-	.kind = "url",
-	.start = url_start,
+/* The shared multi handle, loop thread only. */
+struct url_multi {
+	CURLM *multi;
+	struct ioloop *loop;
+	struct ioloop_timer timer;
+	bool closing;
+};
+static struct url_multi g_multi;
+
+struct sock_watch {
+	struct ioloop_watch w;
+	bool added;
 };
 
-struct stream *source_url_new(struct ioloop *loop, const char *name, const char *url,
-			      const struct file_opts *opts, struct store *store)
+struct url_src {
+	struct ioloop *loop;
+	struct stream *s;
+	char *url;      /* as given */
+	char *cur_url;  /* after redirects: where the next request goes */
+	struct file_opts opts;
+
+	/* loop thread only */
+	CURL *easy;
+	struct curl_slist *headers;
+	char errbuf[CURL_ERROR_SIZE];
+	bool active, cancelled;
+	bool is_http;
+	bool send_auth;    /* headers/credentials still go to cur_url's host */
+	int redirects;
+	uint64_t pos;      /* next byte of the resource we expect */
+	uint64_t skip;     /* body bytes to drop (a 200 answering a range request) */
+	int64_t length;    /* of the whole resource, -1 if unknown */
+	bool range_asked;  /* the current request asked for bytes from pos */
+	bool got_headers;  /* the current response's headers were checked */
+	long code;         /* of the current response */
+	char *etag;        /* strong validator, or NULL */
+	char *last_modified;
+	bool no_ranges;    /* the server ignored a range request once */
+	int failure;       /* an error found in a callback: positive errno */
+	char failmsg[256];
+	bool retry_now;    /* the callback found the response retryable */
+	long retry_after_ms;
+	int retries;
+	uint64_t first_retry_ms;
+	uint64_t backoff_ms;
+	struct ioloop_timer retry_timer;
+	uint64_t start_ms, rate_ms, rate_bytes;
+};
+
+static void multi_check(void);
+static void begin_transfer(struct url_src *u);
+
+/* ---- the multi handle and the ioloop ---------------------------------- */
+
+static void sock_event(struct ioloop_watch *w, uint32_t events)
 {
-	return stream_new(name, store, &url_ops, NULL);
+	int mask = 0;
+	if (events & EPOLLIN)
+		mask |= CURL_CSELECT_IN;
+	if (events & EPOLLOUT)
+		mask |= CURL_CSELECT_OUT;
+	if (events & (EPOLLERR | EPOLLHUP))
+		mask |= CURL_CSELECT_ERR;
+	int running;
+	curl_multi_socket_action(g_multi.multi, w->fd, mask, &running);
+	multi_check();
+}
+
+static int sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+	struct sock_watch *sw = socketp;
+	if (what == CURL_POLL_REMOVE) {
+		if (sw) {
+			if (sw->added && !g_multi.closing)
+				ioloop_del(g_multi.loop, &sw->w);
+			free(sw);
+			curl_multi_assign(g_multi.multi, fd, NULL);
+		}
+		return 0;
+	}
+	uint32_t ev = 0;
+	if (what & CURL_POLL_IN)
+		ev |= EPOLLIN;
+	if (what & CURL_POLL_OUT)
+		ev |= EPOLLOUT;
+	if (!sw) {
+		sw = calloc(1, sizeof(*sw));
+		if (!sw)
+			return -1;
+		sw->w.fd = fd;
+		sw->w.cb = sock_event;
+		curl_multi_assign(g_multi.multi, fd, sw);
+	}
+	int r = sw->added ? ioloop_mod(g_multi.loop, &sw->w, ev) : ioloop_add(g_multi.loop, &sw->w, ev);
+	if (r == 0)
+		sw->added = true;
+	else
+		log_error("url: cannot watch socket %d: %s", fd, strerror(-r));
+	return 0;
+}
+
+static void timer_fired(struct ioloop_timer *t)
+{
+	int running;
+	curl_multi_socket_action(g_multi.multi, CURL_SOCKET_TIMEOUT, 0, &running);
+	multi_check();
+}
+
+static int timer_cb(CURLM *multi, long ms, void *userp)
+{
+	if (ms < 0)
+		ioloop_timer_disarm(g_multi.loop, &g_multi.timer);
+	else
+		ioloop_timer_arm(g_multi.loop, &g_multi.timer, (uint64_t)ms);
+	return 0;
+}
+
+static int multi_setup(struct ioloop *loop)
+{
+	if (g_multi.multi)
+		return 0;
+	g_multi.multi = curl_multi_init();
+	if (!g_multi.multi)
+		return -ENOMEM;
+	g_multi.loop = loop;
+	g_multi.timer.cb = timer_fired;
+	curl_multi_setopt(g_multi.multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
+	curl_multi_setopt(g_multi.multi, CURLMOPT_TIMERFUNCTION, timer_cb);
+	return 0;
 }
 
 int source_url_global_init(void)
@@ -33,5 +188,588 @@ int source_url_global_init(void)
 
 void source_url_global_cleanup(void)
 {
+	if (g_multi.multi) {
+		g_multi.closing = true; /* the loop may be gone: only free */
+		curl_multi_cleanup(g_multi.multi);
+		g_multi.multi = NULL;
+	}
 	curl_global_cleanup();
+}
+
+/* ---- status ----------------------------------------------------------- */
+
+/* The URL without user:password, for status and the log. */
+char *source_url_redact(const char *url)
+{
+	CURLU *h = curl_url();
+	char *out = NULL;
+	if (h && curl_url_set(h, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK) {
+		curl_url_set(h, CURLUPART_USER, NULL, 0);
+		curl_url_set(h, CURLUPART_PASSWORD, NULL, 0);
+		char *u = NULL;
+		if (curl_url_get(h, CURLUPART_URL, &u, 0) == CURLUE_OK) {
+			out = strdup(u);
+			curl_free(u);
+		}
+	}
+	curl_url_cleanup(h);
+	return out ? out : strdup("(unparsable URL)");
+}
+
+static char *host_of(const char *url)
+{
+	CURLU *h = curl_url();
+	char *host = NULL, *out = NULL;
+	if (h && curl_url_set(h, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
+	    curl_url_get(h, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
+		char *port = NULL;
+		curl_url_get(h, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT);
+		if (asprintf(&out, "%s:%s", host, port ? port : "") < 0)
+			out = NULL;
+		curl_free(port);
+		curl_free(host);
+	}
+	curl_url_cleanup(h);
+	return out;
+}
+
+static void update_rate(struct url_src *u, bool force)
+{
+	uint64_t now = ioloop_now_ms();
+	if (!force && now - u->rate_ms < RATE_UPDATE_MS)
+		return;
+	uint64_t ms = now - u->start_ms;
+	stream_set_attr(u->s, "rate", "%" PRIu64, ms ? u->rate_bytes * 1000 / ms : 0);
+	u->rate_ms = now;
+}
+
+/* ---- one transfer ----------------------------------------------------- */
+
+static void fail_in_cb(struct url_src *u, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void fail_in_cb(struct url_src *u, int err, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(u->failmsg, sizeof(u->failmsg), fmt, ap);
+	va_end(ap);
+	u->failure = err;
+}
+
+static bool header_value(CURL *easy, const char *name, char *out, size_t size)
+{
+	struct curl_header *h;
+	if (curl_easy_header(easy, name, 0, CURLH_HEADER, -1, &h) != CURLHE_OK)
+		return false;
+	snprintf(out, size, "%s", h->value);
+	return true;
+}
+
+static bool retryable_code(long code)
+{
+	return code == 408 || code == 429 || (code >= 500 && code <= 599);
+}
+
+/* Retry-After: seconds, or an HTTP date. */
+static long retry_after_ms(CURL *easy)
+{
+	char v[128];
+	if (!header_value(easy, "Retry-After", v, sizeof(v)))
+		return -1;
+	char *end;
+	long secs = strtol(v, &end, 10);
+	if (end != v && *end == '\0' && secs >= 0)
+		return secs * 1000;
+	time_t t = curl_getdate(v, NULL);
+	if (t < 0)
+		return -1;
+	time_t now = time(NULL);
+	return t > now ? (long)(t - now) * 1000 : 0;
+}
+
+/*
+ * The headers of the final response of this transfer are in: decide what
+ * its body is. Returns false to abort the transfer (failure or retry set).
+ */
+static bool check_response(struct url_src *u)
+{
+	u->got_headers = true;
+	curl_easy_getinfo(u->easy, CURLINFO_RESPONSE_CODE, &u->code);
+	if (!u->is_http) {
+		if (u->length < 0) {
+			curl_off_t cl = -1;
+			curl_easy_getinfo(u->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+			if (cl >= 0 && u->pos == 0) {
+				u->length = cl;
+				stream_set_length(u->s, (uint64_t)cl);
+			}
+		}
+		return true;
+	}
+	stream_set_attr(u->s, "http_code", "%ld", u->code);
+	if (u->code >= 300 && u->code < 400)
+		return true; /* a redirect: followed when the transfer is done */
+	if (u->code >= 400) {
+		if (retryable_code(u->code)) {
+			u->retry_now = true;
+			u->retry_after_ms = retry_after_ms(u->easy);
+			snprintf(u->failmsg, sizeof(u->failmsg), "HTTP %ld", u->code);
+		} else {
+			fail_in_cb(u, EIO, "HTTP %ld", u->code);
+		}
+		return false;
+	}
+
+	char etag[512] = "", lm[256] = "";
+	bool has_etag = header_value(u->easy, "ETag", etag, sizeof(etag));
+	bool has_lm = header_value(u->easy, "Last-Modified", lm, sizeof(lm));
+	if (has_etag && strncmp(etag, "W/", 2) == 0)
+		has_etag = false; /* weak: not usable with If-Range */
+	curl_off_t cl = -1;
+	curl_easy_getinfo(u->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+
+	if (!u->range_asked) {
+		/* The first response: learn what the resource is. */
+		if (has_etag && !(u->etag = strdup(etag)))
+			has_etag = false;
+		if (has_lm && !(u->last_modified = strdup(lm)))
+			has_lm = false;
+		if (has_etag)
+			stream_set_attr(u->s, "etag", "%s", etag);
+		if (has_lm)
+			stream_set_attr(u->s, "last_modified", "%s", lm);
+		if (cl >= 0 && u->length < 0) {
+			u->length = cl;
+			if (stream_set_length(u->s, (uint64_t)cl) < 0) {
+				fail_in_cb(u, EIO, "the length changed to %" PRId64, (int64_t)cl);
+				return false;
+			}
+		}
+		return true;
+	}
+
+	/* A resumed request: same resource, same version? */
+	bool same = true;
+	if (u->etag)
+		same = has_etag && strcmp(etag, u->etag) == 0;
+	else if (u->last_modified)
+		same = has_lm && strcmp(lm, u->last_modified) == 0;
+	if (!same) {
+		fail_in_cb(u, EIO, "the resource changed while it was read (%s %s, was %s)",
+			   u->etag ? "ETag" : "Last-Modified", u->etag ? etag : lm,
+			   u->etag ? u->etag : u->last_modified);
+		return false;
+	}
+	if (u->code == 206) {
+		char cr[256];
+		uint64_t start = 0;
+		if (!header_value(u->easy, "Content-Range", cr, sizeof(cr)) ||
+		    sscanf(cr, "bytes %" SCNu64, &start) != 1 || start != u->pos) {
+			fail_in_cb(u, EIO, "bad Content-Range '%s' for a request from byte %" PRIu64,
+				   cr, u->pos);
+			return false;
+		}
+		return true;
+	}
+	/* 200 to a range request: the whole body again. */
+	if (!u->no_ranges) {
+		u->no_ranges = true;
+		log_warn("%s: the server ignores Range requests; skipping %" PRIu64
+			 " bytes of a full response",
+			 stream_name(u->s), u->pos);
+	}
+	if (u->length >= 0 && cl >= 0 && cl != u->length) {
+		fail_in_cb(u, EIO, "the resource changed size (%" PRId64 " bytes, was %" PRId64 ")",
+			   (int64_t)cl, u->length);
+		return false;
+	}
+	u->skip = u->pos;
+	return true;
+}
+
+static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp)
+{
+	struct url_src *u = userp;
+	size_t n = size * nmemb;
+	if (u->cancelled)
+		return 0;
+	if (!u->got_headers && !check_response(u))
+		return 0;
+	if (u->is_http && u->code >= 300 && u->code < 400)
+		return n; /* body of a redirect */
+	size_t total = n;
+	if (u->skip) {
+		size_t k = u->skip < n ? (size_t)u->skip : n;
+		u->skip -= k;
+		data += k;
+		n -= k;
+	}
+	if (n == 0)
+		return total;
+	int r = stream_write(u->s, u->pos, data, n);
+	if (r < 0) {
+		if (r != -ECANCELED)
+			fail_in_cb(u, -r, "%s", strerror(-r)); /* the stream has failed already */
+		return 0;
+	}
+	u->pos += n;
+	u->rate_bytes += n;
+	u->backoff_ms = 0; /* progress: the next failure starts a fresh backoff */
+	update_rate(u, false);
+	return total;
+}
+
+static void end_transfer(struct url_src *u)
+{
+	if (u->easy) {
+		curl_multi_remove_handle(g_multi.multi, u->easy);
+		curl_easy_cleanup(u->easy);
+		u->easy = NULL;
+	}
+	curl_slist_free_all(u->headers);
+	u->headers = NULL;
+}
+
+static void source_done(struct url_src *u)
+{
+	if (!u->active)
+		return;
+	u->active = false;
+	end_transfer(u);
+	ioloop_timer_disarm(u->loop, &u->retry_timer);
+	if (!u->cancelled)
+		update_rate(u, true);
+	source_drop(u->s);
+}
+
+static void retry_fired(struct ioloop_timer *t)
+{
+	struct url_src *u = t->data;
+	if (u->active && !u->cancelled)
+		begin_transfer(u);
+}
+
+/* Schedule another transfer from u->pos, or fail if out of retries. */
+static void retry(struct url_src *u, const char *why, long after_ms)
+{
+	uint64_t now = ioloop_now_ms();
+	if (u->retries == 0 || u->first_retry_ms == 0)
+		u->first_retry_ms = now;
+	uint64_t spent = now - u->first_retry_ms;
+	uint64_t limit = (uint64_t)(u->opts.retry_time * 1000);
+	u->backoff_ms = u->backoff_ms ? u->backoff_ms * 2 : BACKOFF_FIRST_MS;
+	if (u->backoff_ms > BACKOFF_MAX_MS)
+		u->backoff_ms = BACKOFF_MAX_MS;
+	uint64_t delay = after_ms >= 0 ? (uint64_t)after_ms : u->backoff_ms;
+	if (u->retries >= u->opts.retries || spent + delay > limit) {
+		stream_fail(u->s, EIO, "%s (gave up after %d retr%s)", why, u->retries,
+			    u->retries == 1 ? "y" : "ies");
+		source_done(u);
+		return;
+	}
+	u->retries++;
+	stream_set_attr(u->s, "retries", "%d", u->retries);
+	log_warn("%s: %s at byte %" PRIu64 "; retry %d of %d in %" PRIu64 " ms", stream_name(u->s),
+		 why, u->pos, u->retries, u->opts.retries, delay);
+	end_transfer(u);
+	ioloop_timer_arm(u->loop, &u->retry_timer, delay);
+}
+
+static bool connection_error(CURLcode rc)
+{
+	return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+	       rc == CURLE_COULDNT_RESOLVE_PROXY;
+}
+
+static bool tls_error(CURLcode rc)
+{
+	return rc == CURLE_SSL_CONNECT_ERROR || rc == CURLE_PEER_FAILED_VERIFICATION ||
+	       rc == CURLE_SSL_CERTPROBLEM || rc == CURLE_SSL_CIPHER ||
+	       rc == CURLE_SSL_CACERT_BADFILE || rc == CURLE_SSL_ISSUER_ERROR ||
+	       rc == CURLE_SSL_CRL_BADFILE || rc == CURLE_SSL_PINNEDPUBKEYNOTMATCH;
+}
+
+/* Follow a 3xx. Returns true if a new transfer was started or the stream
+ * failed; false if this was not a redirect. */
+static bool follow_redirect(struct url_src *u)
+{
+	if (!u->is_http || u->code < 300 || u->code >= 400)
+		return false;
+	char *target = NULL;
+	curl_easy_getinfo(u->easy, CURLINFO_REDIRECT_URL, &target);
+	if (!target) {
+		stream_fail(u->s, EIO, "HTTP %ld without a Location", u->code);
+		source_done(u);
+		return true;
+	}
+	if (++u->redirects > u->opts.max_redirs) {
+		stream_fail(u->s, EIO, "more than %d redirects", u->opts.max_redirs);
+		source_done(u);
+		return true;
+	}
+	if (strncasecmp(target, "http://", 7) && strncasecmp(target, "https://", 8) &&
+	    strncasecmp(target, "ftp://", 6) && strncasecmp(target, "ftps://", 7)) {
+		stream_fail(u->s, EIO, "redirect to a refused protocol: %.64s", target);
+		source_done(u);
+		return true;
+	}
+	char *next = strdup(target);
+	char *h1 = host_of(u->cur_url), *h2 = host_of(target);
+	if (!next) {
+		stream_fail(u->s, ENOMEM, "out of memory");
+		source_done(u);
+	} else {
+		if (!h1 || !h2 || strcasecmp(h1, h2) != 0)
+			u->send_auth = u->send_auth && u->opts.location_trusted;
+		free(u->cur_url);
+		u->cur_url = next;
+		char *shown = source_url_redact(next);
+		stream_set_attr(u->s, "url", "%s", shown ? shown : "");
+		log_debug("%s: redirected (%ld) to %s", stream_name(u->s), u->code, shown);
+		free(shown);
+		end_transfer(u);
+		begin_transfer(u);
+	}
+	free(h1);
+	free(h2);
+	return true;
+}
+
+/* A transfer finished with @rc: end, retry, or fail the stream. */
+static void transfer_done(struct url_src *u, CURLcode rc)
+{
+	if (u->cancelled) {
+		source_done(u);
+		return;
+	}
+	if (rc == CURLE_OK && !u->got_headers)
+		check_response(u); /* an empty body: no write callback ran */
+	if (u->failure) {
+		stream_fail(u->s, u->failure, "%s", u->failmsg);
+		source_done(u);
+		return;
+	}
+	if (u->retry_now) {
+		u->retry_now = false;
+		char why[sizeof(u->failmsg)];
+		snprintf(why, sizeof(why), "%s", u->failmsg);
+		retry(u, why, u->retry_after_ms);
+		return;
+	}
+	if (rc == CURLE_OK) {
+		if (follow_redirect(u))
+			return;
+		if (u->length >= 0 && u->pos < (uint64_t)u->length) {
+			retry(u, "the body ended early", -1);
+			return;
+		}
+		stream_end(u->s);
+		source_done(u);
+		return;
+	}
+
+	const char *detail = u->errbuf[0] ? u->errbuf : curl_easy_strerror(rc);
+	if (tls_error(rc)) {
+		stream_fail(u->s, EIO, "TLS: %s", detail);
+	} else if (rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY) {
+		stream_fail(u->s, EIO, "%s", detail);
+	} else if (connection_error(rc) && u->pos == 0 && u->retries == 0) {
+		stream_fail(u->s, EIO, "%s", detail);
+	} else if (rc == CURLE_REMOTE_FILE_NOT_FOUND || rc == CURLE_REMOTE_ACCESS_DENIED ||
+		   rc == CURLE_LOGIN_DENIED || rc == CURLE_UNSUPPORTED_PROTOCOL ||
+		   rc == CURLE_URL_MALFORMAT || rc == CURLE_TOO_MANY_REDIRECTS) {
+		stream_fail(u->s, EIO, "%s", detail);
+	} else {
+		/* Dropped, stalled, cut short: resume where we are. */
+		char why[CURL_ERROR_SIZE + 32];
+		snprintf(why, sizeof(why), "%s",
+			 rc == CURLE_OPERATION_TIMEDOUT ? "stalled" : detail);
+		retry(u, why, -1);
+		return;
+	}
+	source_done(u);
+}
+
+static void multi_check(void)
+{
+	CURLMsg *m;
+	int left;
+	while ((m = curl_multi_info_read(g_multi.multi, &left))) {
+		if (m->msg != CURLMSG_DONE)
+			continue;
+		struct url_src *u = NULL;
+		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&u);
+		if (u && u->easy == m->easy_handle)
+			transfer_done(u, m->data.result);
+	}
+}
+
+static void begin_transfer(struct url_src *u)
+{
+	CURL *e = curl_easy_init();
+	if (!e) {
+		stream_fail(u->s, ENOMEM, "cannot create a transfer");
+		source_done(u);
+		return;
+	}
+	u->easy = e;
+	u->errbuf[0] = '\0';
+	u->failure = 0;
+	u->retry_now = false;
+	u->retry_after_ms = -1;
+	u->got_headers = false;
+	u->code = 0;
+	u->skip = 0;
+	u->range_asked = u->pos > 0;
+
+	curl_easy_setopt(e, CURLOPT_URL, u->cur_url);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)u);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, u);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, u->errbuf);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https,ftp,ftps");
+	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* see follow_redirect() */
+	curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 512L * 1024);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(u->opts.connect_timeout * 1000));
+	/* A stall: less than one byte per second for stall_timeout seconds. */
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)(u->opts.stall_timeout + 0.999));
+	curl_easy_setopt(e, CURLOPT_USERAGENT, "streamfs/" STREAMFS_VERSION);
+	if (u->opts.insecure) {
+		curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+		curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+	}
+	if (u->send_auth) {
+		for (size_t i = 0; i < u->opts.nheaders; i++) {
+			struct curl_slist *l = curl_slist_append(u->headers, u->opts.headers[i]);
+			if (l)
+				u->headers = l;
+		}
+		if (u->opts.userpwd)
+			curl_easy_setopt(e, CURLOPT_USERPWD, u->opts.userpwd);
+	}
+	if (u->range_asked) {
+		char range[64];
+		snprintf(range, sizeof(range), "%" PRIu64 "-", u->pos);
+		if (u->is_http) {
+			curl_easy_setopt(e, CURLOPT_RANGE, range);
+			char ir[600];
+			const char *v = u->etag ? u->etag : u->last_modified;
+			if (v && snprintf(ir, sizeof(ir), "If-Range: %s", v) < (int)sizeof(ir)) {
+				struct curl_slist *l = curl_slist_append(u->headers, ir);
+				if (l)
+					u->headers = l;
+			}
+		} else {
+			curl_easy_setopt(e, CURLOPT_RESUME_FROM_LARGE, (curl_off_t)u->pos);
+		}
+	}
+	if (u->headers)
+		curl_easy_setopt(e, CURLOPT_HTTPHEADER, u->headers);
+	if (log_get_level() >= LOG_LVL_DEBUG)
+		log_debug("%s: GET from byte %" PRIu64, stream_name(u->s), u->pos);
+
+	CURLMcode mc = curl_multi_add_handle(g_multi.multi, e);
+	if (mc != CURLM_OK) {
+		stream_fail(u->s, EIO, "curl: %s", curl_multi_strerror(mc));
+		source_done(u);
+	}
+}
+
+/* ---- the source ------------------------------------------------------- */
+
+static void url_begin(void *arg)
+{
+	struct url_src *u = arg;
+	int r = multi_setup(u->loop);
+	if (r < 0) {
+		stream_fail(u->s, -r, "cannot set up libcurl");
+		source_done(u);
+		return;
+	}
+	u->start_ms = ioloop_now_ms();
+	begin_transfer(u);
+}
+
+static void url_cancel_in_loop(void *arg)
+{
+	struct url_src *u = arg;
+	struct stream *s = u->s;
+	if (u->active) {
+		u->cancelled = true;
+		source_done(u);
+	}
+	stream_unref(s); /* the ref of this call */
+}
+
+static int url_start(struct stream *s, void *src)
+{
+	struct url_src *u = src;
+	source_take(s);
+	u->active = true;
+	int r = ioloop_call(u->loop, url_begin, u);
+	if (r < 0) {
+		u->active = false;
+		source_drop(s);
+	}
+	return r;
+}
+
+static void url_cancel(struct stream *s, void *src)
+{
+	struct url_src *u = src;
+	stream_ref(s);
+	if (ioloop_call(u->loop, url_cancel_in_loop, u) < 0)
+		stream_unref(s);
+}
+
+static void url_destroy(void *src)
+{
+	struct url_src *u = src;
+	free(u->url);
+	free(u->cur_url);
+	free(u->etag);
+	free(u->last_modified);
+	config_file_opts_free(&u->opts);
+	free(u);
+}
+
+static const struct stream_source_ops url_ops = {
+	.kind = "url",
+	.start = url_start,
+	.cancel = url_cancel,
+	.destroy = url_destroy,
+};
+
+struct stream *source_url_new(struct ioloop *loop, const char *name, const char *url,
+			      const struct file_opts *opts, struct store *store)
+{
+	struct url_src *u = calloc(1, sizeof(*u));
+	if (!u || !(u->url = strdup(url)) || !(u->cur_url = strdup(url)) ||
+	    config_file_opts_copy(&u->opts, opts) < 0) {
+		if (u) {
+			free(u->url);
+			free(u->cur_url);
+		}
+		free(u);
+		store_close(store);
+		errno = ENOMEM;
+		return NULL;
+	}
+	u->loop = loop;
+	u->length = -1;
+	u->send_auth = true;
+	u->is_http = strncasecmp(url, "http", 4) == 0;
+	u->retry_timer.cb = retry_fired;
+	u->retry_timer.data = u;
+	struct stream *s = stream_new(name, store, &url_ops, u);
+	if (!s)
+		return NULL;
+	u->s = s;
+	char *shown = source_url_redact(url);
+	if (shown)
+		stream_set_attr(s, "url", "%s", shown);
+	free(shown);
+	return s;
 }
