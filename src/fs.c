@@ -18,6 +18,10 @@
  *    wait for a size worth showing (a length, a first byte, or the end).
  *    st_blocks = ceil(size/512) so cp does not take the file for sparse;
  *    st_blksize = 1 MiB doubles cat's throughput.
+ *  - No default_permissions: with it the kernel refreshes attributes
+ *    (GETATTR) for every permission check, so getxattr and path walks
+ *    would start streams and wait on them. Files are 0444 and the mount
+ *    is read-only, so there is nothing for the kernel to check.
  *  - GETATTR with a file handle means lseek(SEEK_END) (or a read past
  *    i_size in page-cache mode): it waits for the end of the stream (S6).
  *  - Replies are sent from memory (pread into a per-thread buffer), never
@@ -746,7 +750,7 @@ int fs_mount(struct fs *fs, const char *mountpoint, char *const *fuse_opts, char
 	fuse_set_log_func(fuse_logger);
 	fuse_last_msg[0] = '\0';
 	if (fuse_opt_add_arg(&args, "streamfs") ||
-	    fuse_opt_add_arg(&args, "-oro,default_permissions,auto_unmount,fsname=streamfs,"
+	    fuse_opt_add_arg(&args, "-oro,auto_unmount,fsname=streamfs,"
 				    "subtype=streamfs"))
 		goto out;
 	for (size_t i = 0; fuse_opts && fuse_opts[i]; i++)

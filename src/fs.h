@@ -28,7 +28,7 @@ int fs_add_file(struct fs *fs, const char *path, struct stream *s, const struct 
 		const char *source, char *err, size_t errlen);
 
 /* Create the FUSE session and mount it at @mountpoint with the default
- * options (ro, default_permissions, auto_unmount) plus @fuse_opts (each a
+ * options (ro, auto_unmount) plus @fuse_opts (each a
  * -o argument). Returns 0, or -1 with @err set. */
 int fs_mount(struct fs *fs, const char *mountpoint, char *const *fuse_opts, char *err,
 	     size_t errlen);

@@ -225,7 +225,12 @@ static int mount_main(int argc, char **argv)
 		goto out;
 	}
 	for (size_t i = 0; i < cfg.nfiles; i++) {
-		const struct file_spec *f = &cfg.files[i];
+		struct file_spec *f = &cfg.files[i];
+		/* Standard input is read from mount time on, whatever --start
+		 * says: its writer cannot wait for a reader, and nothing can ask
+		 * for its bytes again later. */
+		if (f->kind == SOURCE_STDIN)
+			f->opts.start = START_MOUNT;
 		struct stream *s = make_stream(&cfg, f, loop, cwd, stdin_fd, err, sizeof(err));
 		if (f->kind == SOURCE_STDIN)
 			stdin_fd = -1; /* the stream owns it now, even on failure */

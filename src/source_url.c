@@ -689,6 +689,7 @@ static void url_begin(void *arg)
 		return;
 	}
 	u->start_ms = ioloop_now_ms();
+	stream_set_attr(u->s, "retries", "0");
 	begin_transfer(u);
 }
 

@@ -390,9 +390,15 @@ void stream_end(struct stream *s)
 		pthread_mutex_unlock(&s->lock);
 		return;
 	}
-	if (s->length >= 0 && s->frontier < (uint64_t)s->length) {
-		snprintf(msg, sizeof(msg), "truncated: the source ended after %llu of %lld bytes",
-			 (unsigned long long)s->frontier, (long long)s->length);
+	/* Bytes written ahead (past a hole) prove the stream is at least that
+	 * long, like an announced length: ending short of them is truncation,
+	 * not an end (else a read there would answer data, then 0). */
+	uint64_t need = s->present.n ? s->present.r[s->present.n - 1].end : 0;
+	if (s->length >= 0 && (uint64_t)s->length > need)
+		need = (uint64_t)s->length;
+	if (s->frontier < need) {
+		snprintf(msg, sizeof(msg), "truncated: the source ended after %llu of %llu bytes",
+			 (unsigned long long)s->frontier, (unsigned long long)need);
 		uint64_t at = s->frontier;
 		set_failed(s, STREAM_FAILED, EIO, msg, &ready);
 		pthread_mutex_unlock(&s->lock);
@@ -493,16 +499,41 @@ static void store_failed(struct stream *s, int err)
 	stream_fail(s, err, "store: %s", strerror(err));
 }
 
+/*
+ * Store the parts of [off, off+len) that are not present yet, then mark the
+ * whole range present in one step: a byte a reader may have seen is never
+ * rewritten (stream_data hands out pointers into the store), and readers
+ * see the write all at once, as before.
+ */
+static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t len, bool seq)
+{
+	const char *p = buf;
+	uint64_t end = off + len, a = off;
+	while (a < end) {
+		pthread_mutex_lock(&s->lock);
+		bool ok = s->state == STREAM_RUNNING;
+		a = rangeset_run_end(&s->present, a); /* skip what is present */
+		uint64_t b = a < end ? rangeset_next_present(&s->present, a) : end;
+		pthread_mutex_unlock(&s->lock);
+		if (!ok)
+			return -ECANCELED;
+		if (a >= end)
+			break;
+		if (b > end)
+			b = end;
+		int r = store_pwrite(s->store, p + (a - off), (size_t)(b - a), a);
+		if (r < 0) {
+			store_failed(s, -r);
+			return r;
+		}
+		a = b;
+	}
+	return mark_present(s, off, len, seq);
+}
+
 int stream_write(struct stream *s, uint64_t off, const void *buf, size_t len)
 {
-	if (!running(s, NULL))
-		return -ECANCELED;
-	int r = store_pwrite(s->store, buf, len, off);
-	if (r < 0) {
-		store_failed(s, -r);
-		return r;
-	}
-	return mark_present(s, off, len, false);
+	return write_missing(s, off, buf, len, false);
 }
 
 int stream_append(struct stream *s, const void *buf, size_t len)
@@ -510,12 +541,7 @@ int stream_append(struct stream *s, const void *buf, size_t len)
 	uint64_t pos;
 	if (!running(s, &pos))
 		return -ECANCELED;
-	int r = store_pwrite(s->store, buf, len, pos);
-	if (r < 0) {
-		store_failed(s, -r);
-		return r;
-	}
-	return mark_present(s, pos, len, true);
+	return write_missing(s, pos, buf, len, true);
 }
 
 ssize_t stream_splice(struct stream *s, int fd, size_t max)

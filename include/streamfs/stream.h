@@ -93,8 +93,8 @@ int stream_start(struct stream *s);
 
 /*
  * Stop the stream: a RUNNING or IDLE stream becomes CANCELLED with @msg
- * (may be NULL), the source's cancel() is called, and every parked waiter is
- * completed with -ECANCELED. Present bytes stay readable. A terminal stream
+ * (may be NULL), the source's cancel() is called if it was started, and
+ * every parked waiter is completed with -ECANCELED. Present bytes stay readable. A terminal stream
  * is left as it is. Can't fail.
  */
 void stream_cancel(struct stream *s, const char *msg);
@@ -132,7 +132,8 @@ int stream_set_length(struct stream *s, uint64_t len);
 /*
  * The source has delivered everything. The stream becomes COMPLETE with
  * its size fixed at the frontier, or FAILED at the frontier if that is
- * short of the announced length. No-op on a terminal stream.
+ * short of the announced length or of bytes already written further
+ * ahead. No-op on a terminal stream.
  */
 void stream_end(struct stream *s);
 

@@ -1,0 +1,213 @@
+/*
+ * fake_source.c - see fake_source.h.
+ */
+#include "fake_source.h"
+
+#include "log.h"
+#include "streamfs/store.h"
+
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+atomic_int t_passed, t_failed;
+_Atomic(const char *) t_current = "setup";
+
+static void on_alarm(int sig)
+{
+	/* Only async-signal-safe calls here. */
+	const char *name = atomic_load(&t_current);
+	static const char a[] = "WATCHDOG: test '";
+	static const char b[] = "' hung for 60 s\n";
+	ssize_t w = write(STDERR_FILENO, a, sizeof(a) - 1);
+	w = write(STDERR_FILENO, name, strlen(name));
+	w = write(STDERR_FILENO, b, sizeof(b) - 1);
+	(void)w;
+	(void)sig;
+	_exit(1);
+}
+
+void t_init(void)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_alarm;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGALRM, &sa, NULL);
+	/* Failure paths are tested on purpose; their log lines are noise.
+	 * A threshold below "error" filters every message. */
+	if (!getenv("STREAMFS_TEST_LOG"))
+		log_set_level((enum log_level) - 1);
+	setvbuf(stdout, NULL, _IOLBF, 0);
+}
+
+void t_begin(const char *name)
+{
+	atomic_store(&t_current, name);
+	alarm(60);
+	if (getenv("STREAMFS_TEST_VERBOSE"))
+		fprintf(stderr, "-- %s\n", name);
+}
+
+int t_finish(const char *prog)
+{
+	alarm(0);
+	int p = atomic_load(&t_passed), f = atomic_load(&t_failed);
+	printf("%s: %d passed, %d failed\n", prog, p, f);
+	return f ? 1 : 0;
+}
+
+char *t_tmpdir(const char *tag)
+{
+	char *path;
+	if (asprintf(&path, "/tmp/streamfs-%s.XXXXXX", tag) < 0 || !mkdtemp(path)) {
+		perror("mkdtemp");
+		abort();
+	}
+	return path;
+}
+
+void pat_fill(unsigned char *buf, uint64_t off, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		buf[i] = pat(off + i);
+}
+
+bool pat_ok(const unsigned char *buf, uint64_t off, size_t len)
+{
+	for (size_t i = 0; i < len; i++)
+		if (buf[i] != pat(off + i))
+			return false;
+	return true;
+}
+
+/* ---- fake source ------------------------------------------------------ */
+
+static int fake_start(struct stream *s, void *src)
+{
+	struct fake_src *f = src;
+	atomic_fetch_add(&f->starts, 1);
+	pthread_mutex_lock(&f->m);
+	f->in_start = true;
+	pthread_cond_broadcast(&f->c);
+	while (f->gate_start && !f->start_open)
+		pthread_cond_wait(&f->c, &f->m);
+	f->in_start = false;
+	pthread_mutex_unlock(&f->m);
+	return f->start_result;
+}
+
+static void fake_cancel(struct stream *s, void *src)
+{
+	struct fake_src *f = src;
+	pthread_mutex_lock(&f->m);
+	if (f->in_start)
+		atomic_fetch_add(&f->cancels_in_start, 1);
+	pthread_mutex_unlock(&f->m);
+	atomic_fetch_add(&f->cancels, 1);
+}
+
+static void fake_destroy(void *src)
+{
+	struct fake_src *f = src;
+	atomic_fetch_add(&f->destroys, 1);
+}
+
+const struct stream_source_ops fake_ops = {
+    .kind = "fake",
+    .start = fake_start,
+    .cancel = fake_cancel,
+    .destroy = fake_destroy,
+};
+
+void fake_init(struct fake_src *f)
+{
+	memset(f, 0, sizeof(*f));
+	pthread_mutex_init(&f->m, NULL);
+	pthread_cond_init(&f->c, NULL);
+}
+
+void fake_fini(struct fake_src *f)
+{
+	pthread_mutex_destroy(&f->m);
+	pthread_cond_destroy(&f->c);
+}
+
+struct stream *fake_stream(struct fake_src *f, const char *dir, const char *name)
+{
+	struct store *st = store_open(dir, "t");
+	if (!st) {
+		perror("store_open");
+		abort();
+	}
+	struct stream *s = stream_new(name, st, &fake_ops, f);
+	if (!s) {
+		perror("stream_new");
+		abort();
+	}
+	f->s = s;
+	return s;
+}
+
+void fake_wait_in_start(struct fake_src *f)
+{
+	pthread_mutex_lock(&f->m);
+	while (!f->in_start)
+		pthread_cond_wait(&f->c, &f->m);
+	pthread_mutex_unlock(&f->m);
+}
+
+void fake_open_start(struct fake_src *f)
+{
+	pthread_mutex_lock(&f->m);
+	f->start_open = true;
+	pthread_cond_broadcast(&f->c);
+	pthread_mutex_unlock(&f->m);
+}
+
+/* ---- waiter recorder -------------------------------------------------- */
+
+static void rec_done(struct stream_waiter *w, ssize_t result)
+{
+	struct rec *r = w->data;
+	pthread_mutex_lock(&r->m);
+	atomic_store(&r->result, result);
+	atomic_fetch_add(&r->calls, 1);
+	pthread_cond_broadcast(&r->c);
+	pthread_mutex_unlock(&r->m);
+}
+
+void rec_reset(struct rec *r, enum stream_wait_kind kind, uint64_t off, size_t len)
+{
+	stream_waiter_init(&r->w);
+	r->w.kind = kind;
+	r->w.off = off;
+	r->w.len = len;
+	r->w.done = rec_done;
+	r->w.data = r;
+	atomic_store(&r->calls, 0);
+	atomic_store(&r->result, 12345);
+}
+
+void rec_init(struct rec *r, enum stream_wait_kind kind, uint64_t off, size_t len)
+{
+	pthread_mutex_init(&r->m, NULL);
+	pthread_cond_init(&r->c, NULL);
+	rec_reset(r, kind, off, len);
+}
+
+void rec_fini(struct rec *r)
+{
+	pthread_mutex_destroy(&r->m);
+	pthread_cond_destroy(&r->c);
+}
+
+ssize_t rec_join(struct rec *r)
+{
+	pthread_mutex_lock(&r->m);
+	while (atomic_load(&r->calls) == 0)
+		pthread_cond_wait(&r->c, &r->m);
+	pthread_mutex_unlock(&r->m);
+	return (ssize_t)atomic_load(&r->result);
+}

@@ -1,0 +1,296 @@
+/*
+ * test_store.c - unit tests for store.c: pwrite/map round trips in RAM and
+ * on disk, a read across the 1 GiB mapping-window boundary of a sparse
+ * store, splice_in from a pipe (data, EAGAIN, EOF), and store errors
+ * (ENOSPC) told apart from pipe errors, directly and through a stream.
+ *
+ * The ENOSPC cases use a 1 MiB tmpfs mounted under a mkdtemp() directory.
+ * It is lazily unmounted (MNT_DETACH) as soon as the stores are open, so
+ * nothing stays mounted even if the test dies; without permission to mount
+ * those sub-cases are skipped and say so.
+ */
+#include "fake_source.h"
+#include "streamfs/store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define GIB (1ULL << 30)
+
+static struct store *open_or_die(const char *dir)
+{
+	struct store *st = store_open(dir, "t");
+	if (!st) {
+		perror("store_open");
+		abort();
+	}
+	return st;
+}
+
+static void round_trip(const char *dir)
+{
+	struct store *st = open_or_die(dir);
+	CHECK(store_fd(st) >= 0);
+	size_t n = 300 * 1024 + 7;
+	unsigned char *buf = malloc(n);
+	pat_fill(buf, 0, n);
+	CHECK_EQ(store_pwrite(st, buf, n, 0), 0);
+
+	struct iovec iov[2];
+	CHECK_EQ(store_map(st, 0, n, iov, 2), 1);
+	CHECK_EQ(iov[0].iov_len, n);
+	CHECK(pat_ok(iov[0].iov_base, 0, n));
+	CHECK_EQ(store_map(st, 1234, 10, iov, 1), 1);
+	CHECK(pat_ok(iov[0].iov_base, 1234, 10));
+	CHECK_EQ(store_map(st, 0, 0, iov, 1), 0);
+
+	/* A later write does not move earlier pointers (windows are kept). */
+	unsigned char *p0 = iov[0].iov_base;
+	CHECK_EQ(store_pwrite(st, buf, 100, n), 0);
+	CHECK_EQ(store_map(st, 1234, 10, iov, 1), 1);
+	CHECK(iov[0].iov_base == p0);
+	CHECK(pat_ok(p0, 1234, 10));
+	free(buf);
+	store_close(st);
+	store_close(NULL);
+}
+
+static void test_round_trip_ram(void)
+{
+	round_trip(NULL);
+}
+
+static void test_round_trip_disk(void)
+{
+	char *dir = t_tmpdir("store");
+	round_trip(dir);
+	CHECK_EQ(rmdir(dir), 0); /* the store left no file behind */
+	free(dir);
+}
+
+static void window_boundary(const char *dir)
+{
+	struct store *st = open_or_die(dir);
+	unsigned char buf[16];
+	pat_fill(buf, GIB - 8, sizeof(buf));
+	CHECK_EQ(store_pwrite(st, buf, sizeof(buf), GIB - 8), 0);
+
+	struct iovec iov[3];
+	CHECK_EQ(store_map(st, GIB - 8, 16, iov, 3), 2);
+	CHECK_EQ(iov[0].iov_len, 8);
+	CHECK_EQ(iov[1].iov_len, 8);
+	CHECK(pat_ok(iov[0].iov_base, GIB - 8, 8));
+	CHECK(pat_ok(iov[1].iov_base, GIB, 8));
+	CHECK_EQ(store_map(st, GIB - 8, 16, iov, 1), -EOVERFLOW);
+	/* Ending exactly at the boundary, starting exactly at it. */
+	CHECK_EQ(store_map(st, GIB - 8, 8, iov, 1), 1);
+	CHECK(pat_ok(iov[0].iov_base, GIB - 8, 8));
+	CHECK_EQ(store_map(st, GIB, 8, iov, 1), 1);
+	CHECK(pat_ok(iov[0].iov_base, GIB, 8));
+
+	struct stat sb;
+	CHECK_EQ(fstat(store_fd(st), &sb), 0);
+	CHECK_EQ(sb.st_size, GIB + 8);
+	CHECK(sb.st_blocks * 512 < 1024 * 1024); /* sparse */
+	store_close(st);
+}
+
+static void test_window_boundary_disk(void)
+{
+	char *dir = t_tmpdir("store");
+	window_boundary(dir);
+	rmdir(dir);
+	free(dir);
+}
+
+static void test_window_boundary_ram(void)
+{
+	window_boundary(NULL);
+}
+
+static void splice_in(const char *dir)
+{
+	struct store *st = open_or_die(dir);
+	int p[2];
+	CHECK_EQ(pipe(p), 0);
+
+	/* Nothing in the pipe yet: EAGAIN, a pipe condition, not the store's. */
+	ssize_t r = store_splice_in(st, p[0], 4096, 0);
+	CHECK_EQ(r, -EAGAIN);
+	CHECK(!store_error_is_store(r));
+
+	unsigned char buf[5000];
+	pat_fill(buf, 500, sizeof(buf));
+	CHECK_EQ(write(p[1], buf, sizeof(buf)), (ssize_t)sizeof(buf));
+	uint64_t off = 500;
+	while (off < 500 + sizeof(buf)) {
+		r = store_splice_in(st, p[0], 3000, off);
+		CHECK(r > 0 && r <= 3000);
+		if (r <= 0)
+			break;
+		off += (uint64_t)r;
+	}
+	CHECK_EQ(off, 500 + sizeof(buf));
+	struct iovec iov[1];
+	CHECK_EQ(store_map(st, 500, sizeof(buf), iov, 1), 1);
+	CHECK(pat_ok(iov[0].iov_base, 500, sizeof(buf)));
+
+	CHECK_EQ(store_splice_in(st, p[0], 100, off), -EAGAIN);
+	close(p[1]);
+	CHECK_EQ(store_splice_in(st, p[0], 100, off), 0); /* EOF */
+	close(p[0]);
+	store_close(st);
+}
+
+static void test_splice_in_ram(void)
+{
+	splice_in(NULL);
+}
+
+static void test_splice_in_disk(void)
+{
+	char *dir = t_tmpdir("store");
+	splice_in(dir);
+	rmdir(dir);
+	free(dir);
+}
+
+static void test_error_helpers(void)
+{
+	CHECK(!store_error_is_store(-EAGAIN));
+	CHECK(!store_error_is_store(-EIO));
+	CHECK_EQ(store_error_errno(-EIO), EIO);
+	CHECK(store_error_is_store(-(STORE_ERR_BIAS + ENOSPC)));
+	CHECK_EQ(store_error_errno(-(STORE_ERR_BIAS + ENOSPC)), ENOSPC);
+}
+
+/* Fill @st (on the 1 MiB tmpfs) until the store reports an error. */
+static int fill_until_error(struct store *st, uint64_t *off)
+{
+	static unsigned char buf[64 * 1024];
+	for (int i = 0; i < 64; i++) {
+		int r = store_pwrite(st, buf, sizeof(buf), *off);
+		if (r < 0)
+			return r;
+		*off += sizeof(buf);
+	}
+	return 0;
+}
+
+static void test_store_full(void)
+{
+	char *dir = t_tmpdir("tmpfs");
+	if (mount("streamfs-test", dir, "tmpfs", 0, "size=1m") != 0) {
+		printf("store: SKIP test_store_full: cannot mount a tmpfs (%s)\n", strerror(errno));
+		rmdir(dir);
+		free(dir);
+		return;
+	}
+	struct store *a = store_open(dir, "a");
+	struct store *b = store_open(dir, "b");
+	struct store *c = store_open(dir, "c");
+	/* From here the mount lives only as long as the stores' descriptors. */
+	CHECK_EQ(umount2(dir, MNT_DETACH), 0);
+	CHECK_EQ(rmdir(dir), 0);
+	free(dir);
+	CHECK(a && b && c);
+	if (!a || !b || !c) {
+		store_close(a);
+		store_close(b);
+		store_close(c);
+		return;
+	}
+
+	/* A plain write error. */
+	uint64_t off = 0;
+	CHECK_EQ(fill_until_error(a, &off), -ENOSPC);
+
+	/* splice_in: the pipe is fine, the store is full: a store error. */
+	int p[2];
+	CHECK_EQ(pipe(p), 0);
+	static unsigned char buf[32 * 1024];
+	CHECK_EQ(write(p[1], buf, sizeof(buf)), (ssize_t)sizeof(buf));
+	ssize_t r;
+	do
+		r = store_splice_in(a, p[0], sizeof(buf), off);
+	while (r > 0 && (off += (uint64_t)r, true));
+	CHECK(store_error_is_store(r));
+	CHECK_EQ(store_error_errno(r), ENOSPC);
+	close(p[0]);
+	close(p[1]);
+	store_close(a); /* give its space back */
+
+	/* Through a stream: the append fails with the store's error, and the
+	 * stream is FAILED at its frontier with a message naming the store. */
+	struct fake_src f;
+	fake_init(&f);
+	struct stream *s = stream_new("full", b, &fake_ops, &f);
+	CHECK(s != NULL);
+	CHECK_EQ(stream_start(s), 0);
+	int ar = 0;
+	uint64_t appended = 0;
+	while (ar == 0) {
+		ar = stream_append(s, buf, sizeof(buf));
+		if (ar == 0)
+			appended += sizeof(buf);
+	}
+	CHECK_EQ(ar, -ENOSPC);
+	CHECK(appended > 0);
+	struct stream_info info;
+	stream_get_info(s, &info);
+	CHECK_EQ(info.state, STREAM_FAILED);
+	CHECK_EQ(info.error, ENOSPC);
+	CHECK_EQ(info.error_offset, appended);
+	CHECK(strstr(info.error_msg, "store") != NULL);
+	CHECK_EQ(stream_read(s, buf, 10, appended, false), -EIO);
+	stream_unref(s);
+	CHECK_EQ(atomic_load(&f.destroys), 1);
+	fake_fini(&f);
+
+	/* stream_splice: a store error fails the stream, reported as its errno. */
+	fake_init(&f);
+	s = stream_new("full-splice", c, &fake_ops, &f);
+	CHECK_EQ(stream_start(s), 0);
+	CHECK_EQ(pipe(p), 0);
+	CHECK_EQ(fcntl(p[1], F_SETFL, O_NONBLOCK), 0);
+	ssize_t sr = 0;
+	uint64_t spliced = 0;
+	for (int i = 0; i < 1000 && sr >= 0; i++) {
+		if (write(p[1], buf, sizeof(buf)) < 0 && errno != EAGAIN)
+			break;
+		sr = stream_splice(s, p[0], sizeof(buf));
+		if (sr > 0)
+			spliced += (uint64_t)sr;
+		if (sr == -EAGAIN)
+			sr = 0;
+	}
+	CHECK_EQ(sr, -ENOSPC);
+	CHECK(spliced > 0);
+	stream_get_info(s, &info);
+	CHECK_EQ(info.state, STREAM_FAILED);
+	CHECK_EQ(info.error, ENOSPC);
+	CHECK_EQ(info.error_offset, spliced);
+	close(p[0]);
+	close(p[1]);
+	stream_unref(s);
+	fake_fini(&f);
+}
+
+int main(void)
+{
+	t_init();
+	RUN(test_round_trip_ram);
+	RUN(test_round_trip_disk);
+	RUN(test_window_boundary_disk);
+	RUN(test_window_boundary_ram);
+	RUN(test_splice_in_ram);
+	RUN(test_splice_in_disk);
+	RUN(test_error_helpers);
+	RUN(test_store_full);
+	return t_finish("store");
+}
