@@ -92,6 +92,7 @@ enum fopt {
 	FO_SIZE,
 	FO_START,
 	FO_READ,
+	FO_FILL,
 	FO_HEADER,
 	FO_INSECURE,
 	FO_RETRIES,
@@ -108,6 +109,7 @@ static const char *const fopt_names[FO_COUNT] = {
     [FO_SIZE] = "size",
     [FO_START] = "start",
     [FO_READ] = "read",
+    [FO_FILL] = "fill",
     [FO_HEADER] = "header",
     [FO_INSECURE] = "insecure",
     [FO_RETRIES] = "retries",
@@ -151,6 +153,7 @@ void config_file_opts_default(struct file_opts *o)
 	o->size = SIZE_AUTO;
 	o->start = START_ACCESS;
 	o->read = READ_FULL;
+	o->fill = FILL_ALL;
 	o->retries = 5;
 	o->retry_time = 60;
 	o->stall_timeout = 30;
@@ -410,6 +413,15 @@ static int fopt_set(struct file_opts *o, int id, const char *value, const char *
 			o->read = READ_PARTIAL;
 		else
 			return fail(err, errlen, "bad %s%s value '%s': expected full or partial",
+			            dash, name, esc(q, sizeof(q), value));
+		return 0;
+	case FO_FILL:
+		if (!strcasecmp(value, "all"))
+			o->fill = FILL_ALL;
+		else if (!strcasecmp(value, "ondemand"))
+			o->fill = FILL_ONDEMAND;
+		else
+			return fail(err, errlen, "bad %s%s value '%s': expected all or ondemand",
 			            dash, name, esc(q, sizeof(q), value));
 		return 0;
 	case FO_HEADER:
@@ -1161,6 +1173,7 @@ static const struct option long_opts[] = {
     {"size", required_argument, NULL, OPT_FILE + FO_SIZE},
     {"start", required_argument, NULL, OPT_FILE + FO_START},
     {"read", required_argument, NULL, OPT_FILE + FO_READ},
+    {"fill", required_argument, NULL, OPT_FILE + FO_FILL},
     {"header", required_argument, NULL, OPT_FILE + FO_HEADER},
     {"insecure", optional_argument, NULL, OPT_FILE + FO_INSECURE},
     {"retries", required_argument, NULL, OPT_FILE + FO_RETRIES},

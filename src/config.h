@@ -11,7 +11,7 @@
  *   SOURCE: cmd:COMMAND | pipe:PATH | - | http://... https://... ftp://... ftps://...
  *   per-file options, given once on the command line for every file there:
  *     --size=auto|wait|BYTES (BYTES may carry K/M/G/T binary suffixes)
- *     --start=access|mount   --read=full|partial
+ *     --start=access|mount   --read=full|partial   --fill=all|ondemand
  *     URL options: --header='Name: value' (repeatable), --insecure,
  *     --retries=N, --retry-time=SECONDS, --stall-timeout=SECONDS,
  *     --connect-timeout=SECONDS, --max-redirs=N, --user=USER:PASSWORD,
@@ -34,6 +34,7 @@
 enum size_policy { SIZE_AUTO, SIZE_WAIT, SIZE_FIXED };
 enum start_policy { START_ACCESS, START_MOUNT };
 enum read_policy { READ_FULL, READ_PARTIAL };
+enum fill_policy { FILL_ALL, FILL_ONDEMAND };
 enum source_kind { SOURCE_CMD, SOURCE_PIPE, SOURCE_STDIN, SOURCE_URL };
 
 /* Per-file options. Defaults come from config_file_opts_default(). */
@@ -42,6 +43,7 @@ struct file_opts {
 	uint64_t size_bytes; /* SIZE_FIXED */
 	enum start_policy start;
 	enum read_policy read;
+	enum fill_policy fill; /* URL sources: download everything, or only what is read */
 
 	/* URL sources */
 	char **headers; /* "Name: value", NULL-terminated array or NULL; owned */

@@ -81,7 +81,31 @@ struct fs {
 struct handle {
 	struct node *n;
 	struct stream *s; /* a reference */
+	/* Read-ahead for random access (URL sources): reads that follow on
+	 * from the previous one double the window (1 MiB up to 64 MiB); a
+	 * jump starts it again. Updated with relaxed atomics: the kernel may
+	 * send reads of one file handle in parallel, and a lost update only
+	 * makes one window a little smaller. */
+	uint64_t next_off;
+	uint64_t window;
 };
+
+#define WINDOW_MIN (1ULL << 20)
+#define WINDOW_MAX (64ULL << 20)
+
+/* How far ahead of @off (at least @size) a reader of @h will soon need. */
+static uint64_t read_window(struct handle *h, uint64_t off, size_t size)
+{
+	uint64_t next = __atomic_load_n(&h->next_off, __ATOMIC_RELAXED);
+	uint64_t win = __atomic_load_n(&h->window, __ATOMIC_RELAXED);
+	if (off == next && off != 0)
+		win = win * 2 > WINDOW_MAX ? WINDOW_MAX : win * 2;
+	else
+		win = WINDOW_MIN;
+	__atomic_store_n(&h->window, win, __ATOMIC_RELAXED);
+	__atomic_store_n(&h->next_off, off + size, __ATOMIC_RELAXED);
+	return win > size ? win : size;
+}
 
 enum pending_op { P_READ, P_OPEN, P_GETATTR };
 
@@ -351,7 +375,7 @@ static void reply_open(struct pending *p, ssize_t r)
 		fuse_reply_err(p->req, reply_errno(r));
 		return;
 	}
-	struct handle *h = malloc(sizeof(*h));
+	struct handle *h = calloc(1, sizeof(*h));
 	if (!h) {
 		fuse_reply_err(p->req, ENOMEM);
 		return;
@@ -519,6 +543,10 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	struct fs *fs = fuse_req_userdata(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+
+	/* Sources with random access fetch what this reader will need; the
+	 * others ignore it at the cost of one test. */
+	stream_want(h->s, (uint64_t)off, read_window(h, (uint64_t)off, size));
 
 	/* The common case, data already here: no allocation, no waiter. */
 	if (reply_present(req, h->s, (uint64_t)off, size) == 0)

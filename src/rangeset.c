@@ -67,6 +67,52 @@ int rangeset_add(struct rangeset *rs, uint64_t start, uint64_t end)
 	return 0;
 }
 
+int rangeset_remove(struct rangeset *rs, uint64_t start, uint64_t end)
+{
+	if (start >= end)
+		return 0;
+	size_t i = lower(rs, start);
+	if (i < rs->n && rs->r[i].end == start)
+		i++;
+	/* A range strictly containing [start, end) splits in two. */
+	if (i < rs->n && rs->r[i].start < start && rs->r[i].end > end) {
+		if (rs->n == rs->cap) {
+			size_t cap = rs->cap * 2;
+			struct range *nr = realloc(rs->r, cap * sizeof(*nr));
+			if (!nr)
+				return -ENOMEM;
+			rs->r = nr;
+			rs->cap = cap;
+		}
+		memmove(&rs->r[i + 1], &rs->r[i], (rs->n - i) * sizeof(*rs->r));
+		rs->n++;
+		rs->r[i].end = start;
+		rs->r[i + 1].start = end;
+		rs->total -= end - start;
+		return 0;
+	}
+	/* Otherwise each overlapping range loses its middle: keep its head or
+	 * its tail, or drop it whole; compact as we go. */
+	size_t w = i;
+	for (size_t k = i; k < rs->n; k++) {
+		struct range r = rs->r[k];
+		if (r.start < end && r.end > start) {
+			uint64_t cs = r.start > start ? r.start : start;
+			uint64_t ce = r.end < end ? r.end : end;
+			rs->total -= ce - cs;
+			if (r.start < start)
+				r.end = start;
+			else if (r.end > end)
+				r.start = end;
+			else
+				continue;
+		}
+		rs->r[w++] = r;
+	}
+	rs->n = w;
+	return 0;
+}
+
 uint64_t rangeset_run_end(const struct rangeset *rs, uint64_t off)
 {
 	size_t i = lower(rs, off);

@@ -28,6 +28,10 @@ void rangeset_free(struct rangeset *rs);
 /* Add [start, end). Returns 0 or -ENOMEM (the set is then unchanged). */
 int rangeset_add(struct rangeset *rs, uint64_t start, uint64_t end);
 
+/* Remove [start, end). Returns 0 or -ENOMEM (splitting a range needs room;
+ * the set is then unchanged). */
+int rangeset_remove(struct rangeset *rs, uint64_t start, uint64_t end);
+
 /* True if every byte of [start, end) is present (true for an empty range). */
 bool rangeset_contains(const struct rangeset *rs, uint64_t start, uint64_t end);
 

@@ -64,7 +64,14 @@ struct sock_watch {
 	bool added;
 };
 
+/* First member of both kinds of transfer, so CURLINFO_PRIVATE says which. */
+enum xfer_kind { X_MAIN, X_RANGE };
+
+struct range_xfer;
+struct fetch_req;
+
 struct url_src {
+	enum xfer_kind kind; /* X_MAIN: the sequential transfer's private data */
 	struct ioloop *loop;
 	struct stream *s;
 	char *url;      /* as given */
@@ -97,10 +104,54 @@ struct url_src {
 	uint64_t backoff_ms;
 	struct ioloop_timer retry_timer;
 	uint64_t start_ms, rate_ms, rate_bytes;
+
+	/* random access (loop thread only) */
+	bool ondemand;       /* fill=ondemand, and the server takes ranges */
+	bool ready;          /* the first response was checked: validators known */
+	bool main_running;   /* the sequential (or first) transfer exists */
+	uint64_t main_end;   /* ondemand: the first transfer asks for [0, main_end) */
+	uint64_t jump;       /* fill=all: continue the sequential fill here */
+	struct range_xfer *ranges; /* running range transfers */
+	unsigned nranges;
+	struct fetch_req *queue; /* ranges waiting for a transfer, FIFO */
+	bool pump_queued;
 };
+
+/* A range fetched out of order for a reader. */
+struct range_xfer {
+	enum xfer_kind kind; /* X_RANGE */
+	struct url_src *u;
+	struct range_xfer *next;
+	CURL *easy;
+	struct curl_slist *headers;
+	char errbuf[CURL_ERROR_SIZE];
+	uint64_t pos, end; /* still wanted: [pos, end) */
+	int tries;
+	bool got_headers, norange;
+	int failure;
+	char failmsg[256];
+};
+
+struct fetch_req {
+	struct fetch_req *next;
+	struct url_src *u;
+	uint64_t off, end;
+	int tries;
+};
+
+#define MAX_RANGES 4                 /* range transfers per stream at once */
+#define RANGE_TRIES 3
+#define ONDEMAND_FIRST (256u << 10)  /* fill=ondemand: the first request's bytes */
+#define SKIP_MIN (1u << 20)          /* fill=all: jump over present runs this long */
+#define NEAR_MIN (4ull << 20)        /* fill=all: fetch only this far past the frontier */
 
 static void multi_check(void);
 static void begin_transfer(struct url_src *u);
+static void range_done(struct range_xfer *x, CURLcode rc);
+static struct curl_slist *setup_easy(struct url_src *u, CURL *e);
+static struct curl_slist *add_if_range(struct url_src *u, struct curl_slist *headers);
+static void pump_queue(struct url_src *u);
+static void pump_call(void *arg);
 
 /* ---- the multi handle and the ioloop ---------------------------------- */
 
@@ -239,8 +290,13 @@ static void update_rate(struct url_src *u, bool force)
 	if (!force && now - u->rate_ms < RATE_UPDATE_MS)
 		return;
 	uint64_t ms = now - u->start_ms;
-	stream_set_attr(u->s, "rate", "%" PRIu64, ms ? u->rate_bytes * 1000 / ms : 0);
+	uint64_t rate = ms ? u->rate_bytes * 1000 / ms : 0;
+	stream_set_attr(u->s, "rate", "%" PRIu64, rate);
 	u->rate_ms = now;
+	/* fill=all: a read further ahead than half a second of download is
+	 * worth a range request of its own. */
+	if (!u->ondemand && u->is_http && !u->no_ranges)
+		stream_set_fetch_distance(u->s, rate / 2 > NEAR_MIN ? rate / 2 : NEAR_MIN);
 }
 
 /* ---- one transfer ----------------------------------------------------- */
@@ -309,6 +365,15 @@ static bool check_response(struct url_src *u)
 	stream_set_attr(u->s, "http_code", "%ld", u->code);
 	if (u->code >= 300 && u->code < 400)
 		return true; /* a redirect: followed when the transfer is done */
+	if (u->code == 416 && u->ondemand && !u->ready) {
+		/* An empty resource cannot serve bytes 0-N: ask for all of it. */
+		u->ondemand = false;
+		u->main_end = 0;
+		u->retry_now = true;
+		u->retry_after_ms = 0;
+		snprintf(u->failmsg, sizeof(u->failmsg), "HTTP 416");
+		return false;
+	}
 	if (u->code >= 400) {
 		if (retryable_code(u->code)) {
 			u->retry_now = true;
@@ -330,6 +395,35 @@ static bool check_response(struct url_src *u)
 
 	if (!u->range_asked) {
 		/* The first response: learn what the resource is. */
+		if (u->code == 206) {
+			/* fill=ondemand asked for the head only: the total is in
+			 * Content-Range ("bytes 0-262143/52428800"). */
+			char cr[256];
+			uint64_t a, b, total;
+			if (header_value(u->easy, "Content-Range", cr, sizeof(cr)) &&
+			    sscanf(cr, "bytes %" SCNu64 "-%" SCNu64 "/%" SCNu64, &a, &b, &total) == 3 &&
+			    a == 0)
+				cl = (curl_off_t)total;
+			else
+				cl = -1;
+		} else if (u->ondemand) {
+			/* A 200 to a range request: no ranges here, download it all. */
+			u->ondemand = false;
+			u->no_ranges = true;
+			u->main_end = 0;
+			stream_set_fetch_distance(u->s, UINT64_MAX);
+			log_warn("%s: the server ignores Range requests; fill=ondemand falls back "
+				 "to downloading everything", stream_name(u->s));
+		}
+		u->ready = true;
+		if (u->queue && !u->pump_queued) {
+			/* Not from inside a curl callback: on the next turn. */
+			stream_ref(u->s);
+			if (ioloop_call(u->loop, pump_call, u) == 0)
+				u->pump_queued = true;
+			else
+				stream_unref(u->s);
+		}
 		if (has_etag && !(u->etag = strdup(etag)))
 			has_etag = false;
 		if (has_lm && !(u->last_modified = strdup(lm)))
@@ -416,11 +510,20 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	u->rate_bytes += n;
 	u->backoff_ms = 0; /* progress: the next failure starts a fresh backoff */
 	update_rate(u, false);
+	if (!u->ondemand && !u->no_ranges) {
+		/* Range fetches got here first: jump over what they brought. */
+		uint64_t re = stream_run_end(u->s, u->pos);
+		if (re - u->pos >= SKIP_MIN) {
+			u->jump = re;
+			return 0;
+		}
+	}
 	return total;
 }
 
 static void end_transfer(struct url_src *u)
 {
+	u->main_running = false;
 	if (u->easy) {
 		curl_multi_remove_handle(g_multi.multi, u->easy);
 		curl_easy_cleanup(u->easy);
@@ -436,6 +539,20 @@ static void source_done(struct url_src *u)
 		return;
 	u->active = false;
 	end_transfer(u);
+	while (u->ranges) {
+		struct range_xfer *x = u->ranges;
+		u->ranges = x->next;
+		curl_multi_remove_handle(g_multi.multi, x->easy);
+		curl_easy_cleanup(x->easy);
+		curl_slist_free_all(x->headers);
+		free(x);
+	}
+	u->nranges = 0;
+	while (u->queue) {
+		struct fetch_req *q = u->queue;
+		u->queue = q->next;
+		free(q);
+	}
 	ioloop_timer_disarm(u->loop, &u->retry_timer);
 	if (!u->cancelled)
 		update_rate(u, true);
@@ -536,10 +653,31 @@ static bool follow_redirect(struct url_src *u)
 }
 
 /* A transfer finished with @rc: end, retry, or fail the stream. */
+/* Everything is here: the stream is complete, whichever transfers
+ * brought it. Returns true if so (and the source is done). */
+static bool all_present(struct url_src *u)
+{
+	if (u->length < 0 || stream_run_end(u->s, 0) < (uint64_t)u->length)
+		return false;
+	stream_end(u->s);
+	source_done(u);
+	return true;
+}
+
 static void transfer_done(struct url_src *u, CURLcode rc)
 {
 	if (u->cancelled) {
 		source_done(u);
+		return;
+	}
+	if (u->jump) {
+		/* The write callback stopped at bytes that range fetches brought:
+		 * go on after them (not a retry). */
+		u->pos = u->jump;
+		u->jump = 0;
+		end_transfer(u);
+		if (!all_present(u))
+			begin_transfer(u);
 		return;
 	}
 	if (rc == CURLE_OK && !u->got_headers)
@@ -559,8 +697,17 @@ static void transfer_done(struct url_src *u, CURLcode rc)
 	if (rc == CURLE_OK) {
 		if (follow_redirect(u))
 			return;
-		if (u->length >= 0 && u->pos < (uint64_t)u->length) {
+		uint64_t want = u->length >= 0 ? (uint64_t)u->length : 0;
+		if (u->ondemand && u->main_end && u->main_end < want)
+			want = u->main_end;
+		if (u->length >= 0 && u->pos < want) {
 			retry(u, "the body ended early", -1);
+			return;
+		}
+		if (u->ondemand) {
+			/* The head is in; the rest comes as readers ask. */
+			end_transfer(u);
+			all_present(u);
 			return;
 		}
 		stream_end(u->s);
@@ -597,10 +744,17 @@ static void multi_check(void)
 	while ((m = curl_multi_info_read(g_multi.multi, &left))) {
 		if (m->msg != CURLMSG_DONE)
 			continue;
-		struct url_src *u = NULL;
-		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&u);
-		if (u && u->easy == m->easy_handle)
-			transfer_done(u, m->data.result);
+		void *p = NULL;
+		curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&p);
+		if (!p)
+			continue;
+		if (*(enum xfer_kind *)p == X_RANGE) {
+			range_done(p, m->data.result);
+		} else {
+			struct url_src *u = p;
+			if (u->easy == m->easy_handle)
+				transfer_done(u, m->data.result);
+		}
 	}
 }
 
@@ -622,11 +776,50 @@ static void begin_transfer(struct url_src *u)
 	u->skip = 0;
 	u->range_asked = u->pos > 0;
 
-	curl_easy_setopt(e, CURLOPT_URL, u->cur_url);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)u);
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, u);
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, u->errbuf);
+	u->headers = setup_easy(u, e);
+	if (u->ondemand && !u->ready) {
+		char range[64];
+		u->main_end = ONDEMAND_FIRST;
+		snprintf(range, sizeof(range), "0-%u", ONDEMAND_FIRST - 1);
+		curl_easy_setopt(e, CURLOPT_RANGE, range);
+	}
+	if (u->range_asked) {
+		char range[64];
+		snprintf(range, sizeof(range), "%" PRIu64 "-", u->pos);
+		if (u->ondemand && u->main_end > u->pos)
+			snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, u->pos,
+				 u->main_end - 1);
+		if (u->is_http) {
+			curl_easy_setopt(e, CURLOPT_RANGE, range);
+			u->headers = add_if_range(u, u->headers);
+		} else {
+			curl_easy_setopt(e, CURLOPT_RESUME_FROM_LARGE, (curl_off_t)u->pos);
+		}
+	}
+	if (u->headers)
+		curl_easy_setopt(e, CURLOPT_HTTPHEADER, u->headers);
+	if (log_get_level() >= LOG_LVL_DEBUG)
+		log_debug("%s: GET from byte %" PRIu64, stream_name(u->s), u->pos);
+
+	CURLMcode mc = curl_multi_add_handle(g_multi.multi, e);
+	if (mc != CURLM_OK) {
+		stream_fail(u->s, EIO, "curl: %s", curl_multi_strerror(mc));
+		source_done(u);
+		return;
+	}
+	u->main_running = true;
+}
+
+/* The options every request of @u shares; returns the header list
+ * (request headers for this file, if they may go to this host). */
+static struct curl_slist *setup_easy(struct url_src *u, CURL *e)
+{
+	struct curl_slist *headers = NULL;
+	curl_easy_setopt(e, CURLOPT_URL, u->cur_url);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https,ftp,ftps");
 	curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* see follow_redirect() */
@@ -642,38 +835,294 @@ static void begin_transfer(struct url_src *u)
 	}
 	if (u->send_auth) {
 		for (size_t i = 0; i < u->opts.nheaders; i++) {
-			struct curl_slist *l = curl_slist_append(u->headers, u->opts.headers[i]);
+			struct curl_slist *l = curl_slist_append(headers, u->opts.headers[i]);
 			if (l)
-				u->headers = l;
+				headers = l;
 		}
 		if (u->opts.userpwd)
 			curl_easy_setopt(e, CURLOPT_USERPWD, u->opts.userpwd);
 	}
-	if (u->range_asked) {
-		char range[64];
-		snprintf(range, sizeof(range), "%" PRIu64 "-", u->pos);
-		if (u->is_http) {
-			curl_easy_setopt(e, CURLOPT_RANGE, range);
-			char ir[600];
-			const char *v = u->etag ? u->etag : u->last_modified;
-			if (v && snprintf(ir, sizeof(ir), "If-Range: %s", v) < (int)sizeof(ir)) {
-				struct curl_slist *l = curl_slist_append(u->headers, ir);
-				if (l)
-					u->headers = l;
-			}
-		} else {
-			curl_easy_setopt(e, CURLOPT_RESUME_FROM_LARGE, (curl_off_t)u->pos);
+	return headers;
+}
+
+/* If-Range with the validator, so a changed resource answers 200 and is
+ * caught instead of mixed in. */
+static struct curl_slist *add_if_range(struct url_src *u, struct curl_slist *headers)
+{
+	char ir[600];
+	const char *v = u->etag ? u->etag : u->last_modified;
+	if (v && snprintf(ir, sizeof(ir), "If-Range: %s", v) < (int)sizeof(ir)) {
+		struct curl_slist *l = curl_slist_append(headers, ir);
+		if (l)
+			headers = l;
+	}
+	return headers;
+}
+
+/* ---- random access: range transfers ----------------------------------- */
+
+
+static void range_free(struct url_src *u, struct range_xfer *x)
+{
+	for (struct range_xfer **p = &u->ranges; *p; p = &(*p)->next) {
+		if (*p == x) {
+			*p = x->next;
+			u->nranges--;
+			break;
 		}
 	}
-	if (u->headers)
-		curl_easy_setopt(e, CURLOPT_HTTPHEADER, u->headers);
-	if (log_get_level() >= LOG_LVL_DEBUG)
-		log_debug("%s: GET from byte %" PRIu64, stream_name(u->s), u->pos);
+	curl_multi_remove_handle(g_multi.multi, x->easy);
+	curl_easy_cleanup(x->easy);
+	curl_slist_free_all(x->headers);
+	free(x);
+}
 
-	CURLMcode mc = curl_multi_add_handle(g_multi.multi, e);
-	if (mc != CURLM_OK) {
-		stream_fail(u->s, EIO, "curl: %s", curl_multi_strerror(mc));
+static bool range_check(struct range_xfer *x)
+{
+	struct url_src *u = x->u;
+	long code = 0;
+	x->got_headers = true;
+	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
+	char etag[512] = "", lm[256] = "", cr[256] = "";
+	bool has_etag = header_value(x->easy, "ETag", etag, sizeof(etag));
+	bool has_lm = header_value(x->easy, "Last-Modified", lm, sizeof(lm));
+	bool same = u->etag ? has_etag && strcmp(etag, u->etag) == 0
+		    : u->last_modified ? has_lm && strcmp(lm, u->last_modified) == 0
+				       : true;
+	if (code >= 400) {
+		snprintf(x->failmsg, sizeof(x->failmsg), "HTTP %ld", code);
+		return false; /* retried, then left to the sequential fill */
+	}
+	if (!same) {
+		x->failure = EIO;
+		snprintf(x->failmsg, sizeof(x->failmsg),
+			 "the resource changed while it was read (%s %s, was %s)",
+			 u->etag ? "ETag" : "Last-Modified", u->etag ? etag : lm,
+			 u->etag ? u->etag : u->last_modified);
+		return false;
+	}
+	if (code != 206) {
+		x->norange = true;
+		return false;
+	}
+	uint64_t start;
+	if (!header_value(x->easy, "Content-Range", cr, sizeof(cr)) ||
+	    sscanf(cr, "bytes %" SCNu64, &start) != 1 || start != x->pos) {
+		x->failure = EIO;
+		snprintf(x->failmsg, sizeof(x->failmsg),
+			 "bad Content-Range '%s' for a request from byte %" PRIu64, cr, x->pos);
+		return false;
+	}
+	return true;
+}
+
+static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
+{
+	struct range_xfer *x = userp;
+	size_t n = size * nmemb;
+	if (x->u->cancelled)
+		return 0;
+	if (!x->got_headers && !range_check(x))
+		return 0;
+	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n;
+	if (take && stream_write(x->u->s, x->pos, data, take) < 0)
+		return 0;
+	x->pos += take;
+	x->u->rate_bytes += take;
+	return n;
+}
+
+static void start_range(struct url_src *u, struct fetch_req *q)
+{
+	struct range_xfer *x = calloc(1, sizeof(*x));
+	CURL *e = x ? curl_easy_init() : NULL;
+	if (!e) {
+		free(x);
+		stream_unwant(u->s, q->off, q->end - q->off);
+		return;
+	}
+	x->kind = X_RANGE;
+	x->u = u;
+	x->easy = e;
+	x->pos = q->off;
+	x->end = q->end;
+	x->tries = q->tries;
+	x->headers = add_if_range(u, setup_easy(u, e));
+	char range[64];
+	snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, q->off, q->end - 1);
+	curl_easy_setopt(e, CURLOPT_RANGE, range);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
+	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, range_write_cb);
+	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->errbuf);
+	if (x->headers)
+		curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers);
+	log_debug("%s: range GET %s", stream_name(u->s), range);
+	if (curl_multi_add_handle(g_multi.multi, e) != CURLM_OK) {
+		curl_easy_cleanup(e);
+		curl_slist_free_all(x->headers);
+		free(x);
+		stream_unwant(u->s, q->off, q->end - q->off);
+		return;
+	}
+	x->next = u->ranges;
+	u->ranges = x;
+	u->nranges++;
+}
+
+static void enqueue(struct url_src *u, uint64_t off, uint64_t end, int tries)
+{
+	struct fetch_req **p = &u->queue;
+	while (*p) {
+		/* Neighbouring misses become one request. */
+		if ((*p)->end == off && (*p)->tries == tries) {
+			(*p)->end = end;
+			return;
+		}
+		p = &(*p)->next;
+	}
+	struct fetch_req *q = calloc(1, sizeof(*q));
+	if (!q) {
+		stream_unwant(u->s, off, end - off);
+		return;
+	}
+	q->u = u;
+	q->off = off;
+	q->end = end;
+	q->tries = tries;
+	*p = q;
+}
+
+static void pump_queue(struct url_src *u)
+{
+	while (u->active && u->ready && u->queue && u->nranges < MAX_RANGES) {
+		struct fetch_req *q = u->queue;
+		u->queue = q->next;
+		start_range(u, q);
+		free(q);
+	}
+}
+
+/* Ranges nobody will fetch go back to the sequential fill. */
+static void give_up_ranges(struct url_src *u)
+{
+	while (u->queue) {
+		struct fetch_req *q = u->queue;
+		u->queue = q->next;
+		stream_unwant(u->s, q->off, q->end - q->off);
+		free(q);
+	}
+}
+
+/* The server does not do ranges after all: everything comes sequentially. */
+static void no_ranges(struct url_src *u)
+{
+	if (!u->no_ranges)
+		log_warn("%s: the server ignores Range requests; reads ahead wait for the "
+			 "sequential download", stream_name(u->s));
+	u->no_ranges = true;
+	stream_set_fetch_distance(u->s, UINT64_MAX);
+	give_up_ranges(u);
+	if (u->ondemand) {
+		u->ondemand = false;
+		u->main_end = 0;
+		if (!u->main_running) {
+			u->pos = stream_run_end(u->s, 0);
+			begin_transfer(u);
+		}
+	}
+}
+
+static void range_done(struct range_xfer *x, CURLcode rc)
+{
+	struct url_src *u = x->u;
+	uint64_t pos = x->pos, end = x->end;
+	int tries = x->tries;
+	bool norange = x->norange;
+	int failure = x->failure;
+	char msg[CURL_ERROR_SIZE + 64];
+	snprintf(msg, sizeof(msg), "%s", x->failmsg[0] ? x->failmsg
+					 : x->errbuf[0] ? x->errbuf
+							: curl_easy_strerror(rc));
+	range_free(u, x);
+	if (!u->active || u->cancelled)
+		return;
+	if (failure) {
+		stream_fail(u->s, failure, "%s", msg);
 		source_done(u);
+		return;
+	}
+	if (norange) {
+		stream_unwant(u->s, pos, end - pos);
+		no_ranges(u);
+	} else if (pos < end) {
+		if (tries + 1 < RANGE_TRIES) {
+			log_warn("%s: range fetch at byte %" PRIu64 " failed (%s); trying again",
+				 stream_name(u->s), pos, msg);
+			enqueue(u, pos, end, tries + 1);
+		} else {
+			stream_unwant(u->s, pos, end - pos);
+			if (u->ondemand) {
+				stream_fail(u->s, EIO, "range fetch at byte %" PRIu64 " failed: %s",
+					    pos, msg);
+				source_done(u);
+				return;
+			}
+		}
+	}
+	if (all_present(u))
+		return;
+	pump_queue(u);
+}
+
+static void pump_call(void *arg)
+{
+	struct url_src *u = arg;
+	struct stream *s = u->s;
+	u->pump_queued = false;
+	pump_queue(u);
+	stream_unref(s); /* the ref of this call */
+}
+
+static void fetch_in_loop(void *arg)
+{
+	struct fetch_req *q = arg;
+	struct url_src *u = q->u;
+	struct stream *s = u->s;
+	if (!u->active || u->cancelled) {
+		free(q);
+	} else if (u->no_ranges || !u->is_http) {
+		stream_unwant(s, q->off, q->end - q->off);
+		free(q);
+	} else if (!u->ondemand && u->main_running && q->off >= u->pos &&
+		   q->off - u->pos < NEAR_MIN) {
+		/* The sequential fill is about to get there. */
+		stream_unwant(s, q->off, q->end - q->off);
+		free(q);
+	} else {
+		enqueue(u, q->off, q->end, 0);
+		free(q);
+		pump_queue(u);
+	}
+	stream_unref(s); /* the ref of this call */
+}
+
+static void url_fetch(struct stream *s, void *src, uint64_t off, uint64_t len)
+{
+	struct url_src *u = src;
+	struct fetch_req *q = calloc(1, sizeof(*q));
+	if (!q) {
+		stream_unwant(s, off, len);
+		return;
+	}
+	q->u = u;
+	q->off = off;
+	q->end = off + len;
+	stream_ref(s);
+	if (ioloop_call(u->loop, fetch_in_loop, q) < 0) {
+		stream_unwant(s, off, len);
+		stream_unref(s);
+		free(q);
 	}
 }
 
@@ -690,6 +1139,8 @@ static void url_begin(void *arg)
 	}
 	u->start_ms = ioloop_now_ms();
 	stream_set_attr(u->s, "retries", "0");
+	u->ondemand = u->is_http && u->opts.fill == FILL_ONDEMAND;
+	stream_set_fetch_distance(u->s, !u->is_http ? UINT64_MAX : u->ondemand ? 0 : NEAR_MIN);
 	begin_transfer(u);
 }
 
@@ -741,6 +1192,7 @@ static const struct stream_source_ops url_ops = {
 	.start = url_start,
 	.cancel = url_cancel,
 	.destroy = url_destroy,
+	.fetch = url_fetch,
 };
 
 struct stream *source_url_new(struct ioloop *loop, const char *name, const char *url,
@@ -758,6 +1210,7 @@ struct stream *source_url_new(struct ioloop *loop, const char *name, const char 
 		errno = ENOMEM;
 		return NULL;
 	}
+	u->kind = X_MAIN;
 	u->loop = loop;
 	u->length = -1;
 	u->send_auth = true;

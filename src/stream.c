@@ -53,6 +53,8 @@ struct stream {
 	bool starting;    /* start() is running; cancel() is deferred to it */
 	bool cancel_sent; /* the source's cancel() was called */
 	struct rangeset present;
+	struct rangeset wanted; /* asked of the source's fetch(), maybe not here yet */
+	uint64_t fetch_distance;
 	uint64_t frontier;
 	uint64_t seq_pos; /* where stream_append/stream_splice write next */
 	int64_t length;   /* exact when complete, announced, or -1 */
@@ -131,6 +133,7 @@ void stream_unref(struct stream *s)
 		s->ops->destroy(s->src);
 	store_close(s->store);
 	rangeset_free(&s->present);
+	rangeset_free(&s->wanted);
 	for (struct attr *a = s->attrs, *n; a; a = n) {
 		n = a->next;
 		free(a->key);
@@ -676,6 +679,66 @@ ssize_t stream_read(struct stream *s, void *buf, size_t len, uint64_t off, bool 
 		p += iov[i].iov_len;
 	}
 	return r;
+}
+
+/* ---- random access ---------------------------------------------------- */
+
+void stream_want(struct stream *s, uint64_t off, uint64_t len)
+{
+	if (!s->ops->fetch || len == 0)
+		return;
+	uint64_t end = off + len;
+	pthread_mutex_lock(&s->lock);
+	if (s->state != STREAM_RUNNING) {
+		pthread_mutex_unlock(&s->lock);
+		return;
+	}
+	if (s->length >= 0 && end > (uint64_t)s->length)
+		end = (uint64_t)s->length;
+	/* The first byte neither present nor asked for... */
+	uint64_t a = off;
+	for (;;) {
+		uint64_t p = rangeset_run_end(&s->present, a);
+		uint64_t w = rangeset_run_end(&s->wanted, p);
+		if (w == a)
+			break;
+		a = w;
+	}
+	/* ...up to the next byte that is. */
+	uint64_t b = end;
+	uint64_t np = rangeset_next_present(&s->present, a);
+	uint64_t nw = rangeset_next_present(&s->wanted, a);
+	if (np < b)
+		b = np;
+	if (nw < b)
+		b = nw;
+	bool far = a >= s->frontier && a - s->frontier >= s->fetch_distance;
+	bool ask = a < b && far && rangeset_add(&s->wanted, a, b) == 0;
+	pthread_mutex_unlock(&s->lock);
+	if (ask)
+		s->ops->fetch(s, s->src, a, b - a);
+}
+
+void stream_set_fetch_distance(struct stream *s, uint64_t bytes)
+{
+	pthread_mutex_lock(&s->lock);
+	s->fetch_distance = bytes;
+	pthread_mutex_unlock(&s->lock);
+}
+
+void stream_unwant(struct stream *s, uint64_t off, uint64_t len)
+{
+	pthread_mutex_lock(&s->lock);
+	rangeset_remove(&s->wanted, off, off + len);
+	pthread_mutex_unlock(&s->lock);
+}
+
+uint64_t stream_run_end(struct stream *s, uint64_t off)
+{
+	pthread_mutex_lock(&s->lock);
+	uint64_t e = rangeset_run_end(&s->present, off);
+	pthread_mutex_unlock(&s->lock);
+	return e;
 }
 
 /* ---- status ----------------------------------------------------------- */

@@ -66,6 +66,15 @@ struct stream_source_ops {
 	int (*start)(struct stream *s, void *src);
 	void (*cancel)(struct stream *s, void *src);
 	void (*destroy)(void *src);
+	/*
+	 * Optional, for sources with random access (URL): a reader needs
+	 * [off, off+len), none of it present or asked for before. Called
+	 * without the stream lock from a reader's thread; must not block.
+	 * The source either fetches the range (writing it with stream_write)
+	 * or declines with stream_unwant() (e.g. because its sequential fill
+	 * will be there sooner); the reader waits for the bytes either way.
+	 */
+	void (*fetch)(struct stream *s, void *src, uint64_t off, uint64_t len);
 };
 
 /*
@@ -238,6 +247,26 @@ int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off);
  * other non-FUSE users; the FUSE layer parks instead.
  */
 ssize_t stream_read(struct stream *s, void *buf, size_t len, uint64_t off, bool partial);
+
+/*
+ * Random access ahead of the fill: a reader will need [off, off+len). For
+ * the parts that are neither present nor already asked for, the source's
+ * fetch() is called (sources without one ignore this). Cheap when there is
+ * nothing to do. Can't fail.
+ */
+void stream_want(struct stream *s, uint64_t off, uint64_t len);
+
+/* Only ranges starting at least @bytes past the frontier are worth a
+ * fetch() (the sequential fill brings nearer ones sooner). Default 0. */
+void stream_set_fetch_distance(struct stream *s, uint64_t bytes);
+
+/* The source will not fetch [off, off+len) after all: forget that it was
+ * asked for, so a later stream_want() may ask again. */
+void stream_unwant(struct stream *s, uint64_t off, uint64_t len);
+
+/* The end of the run of present bytes starting at @off (@off if the byte
+ * at @off is missing). */
+uint64_t stream_run_end(struct stream *s, uint64_t off);
 
 /* ---- status ----------------------------------------------------------- */
 

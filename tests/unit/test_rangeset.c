@@ -138,7 +138,7 @@ static uint64_t rnd(void)
 	return rng_state * 0x2545F4914F6CDD1DULL;
 }
 
-/* One seed: random adds, all queries checked after each. Returns false on
+/* One seed: random adds and removes, all queries checked after each. Returns false on
  * the first disagreement (so one bad seed prints a handful of lines). */
 static bool random_seed(uint64_t seed)
 {
@@ -150,15 +150,17 @@ static bool random_seed(uint64_t seed)
 	for (int step = 0; step < 60 && ok; step++) {
 		uint64_t a = rnd() % MB, len = rnd() % 4 == 0 ? rnd() % 3 : rnd() % 40;
 		uint64_t b = a + len > MB ? MB : a + len;
-		if (rangeset_add(&rs, a, b) != 0) {
+		/* A third of the steps remove instead of add. */
+		bool del = rnd() % 3 == 0;
+		if ((del ? rangeset_remove(&rs, a, b) : rangeset_add(&rs, a, b)) != 0) {
 			ok = false;
 			break;
 		}
 		for (uint64_t i = a; i < b; i++)
-			bit[i] = true;
+			bit[i] = !del;
 
 		if (!well_formed(&rs)) {
-			fprintf(stderr, "seed %llu step %d: malformed after add [%llu,%llu)\n",
+			fprintf(stderr, "seed %llu step %d: malformed after add/remove [%llu,%llu)\n",
 			        (unsigned long long)seed, step, (unsigned long long)a,
 			        (unsigned long long)b);
 			ok = false;
