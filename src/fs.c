@@ -27,8 +27,14 @@
  *  - Replies are sent from memory (pread into a per-thread buffer), never
  *    as fd buffers, which libfuse 3.14 turns into an mmap per request.
  *
- * The tree is built before mounting and never changes afterwards, so
- * lookups need no lock.
+ * The tree grows with "streamfs add" and shrinks with "streamfs rm" while
+ * mounted, under fs->lock (a read-write lock: every request reads, only
+ * add/rm write). Nodes are never freed before the file system is, so a
+ * node pointer stays valid; a removed node is marked and loses its stream.
+ * Requests work on their own reference to the stream, taken under the lock.
+ *
+ * Lock order: fs->lock, then a stream's lock. No reply, notification or
+ * stream callback runs under fs->lock.
  */
 #define FUSE_USE_VERSION 312
 
@@ -58,9 +64,10 @@ struct node {
 	char *name;
 	struct node *parent;
 	bool dir;
+	bool removed;       /* protected by fs->lock */
 	struct node **kids; /* dir */
 	size_t nkids, capkids;
-	struct stream *s; /* file */
+	struct stream *s; /* file; protected by fs->lock (NULL once removed) */
 	enum size_policy size;
 	enum read_policy read;
 	enum start_policy start;
@@ -69,12 +76,14 @@ struct node {
 
 struct fs {
 	struct fuse_session *se;
-	struct node **nodes; /* by inode number; nodes[FUSE_ROOT_ID] is the root */
+	pthread_rwlock_t lock; /* the tree: nodes, kids lists, node->s, node->removed */
+	struct node **nodes;   /* by inode number; nodes[FUSE_ROOT_ID] is the root */
 	size_t nnodes, capnodes;
 	struct timespec mtime;
 	uid_t uid;
 	gid_t gid;
 	bool mounted, shut;
+	char control[108]; /* the control socket's name, shown as user.streamfs.control */
 };
 
 /* An open file. */
@@ -167,9 +176,40 @@ static struct node *child(const struct node *dir, const char *name, size_t len)
 	return NULL;
 }
 
-static struct node *node_of(struct fs *fs, fuse_ino_t ino)
+/*
+ * The node of @ino, and in *@s a new reference on its stream (NULL for a
+ * directory). NULL if there is no such node or it was removed.
+ */
+static struct node *get_node(struct fs *fs, fuse_ino_t ino, struct stream **s)
 {
-	return ino < fs->nnodes ? fs->nodes[ino] : NULL;
+	pthread_rwlock_rdlock(&fs->lock);
+	struct node *n = ino < fs->nnodes ? fs->nodes[ino] : NULL;
+	if (n && n->removed)
+		n = NULL;
+	*s = n && n->s ? stream_ref(n->s) : NULL;
+	pthread_rwlock_unlock(&fs->lock);
+	return n;
+}
+
+/* References on every stream, for walking them without the lock. Returns
+ * a malloc'ed array (NULL-terminated), or NULL. */
+static struct stream **all_streams(struct fs *fs)
+{
+	pthread_rwlock_rdlock(&fs->lock);
+	struct stream **v = calloc(fs->nnodes + 1, sizeof(*v));
+	size_t k = 0;
+	for (size_t i = 0; v && i < fs->nnodes; i++)
+		if (fs->nodes[i]->s)
+			v[k++] = stream_ref(fs->nodes[i]->s);
+	pthread_rwlock_unlock(&fs->lock);
+	return v;
+}
+
+static void unref_all(struct stream **v)
+{
+	for (size_t i = 0; v && v[i]; i++)
+		stream_unref(v[i]);
+	free(v);
 }
 
 struct fs *fs_new(void)
@@ -178,6 +218,7 @@ struct fs *fs_new(void)
 	if (!fs)
 		return NULL;
 	clock_gettime(CLOCK_REALTIME, &fs->mtime);
+	pthread_rwlock_init(&fs->lock, NULL);
 	fs->uid = getuid();
 	fs->gid = getgid();
 	/* Inode 0 is invalid in FUSE; 1 is the root. */
@@ -192,12 +233,17 @@ struct fs *fs_new(void)
 int fs_add_file(struct fs *fs, const char *path, struct stream *s, const struct file_opts *opts,
 		const char *source, char *err, size_t errlen)
 {
+	pthread_rwlock_wrlock(&fs->lock);
 	struct node *dir = fs->nodes[FUSE_ROOT_ID];
+	fuse_ino_t changed = FUSE_ROOT_ID; /* the highest directory that gained an entry */
+	bool made = false;
 	const char *p = path;
 	for (;;) {
 		const char *slash = strchr(p, '/');
 		size_t len = slash ? (size_t)(slash - p) : strlen(p);
 		struct node *c = child(dir, p, len);
+		if (!made)
+			changed = dir->ino;
 		if (!slash) {
 			if (c) {
 				snprintf(err, errlen, "duplicate name '%s'", path);
@@ -212,7 +258,7 @@ int fs_add_file(struct fs *fs, const char *path, struct stream *s, const struct 
 			n->size = opts->size;
 			n->read = opts->read;
 			n->start = opts->start;
-			return 0;
+			break;
 		}
 		if (c && !c->dir) {
 			snprintf(err, errlen, "'%.*s' is both a file and a directory",
@@ -227,13 +273,70 @@ int fs_add_file(struct fs *fs, const char *path, struct stream *s, const struct 
 				snprintf(err, errlen, "out of memory");
 				goto fail;
 			}
+			made = true;
 		}
 		dir = c;
 		p = slash + 1;
 	}
+	pthread_rwlock_unlock(&fs->lock);
+	/* Directory listings are cached (cache_readdir): drop the stale one. */
+	if (fs->mounted)
+		fuse_lowlevel_notify_inval_inode(fs->se, changed, 0, 0);
+	return 0;
 fail:
+	pthread_rwlock_unlock(&fs->lock);
 	stream_unref(s);
 	return -1;
+}
+
+int fs_remove(struct fs *fs, const char *path, char *err, size_t errlen)
+{
+	pthread_rwlock_wrlock(&fs->lock);
+	struct node *n = fs->nodes[FUSE_ROOT_ID];
+	const char *p = path;
+	while (n) {
+		const char *slash = strchr(p, '/');
+		size_t len = slash ? (size_t)(slash - p) : strlen(p);
+		n = n->dir ? child(n, p, len) : NULL;
+		if (!slash)
+			break;
+		p = slash + 1;
+	}
+	if (!n || n->dir) {
+		pthread_rwlock_unlock(&fs->lock);
+		snprintf(err, errlen, n ? "'%s' is a directory" : "no file named '%s'", path);
+		return -1;
+	}
+	/* Unlink it, and the directories that only held it. */
+	struct node *gone = n, *parent = n->parent;
+	struct stream *s = n->s;
+	n->s = NULL;
+	for (;;) {
+		struct node *d = gone->parent;
+		for (size_t i = 0; i < d->nkids; i++) {
+			if (d->kids[i] == gone) {
+				d->kids[i] = d->kids[--d->nkids];
+				break;
+			}
+		}
+		gone->removed = true;
+		parent = d;
+		if (d->ino == FUSE_ROOT_ID || d->nkids > 0)
+			break;
+		gone = d;
+	}
+	fuse_ino_t pino = parent->ino, gino = gone->ino;
+	char *gname = strdup(gone->name);
+	pthread_rwlock_unlock(&fs->lock);
+
+	stream_cancel(s, "removed"); /* parked readers get EIO */
+	stream_unref(s);             /* open handles keep theirs */
+	if (fs->mounted && gname) {
+		fuse_lowlevel_notify_delete(fs->se, pino, gino, gname, strlen(gname));
+		fuse_lowlevel_notify_inval_inode(fs->se, pino, 0, 0);
+	}
+	free(gname);
+	return 0;
 }
 
 void fs_free(struct fs *fs)
@@ -252,6 +355,7 @@ void fs_free(struct fs *fs)
 	free(fs->nodes);
 	if (fs->se)
 		fuse_session_destroy(fs->se);
+	pthread_rwlock_destroy(&fs->lock);
 	free(fs);
 }
 
@@ -264,7 +368,7 @@ static uint64_t shown_size(const struct stream_info *in)
 	return in->length >= 0 ? (uint64_t)in->length : in->frontier;
 }
 
-static double fill_attr(struct fs *fs, const struct node *n, struct stat *st)
+static double fill_attr(struct fs *fs, const struct node *n, struct stream *s, struct stat *st)
 {
 	memset(st, 0, sizeof(*st));
 	st->st_ino = n->ino;
@@ -278,7 +382,7 @@ static double fill_attr(struct fs *fs, const struct node *n, struct stat *st)
 		return ENTRY_TIMEOUT;
 	}
 	struct stream_info in;
-	stream_get_info(n->s, &in);
+	stream_get_info(s, &in);
 	st->st_mode = S_IFREG | 0444;
 	st->st_nlink = 1;
 	st->st_size = (off_t)shown_size(&in);
@@ -286,21 +390,21 @@ static double fill_attr(struct fs *fs, const struct node *n, struct stat *st)
 	return in.state == STREAM_COMPLETE ? DONE_ATTR_TIMEOUT : 0.0;
 }
 
-static void reply_entry(fuse_req_t req, struct fs *fs, const struct node *n)
+static void reply_entry(fuse_req_t req, struct fs *fs, const struct node *n, struct stream *s)
 {
 	struct fuse_entry_param e;
 	memset(&e, 0, sizeof(e));
 	e.ino = n->ino;
 	e.generation = 1;
-	e.attr_timeout = fill_attr(fs, n, &e.attr);
+	e.attr_timeout = fill_attr(fs, n, s, &e.attr);
 	e.entry_timeout = ENTRY_TIMEOUT;
 	fuse_reply_entry(req, &e);
 }
 
-static void reply_attr(fuse_req_t req, struct fs *fs, const struct node *n)
+static void reply_attr(fuse_req_t req, struct fs *fs, const struct node *n, struct stream *s)
 {
 	struct stat st;
-	double t = fill_attr(fs, n, &st);
+	double t = fill_attr(fs, n, s, &st);
 	fuse_reply_attr(req, &st, t);
 }
 
@@ -416,7 +520,7 @@ static void pending_complete(struct pending *p, ssize_t r)
 		if (r == -EINTR || (p->with_fh && r < 0))
 			fuse_reply_err(p->req, reply_errno(r));
 		else
-			reply_attr(p->req, p->fs, p->n); /* stat of a failed stream still works */
+			reply_attr(p->req, p->fs, p->n, p->s); /* stat of a failed stream still works */
 		break;
 	}
 	stream_unref(p->s);
@@ -486,30 +590,38 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	struct node *d = node_of(fs, parent);
-	struct node *n = d && d->dir ? child(d, name, strlen(name)) : NULL;
+	pthread_rwlock_rdlock(&fs->lock);
+	struct node *d = parent < fs->nnodes ? fs->nodes[parent] : NULL;
+	bool isdir = d && d->dir && !d->removed;
+	struct node *n = isdir ? child(d, name, strlen(name)) : NULL;
+	struct stream *s = n && n->s ? stream_ref(n->s) : NULL;
+	pthread_rwlock_unlock(&fs->lock);
 	if (!n) {
-		fuse_reply_err(req, d && d->dir ? ENOENT : ENOTDIR);
+		fuse_reply_err(req, isdir || !d ? ENOENT : ENOTDIR);
 		return;
 	}
-	reply_entry(req, fs, n); /* starts nothing: ls stays cheap */
+	reply_entry(req, fs, n, s); /* starts nothing: ls stays cheap */
+	if (s)
+		stream_unref(s);
 }
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	struct node *n = node_of(fs, ino);
+	struct stream *s;
+	struct node *n = get_node(fs, ino, &s);
 	if (!n) {
 		fuse_reply_err(req, ENOENT);
 		return;
 	}
 	if (n->dir) {
-		reply_attr(req, fs, n);
+		reply_attr(req, fs, n, NULL);
 		return;
 	}
-	stream_start(n->s);
+	stream_start(s);
 	enum stream_wait_kind kind = fi || n->size == SIZE_WAIT ? STREAM_WAIT_END : STREAM_WAIT_SIZE;
-	park(req, fs, n, n->s, P_GETATTR, kind, 0, 0, fi);
+	park(req, fs, n, s, P_GETATTR, kind, 0, 0, fi);
+	stream_unref(s);
 }
 
 static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
@@ -521,7 +633,8 @@ static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	struct node *n = node_of(fs, ino);
+	struct stream *s;
+	struct node *n = get_node(fs, ino, &s);
 	if (!n) {
 		fuse_reply_err(req, ENOENT);
 		return;
@@ -531,11 +644,13 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		stream_unref(s);
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	stream_start(n->s);
-	park(req, fs, n, n->s, P_OPEN, STREAM_WAIT_SIZE, 0, 0, fi);
+	stream_start(s);
+	park(req, fs, n, s, P_OPEN, STREAM_WAIT_SIZE, 0, 0, fi);
+	stream_unref(s);
 }
 
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -567,12 +682,15 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	struct node *n = node_of(fs, ino);
+	struct stream *s;
+	struct node *n = get_node(fs, ino, &s);
+	if (s)
+		stream_unref(s);
 	if (!n || !n->dir) {
 		fuse_reply_err(req, n ? ENOTDIR : ENOENT);
 		return;
 	}
-	fi->cache_readdir = 1; /* the tree never changes while mounted */
+	fi->cache_readdir = 1; /* add/rm invalidate it */
 	fuse_reply_open(req, fi);
 }
 
@@ -580,14 +698,17 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	struct node *d = node_of(fs, ino);
-	if (!d || !d->dir) {
-		fuse_reply_err(req, ENOTDIR);
-		return;
-	}
 	char *buf = malloc(size);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
+		return;
+	}
+	pthread_rwlock_rdlock(&fs->lock);
+	struct node *d = ino < fs->nnodes ? fs->nodes[ino] : NULL;
+	if (!d || !d->dir || d->removed) {
+		pthread_rwlock_unlock(&fs->lock);
+		free(buf);
+		fuse_reply_err(req, ENOTDIR);
 		return;
 	}
 	size_t used = 0;
@@ -603,6 +724,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			break;
 		used += need;
 	}
+	pthread_rwlock_unlock(&fs->lock);
 	fuse_reply_buf(req, buf, used);
 	free(buf);
 }
@@ -612,13 +734,14 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 #define XATTR_PREFIX "user.streamfs."
 
 static const char *const file_keys[] = {"state", "bytes", "size", "source", "kind",
-				       "error", "error_offset", NULL};
+				       "error", "error_offset", "waiters", NULL};
 
 /* The value of file attribute @key into @buf; its length, or -ENODATA. */
-static ssize_t file_xattr(const struct node *n, const char *key, char *buf, size_t size)
+static ssize_t file_xattr(const struct node *n, struct stream *s, const char *key, char *buf,
+			  size_t size)
 {
 	struct stream_info in;
-	stream_get_info(n->s, &in);
+	stream_get_info(s, &in);
 	bool failed = in.state == STREAM_FAILED || in.state == STREAM_CANCELLED;
 	if (strcmp(key, "state") == 0)
 		return snprintf(buf, size, "%s", stream_state_name(in.state));
@@ -639,13 +762,17 @@ static ssize_t file_xattr(const struct node *n, const char *key, char *buf, size
 		return failed ? snprintf(buf, size, "%s", in.error_msg) : -ENODATA;
 	if (strcmp(key, "error_offset") == 0)
 		return failed ? snprintf(buf, size, "%" PRIu64, in.error_offset) : -ENODATA;
-	return stream_get_attr(n->s, key, buf, size);
+	if (strcmp(key, "waiters") == 0) /* parked reads, opens and stats */
+		return snprintf(buf, size, "%u", in.waiters);
+	return stream_get_attr(s, key, buf, size);
 }
 
-static ssize_t root_xattr(const char *key, char *buf, size_t size)
+static ssize_t root_xattr(struct fs *fs, const char *key, char *buf, size_t size)
 {
 	if (strcmp(key, "pid") == 0)
 		return snprintf(buf, size, "%d", (int)getpid());
+	if (strcmp(key, "control") == 0 && fs->control[0])
+		return snprintf(buf, size, "%s", fs->control);
 	if (strcmp(key, "version") == 0)
 		return snprintf(buf, size, "%s", STREAMFS_VERSION);
 	return -ENODATA;
@@ -654,15 +781,21 @@ static ssize_t root_xattr(const char *key, char *buf, size_t size)
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	struct node *n = node_of(fs, ino);
+	struct stream *s;
+	struct node *n = get_node(fs, ino, &s);
 	if (!n || strncmp(name, XATTR_PREFIX, strlen(XATTR_PREFIX)) != 0 ||
 	    (n->dir && ino != FUSE_ROOT_ID)) {
+		if (s)
+			stream_unref(s);
 		fuse_reply_err(req, n ? ENODATA : ENOENT);
 		return;
 	}
 	const char *key = name + strlen(XATTR_PREFIX);
 	char buf[4096];
-	ssize_t len = n->dir ? root_xattr(key, buf, sizeof(buf)) : file_xattr(n, key, buf, sizeof(buf));
+	ssize_t len = n->dir ? root_xattr(fs, key, buf, sizeof(buf))
+			     : file_xattr(n, s, key, buf, sizeof(buf));
+	if (s)
+		stream_unref(s);
 	if (len < 0) {
 		fuse_reply_err(req, (int)-len);
 		return;
@@ -693,7 +826,8 @@ static void add_name(const char *key, void *arg)
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	struct node *n = node_of(fs, ino);
+	struct stream *s;
+	struct node *n = get_node(fs, ino, &s);
 	if (!n) {
 		fuse_reply_err(req, ENOENT);
 		return;
@@ -703,11 +837,14 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	if (ino == FUSE_ROOT_ID) {
 		add_name("pid", &nb);
 		add_name("version", &nb);
-	} else if (!n->dir) {
+		if (fs->control[0])
+			add_name("control", &nb);
+	} else if (s) {
 		for (int i = 0; file_keys[i]; i++)
-			if (file_xattr(n, file_keys[i], tmp, sizeof(tmp)) >= 0)
+			if (file_xattr(n, s, file_keys[i], tmp, sizeof(tmp)) >= 0)
 				add_name(file_keys[i], &nb);
-		stream_list_attrs(n->s, add_name, &nb);
+		stream_list_attrs(s, add_name, &nb);
+		stream_unref(s);
 	}
 	if (size == 0)
 		fuse_reply_xattr(req, nb.len);
@@ -723,17 +860,18 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	struct statvfs sv;
 	memset(&sv, 0, sizeof(sv));
 	uint64_t bytes = 0;
-	for (size_t i = 0; i < fs->nnodes; i++) {
-		if (fs->nodes[i]->s) {
-			struct stream_info in;
-			stream_get_info(fs->nodes[i]->s, &in);
-			bytes += in.bytes;
-		}
+	struct stream **v = all_streams(fs);
+	size_t files = 0;
+	for (size_t i = 0; v && v[i]; i++, files++) {
+		struct stream_info in;
+		stream_get_info(v[i], &in);
+		bytes += in.bytes;
 	}
+	unref_all(v);
 	sv.f_bsize = BLKSIZE;
 	sv.f_frsize = 4096;
 	sv.f_blocks = (bytes + 4095) / 4096;
-	sv.f_files = fs->nnodes - 1;
+	sv.f_files = files;
 	sv.f_namemax = 255;
 	fuse_reply_statfs(req, &sv);
 }
@@ -802,11 +940,18 @@ out:
 	return r;
 }
 
+void fs_set_control_name(struct fs *fs, const char *name)
+{
+	snprintf(fs->control, sizeof(fs->control), "%s", name);
+}
+
 void fs_start_mount_streams(struct fs *fs)
 {
+	pthread_rwlock_rdlock(&fs->lock);
 	for (size_t i = 0; i < fs->nnodes; i++)
 		if (fs->nodes[i]->s && fs->nodes[i]->start == START_MOUNT)
-			stream_start(fs->nodes[i]->s);
+			stream_start(fs->nodes[i]->s); /* only queues work for the I/O thread */
+	pthread_rwlock_unlock(&fs->lock);
 }
 
 int fs_loop(struct fs *fs)
@@ -834,9 +979,10 @@ void fs_shutdown(struct fs *fs)
 		return;
 	fs->shut = true;
 	/* Every parked request is answered (EIO) by the cancel itself. */
-	for (size_t i = 0; i < fs->nnodes; i++)
-		if (fs->nodes[i]->s)
-			stream_cancel(fs->nodes[i]->s, "streamfs is shutting down");
+	struct stream **v = all_streams(fs);
+	for (size_t i = 0; v && v[i]; i++)
+		stream_cancel(v[i], "streamfs is shutting down");
+	unref_all(v);
 	source_cmd_kill_all();
 	if (!source_wait_all_done(5000))
 		log_warn("some sources did not stop within 5 s");

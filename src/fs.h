@@ -20,12 +20,22 @@ struct fs *fs_new(void);
 
 /*
  * Add a file at @path (a validated name; parent directories are made as
- * needed). Takes the caller's reference on @s in every case. @opts is
+ * needed), before or after mounting. Takes the caller's reference on @s in every case. @opts is
  * copied (size and read policies are used here). Returns 0, or -1 with
  * @err set ("'a/b' is both a file and a directory", duplicate names).
  */
 int fs_add_file(struct fs *fs, const char *path, struct stream *s, const struct file_opts *opts,
 		const char *source, char *err, size_t errlen);
+
+/*
+ * Remove the file at @path while mounted: it disappears from the tree, its
+ * stream is cancelled (waiting readers get EIO; open handles keep what is
+ * present), and directories left empty go too. Returns 0, or -1 with @err.
+ */
+int fs_remove(struct fs *fs, const char *path, char *err, size_t errlen);
+
+/* The control socket's name, shown on the root as user.streamfs.control. */
+void fs_set_control_name(struct fs *fs, const char *name);
 
 /* Create the FUSE session and mount it at @mountpoint with the default
  * options (ro, auto_unmount) plus @fuse_opts (each a

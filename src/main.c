@@ -11,6 +11,7 @@
 #define FUSE_USE_VERSION 312
 
 #include "config.h"
+#include "control.h"
 #include "fs.h"
 #include "ioloop.h"
 #include "log.h"
@@ -35,6 +36,8 @@
 static const char usage[] =
 	"usage: streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...\n"
 	"       streamfs status [--json] [--watch] MOUNTPOINT\n"
+	"       streamfs add MOUNTPOINT NAME=SOURCE [OPTION=VALUE...]\n"
+	"       streamfs rm MOUNTPOINT NAME\n"
 	"\n"
 	"Mount streams as ordinary read-only, seekable files. SOURCE is one of:\n"
 	"  cmd:COMMAND        standard output of /bin/sh -c COMMAND\n"
@@ -161,6 +164,65 @@ static struct stream *make_stream(const struct config *cfg, const struct file_sp
 	return s;
 }
 
+/* What "streamfs add" and "streamfs rm" reach, in the loop thread. */
+struct live {
+	const struct config *cfg;
+	struct ioloop *loop;
+	struct fs *fs;
+	const char *cwd;
+};
+
+static int live_add(void *ctx, const char *spec, char *const *opts, size_t nopts, char *err,
+		    size_t errlen)
+{
+	struct live *lv = ctx;
+	struct file_opts def;
+	struct file_spec f;
+	config_file_opts_default(&def);
+	int r = config_parse_file(spec, &def, &f, err, errlen);
+	config_file_opts_free(&def);
+	if (r < 0)
+		return -1;
+	for (size_t i = 0; i < nopts && r == 0; i++) {
+		char *kv = strdup(opts[i]);
+		if (!kv) {
+			snprintf(err, errlen, "out of memory");
+			r = -1;
+			break;
+		}
+		char *key = kv + (strncmp(kv, "--", 2) == 0 ? 2 : 0);
+		char *eq = strchr(key, '=');
+		if (eq)
+			*eq = '\0';
+		r = config_set_file_option(&f.opts, key, eq ? eq + 1 : NULL, err, errlen);
+		free(kv);
+	}
+	if (r == 0 && f.kind == SOURCE_STDIN) {
+		snprintf(err, errlen, "standard input can only be given when mounting");
+		r = -1;
+	}
+	struct stream *s = NULL;
+	if (r == 0 && !(s = make_stream(lv->cfg, &f, lv->loop, lv->cwd, -1, err, errlen)))
+		r = -1;
+	if (r == 0) {
+		char *shown = f.kind == SOURCE_URL ? source_url_redact(f.source) : NULL;
+		stream_ref(s);
+		r = fs_add_file(lv->fs, f.name, s, &f.opts, shown ? shown : f.source, err, errlen);
+		free(shown);
+		if (r == 0 && f.opts.start == START_MOUNT)
+			stream_start(s);
+		stream_unref(s);
+	}
+	config_file_spec_free(&f);
+	return r;
+}
+
+static int live_rm(void *ctx, const char *name, char *err, size_t errlen)
+{
+	struct live *lv = ctx;
+	return fs_remove(lv->fs, name, err, errlen);
+}
+
 static int mount_main(int argc, char **argv)
 {
 	struct config cfg;
@@ -168,6 +230,7 @@ static int mount_main(int argc, char **argv)
 	int rc = 1;
 	struct ioloop *loop = NULL;
 	struct fs *fs = NULL;
+	struct control *ctl = NULL;
 	int stdin_fd = -1;
 	char cwd[PATH_MAX];
 
@@ -264,6 +327,14 @@ static int mount_main(int argc, char **argv)
 		fs_shutdown(fs);
 		goto out;
 	}
+	struct live lv = {.cfg = &cfg, .loop = loop, .fs = fs, .cwd = cwd};
+	struct control_ops cops = {.add = live_add, .rm = live_rm, .ctx = &lv};
+	char ctlname[108];
+	ctl = control_open(loop, &cops, ctlname, sizeof(ctlname));
+	if (ctl && ioloop_call(loop, control_start, ctl) == 0)
+		fs_set_control_name(fs, ctlname);
+	else
+		log_warn("no control socket (add/rm unavailable): %s", strerror(errno));
 	log_info("mounted %zu file%s on %s", cfg.nfiles, cfg.nfiles == 1 ? "" : "s",
 		 cfg.mountpoint);
 	fs_start_mount_streams(fs);
@@ -274,6 +345,7 @@ static int mount_main(int argc, char **argv)
 out:
 	if (loop)
 		ioloop_stop(loop);
+	control_close(ctl);
 	fs_free(fs);
 	ioloop_free(loop);
 	if (stdin_fd >= 0)
@@ -287,9 +359,25 @@ int main(int argc, char **argv)
 {
 	if (argc > 1 && strcmp(argv[1], "status") == 0)
 		return status_main(argc - 1, argv + 1);
-	if (argc > 1 && (strcmp(argv[1], "add") == 0 || strcmp(argv[1], "rm") == 0)) {
-		fprintf(stderr, "streamfs: '%s' is not available yet in this version\n", argv[1]);
-		return 2;
+	if (argc > 1 && strcmp(argv[1], "add") == 0) {
+		if (argc < 4 || strchr(argv[3], '=') == NULL) {
+			fprintf(stderr, "streamfs: usage: streamfs add MOUNTPOINT NAME=SOURCE "
+					"[OPTION=VALUE...]\n");
+			return 2;
+		}
+		const char *f[256] = {"add"};
+		size_t n = 1;
+		for (int i = 3; i < argc && n < 256; i++)
+			f[n++] = argv[i];
+		return control_client(argv[2], f, n);
+	}
+	if (argc > 1 && strcmp(argv[1], "rm") == 0) {
+		if (argc != 4) {
+			fprintf(stderr, "streamfs: usage: streamfs rm MOUNTPOINT NAME\n");
+			return 2;
+		}
+		const char *f[2] = {"rm", argv[3]};
+		return control_client(argv[2], f, 2);
 	}
 	return mount_main(argc, argv);
 }
