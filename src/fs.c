@@ -74,6 +74,20 @@ struct node {
 	char *source;
 };
 
+/* An open file. */
+struct handle {
+	struct node *n;
+	struct stream *s; /* a reference */
+	struct handle *prev, *next; /* on fs->handles, under fs->hlock */
+	/* Read-ahead for random access (URL sources): reads that follow on
+	 * from the previous one double the window (1 MiB up to 64 MiB); a
+	 * jump starts it again. Updated with relaxed atomics: the kernel may
+	 * send reads of one file handle in parallel, and a lost update only
+	 * makes one window a little smaller. */
+	uint64_t next_off;
+	uint64_t window;
+};
+
 struct fs {
 	struct fuse_session *se;
 	pthread_rwlock_t lock; /* the tree: nodes, kids lists, node->s, node->removed */
@@ -84,20 +98,12 @@ struct fs {
 	gid_t gid;
 	bool mounted, shut;
 	char control[108]; /* the control socket's name, shown as user.streamfs.control */
+	/* Open handles, so those the kernel never released (the daemon stops
+	 * first) are freed with the file system. */
+	pthread_mutex_t hlock;
+	struct handle handles; /* list head */
 };
 
-/* An open file. */
-struct handle {
-	struct node *n;
-	struct stream *s; /* a reference */
-	/* Read-ahead for random access (URL sources): reads that follow on
-	 * from the previous one double the window (1 MiB up to 64 MiB); a
-	 * jump starts it again. Updated with relaxed atomics: the kernel may
-	 * send reads of one file handle in parallel, and a lost update only
-	 * makes one window a little smaller. */
-	uint64_t next_off;
-	uint64_t window;
-};
 
 #define WINDOW_MIN (1ULL << 20)
 #define WINDOW_MAX (64ULL << 20)
@@ -219,6 +225,8 @@ struct fs *fs_new(void)
 		return NULL;
 	clock_gettime(CLOCK_REALTIME, &fs->mtime);
 	pthread_rwlock_init(&fs->lock, NULL);
+	pthread_mutex_init(&fs->hlock, NULL);
+	fs->handles.next = fs->handles.prev = &fs->handles;
 	fs->uid = getuid();
 	fs->gid = getgid();
 	/* Inode 0 is invalid in FUSE; 1 is the root. */
@@ -339,6 +347,24 @@ int fs_remove(struct fs *fs, const char *path, char *err, size_t errlen)
 	return 0;
 }
 
+static void handle_link(struct fs *fs, struct handle *h)
+{
+	pthread_mutex_lock(&fs->hlock);
+	h->next = fs->handles.next;
+	h->prev = &fs->handles;
+	fs->handles.next->prev = h;
+	fs->handles.next = h;
+	pthread_mutex_unlock(&fs->hlock);
+}
+
+static void handle_unlink(struct fs *fs, struct handle *h)
+{
+	pthread_mutex_lock(&fs->hlock);
+	h->prev->next = h->next;
+	h->next->prev = h->prev;
+	pthread_mutex_unlock(&fs->hlock);
+}
+
 void fs_free(struct fs *fs)
 {
 	if (!fs)
@@ -353,9 +379,16 @@ void fs_free(struct fs *fs)
 		free(n);
 	}
 	free(fs->nodes);
+	while (fs->handles.next != &fs->handles) {
+		struct handle *h = fs->handles.next;
+		handle_unlink(fs, h);
+		stream_unref(h->s);
+		free(h);
+	}
 	if (fs->se)
 		fuse_session_destroy(fs->se);
 	pthread_rwlock_destroy(&fs->lock);
+	pthread_mutex_destroy(&fs->hlock);
 	free(fs);
 }
 
@@ -486,6 +519,7 @@ static void reply_open(struct pending *p, ssize_t r)
 	}
 	h->n = p->n;
 	h->s = stream_ref(p->s);
+	handle_link(p->fs, h);
 	struct stream_info in;
 	stream_get_info(p->s, &in);
 	p->fi.fh = (uintptr_t)h;
@@ -498,6 +532,7 @@ static void reply_open(struct pending *p, ssize_t r)
 	}
 	if (fuse_reply_open(p->req, &p->fi) < 0) {
 		/* The opener is gone (interrupted): no release will come. */
+		handle_unlink(p->fs, h);
 		stream_unref(h->s);
 		free(h);
 	}
@@ -517,7 +552,9 @@ static void pending_complete(struct pending *p, ssize_t r)
 		reply_open(p, r);
 		break;
 	case P_GETATTR:
-		if (r == -EINTR || (p->with_fh && r < 0))
+		/* A stat of a failed stream still works; one woken by unmount or
+		 * rm (cancelled) fails like every other waiter. */
+		if (r == -EINTR || r == -ECANCELED || (p->with_fh && r < 0))
 			fuse_reply_err(p->req, reply_errno(r));
 		else
 			reply_attr(p->req, p->fs, p->n, p->s); /* stat of a failed stream still works */
@@ -673,7 +710,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	struct fs *fs = fuse_req_userdata(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	handle_unlink(fs, h);
 	stream_unref(h->s);
 	free(h);
 	fuse_reply_err(req, 0);
@@ -897,7 +936,8 @@ static const struct fuse_lowlevel_ops ops = {
  * failed mount can say why in one line of our own. */
 static char fuse_last_msg[512];
 
-static void fuse_logger(enum fuse_log_level level, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void fuse_logger(enum fuse_log_level level,
+								  const char *fmt, va_list ap)
 {
 	char msg[512];
 	vsnprintf(msg, sizeof(msg), fmt, ap);

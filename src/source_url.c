@@ -449,7 +449,7 @@ static bool check_response(struct url_src *u)
 	else if (u->last_modified)
 		same = has_lm && strcmp(lm, u->last_modified) == 0;
 	if (!same) {
-		fail_in_cb(u, EIO, "the resource changed while it was read (%s %s, was %s)",
+		fail_in_cb(u, EIO, "the resource changed while it was read (%s %.80s, was %.80s)",
 			   u->etag ? "ETag" : "Last-Modified", u->etag ? etag : lm,
 			   u->etag ? u->etag : u->last_modified);
 		return false;
@@ -459,7 +459,7 @@ static bool check_response(struct url_src *u)
 		uint64_t start = 0;
 		if (!header_value(u->easy, "Content-Range", cr, sizeof(cr)) ||
 		    sscanf(cr, "bytes %" SCNu64, &start) != 1 || start != u->pos) {
-			fail_in_cb(u, EIO, "bad Content-Range '%s' for a request from byte %" PRIu64,
+			fail_in_cb(u, EIO, "bad Content-Range '%.80s' for a request from byte %" PRIu64,
 				   cr, u->pos);
 			return false;
 		}
@@ -896,7 +896,7 @@ static bool range_check(struct range_xfer *x)
 	if (!same) {
 		x->failure = EIO;
 		snprintf(x->failmsg, sizeof(x->failmsg),
-			 "the resource changed while it was read (%s %s, was %s)",
+			 "the resource changed while it was read (%s %.80s, was %.80s)",
 			 u->etag ? "ETag" : "Last-Modified", u->etag ? etag : lm,
 			 u->etag ? u->etag : u->last_modified);
 		return false;
@@ -910,7 +910,7 @@ static bool range_check(struct range_xfer *x)
 	    sscanf(cr, "bytes %" SCNu64, &start) != 1 || start != x->pos) {
 		x->failure = EIO;
 		snprintf(x->failmsg, sizeof(x->failmsg),
-			 "bad Content-Range '%s' for a request from byte %" PRIu64, cr, x->pos);
+			 "bad Content-Range '%.80s' for a request from byte %" PRIu64, cr, x->pos);
 		return false;
 	}
 	return true;

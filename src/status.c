@@ -230,7 +230,8 @@ int status_main(int argc, char **argv)
 			free_rows(&rows);
 			return 1;
 		}
-		qsort(rows.v, rows.n, sizeof(*rows.v), cmp_rows);
+		if (rows.n)
+			qsort(rows.v, rows.n, sizeof(*rows.v), cmp_rows);
 		if (watch && !json && isatty(STDOUT_FILENO))
 			fputs("\033[H\033[2J", stdout);
 		if (json)

@@ -687,6 +687,8 @@ void stream_want(struct stream *s, uint64_t off, uint64_t len)
 {
 	if (!s->ops->fetch || len == 0)
 		return;
+	struct range ask[8]; /* gaps to fetch; more are asked on the next read */
+	int nask = 0;
 	uint64_t end = off + len;
 	pthread_mutex_lock(&s->lock);
 	if (s->state != STREAM_RUNNING) {
@@ -695,28 +697,38 @@ void stream_want(struct stream *s, uint64_t off, uint64_t len)
 	}
 	if (s->length >= 0 && end > (uint64_t)s->length)
 		end = (uint64_t)s->length;
-	/* The first byte neither present nor asked for... */
 	uint64_t a = off;
-	for (;;) {
-		uint64_t p = rangeset_run_end(&s->present, a);
-		uint64_t w = rangeset_run_end(&s->wanted, p);
-		if (w == a)
+	while (a < end && nask < 8) {
+		/* The first byte neither present nor asked for... */
+		for (;;) {
+			uint64_t p = rangeset_run_end(&s->present, a);
+			uint64_t w = rangeset_run_end(&s->wanted, p);
+			if (w == a)
+				break;
+			a = w;
+		}
+		if (a >= end)
 			break;
-		a = w;
+		/* ...up to the next byte that is. */
+		uint64_t b = end;
+		uint64_t np = rangeset_next_present(&s->present, a);
+		uint64_t nw = rangeset_next_present(&s->wanted, a);
+		if (np < b)
+			b = np;
+		if (nw < b)
+			b = nw;
+		/* Near the frontier the sequential fill is faster than a fetch. */
+		bool far = a >= s->frontier && a - s->frontier >= s->fetch_distance;
+		if (far && rangeset_add(&s->wanted, a, b) == 0) {
+			ask[nask].start = a;
+			ask[nask].end = b;
+			nask++;
+		}
+		a = b;
 	}
-	/* ...up to the next byte that is. */
-	uint64_t b = end;
-	uint64_t np = rangeset_next_present(&s->present, a);
-	uint64_t nw = rangeset_next_present(&s->wanted, a);
-	if (np < b)
-		b = np;
-	if (nw < b)
-		b = nw;
-	bool far = a >= s->frontier && a - s->frontier >= s->fetch_distance;
-	bool ask = a < b && far && rangeset_add(&s->wanted, a, b) == 0;
 	pthread_mutex_unlock(&s->lock);
-	if (ask)
-		s->ops->fetch(s, s->src, a, b - a);
+	for (int i = 0; i < nask; i++)
+		s->ops->fetch(s, s->src, ask[i].start, ask[i].end - ask[i].start);
 }
 
 void stream_set_fetch_distance(struct stream *s, uint64_t bytes)

@@ -1,0 +1,716 @@
+"""
+Helpers for the streamfs integration tests: deadlines (wait_until,
+Background, call), FIFOs that feed streams and gates, process and mount
+inspection, and the Mount object behind the `mount` fixture. conftest.py
+holds the fixtures and the per-phase watchdog hooks; its comment lists the
+rules these helpers exist to keep.
+"""
+import errno
+import faulthandler
+import hashlib
+import itertools
+import json
+import os
+import platform
+import re
+import select
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEADLINE = 10.0  # default deadline for anything expected to happen "promptly"
+XATTR_DEADLINE = 5.0
+SANITIZER_PATTERNS = (
+    "ERROR: AddressSanitizer",
+    "runtime error:",
+    "WARNING: ThreadSanitizer",
+    "ERROR: LeakSanitizer",
+)
+CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP}
+STATES = {"idle", "running", "complete", "failed", "cancelled"}
+
+# PIDs of daemons (and helper processes) started by this run and not yet
+# reaped; the watchdog SIGKILLs them when a test is stuck in the kernel.
+_live_pids = set()
+_live_lock = threading.Lock()
+
+
+def register_pid(pid):
+    with _live_lock:
+        _live_pids.add(pid)
+
+
+def unregister_pid(pid):
+    with _live_lock:
+        _live_pids.discard(pid)
+
+
+# --------------------------------------------------------------------------
+# Watchdog: a per-phase deadline (see the module comment).
+
+class DeadlineExceeded(Exception):
+    """A test phase overran its deadline."""
+
+
+def _phase_timeout(item):
+    m = item.get_closest_marker("deadline")
+    if m and m.args:
+        return float(m.args[0])
+    return float(os.environ.get("STREAMFS_TEST_TIMEOUT", "90"))
+
+
+class _Watchdog:
+    """Two stages. (1) Only around the test function itself (arm()):
+    SIGALRM raises DeadlineExceeded in the test's own frames. It is not
+    used around fixture setup/teardown: an exception raised asynchronously
+    inside pytest's hook machinery can be swallowed (pluggy returns from a
+    finally block), and that code is bounded by its own deadlines anyway.
+    (2) For every phase, a thread: GRACE s after the deadline it dumps all
+    stacks and SIGKILLs the daemons this run started, which aborts their
+    FUSE connections so a call stuck in the kernel returns; LAST s after
+    it, it exits the run."""
+
+    GRACE = 15.0
+    LAST = 45.0
+    armed = None  # the _Watchdog whose alarm may raise, or None
+
+    def __init__(self, what, timeout):
+        self.what = what
+        self.timeout = timeout
+        self.stopped = threading.Event()
+
+    @staticmethod
+    def install():
+        """Install the SIGALRM handler once; a late alarm is ignored."""
+        signal.signal(signal.SIGALRM, _Watchdog._on_alarm)
+
+    @staticmethod
+    def _on_alarm(signum, frame):
+        wd = _Watchdog.armed
+        if wd is not None:
+            raise DeadlineExceeded(f"{wd.what}: exceeded its {wd.timeout:g} s deadline")
+
+    def arm(self, fn):
+        """Run fn() with the alarm armed."""
+        _Watchdog.armed = self
+        signal.setitimer(signal.ITIMER_REAL, self.timeout)
+        try:
+            return fn()
+        finally:
+            _Watchdog.armed = None
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _watch(self):
+        if self.stopped.wait(self.timeout + self.GRACE):
+            return
+        with _live_lock:
+            pids = sorted(_live_pids)
+        sys.__stderr__.write(f"\nwatchdog: {self.what} stuck for {self.timeout + self.GRACE:g} s; "
+                             f"stacks follow; SIGKILLing daemons {pids}\n")
+        faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        if self.stopped.wait(self.LAST - self.GRACE):
+            return
+        sys.__stderr__.write(f"\nwatchdog: {self.what} still stuck; exiting the test run\n")
+        faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
+        sys.__stderr__.flush()
+        os._exit(3)
+
+    def __enter__(self):
+        threading.Thread(target=self._watch, daemon=True, name="watchdog").start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        return False
+
+
+# --------------------------------------------------------------------------
+# Waiting with deadlines.
+
+def wait_until(pred, timeout=DEADLINE, what="condition"):
+    """Poll pred() until it returns a truthy value (returned) or the deadline
+    passes (AssertionError naming @what and the last value seen)."""
+    end = time.monotonic() + timeout
+    delay = 0.002
+    last = None
+    while True:
+        last = pred()
+        if last:
+            return last
+        if time.monotonic() >= end:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last value: {last!r})")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+class Background:
+    """Run fn(*args) in a daemon thread. result() waits with a deadline and
+    re-raises the call's exception. A thread stuck in a FUSE call is freed
+    when the mount's daemon is stopped at teardown."""
+
+    def __init__(self, fn, *args, name=None):
+        self._fn = fn
+        self._args = args
+        self._done = threading.Event()
+        self._value = None
+        self._exc = None
+        self.native_id = None
+        self._started = threading.Event()
+        self.name = name or getattr(fn, "__name__", "call")
+        self._thread = threading.Thread(target=self._run, daemon=True, name=self.name)
+        self._thread.start()
+        self._started.wait(DEADLINE)
+
+    def _run(self):
+        self.native_id = threading.get_native_id()
+        self._started.set()
+        try:
+            self._value = self._fn(*self._args)
+        except BaseException as e:  # handed to the caller of result()
+            self._exc = e
+        finally:
+            self._done.set()
+
+    def done(self):
+        return self._done.is_set()
+
+    def wait(self, timeout):
+        """True if the call finished within @timeout (no exception raised)."""
+        return self._done.wait(timeout)
+
+    def result(self, timeout=DEADLINE, what=None):
+        if not self._done.wait(timeout):
+            raise AssertionError(f"{what or self.name}: still blocked after {timeout:g} s")
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+    def error(self, timeout=DEADLINE, what=None):
+        """Wait for the call and return the exception it raised (None if it
+        returned normally)."""
+        if not self._done.wait(timeout):
+            raise AssertionError(f"{what or self.name}: still blocked after {timeout:g} s")
+        return self._exc
+
+    def value(self):
+        return self._value
+
+
+def call(fn, *args, timeout=DEADLINE, what=None):
+    """fn(*args) with a deadline: the result, or the exception it raised, or
+    AssertionError if it is still blocked after @timeout."""
+    return Background(fn, *args).result(timeout, what or getattr(fn, "__name__", "call"))
+
+
+def assert_blocked(bg, for_seconds=0.3, what=None):
+    """Check that a background call is (still) waiting. A negative check can
+    only be made over a window; a correct daemon never fails it."""
+    if bg.wait(for_seconds):
+        raise AssertionError(
+            f"{what or bg.name} should still be waiting, but returned "
+            f"{_short(bg.value())!r} / raised {bg._exc!r}")
+
+
+def _short(v):
+    if isinstance(v, (bytes, bytearray)) and len(v) > 40:
+        return f"<{len(v)} bytes>"
+    return v
+
+
+# --------------------------------------------------------------------------
+# File-system helpers. All of them may block on stream data, so tests call
+# them through call()/Background unless the data is known to be present.
+
+def xattr(path, key):
+    """The xattr value as str, or None if absent (ENODATA). Other errors raise."""
+    if not key.startswith("user."):
+        key = "user.streamfs." + key
+    try:
+        # Reading xattrs must never block; a daemon that does fails here
+        # instead of stalling the polling loop that called us.
+        return call(os.getxattr, str(path), key, timeout=XATTR_DEADLINE,
+                    what=f"getxattr {key} of {path} (xattrs must never block)").decode()
+    except OSError as e:
+        if e.errno == errno.ENODATA:
+            return None
+        raise
+
+
+def state(path):
+    return xattr(path, "state")
+
+
+def nbytes(path):
+    v = xattr(path, "bytes")
+    return int(v) if v is not None else None
+
+
+def read_all(path, bufsize=1 << 20):
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        out = bytearray()
+        while True:
+            b = os.read(fd, bufsize)
+            if not b:
+                return bytes(out)
+            out += b
+    finally:
+        os.close(fd)
+
+
+def pread_path(path, n, off):
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        return os.pread(fd, n, off)
+    finally:
+        os.close(fd)
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_data(path, n):
+    """Write @n random bytes to @path; return them."""
+    data = os.urandom(n)
+    Path(path).write_bytes(data)
+    return data
+
+
+def q(s):
+    return shlex.quote(str(s))
+
+
+def slow_cmd(path, chunks=4, delay=0.3):
+    """A cmd: source that sends @path in @chunks pieces, @delay s apart, so
+    tools run on data still arriving (the delay paces the producer; nothing
+    waits on it)."""
+    size = os.path.getsize(path)
+    bs = max(1, -(-size // chunks))
+    return (f"cmd:i=0; while [ $((i*{bs})) -lt {size} ]; do [ $i -gt 0 ] && sleep {delay}; "
+            f"dd if={q(path)} bs={bs} skip=$i count=1 status=none; i=$((i+1)); done")
+
+
+class Fifo:
+    """A named pipe the test writes to: the body of a 'pipe:' source, or of a
+    command such as 'cat FIFO' (see .cat). The test decides exactly how many
+    bytes have been produced; close() ends the stream. Used as a gate, a
+    command 'A; cat FIFO >/dev/null; B' pauses between A and B until close().
+
+    The write end is opened (non-blocking) only once a reader has opened the
+    FIFO, which happens when the stream starts; write() and close() wait for
+    that with a deadline."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        os.mkfifo(self.path)
+        self.fd = None
+        self.closed = False
+        self.written = 0
+
+    @property
+    def cat(self):
+        return f"cat {q(self.path)}"
+
+    @property
+    def gate(self):
+        return f"cat {q(self.path)} >/dev/null"
+
+    def connect(self, timeout=DEADLINE):
+        if self.fd is not None:
+            return
+
+        def try_open():
+            try:
+                return os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno == errno.ENXIO:  # no reader yet
+                    return None
+                raise
+
+        self.fd = wait_until(try_open, timeout, f"a reader on FIFO {self.path}")
+
+    def write(self, data, timeout=DEADLINE):
+        self.connect(timeout)
+        end = time.monotonic() + timeout
+        view = memoryview(data)
+        while view:
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"FIFO {self.path}: reader stopped consuming "
+                                     f"({len(view)} bytes left)")
+            _, w, _ = select.select([], [self.fd], [], left)
+            if not w:
+                continue
+            try:
+                n = os.write(self.fd, view[:65536])
+            except BlockingIOError:
+                continue
+            view = view[n:]
+            self.written += n
+
+    def close(self, timeout=DEADLINE):
+        """End of stream: connect if needed (so the reader sees EOF), close."""
+        if self.closed:
+            return
+        self.connect(timeout)
+        os.close(self.fd)
+        self.fd = None
+        self.closed = True
+
+    release = close
+
+    def abandon(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        self.closed = True
+
+
+# --------------------------------------------------------------------------
+# Processes.
+
+_READ_SYSCALLS = {
+    "x86_64": {0, 17, 19, 295},     # read, pread64, readv, preadv
+    "aarch64": {63, 67, 65, 69},
+}.get(platform.machine())
+
+
+def proc_state(pid, tid=None):
+    """The one-letter state of a process (or thread), None if gone."""
+    p = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    try:
+        s = Path(p).read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return s[s.rindex(")") + 2]
+
+
+def pid_alive(pid):
+    """Running or sleeping; a zombie (not reaped because PID 1 here may not
+    reap) counts as gone."""
+    return proc_state(pid) not in (None, "Z", "X")
+
+
+def in_read_syscall(pid, tid=None):
+    """True if the process (thread) is sleeping inside a read-family call."""
+    base = f"/proc/{pid}/task/{tid}" if tid else f"/proc/{pid}"
+    try:
+        sc = Path(base, "syscall").read_text().split()
+    except OSError:
+        return False
+    if not sc or sc[0] == "running":
+        return False
+    if proc_state(pid, tid) not in ("S", "D"):
+        return False
+    if _READ_SYSCALLS is None:
+        return True
+    try:
+        return int(sc[0]) in _READ_SYSCALLS
+    except ValueError:
+        return False
+
+
+def wait_blocked_in_read(pid=None, threads=(), timeout=DEADLINE):
+    """Wait until a process, or every Background in @threads, sleeps in read."""
+    if pid is not None:
+        wait_until(lambda: in_read_syscall(pid), timeout, f"pid {pid} to block in read")
+    for t in threads:
+        wait_until(lambda: t.done() or in_read_syscall(os.getpid(), t.native_id), timeout,
+                   f"thread {t.name} to block in read")
+        if t.done():
+            raise AssertionError(f"{t.name} returned instead of waiting: "
+                                 f"{_short(t.value())!r} / {t._exc!r}")
+
+
+def in_fuse_wait(pid):
+    """True if the process sleeps on a FUSE request (its wchan says so)."""
+    try:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+    return "request_wait_answer" in wchan or "fuse" in wchan
+
+
+def wait_in_fuse(pid, timeout=DEADLINE):
+    wait_until(lambda: in_fuse_wait(pid), timeout, f"pid {pid} to wait on a FUSE request")
+
+
+def kill_if_alive(pid, expect_cmd=None):
+    """SIGKILL a process this test caused to exist (e.g. a command's
+    grandchild that leaked), after checking it is still what we think."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return
+    if expect_cmd and expect_cmd not in cmdline:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def run(argv, timeout=30, **kw):
+    """subprocess.run with a timeout, capturing text output."""
+    kw.setdefault("capture_output", True)
+    kw.setdefault("text", True)
+    return subprocess.run([str(a) for a in argv], timeout=timeout, **kw)
+
+
+# --------------------------------------------------------------------------
+# Mounts.
+
+def _unescape_mountinfo(s):
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), s)
+
+
+def mount_count(path):
+    """How many mounts are stacked on @path (per /proc/self/mountinfo)."""
+    # Resolve only the parent: stat of the mount point itself would ask the
+    # daemon, which may be the thing that is stuck.
+    p = os.path.abspath(str(path))
+    target = os.path.join(os.path.realpath(os.path.dirname(p)), os.path.basename(p))
+    n = 0
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and _unescape_mountinfo(fields[4]) == target:
+                n += 1
+    return n
+
+
+def mounted(path):
+    """True if @path is a mount point."""
+    return mount_count(path) > 0
+
+
+def fusermount_u(path):
+    """Unmount @path: 'fusermount3 -u', falling back to '-uz' (lazy) when
+    busy. Returns the CompletedProcess of the last attempt."""
+    r = run(["fusermount3", "-u", path], timeout=DEADLINE)
+    if r.returncode != 0 and mounted(path):
+        r = run(["fusermount3", "-uz", path], timeout=DEADLINE)
+    return r
+
+
+def sanitizer_reports(text):
+    return [p for p in SANITIZER_PATTERNS if p in text]
+
+
+class Mount:
+    """A running streamfs mount. .path is the mount point, .proc the Popen
+    of the foreground daemon (in background mode: of the parent that
+    returned), .pid the daemon's PID."""
+
+    def __init__(self, binary, path, argv, stderr_path, foreground):
+        self.binary = binary
+        self.path = Path(path)
+        self.argv = argv
+        self.stderr_path = Path(stderr_path)
+        self.foreground = foreground
+        self.proc = None
+        self.pid = None
+        self.stopped_by_test = False  # a test signalled the daemon itself
+        self.torn_down = False
+
+    def __truediv__(self, name):
+        return self.path / name
+
+    def stderr_text(self):
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def xattr(self, name, key):
+        return xattr(self.path / name, key)
+
+    def state(self, name):
+        return xattr(self.path / name, "state")
+
+    def nbytes(self, name):
+        return nbytes(self.path / name)
+
+    def start(self, name):
+        """Start a stream (an open(), in the background: open waits for the
+        first bytes, which the test is usually about to provide)."""
+        def open_close(path):
+            os.close(os.open(path, os.O_RDONLY))
+        return Background(open_close, str(self.path / name), name=f"start {name}")
+
+    def wait_state(self, name, states, timeout=DEADLINE):
+        if isinstance(states, str):
+            states = {states}
+        return wait_until(lambda: self.state(name) in states and self.state(name), timeout,
+                          f"{name} to reach state {sorted(states)} (now {self.state(name)!r})")
+
+    def wait_bytes(self, name, n, timeout=DEADLINE):
+        wait_until(lambda: (self.nbytes(name) or 0) >= n, timeout,
+                   f"{name} to hold {n} bytes (has {self.nbytes(name)})")
+
+    def alive(self):
+        if self.proc is not None and self.foreground:
+            return self.proc.poll() is None
+        return self.pid is not None and pid_alive(self.pid)
+
+    def signal(self, sig):
+        """Send @sig to the daemon (the test's own doing: no crash check)."""
+        self.stopped_by_test = True
+        os.kill(self.pid, sig)
+
+    def wait_exit(self, timeout=DEADLINE):
+        if self.foreground:
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f"daemon {self.pid} still running {timeout:g} s later")
+        wait_until(lambda: not pid_alive(self.pid), timeout, f"daemon {self.pid} to exit")
+        return None
+
+    def teardown(self):
+        """Unmount, stop the daemon (SIGTERM, then SIGKILL), check its
+        stderr. Returns a list of problems (empty when clean)."""
+        if self.torn_down:
+            return []
+        self.torn_down = True
+        problems = []
+        if mounted(self.path):
+            fusermount_u(self.path)
+        if self.pid is not None and self.alive():
+            exited = False
+            try:
+                # After an unmount the daemon exits by itself; give it a moment.
+                wait_until(lambda: not self.alive(), 2.0, "daemon exit after unmount")
+                exited = True
+            except AssertionError:
+                pass
+            if not exited:
+                try:
+                    os.kill(self.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                try:
+                    wait_until(lambda: not self.alive(), DEADLINE, "daemon exit after SIGTERM")
+                except AssertionError:
+                    problems.append(f"daemon {self.pid} ignored unmount and SIGTERM for "
+                                    f"{DEADLINE:g} s; SIGKILLed (unclean shutdown)")
+                    try:
+                        os.kill(self.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        if self.foreground and self.proc is not None:
+            try:
+                self.proc.wait(DEADLINE)
+            except subprocess.TimeoutExpired:
+                problems.append(f"daemon {self.pid} survived SIGKILL")
+            rc = self.proc.returncode
+            if rc is not None and rc < 0 and -rc in CRASH_SIGNALS:
+                problems.append(f"daemon died of signal {signal.Signals(-rc).name}")
+        if self.pid is not None:
+            if not self.foreground or self.proc.returncode is not None:
+                unregister_pid(self.pid)
+        if mounted(self.path):
+            run(["fusermount3", "-uz", self.path], timeout=DEADLINE)
+            if mounted(self.path):
+                problems.append(f"{self.path} still mounted after teardown")
+        text = self.stderr_text()
+        found = sanitizer_reports(text)
+        if found:
+            problems.append(f"sanitizer report in daemon stderr ({', '.join(found)})")
+        if text:
+            tail = text[-4000:]
+            print(f"--- streamfs stderr ({self.path}) ---\n{tail}")
+        return problems
+
+
+class MountFactory:
+    def __init__(self, binary, tmp_path):
+        self.binary = binary
+        self.tmp_path = tmp_path
+        self.mounts = []
+        self.counter = itertools.count()
+
+    def __call__(self, *specs, opts=(), stdin=None, env=None, foreground=True, mountpoint=None,
+                 timeout=DEADLINE):
+        """Mount: 'streamfs [-f] OPTS MNT SPECS...'. Returns a Mount once the
+        mount point is in /proc/self/mountinfo (foreground: polled with a
+        deadline, failing with the daemon's stderr if it exits; background:
+        the parent must return 0 with the mount already usable).
+        @stdin: None (/dev/null), a file object/fd, or subprocess.PIPE."""
+        n = next(self.counter)
+        mnt = Path(mountpoint) if mountpoint else self.tmp_path / f"mnt{n}"
+        mnt.mkdir(parents=True, exist_ok=True)
+        errf = self.tmp_path / f"streamfs{n}.stderr"
+        argv = [str(self.binary)] + (["-f"] if foreground else []) + [str(o) for o in opts] \
+            + [str(mnt)] + [str(s) for s in specs]
+        full_env = dict(os.environ)
+        if env:
+            full_env.update(env)
+        m = Mount(self.binary, mnt, argv, errf, foreground)
+        self.mounts.append(m)
+        with open(errf, "wb") as err, open(self.tmp_path / f"streamfs{n}.stdout", "wb") as out:
+            m.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else stdin,
+                                      stdout=out, stderr=err, env=full_env,
+                                      start_new_session=True)
+        if foreground:
+            m.pid = m.proc.pid
+            register_pid(m.pid)
+            try:
+                wait_until(lambda: mounted(mnt) or m.proc.poll() is not None, timeout,
+                           f"{mnt} to be mounted")
+            except AssertionError:
+                pytest.fail(f"streamfs did not mount {mnt} within {timeout:g} s: "
+                            f"{argv}\nstderr:\n{m.stderr_text()}", pytrace=False)
+            if m.proc.poll() is not None:
+                pytest.fail(f"streamfs exited with {m.proc.returncode} instead of mounting: "
+                            f"{argv}\nstderr:\n{m.stderr_text()}", pytrace=False)
+        else:
+            try:
+                rc = m.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"background streamfs did not return within {timeout:g} s: {argv}"
+                            f"\nstderr:\n{m.stderr_text()}", pytrace=False)
+            if rc != 0:
+                pytest.fail(f"background streamfs exited {rc}: {argv}\nstderr:\n{m.stderr_text()}",
+                            pytrace=False)
+            if not mounted(mnt):
+                pytest.fail(f"background streamfs returned 0 but {mnt} is not mounted",
+                            pytrace=False)
+            m.pid = int(xattr(mnt, "user.streamfs.pid"))
+            register_pid(m.pid)
+        return m
+
+    def teardown(self):
+        problems = []
+        for m in reversed(self.mounts):
+            try:
+                problems += m.teardown()
+            except Exception as e:  # keep tearing down the others
+                problems.append(f"teardown of {m.path} raised {e!r}")
+        return problems
+
+
+def status_json(streamfs_bin, mnt):
+    r = run([streamfs_bin, "status", "--json", mnt], timeout=DEADLINE)
+    assert r.returncode == 0, f"streamfs status --json failed ({r.returncode}): {r.stderr}"
+    try:
+        return json.loads(r.stdout)
+    except ValueError as e:
+        raise AssertionError(f"streamfs status --json printed invalid JSON ({e}):\n{r.stdout}")
+
+
+def status_files(doc):
+    return {f["name"]: f for f in doc["files"]}
