@@ -5,7 +5,9 @@
  * a pipe pumped into the stream, stderr a pipe whose tail we keep for
  * status and the log. It is forked by the loop thread, the thread that
  * lives as long as the daemon, because PR_SET_PDEATHSIG fires when the
- * *thread* that forked dies: a FUSE worker could exit early.
+ * *thread* that forked dies: a FUSE worker could exit early. Between the
+ * daemon and the shell sits a keeper process (see child()) that takes the
+ * whole group down if the daemon dies, SIGKILL included.
  *
  * The stream ends when both stdout reached EOF and the shell was reaped
  * (through a pidfd in the same epoll set, so no SIGCHLD handler): exit 0
@@ -272,19 +274,25 @@ static int pidfd_open_(pid_t pid)
 	return (int)syscall(SYS_pidfd_open, pid, 0);
 }
 
-/* In the child, between fork and exec: async-signal-safe calls only. */
-static void child(struct cmd_src *c, int out_w, int err_w, pid_t parent)
+/* The keeper's answer to the daemon's death: the whole group goes. */
+static void keeper_orphaned(int sig)
 {
-	setpgid(0, 0);
-	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (getppid() != parent)
-		_exit(127); /* the daemon died before we could ask to follow it */
+	kill(0, SIGKILL);
+}
+
+/* The shell, between fork and exec: async-signal-safe calls only. */
+static void run_shell(struct cmd_src *c, int out_w, int err_w)
+{
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
-	/* libfuse ignores SIGPIPE; exec keeps ignored signals ignored, and a
-	 * pipeline like "yes | head" relies on SIGPIPE. */
+	/* Ignored signals stay ignored across exec: give the command the
+	 * defaults (libfuse ignores SIGPIPE, and "yes | head" needs it). */
 	signal(SIGPIPE, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	signal(SIGINT, SIG_DFL);
+	signal(SIGHUP, SIG_DFL);
+	signal(SIGUSR1, SIG_DFL);
 	int devnull = open("/dev/null", O_RDONLY);
 	if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
 		_exit(126);
@@ -297,6 +305,57 @@ static void child(struct cmd_src *c, int out_w, int err_w, pid_t parent)
 	}
 	execl("/bin/sh", "sh", "-c", c->command, (char *)NULL);
 	_exit(127);
+}
+
+/*
+ * The forked child is the group's keeper, not the shell: PR_SET_PDEATHSIG
+ * reaches only a direct child, so a shell alone would die with the daemon
+ * while its own children lived on. The keeper forks the shell into the
+ * same group, waits for it and exits the same way; if the daemon dies
+ * first (even by SIGKILL), the kernel signals the keeper, which kills the
+ * whole group. It ignores SIGTERM so that a cancel's SIGTERM reaches the
+ * command while the keeper stays to report how it ended. Async-signal-safe
+ * calls only: this is a fork of a multithreaded process.
+ */
+static void child(struct cmd_src *c, int out_w, int err_w, pid_t parent)
+{
+	setpgid(0, 0);
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = keeper_orphaned;
+	sigaction(SIGUSR1, &sa, NULL);
+	signal(SIGTERM, SIG_IGN);
+	signal(SIGINT, SIG_IGN);
+	signal(SIGHUP, SIG_IGN);
+	prctl(PR_SET_PDEATHSIG, SIGUSR1);
+	if (getppid() != parent)
+		_exit(127); /* the daemon died before we could ask to follow it */
+	sigset_t none;
+	sigemptyset(&none);
+	sigprocmask(SIG_SETMASK, &none, NULL);
+
+	pid_t sh = fork();
+	if (sh < 0)
+		_exit(126);
+	if (sh == 0)
+		run_shell(c, out_w, err_w);
+	/* The keeper holds no descriptor: stdout's EOF must come from the
+	 * command alone. */
+	syscall(SYS_close_range, 0, ~0U, 0);
+	int st;
+	while (waitpid(sh, &st, 0) < 0)
+		if (errno != EINTR)
+			_exit(126);
+	if (WIFEXITED(st))
+		_exit(WEXITSTATUS(st));
+	int sig = WTERMSIG(st);
+	signal(sig, SIG_DFL);
+	sigset_t one;
+	sigemptyset(&one);
+	sigaddset(&one, sig);
+	sigprocmask(SIG_UNBLOCK, &one, NULL);
+	kill(getpid(), sig);
+	_exit(128 + sig);
 }
 
 static void spawn(void *arg)
