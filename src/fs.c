@@ -46,6 +46,7 @@
 #include <errno.h>
 #include <fuse_lowlevel.h>
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -136,6 +137,26 @@ struct pending {
 	struct fuse_file_info fi;   /* P_OPEN */
 };
 
+/* ---- allocation on the request paths ---------------------------------- */
+
+/*
+ * Every allocation a request makes goes through here, so tests can make
+ * them fail: with STREAMFS_TEST_FAIL_ALLOC=N in the environment, every
+ * Nth one returns NULL, and the request must be answered with an error
+ * (ENOMEM), never crash or hang. Unset, this is calloc.
+ */
+static unsigned fail_every;      /* set once before any request */
+static atomic_uint alloc_count;
+
+static void *req_alloc(size_t n)
+{
+	if (fail_every && atomic_fetch_add(&alloc_count, 1) % fail_every == fail_every - 1) {
+		errno = ENOMEM;
+		return NULL;
+	}
+	return calloc(1, n);
+}
+
 /* ---- the tree --------------------------------------------------------- */
 
 static struct node *node_new(struct fs *fs, struct node *parent, const char *name, bool dir)
@@ -223,6 +244,8 @@ struct fs *fs_new(void)
 	struct fs *fs = calloc(1, sizeof(*fs));
 	if (!fs)
 		return NULL;
+	const char *fe = getenv("STREAMFS_TEST_FAIL_ALLOC");
+	fail_every = fe ? (unsigned)strtoul(fe, NULL, 10) : 0;
 	clock_gettime(CLOCK_REALTIME, &fs->mtime);
 	pthread_rwlock_init(&fs->lock, NULL);
 	pthread_mutex_init(&fs->hlock, NULL);
@@ -471,10 +494,10 @@ static int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t 
 	char *buf = pthread_getspecific(buf_key);
 	bool own = false;
 	if (len > REPLY_BUF) {
-		buf = malloc(len);
+		buf = req_alloc(len);
 		own = true;
 	} else if (!buf) {
-		buf = malloc(REPLY_BUF);
+		buf = req_alloc(REPLY_BUF);
 		if (buf && pthread_setspecific(buf_key, buf) != 0)
 			own = true;
 	}
@@ -499,7 +522,9 @@ static void reply_read(fuse_req_t req, struct stream *s, uint64_t off, ssize_t r
 		return;
 	}
 	int e = reply_present(req, s, off, (size_t)r);
-	if (e < 0) {
+	if (e == -ENOMEM) {
+		fuse_reply_err(req, ENOMEM);
+	} else if (e < 0) {
 		log_error("%s: read of present bytes at %" PRIu64 " failed: %s", stream_name(s),
 			  off, strerror(-e));
 		fuse_reply_err(req, EIO);
@@ -512,7 +537,7 @@ static void reply_open(struct pending *p, ssize_t r)
 		fuse_reply_err(p->req, reply_errno(r));
 		return;
 	}
-	struct handle *h = calloc(1, sizeof(*h));
+	struct handle *h = req_alloc(sizeof(*h));
 	if (!h) {
 		fuse_reply_err(p->req, ENOMEM);
 		return;
@@ -584,7 +609,7 @@ static void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s
 		 enum pending_op op, enum stream_wait_kind kind, uint64_t off, size_t len,
 		 const struct fuse_file_info *fi)
 {
-	struct pending *p = calloc(1, sizeof(*p));
+	struct pending *p = req_alloc(sizeof(*p));
 	if (!p) {
 		fuse_reply_err(req, ENOMEM);
 		return;
@@ -701,8 +726,13 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	stream_want(h->s, (uint64_t)off, read_window(h, (uint64_t)off, size));
 
 	/* The common case, data already here: no allocation, no waiter. */
-	if (reply_present(req, h->s, (uint64_t)off, size) == 0)
+	int r = reply_present(req, h->s, (uint64_t)off, size);
+	if (r == 0)
 		return;
+	if (r != -ERANGE) {
+		fuse_reply_err(req, -r == ENOMEM ? ENOMEM : EIO);
+		return;
+	}
 	park(req, fs, h->n, h->s, P_READ,
 	     h->n->read == READ_PARTIAL ? STREAM_WAIT_ANY : STREAM_WAIT_RANGE, (uint64_t)off, size,
 	     NULL);
@@ -737,7 +767,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	char *buf = malloc(size);
+	char *buf = req_alloc(size);
 	if (!buf) {
 		fuse_reply_err(req, ENOMEM);
 		return;
