@@ -115,6 +115,8 @@ struct url_src {
 	unsigned nranges;
 	struct fetch_req *queue; /* ranges waiting for a transfer, FIFO */
 	bool pump_queued;
+	bool stopped;        /* the stream stopped taking bytes (cancelled, failed) */
+	uint64_t near;       /* fill=all: reads nearer than this wait for the fill */
 };
 
 /* A range fetched out of order for a reader. */
@@ -143,7 +145,8 @@ struct fetch_req {
 #define RANGE_TRIES 3
 #define ONDEMAND_FIRST (256u << 10)  /* fill=ondemand: the first request's bytes */
 #define SKIP_MIN (1u << 20)          /* fill=all: jump over present runs this long */
-#define NEAR_MIN (4ull << 20)        /* fill=all: fetch only this far past the frontier */
+#define NEAR_MIN (256ull << 10)      /* fill=all: fetch only this far past the frontier... */
+#define NEAR_TIME_MS 500             /* ...or half a second of download, if more */
 
 static void multi_check(void);
 static void begin_transfer(struct url_src *u);
@@ -152,6 +155,7 @@ static struct curl_slist *setup_easy(struct url_src *u, CURL *e);
 static struct curl_slist *add_if_range(struct url_src *u, struct curl_slist *headers);
 static void pump_queue(struct url_src *u);
 static void pump_call(void *arg);
+static void refill_from(struct url_src *u, uint64_t pos);
 
 /* ---- the multi handle and the ioloop ---------------------------------- */
 
@@ -295,8 +299,10 @@ static void update_rate(struct url_src *u, bool force)
 	u->rate_ms = now;
 	/* fill=all: a read further ahead than half a second of download is
 	 * worth a range request of its own. */
+	uint64_t near = rate * NEAR_TIME_MS / 1000;
+	u->near = near > NEAR_MIN ? near : NEAR_MIN;
 	if (!u->ondemand && u->is_http && !u->no_ranges)
-		stream_set_fetch_distance(u->s, rate / 2 > NEAR_MIN ? rate / 2 : NEAR_MIN);
+		stream_set_fetch_distance(u->s, u->near);
 }
 
 /* ---- one transfer ----------------------------------------------------- */
@@ -502,8 +508,7 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		return total;
 	int r = stream_write(u->s, u->pos, data, n);
 	if (r < 0) {
-		if (r != -ECANCELED)
-			fail_in_cb(u, -r, "%s", strerror(-r)); /* the stream has failed already */
+		u->stopped = true; /* cancelled, or failed by the store: nothing to retry */
 		return 0;
 	}
 	u->pos += n;
@@ -511,10 +516,15 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	u->backoff_ms = 0; /* progress: the next failure starts a fresh backoff */
 	update_rate(u, false);
 	if (!u->ondemand && !u->no_ranges) {
-		/* Range fetches got here first: jump over what they brought. */
+		/* Range fetches got here first: jump over what they brought, and
+		 * over what one of them is still bringing from there on. */
 		uint64_t re = stream_run_end(u->s, u->pos);
-		if (re - u->pos >= SKIP_MIN) {
-			u->jump = re;
+		uint64_t to = re - u->pos >= SKIP_MIN ? re : 0;
+		for (struct range_xfer *x = u->ranges; x; x = x->next)
+			if (x->pos <= re && x->end > re && x->pos >= u->pos && x->end > to)
+				to = x->end;
+		if (to) {
+			u->jump = to;
 			return 0;
 		}
 	}
@@ -670,13 +680,18 @@ static void transfer_done(struct url_src *u, CURLcode rc)
 		source_done(u);
 		return;
 	}
+	if (u->stopped) {
+		source_done(u);
+		return;
+	}
 	if (u->jump) {
-		/* The write callback stopped at bytes that range fetches brought:
-		 * go on after them (not a retry). */
+		/* The write callback stopped at bytes that range fetches brought
+		 * or are bringing: go on after them (not a retry). If a range
+		 * fetch gives up, range_done() brings the fill back. */
 		u->pos = u->jump;
 		u->jump = 0;
 		end_transfer(u);
-		if (!all_present(u))
+		if (!all_present(u) && (u->length < 0 || u->pos < (uint64_t)u->length))
 			begin_transfer(u);
 		return;
 	}
@@ -1023,14 +1038,21 @@ static void no_ranges(struct url_src *u)
 	u->no_ranges = true;
 	stream_set_fetch_distance(u->s, UINT64_MAX);
 	give_up_ranges(u);
-	if (u->ondemand) {
-		u->ondemand = false;
-		u->main_end = 0;
-		if (!u->main_running) {
-			u->pos = stream_run_end(u->s, 0);
-			begin_transfer(u);
-		}
-	}
+	u->ondemand = false;
+	u->main_end = 0;
+	refill_from(u, stream_run_end(u->s, 0));
+}
+
+/* fill=all: the sequential fill must bring [pos, ...) after all (a range
+ * fetch gave up on it): restart it there if it has gone past or stopped. */
+static void refill_from(struct url_src *u, uint64_t pos)
+{
+	if (u->ondemand || (u->main_running && u->pos <= pos))
+		return;
+	end_transfer(u);
+	u->pos = pos;
+	u->jump = 0;
+	begin_transfer(u);
 }
 
 static void range_done(struct range_xfer *x, CURLcode rc)
@@ -1068,6 +1090,7 @@ static void range_done(struct range_xfer *x, CURLcode rc)
 				source_done(u);
 				return;
 			}
+			refill_from(u, pos);
 		}
 	}
 	if (all_present(u))
@@ -1094,9 +1117,10 @@ static void fetch_in_loop(void *arg)
 	} else if (u->no_ranges || !u->is_http) {
 		stream_unwant(s, q->off, q->end - q->off);
 		free(q);
-	} else if (!u->ondemand && u->main_running && q->off >= u->pos &&
-		   q->off - u->pos < NEAR_MIN) {
-		/* The sequential fill is about to get there. */
+	} else if ((!u->ondemand && u->main_running && q->off >= u->pos &&
+		    q->off - u->pos < u->near) ||
+		   (u->ondemand && u->main_running && q->off >= u->pos && q->end <= u->main_end)) {
+		/* The sequential fill (or the first request) is about to get there. */
 		stream_unwant(s, q->off, q->end - q->off);
 		free(q);
 	} else {
@@ -1140,6 +1164,7 @@ static void url_begin(void *arg)
 	u->start_ms = ioloop_now_ms();
 	stream_set_attr(u->s, "retries", "0");
 	u->ondemand = u->is_http && u->opts.fill == FILL_ONDEMAND;
+	u->near = NEAR_MIN;
 	stream_set_fetch_distance(u->s, !u->is_http ? UINT64_MAX : u->ondemand ? 0 : NEAR_MIN);
 	begin_transfer(u);
 }

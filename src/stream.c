@@ -213,7 +213,11 @@ static ssize_t evaluate(struct stream *s, struct stream_waiter *w)
 		return (ssize_t)avail;
 	case STREAM_FAILED:
 	case STREAM_CANCELLED:
-		/* A short count up to the failure point, then the error there. */
+		/* A short count up to the failure point, then the error there.
+		 * Past it, bytes fetched ahead serve only reads they cover
+		 * whole (above): a short count there would read as the end. */
+		if (off >= s->error_offset)
+			return stop_error(s);
 		return avail > 0 ? (ssize_t)avail : stop_error(s);
 	case STREAM_IDLE:
 	case STREAM_RUNNING:

@@ -1483,8 +1483,8 @@ static ssize_t m_eval(const struct model *m, enum stream_wait_kind kind, uint64_
 		return off >= (uint64_t)m->length ? 0 : (ssize_t)(avail < len ? avail : len);
 	if (avail >= want)
 		return (ssize_t)(avail < len ? avail : len);
-	if (m_terminal(m))
-		return avail > 0 ? (ssize_t)avail : stop;
+	if (m_terminal(m)) /* failed or cancelled: short up to E, the error at or past it */
+		return off < m->err_off && avail > 0 ? (ssize_t)avail : stop;
 	if (m->length >= 0) {
 		if (off >= (uint64_t)m->length)
 			return 0;
