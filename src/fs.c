@@ -974,7 +974,17 @@ __attribute__((format(printf, 2, 0))) static void fuse_logger(enum fuse_log_leve
 	size_t len = strlen(msg);
 	while (len > 0 && msg[len - 1] == '\n')
 		msg[--len] = '\0';
-	snprintf(fuse_last_msg, sizeof(fuse_last_msg), "%s", msg);
+	/* "fuse: unknown option(s): `-o nosuchopt'" -> "unknown option(s): -o nosuchopt" */
+	char *m = msg;
+	if (strncmp(m, "fuse: ", 6) == 0)
+		m += 6;
+	char clean[512];
+	size_t k = 0;
+	for (; *m && k < sizeof(clean) - 1; m++)
+		if (*m != '`' && *m != '\'')
+			clean[k++] = *m;
+	clean[k] = '\0';
+	snprintf(fuse_last_msg, sizeof(fuse_last_msg), "%s", clean);
 	log_debug("libfuse: %s", msg);
 }
 

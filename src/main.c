@@ -53,7 +53,7 @@ static const char usage[] =
 	"      --cache-dir DIR    keep stream bytes in unlinked files in DIR (default " DEFAULT_CACHE_DIR
 	")\n"
 	"      --cache-dir=memory keep them in RAM instead\n"
-	"  -v, --verbose          more log output (repeat for debug)\n"
+	"  -v, --verbose          debug log output\n"
 	"  -q, --quiet            errors only\n"
 	"      --version          print the version\n"
 	"  -h, --help             this text\n"
@@ -62,6 +62,7 @@ static const char usage[] =
 	"  --size=auto|wait|BYTES what stat shows while a stream runs (default auto)\n"
 	"  --start=access|mount   start on first open/stat (default) or at mount\n"
 	"  --read=full|partial    reads wait for the whole range (default) or return what is there\n"
+	"  --fill=all|ondemand    URLs: download everything (default) or only what is read\n"
 	"  URL options: --header='N: v', --user=U:P, --insecure, --retries=N, --retry-time=S,\n"
 	"               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted\n"
 	"\n"
@@ -269,6 +270,16 @@ static int mount_main(int argc, char **argv)
 	}
 	if (!getcwd(cwd, sizeof(cwd)))
 		strcpy(cwd, "/");
+	/* The daemon works from "/": files added later must find the store. */
+	if (cfg.cache_dir && cfg.cache_dir[0] != '/') {
+		char *abs = realpath(cfg.cache_dir, NULL);
+		if (!abs) {
+			rc = die_usage("cache directory '%s': %s", cfg.cache_dir, strerror(errno));
+			goto out;
+		}
+		free(cfg.cache_dir);
+		cfg.cache_dir = abs;
+	}
 	raise_fd_limit();
 	for (size_t i = 0; i < cfg.nfiles; i++) {
 		if (cfg.files[i].kind == SOURCE_STDIN && (stdin_fd = save_stdin()) < 0) {
