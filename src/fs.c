@@ -97,7 +97,8 @@ struct fs {
 	struct timespec mtime;
 	uid_t uid;
 	gid_t gid;
-	bool mounted, shut;
+	bool mounted;
+	atomic_bool shut; /* fs_shutdown() has begun: no more files are added */
 	char control[108]; /* the control socket's name, shown as user.streamfs.control */
 	/* Open handles, so those the kernel never released (the daemon stops
 	 * first) are freed with the file system. */
@@ -266,7 +267,11 @@ int fs_add_file(struct fs *fs, const char *path, struct stream *s, const struct 
 {
 	pthread_rwlock_wrlock(&fs->lock);
 	struct node *dir = fs->nodes[FUSE_ROOT_ID];
-	fuse_ino_t changed = FUSE_ROOT_ID; /* the highest directory that gained an entry */
+	fuse_ino_t changed = FUSE_ROOT_ID;
+	if (atomic_load(&fs->shut)) {
+		snprintf(err, errlen, "the file system is being unmounted");
+		goto fail;
+	} /* the highest directory that gained an entry */
 	bool made = false;
 	const char *p = path;
 	for (;;) {
@@ -1055,9 +1060,13 @@ int fs_loop(struct fs *fs)
 
 void fs_shutdown(struct fs *fs)
 {
-	if (fs->shut)
+	/* Under the tree lock: an add that got in before sees its stream
+	 * cancelled below, one that comes after is refused. */
+	pthread_rwlock_wrlock(&fs->lock);
+	bool was = atomic_exchange(&fs->shut, true);
+	pthread_rwlock_unlock(&fs->lock);
+	if (was)
 		return;
-	fs->shut = true;
 	/* Every parked request is answered (EIO) by the cancel itself. */
 	struct stream **v = all_streams(fs);
 	for (size_t i = 0; v && v[i]; i++)
