@@ -121,27 +121,38 @@ int store_pread(struct store *st, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
+/*
+ * Copy buffers, one per thread that fills stores (in the daemon, only the
+ * I/O thread). read()+pwrite() through a buffer measured faster than
+ * splice() into the store: 4.5 GB/s against 0.8-3.6 GB/s into an ext4
+ * O_TMPFILE (splice writes page by page), and no slower into tmpfs.
+ */
+#define COPY_BUF (1u << 20)
+static pthread_key_t copy_key;
+static pthread_once_t copy_once = PTHREAD_ONCE_INIT;
+
+static void copy_key_init(void)
+{
+	pthread_key_create(&copy_key, free);
+}
+
 ssize_t store_splice_in(struct store *st, int fd, size_t len, uint64_t off)
 {
-	loff_t o = (loff_t)off;
-	for (;;) {
-		ssize_t n = splice(fd, NULL, st->fd, &o, len, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
-		if (n >= 0)
-			return n;
-		if (errno == EINTR)
-			continue;
-		if (errno == EAGAIN)
-			return -EAGAIN;
-		break;
+	pthread_once(&copy_once, copy_key_init);
+	char *buf = pthread_getspecific(copy_key);
+	if (!buf) {
+		buf = malloc(COPY_BUF);
+		if (!buf)
+			return -(STORE_ERR_BIAS + ENOMEM);
+		if (pthread_setspecific(copy_key, buf) != 0) {
+			free(buf);
+			return -(STORE_ERR_BIAS + ENOMEM);
+		}
 	}
-	/* A pipe read does not fail except for EAGAIN, so any other error
-	 * but EINVAL (splice unsupported for this pair) is the store's. */
-	if (errno != EINVAL)
-		return -(STORE_ERR_BIAS + errno);
-
-	/* splice not supported between these two: copy through a buffer. */
-	char buf[65536];
-	ssize_t n = read(fd, buf, len < sizeof(buf) ? len : sizeof(buf));
+	ssize_t n;
+	do
+		n = read(fd, buf, len < COPY_BUF ? len : COPY_BUF);
+	while (n < 0 && errno == EINTR);
 	if (n < 0)
 		return errno == EAGAIN ? -EAGAIN : -errno;
 	if (n == 0)

@@ -38,8 +38,10 @@ void store_close(struct store *st);
 int store_pwrite(struct store *st, const void *buf, size_t len, uint64_t off);
 
 /*
- * Move up to @len bytes from the pipe @fd to @off. Returns bytes moved,
- * 0 at EOF, -EAGAIN if @fd has nothing now, or -errno. Errors of the store
+ * Move up to @len bytes (at most 1 MiB) from the descriptor @fd to @off,
+ * through a per-thread buffer (faster than splice into ext4, see store.c).
+ * Returns bytes moved, 0 at EOF, -EAGAIN if @fd (O_NONBLOCK; a blocking
+ * @fd waits) has nothing now, or -errno. Errors of the store
  * itself come back as -(STORE_ERR_BIAS + errno) so the caller can tell them from
  * errors of @fd; use store_error_is_store() / store_error_errno().
  */

@@ -117,7 +117,7 @@ static void splice_in(const char *dir)
 {
 	struct store *st = open_or_die(dir);
 	int p[2];
-	CHECK_EQ(pipe(p), 0);
+	CHECK_EQ(pipe2(p, O_NONBLOCK), 0); /* as the daemon's pipes are */
 
 	/* Nothing in the pipe yet: EAGAIN, a pipe condition, not the store's. */
 	ssize_t r = store_splice_in(st, p[0], 4096, 0);
