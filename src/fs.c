@@ -444,6 +444,12 @@ static double fill_attr(struct fs *fs, const struct node *n, struct stream *s, s
 	}
 	struct stream_info in;
 	stream_get_info(s, &in);
+	char mt[32];
+	if (stream_get_attr(s, "mtime", mt, sizeof(mt)) > 0) {
+		/* A source's own date (a URL's Last-Modified), like curl -R. */
+		st->st_mtim.tv_sec = (time_t)strtoll(mt, NULL, 10);
+		st->st_mtim.tv_nsec = 0;
+	}
 	st->st_mode = S_IFREG | 0444;
 	st->st_nlink = 1;
 	st->st_size = (off_t)shown_size(&in);

@@ -436,8 +436,13 @@ static bool check_response(struct url_src *u)
 			has_lm = false;
 		if (has_etag)
 			stream_set_attr(u->s, "etag", "%s", etag);
-		if (has_lm)
+		if (has_lm) {
 			stream_set_attr(u->s, "last_modified", "%s", lm);
+			/* The file's mtime, as curl -R would set it. */
+			time_t t = curl_getdate(lm, NULL);
+			if (t > 0)
+				stream_set_attr(u->s, "mtime", "%lld", (long long)t);
+		}
 		if (cl >= 0 && u->length < 0) {
 			u->length = cl;
 			if (stream_set_length(u->s, (uint64_t)cl) < 0) {

@@ -622,3 +622,14 @@ def test_range_ignored_and_version_changed_fails(srv, www, mount):
     assert _single_version_prefix(out, blob)
     assert len(out) == 100000
     assert xattr(p, "state") == "failed"
+
+
+def test_mtime_is_last_modified(srv, www, mount):
+    """A URL's Last-Modified becomes the file's mtime (as curl -R does), and
+    is shown as user.streamfs.mtime."""
+    put(www, "f", 100_000)
+    os.utime(www / "f", (1_600_000_000, 1_600_000_000))
+    m = mount("a.bin=" + srv.url("f"))
+    st = os.stat(fpath(m))
+    assert int(st.st_mtime) == 1_600_000_000
+    assert xattr(fpath(m), "mtime") == "1600000000"
