@@ -2,10 +2,8 @@
  * source_fd.c - the fd pump (see source.h) and the two sources that are
  * nothing more than a pump: pipe:PATH and stdin ("-").
  *
- * Bytes move with splice() from pipes straight into the store's page
- * cache (one copy in the kernel), falling back to read()+pwrite() for
- * descriptors splice does not take (ttys, some sockets, regular files on
- * some file systems).
+ * Bytes move with read() into a buffer and pwrite() into the store (see
+ * store_fill_fd() for why not splice).
  */
 #include "source.h"
 
@@ -23,7 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PUMP_CHUNK (1u << 20)   /* one splice */
+#define PUMP_CHUNK (1u << 20)   /* one read */
 #define PUMP_BUDGET (8u << 20)  /* per wake-up, so other streams get their turn */
 
 static void pump_finish(struct fd_pump *p, int err)
@@ -39,7 +37,7 @@ static bool pump_some(struct fd_pump *p)
 {
 	size_t moved = 0;
 	while (moved < PUMP_BUDGET) {
-		ssize_t n = stream_splice(p->s, p->fd, PUMP_CHUNK);
+		ssize_t n = stream_fill_fd(p->s, p->fd, PUMP_CHUNK);
 		if (n > 0) {
 			moved += (size_t)n;
 			if (!p->nonblock && p->polled)

@@ -136,7 +136,7 @@ static void copy_key_init(void)
 	pthread_key_create(&copy_key, free);
 }
 
-ssize_t store_splice_in(struct store *st, int fd, size_t len, uint64_t off)
+ssize_t store_fill_fd(struct store *st, int fd, size_t len, uint64_t off)
 {
 	pthread_once(&copy_once, copy_key_init);
 	char *buf = pthread_getspecific(copy_key);

@@ -56,7 +56,7 @@ struct stream {
 	struct rangeset wanted; /* asked of the source's fetch(), maybe not here yet */
 	uint64_t fetch_distance;
 	uint64_t frontier;
-	uint64_t seq_pos; /* where stream_append/stream_splice write next */
+	uint64_t seq_pos; /* where stream_append/stream_fill_fd write next */
 	int64_t length;   /* exact when complete, announced, or -1 */
 	uint64_t error_offset;
 	int error;
@@ -551,12 +551,12 @@ int stream_append(struct stream *s, const void *buf, size_t len)
 	return write_missing(s, pos, buf, len, true);
 }
 
-ssize_t stream_splice(struct stream *s, int fd, size_t max)
+ssize_t stream_fill_fd(struct stream *s, int fd, size_t max)
 {
 	uint64_t pos;
 	if (!running(s, &pos))
 		return -ECANCELED;
-	ssize_t n = store_splice_in(s->store, fd, max, pos);
+	ssize_t n = store_fill_fd(s->store, fd, max, pos);
 	if (n < 0) {
 		if (store_error_is_store(n)) {
 			int e = store_error_errno(n);

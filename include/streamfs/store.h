@@ -45,7 +45,7 @@ int store_pwrite(struct store *st, const void *buf, size_t len, uint64_t off);
  * itself come back as -(STORE_ERR_BIAS + errno) so the caller can tell them from
  * errors of @fd; use store_error_is_store() / store_error_errno().
  */
-ssize_t store_splice_in(struct store *st, int fd, size_t len, uint64_t off);
+ssize_t store_fill_fd(struct store *st, int fd, size_t len, uint64_t off);
 #define STORE_ERR_BIAS 4096
 static inline int store_error_is_store(ssize_t r)
 {

@@ -54,7 +54,7 @@ const char *stream_state_name(enum stream_state st);
 /*
  * What a source provides. The stream calls start() once, from
  * stream_start(), without its lock held; the source then produces with
- * stream_write()/stream_splice() and finishes with stream_end() or
+ * stream_write()/stream_fill_fd() and finishes with stream_end() or
  * stream_fail(), from any thread. cancel() asks it to stop as soon as it can
  * and must not block; producer calls made after it return -ECANCELED.
  * destroy() frees the source's private data when the stream is freed.
@@ -119,13 +119,13 @@ void stream_cancel(struct stream *s, const char *msg);
 int stream_write(struct stream *s, uint64_t off, const void *buf, size_t len);
 
 /*
- * Move up to @max bytes from the pipe @fd to the sequential frontier
- * (zero-copy where the kernel allows). Returns the number of bytes moved,
- * 0 at end of file, -EAGAIN if the pipe is empty, -ECANCELED, or another
+ * Move up to @max bytes from the descriptor @fd (a pipe, FIFO, tty or
+ * file) to the sequential frontier. Returns the number of bytes moved,
+ * 0 at end of file, -EAGAIN if @fd has nothing now, -ECANCELED, or another
  * negative errno (a store error fails the stream as stream_write does; a
  * read error on @fd is returned for the source to report).
  */
-ssize_t stream_splice(struct stream *s, int fd, size_t max);
+ssize_t stream_fill_fd(struct stream *s, int fd, size_t max);
 
 /* Append: stream_write() at the sequential frontier. */
 int stream_append(struct stream *s, const void *buf, size_t len);

@@ -1,7 +1,7 @@
 /*
  * test_store.c - unit tests for store.c: pwrite/map round trips in RAM and
  * on disk, a read across the 1 GiB mapping-window boundary of a sparse
- * store, splice_in from a pipe (data, EAGAIN, EOF), and store errors
+ * store, fill_fd from a pipe (data, EAGAIN, EOF), and store errors
  * (ENOSPC) told apart from pipe errors, directly and through a stream.
  *
  * The ENOSPC cases use a 1 MiB tmpfs mounted under a mkdtemp() directory.
@@ -113,14 +113,14 @@ static void test_window_boundary_ram(void)
 	window_boundary(NULL);
 }
 
-static void splice_in(const char *dir)
+static void fill_fd(const char *dir)
 {
 	struct store *st = open_or_die(dir);
 	int p[2];
 	CHECK_EQ(pipe2(p, O_NONBLOCK), 0); /* as the daemon's pipes are */
 
 	/* Nothing in the pipe yet: EAGAIN, a pipe condition, not the store's. */
-	ssize_t r = store_splice_in(st, p[0], 4096, 0);
+	ssize_t r = store_fill_fd(st, p[0], 4096, 0);
 	CHECK_EQ(r, -EAGAIN);
 	CHECK(!store_error_is_store(r));
 
@@ -129,7 +129,7 @@ static void splice_in(const char *dir)
 	CHECK_EQ(write(p[1], buf, sizeof(buf)), (ssize_t)sizeof(buf));
 	uint64_t off = 500;
 	while (off < 500 + sizeof(buf)) {
-		r = store_splice_in(st, p[0], 3000, off);
+		r = store_fill_fd(st, p[0], 3000, off);
 		CHECK(r > 0 && r <= 3000);
 		if (r <= 0)
 			break;
@@ -140,22 +140,22 @@ static void splice_in(const char *dir)
 	CHECK_EQ(store_map(st, 500, sizeof(buf), iov, 1), 1);
 	CHECK(pat_ok(iov[0].iov_base, 500, sizeof(buf)));
 
-	CHECK_EQ(store_splice_in(st, p[0], 100, off), -EAGAIN);
+	CHECK_EQ(store_fill_fd(st, p[0], 100, off), -EAGAIN);
 	close(p[1]);
-	CHECK_EQ(store_splice_in(st, p[0], 100, off), 0); /* EOF */
+	CHECK_EQ(store_fill_fd(st, p[0], 100, off), 0); /* EOF */
 	close(p[0]);
 	store_close(st);
 }
 
-static void test_splice_in_ram(void)
+static void test_fill_fd_ram(void)
 {
-	splice_in(NULL);
+	fill_fd(NULL);
 }
 
-static void test_splice_in_disk(void)
+static void test_fill_fd_disk(void)
 {
 	char *dir = t_tmpdir("store");
-	splice_in(dir);
+	fill_fd(dir);
 	rmdir(dir);
 	free(dir);
 }
@@ -210,14 +210,14 @@ static void test_store_full(void)
 	uint64_t off = 0;
 	CHECK_EQ(fill_until_error(a, &off), -ENOSPC);
 
-	/* splice_in: the pipe is fine, the store is full: a store error. */
+	/* fill_fd: the pipe is fine, the store is full: a store error. */
 	int p[2];
 	CHECK_EQ(pipe(p), 0);
 	static unsigned char buf[32 * 1024];
 	CHECK_EQ(write(p[1], buf, sizeof(buf)), (ssize_t)sizeof(buf));
 	ssize_t r;
 	do
-		r = store_splice_in(a, p[0], sizeof(buf), off);
+		r = store_fill_fd(a, p[0], sizeof(buf), off);
 	while (r > 0 && (off += (uint64_t)r, true));
 	CHECK(store_error_is_store(r));
 	CHECK_EQ(store_error_errno(r), ENOSPC);
@@ -252,7 +252,7 @@ static void test_store_full(void)
 	CHECK_EQ(atomic_load(&f.destroys), 1);
 	fake_fini(&f);
 
-	/* stream_splice: a store error fails the stream, reported as its errno. */
+	/* stream_fill_fd: a store error fails the stream, reported as its errno. */
 	fake_init(&f);
 	s = stream_new("full-splice", c, &fake_ops, &f);
 	CHECK_EQ(stream_start(s), 0);
@@ -263,7 +263,7 @@ static void test_store_full(void)
 	for (int i = 0; i < 1000 && sr >= 0; i++) {
 		if (write(p[1], buf, sizeof(buf)) < 0 && errno != EAGAIN)
 			break;
-		sr = stream_splice(s, p[0], sizeof(buf));
+		sr = stream_fill_fd(s, p[0], sizeof(buf));
 		if (sr > 0)
 			spliced += (uint64_t)sr;
 		if (sr == -EAGAIN)
@@ -288,8 +288,8 @@ int main(void)
 	RUN(test_round_trip_disk);
 	RUN(test_window_boundary_disk);
 	RUN(test_window_boundary_ram);
-	RUN(test_splice_in_ram);
-	RUN(test_splice_in_disk);
+	RUN(test_fill_fd_ram);
+	RUN(test_fill_fd_disk);
 	RUN(test_error_helpers);
 	RUN(test_store_full);
 	return t_finish("store");

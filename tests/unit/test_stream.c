@@ -815,7 +815,7 @@ static void test_too_long(void)
 	unsigned char buf[101];
 	pat_fill(buf, 0, sizeof(buf));
 	CHECK_EQ(write(p[1], buf, sizeof(buf)), (ssize_t)sizeof(buf));
-	CHECK_EQ(stream_splice(s, p[0], sizeof(buf)), -EFBIG);
+	CHECK_EQ(stream_fill_fd(s, p[0], sizeof(buf)), -EFBIG);
 	info(s, &i);
 	CHECK_EQ(i.state, STREAM_FAILED);
 	CHECK_EQ(i.error_offset, 100);
@@ -946,7 +946,7 @@ static void *busy_producer(void *arg)
 			abort();
 		size_t moved = 0;
 		while (moved < sizeof(buf) && r == 0) {
-			ssize_t k = stream_splice(p->s, pp[0], sizeof(buf) - moved);
+			ssize_t k = stream_fill_fd(p->s, pp[0], sizeof(buf) - moved);
 			if (k > 0)
 				moved += (size_t)k;
 			else
@@ -1698,7 +1698,7 @@ static void mr_op_splice(struct mrun *mr)
 		abort();
 	size_t moved = 0;
 	while (moved < n && !mr->bad) {
-		ssize_t r = stream_splice(mr->s, mr->pipe_r, n - moved);
+		ssize_t r = stream_fill_fd(mr->s, mr->pipe_r, n - moved);
 		if (r > 0) {
 			int want = m_mark(&mr->m, pos + moved, (uint64_t)r, true);
 			MCHECK(mr, want == 0, "splice moved %zd at %llu, model says %d", r,
