@@ -24,6 +24,7 @@
 
 struct store {
 	int fd;
+	int err; /* a failed fill lost bytes: every later fill fails (filler only) */
 	pthread_mutex_t lock; /* protects win, nwin */
 	void **win;           /* win[i] maps [i*WIN_SIZE, (i+1)*WIN_SIZE), or NULL */
 	size_t nwin;
@@ -157,8 +158,23 @@ ssize_t store_fill_fd(struct store *st, int fd, size_t len, uint64_t off)
 		return errno == EAGAIN ? -EAGAIN : -errno;
 	if (n == 0)
 		return 0;
-	int r = store_pwrite(st, buf, (size_t)n, off);
-	return r < 0 ? -(STORE_ERR_BIAS - r) : n;
+	if (st->err)
+		return -(STORE_ERR_BIAS + st->err);
+	/* Report what reached the store, to the byte: when it fills midway
+	 * the stream must fail exactly there. The rest of the buffer is lost,
+	 * so the error sticks and every later fill reports it. */
+	size_t done = 0;
+	while (done < (size_t)n) {
+		ssize_t w = pwrite(st->fd, buf + done, (size_t)n - done, (off_t)(off + done));
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			st->err = w < 0 ? errno : EIO;
+			return done ? (ssize_t)done : -(STORE_ERR_BIAS + st->err);
+		}
+		done += (size_t)w;
+	}
+	return n;
 }
 
 static void *window(struct store *st, size_t i)
