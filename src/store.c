@@ -1,11 +1,5 @@
 /*
  * store.c - see store.h.
- *
- * Mappings: the file is mapped in 1 GiB windows, each made on first use and
- * kept until store_close(). Pointers handed out therefore stay valid while
- * the store lives, with no reference counting on the read path. Mapping
- * beyond the file's current size is allowed; only touching pages past EOF
- * would fault, and callers only touch bytes that were written.
  */
 #include "streamfs/store.h"
 
@@ -15,19 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
+#include <sys/mman.h> /* memfd_create */
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define WIN_SHIFT 30
-#define WIN_SIZE (1ULL << WIN_SHIFT)
 
 struct store {
 	int fd;
 	int err; /* a failed fill lost bytes: every later fill fails (filler only) */
-	pthread_mutex_t lock; /* protects win, nwin */
-	void **win;           /* win[i] maps [i*WIN_SIZE, (i+1)*WIN_SIZE), or NULL */
-	size_t nwin;
 };
 
 static int open_in_dir(const char *dir)
@@ -62,7 +51,6 @@ struct store *store_open(const char *dir, const char *label)
 		errno = e;
 		return NULL;
 	}
-	pthread_mutex_init(&st->lock, NULL);
 	return st;
 }
 
@@ -70,12 +58,7 @@ void store_close(struct store *st)
 {
 	if (!st)
 		return;
-	for (size_t i = 0; i < st->nwin; i++)
-		if (st->win[i])
-			munmap(st->win[i], WIN_SIZE);
-	free(st->win);
 	close(st->fd);
-	pthread_mutex_destroy(&st->lock);
 	free(st);
 }
 
@@ -173,51 +156,6 @@ ssize_t store_fill_fd(struct store *st, int fd, size_t len, uint64_t off)
 			return done ? (ssize_t)done : -(STORE_ERR_BIAS + st->err);
 		}
 		done += (size_t)w;
-	}
-	return n;
-}
-
-static void *window(struct store *st, size_t i)
-{
-	void *w = NULL;
-	pthread_mutex_lock(&st->lock);
-	if (i >= st->nwin) {
-		size_t n = i + 1 > st->nwin * 2 ? i + 1 : st->nwin * 2;
-		void **nw = realloc(st->win, n * sizeof(*nw));
-		if (!nw)
-			goto out;
-		memset(nw + st->nwin, 0, (n - st->nwin) * sizeof(*nw));
-		st->win = nw;
-		st->nwin = n;
-	}
-	if (!st->win[i]) {
-		void *m = mmap(NULL, WIN_SIZE, PROT_READ, MAP_SHARED, st->fd, (off_t)(i * WIN_SIZE));
-		if (m != MAP_FAILED)
-			st->win[i] = m;
-	}
-	w = st->win[i];
-out:
-	pthread_mutex_unlock(&st->lock);
-	return w;
-}
-
-int store_map(struct store *st, uint64_t off, size_t len, struct iovec *iov, int iovmax)
-{
-	int n = 0;
-	while (len > 0) {
-		if (n == iovmax)
-			return -EOVERFLOW;
-		size_t i = (size_t)(off >> WIN_SHIFT);
-		uint64_t in = off & (WIN_SIZE - 1);
-		size_t chunk = WIN_SIZE - in < len ? (size_t)(WIN_SIZE - in) : len;
-		char *w = window(st, i);
-		if (!w)
-			return -ENOMEM;
-		iov[n].iov_base = w + in;
-		iov[n].iov_len = chunk;
-		n++;
-		off += chunk;
-		len -= chunk;
 	}
 	return n;
 }

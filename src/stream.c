@@ -15,8 +15,7 @@
  *    wake-up can fall between "check" and "wait" (the reference's bug).
  *  - Terminal states (complete, failed, cancelled) never change again.
  *
- * Lock order: stream lock, then store lock (inside store_map only). No I/O
- * and no callback runs under the stream lock.
+ * No I/O and no callback runs under the stream lock.
  */
 #include "streamfs/stream.h"
 
@@ -509,7 +508,7 @@ static void store_failed(struct stream *s, int err)
 /*
  * Store the parts of [off, off+len) that are not present yet, then mark the
  * whole range present in one step: a byte a reader may have seen is never
- * rewritten (stream_data hands out pointers into the store), and readers
+ * rewritten (a reader may be copying it out at that moment), and readers
  * see the write all at once, as before.
  */
 static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t len, bool seq)
@@ -609,18 +608,6 @@ int stream_set_attr(struct stream *s, const char *key, const char *fmt, ...)
 
 /* ---- reading ---------------------------------------------------------- */
 
-int stream_data(struct stream *s, uint64_t off, size_t len, struct iovec *iov, int iovmax)
-{
-	pthread_mutex_lock(&s->lock);
-	bool ok = rangeset_contains(&s->present, off, off + len);
-	pthread_mutex_unlock(&s->lock);
-	if (!ok)
-		return -ERANGE;
-	if (len == 0)
-		return 0;
-	return store_map(s->store, off, len, iov, iovmax);
-}
-
 int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off)
 {
 	pthread_mutex_lock(&s->lock);
@@ -673,16 +660,8 @@ ssize_t stream_read(struct stream *s, void *buf, size_t len, uint64_t off, bool 
 	if (r <= 0)
 		return r;
 
-	struct iovec iov[4];
-	int n = stream_data(s, off, (size_t)r, iov, 4);
-	if (n < 0)
-		return n;
-	char *p = buf;
-	for (int i = 0; i < n; i++) {
-		memcpy(p, iov[i].iov_base, iov[i].iov_len);
-		p += iov[i].iov_len;
-	}
-	return r;
+	int n = stream_copy(s, buf, (size_t)r, off);
+	return n < 0 ? n : r;
 }
 
 /* ---- random access ---------------------------------------------------- */

@@ -7,11 +7,11 @@
  * bytes may be written at any offset, and holes cost nothing. It does not
  * know which bytes are present; the stream keeps that map.
  *
- * Reads are served from memory: store_map() hands out pointers into shared
- * mappings of the file, made 1 GiB at a time and kept until the store is
- * closed, so a pointer stays valid for the store's lifetime.
+ * Reads copy out with store_pread() (pread into the caller's buffer) rather
+ * than through a mapping: measured faster here, and the daemon's RSS does
+ * not grow with the bytes it serves.
  *
- * Threads: store_map() may be called from any thread; writes are expected
+ * Threads: store_pread() may be called from any thread; writes are expected
  * from one producer at a time per offset (the stream serialises them).
  */
 #ifndef STREAMFS_STORE_H
@@ -55,13 +55,6 @@ static inline int store_error_errno(ssize_t r)
 {
 	return r <= -STORE_ERR_BIAS ? (int)(-r - STORE_ERR_BIAS) : (int)-r;
 }
-
-/*
- * Point @iov at [off, off+len) (which must have been written). Returns the
- * number of iovecs (1, or 2 across a mapping boundary), -EOVERFLOW if
- * @iovmax is too small, or -ENOMEM if a mapping fails.
- */
-int store_map(struct store *st, uint64_t off, size_t len, struct iovec *iov, int iovmax);
 
 /* Copy [off, off+len) (which must have been written) into @buf with
  * pread. Returns 0 or -errno. */

@@ -224,19 +224,10 @@ ssize_t stream_wait(struct stream *s, struct stream_waiter *w);
 bool stream_unwait(struct stream *s, struct stream_waiter *w);
 
 /*
- * Point @iov at the present bytes [off, off+len) inside the store's memory
- * (no copy). Returns the number of iovecs used (<= @iovmax), -ERANGE if part
- * of the range is not present, or -ENOMEM/-EOVERFLOW if it needs more
- * iovecs. The memory stays valid, and its bytes unchanged, until the stream
- * is freed.
- */
-int stream_data(struct stream *s, uint64_t off, size_t len, struct iovec *iov, int iovmax);
-
-/*
  * Copy the present bytes [off, off+len) into @buf (pread from the store;
  * no mapping is touched, so the daemon's RSS does not grow with the
- * stream). Returns 0, -ERANGE if part of the range is not present, or the
- * store's error.
+ * stream). The bytes never change once present. Returns 0, -ERANGE if
+ * part of the range is not present, or the store's error.
  */
 int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off);
 
