@@ -219,15 +219,16 @@ static struct node *get_node(struct fs *fs, fuse_ino_t ino, struct stream **s)
 	return n;
 }
 
-/* References on every stream, for walking them without the lock. Returns
- * a malloc'ed array (NULL-terminated), or NULL. */
-static struct stream **all_streams(struct fs *fs)
+/* References on every stream (with @only >= 0: those of that start
+ * policy), for walking them without the lock. Returns a malloc'ed array
+ * (NULL-terminated), or NULL. */
+static struct stream **all_streams(struct fs *fs, int only)
 {
 	pthread_rwlock_rdlock(&fs->lock);
 	struct stream **v = calloc(fs->nnodes + 1, sizeof(*v));
 	size_t k = 0;
 	for (size_t i = 0; v && i < fs->nnodes; i++)
-		if (fs->nodes[i]->s)
+		if (fs->nodes[i]->s && (only < 0 || (int)fs->nodes[i]->start == only))
 			v[k++] = stream_ref(fs->nodes[i]->s);
 	pthread_rwlock_unlock(&fs->lock);
 	return v;
@@ -732,9 +733,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct fs *fs = fuse_req_userdata(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 
-	/* Sources with random access fetch what this reader will need; the
-	 * others ignore it at the cost of one test. */
-	stream_want(h->s, (uint64_t)off, read_window(h, (uint64_t)off, size));
+	/* Sources with random access fetch what this reader will need. */
+	if (stream_can_fetch(h->s))
+		stream_want(h->s, (uint64_t)off, read_window(h, (uint64_t)off, size));
 
 	/* The common case, data already here: no allocation, no waiter. */
 	int r = reply_present(req, h->s, (uint64_t)off, size);
@@ -831,13 +832,8 @@ static ssize_t file_xattr(const struct node *n, struct stream *s, const char *ke
 		return in.length >= 0 ? snprintf(buf, size, "%" PRId64, in.length) : -ENODATA;
 	if (strcmp(key, "source") == 0)
 		return snprintf(buf, size, "%s", n->source);
-	if (strcmp(key, "kind") == 0) {
-		const char *k = n->source[0] == '-' ? "stdin"
-				: strncmp(n->source, "cmd:", 4) == 0  ? "cmd"
-				: strncmp(n->source, "pipe:", 5) == 0 ? "pipe"
-								       : "url";
-		return snprintf(buf, size, "%s", k);
-	}
+	if (strcmp(key, "kind") == 0)
+		return snprintf(buf, size, "%s", stream_kind(s));
 	if (strcmp(key, "error") == 0)
 		return failed ? snprintf(buf, size, "%s", in.error_msg) : -ENODATA;
 	if (strcmp(key, "error_offset") == 0)
@@ -940,7 +936,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	struct statvfs sv;
 	memset(&sv, 0, sizeof(sv));
 	uint64_t bytes = 0;
-	struct stream **v = all_streams(fs);
+	struct stream **v = all_streams(fs, -1);
 	size_t files = 0;
 	for (size_t i = 0; v && v[i]; i++, files++) {
 		struct stream_info in;
@@ -1038,11 +1034,11 @@ void fs_set_control_name(struct fs *fs, const char *name)
 
 void fs_start_mount_streams(struct fs *fs)
 {
-	pthread_rwlock_rdlock(&fs->lock);
-	for (size_t i = 0; i < fs->nnodes; i++)
-		if (fs->nodes[i]->s && fs->nodes[i]->start == START_MOUNT)
-			stream_start(fs->nodes[i]->s); /* only queues work for the I/O thread */
-	pthread_rwlock_unlock(&fs->lock);
+	/* Starting hands work to the I/O thread: not under the tree lock. */
+	struct stream **v = all_streams(fs, START_MOUNT);
+	for (size_t i = 0; v && v[i]; i++)
+		stream_start(v[i]);
+	unref_all(v);
 }
 
 int fs_loop(struct fs *fs)
@@ -1074,7 +1070,7 @@ void fs_shutdown(struct fs *fs)
 	if (was)
 		return;
 	/* Every parked request is answered (EIO) by the cancel itself. */
-	struct stream **v = all_streams(fs);
+	struct stream **v = all_streams(fs, -1);
 	for (size_t i = 0; v && v[i]; i++)
 		stream_cancel(v[i], "streamfs is shutting down");
 	unref_all(v);

@@ -349,6 +349,35 @@ static long retry_after_ms(CURL *easy)
 	return t > now ? (long)(t - now) * 1000 : 0;
 }
 
+/* Does @easy's response carry the validator of the first response? If
+ * not, says why in @msg. Responses of a resource without one always do. */
+static bool same_version(const struct url_src *u, CURL *easy, char *msg, size_t len)
+{
+	char etag[512] = "", lm[256] = "";
+	bool has_etag = header_value(easy, "ETag", etag, sizeof(etag));
+	bool has_lm = header_value(easy, "Last-Modified", lm, sizeof(lm));
+	bool same = u->etag ? has_etag && strcmp(etag, u->etag) == 0
+		    : u->last_modified ? has_lm && strcmp(lm, u->last_modified) == 0
+				       : true;
+	if (!same)
+		snprintf(msg, len, "the resource changed while it was read (%s %.80s, was %.80s)",
+			 u->etag ? "ETag" : "Last-Modified", u->etag ? etag : lm,
+			 u->etag ? u->etag : u->last_modified);
+	return same;
+}
+
+/* Does @easy's 206 start at @pos? If not, says why in @msg. */
+static bool range_starts_at(CURL *easy, uint64_t pos, char *msg, size_t len)
+{
+	char cr[256] = "";
+	uint64_t start;
+	if (header_value(easy, "Content-Range", cr, sizeof(cr)) &&
+	    sscanf(cr, "bytes %" SCNu64, &start) == 1 && start == pos)
+		return true;
+	snprintf(msg, len, "bad Content-Range '%.80s' for a request from byte %" PRIu64, cr, pos);
+	return false;
+}
+
 /*
  * The headers of the final response of this transfer are in: decide what
  * its body is. Returns false to abort the transfer (failure or retry set).
@@ -453,29 +482,14 @@ static bool check_response(struct url_src *u)
 		return true;
 	}
 
-	/* A resumed request: same resource, same version? */
-	bool same = true;
-	if (u->etag)
-		same = has_etag && strcmp(etag, u->etag) == 0;
-	else if (u->last_modified)
-		same = has_lm && strcmp(lm, u->last_modified) == 0;
-	if (!same) {
-		fail_in_cb(u, EIO, "the resource changed while it was read (%s %.80s, was %.80s)",
-			   u->etag ? "ETag" : "Last-Modified", u->etag ? etag : lm,
-			   u->etag ? u->etag : u->last_modified);
+	/* A resumed request: same resource, same version, right place? */
+	if (!same_version(u, u->easy, u->failmsg, sizeof(u->failmsg)) ||
+	    (u->code == 206 && !range_starts_at(u->easy, u->pos, u->failmsg, sizeof(u->failmsg)))) {
+		u->failure = EIO;
 		return false;
 	}
-	if (u->code == 206) {
-		char cr[256];
-		uint64_t start = 0;
-		if (!header_value(u->easy, "Content-Range", cr, sizeof(cr)) ||
-		    sscanf(cr, "bytes %" SCNu64, &start) != 1 || start != u->pos) {
-			fail_in_cb(u, EIO, "bad Content-Range '%.80s' for a request from byte %" PRIu64,
-				   cr, u->pos);
-			return false;
-		}
+	if (u->code == 206)
 		return true;
-	}
 	/* 200 to a range request: the whole body again. */
 	if (!u->no_ranges) {
 		u->no_ranges = true;
@@ -903,34 +917,20 @@ static bool range_check(struct range_xfer *x)
 	long code = 0;
 	x->got_headers = true;
 	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
-	char etag[512] = "", lm[256] = "", cr[256] = "";
-	bool has_etag = header_value(x->easy, "ETag", etag, sizeof(etag));
-	bool has_lm = header_value(x->easy, "Last-Modified", lm, sizeof(lm));
-	bool same = u->etag ? has_etag && strcmp(etag, u->etag) == 0
-		    : u->last_modified ? has_lm && strcmp(lm, u->last_modified) == 0
-				       : true;
 	if (code >= 400) {
 		snprintf(x->failmsg, sizeof(x->failmsg), "HTTP %ld", code);
 		return false; /* retried, then left to the sequential fill */
 	}
-	if (!same) {
+	if (!same_version(u, x->easy, x->failmsg, sizeof(x->failmsg))) {
 		x->failure = EIO;
-		snprintf(x->failmsg, sizeof(x->failmsg),
-			 "the resource changed while it was read (%s %.80s, was %.80s)",
-			 u->etag ? "ETag" : "Last-Modified", u->etag ? etag : lm,
-			 u->etag ? u->etag : u->last_modified);
 		return false;
 	}
 	if (code != 206) {
 		x->norange = true;
 		return false;
 	}
-	uint64_t start;
-	if (!header_value(x->easy, "Content-Range", cr, sizeof(cr)) ||
-	    sscanf(cr, "bytes %" SCNu64, &start) != 1 || start != x->pos) {
+	if (!range_starts_at(x->easy, x->pos, x->failmsg, sizeof(x->failmsg))) {
 		x->failure = EIO;
-		snprintf(x->failmsg, sizeof(x->failmsg),
-			 "bad Content-Range '%.80s' for a request from byte %" PRIu64, cr, x->pos);
 		return false;
 	}
 	return true;

@@ -149,6 +149,16 @@ const char *stream_name(const struct stream *s)
 	return s->name;
 }
 
+const char *stream_kind(const struct stream *s)
+{
+	return s->ops->kind;
+}
+
+bool stream_can_fetch(const struct stream *s)
+{
+	return s->ops->fetch != NULL;
+}
+
 /* ---- waiters ---------------------------------------------------------- */
 
 void stream_waiter_init(struct stream_waiter *w)
@@ -668,7 +678,7 @@ ssize_t stream_read(struct stream *s, void *buf, size_t len, uint64_t off, bool 
 
 void stream_want(struct stream *s, uint64_t off, uint64_t len)
 {
-	if (!s->ops->fetch || len == 0)
+	if (!stream_can_fetch(s) || len == 0)
 		return;
 	struct range ask[8]; /* gaps to fetch; more are asked on the next read */
 	int nask = 0;

@@ -93,6 +93,13 @@ void stream_unref(struct stream *s);
 
 const char *stream_name(const struct stream *s);
 
+/* The source's kind ("cmd", "pipe", "stdin", "url", ...). */
+const char *stream_kind(const struct stream *s);
+
+/* True if the source can fetch ranges out of order (stream_want does
+ * something). */
+bool stream_can_fetch(const struct stream *s);
+
 /*
  * IDLE -> RUNNING and call the source's start(). Idempotent: returns 0 at
  * once for a stream that was already started. If start() fails the stream
