@@ -886,6 +886,12 @@ static struct curl_slist *setup_easy(struct url_src *u, CURL *e)
 		}
 		if (u->opts.userpwd)
 			curl_easy_setopt(e, CURLOPT_USERPWD, u->opts.userpwd);
+		/* netrc entries are per host, not per scheme: like --user, they
+		 * do not follow a redirect to another origin. */
+		if (u->opts.netrc || u->opts.netrc_file)
+			curl_easy_setopt(e, CURLOPT_NETRC, (long)CURL_NETRC_OPTIONAL);
+		if (u->opts.netrc_file)
+			curl_easy_setopt(e, CURLOPT_NETRC_FILE, u->opts.netrc_file);
 	}
 	return headers;
 }
