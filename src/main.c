@@ -64,7 +64,10 @@ static const char usage[] =
 	"  --read=full|partial    reads wait for the whole range (default) or return what is there\n"
 	"  --fill=all|ondemand    URLs: download everything (default) or only what is read\n"
 	"  URL options: --header='N: v', --user=U:P, --insecure, --retries=N, --retry-time=S,\n"
-	"               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted\n"
+	"               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted,\n"
+	"               --netrc, --netrc-file=FILE\n"
+	"  Secrets: --user=@FILE and --header=@FILE read them from FILE (mode 0600), so they\n"
+	"  never show in ps; see 'Passing secrets' in streamfs(1).\n"
 	"\n"
 	"Unmount with 'fusermount3 -u MOUNTPOINT', or SIGINT/SIGTERM to the daemon.\n"
 	"Status: 'streamfs status MOUNTPOINT', or getfattr -d MOUNTPOINT/NAME.\n";
