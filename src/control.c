@@ -78,8 +78,9 @@ static void handle(struct conn *k)
 	}
 	char line[1100];
 	snprintf(line, sizeof(line), r == 0 ? "ok\n" : "error: %s\n", err);
-	if (r == 0)
-		log_info("control: %s %s", f[0], f[1]);
+	/* "add" logs itself: its source may hold a password to redact. */
+	if (r == 0 && strcmp(f[0], "rm") == 0)
+		log_info("control: rm %s", f[1]);
 	answer(k, line);
 }
 
@@ -208,6 +209,31 @@ void control_close(struct control *c)
 
 /* ---- client ----------------------------------------------------------- */
 
+/*
+ * Abstract socket names belong to nobody: any local user can bind the name
+ * a mount advertises once its daemon is gone (or name a socket of theirs
+ * in the xattr of a directory they own). A request can carry credentials,
+ * so it goes only to a listener run by root or by us, as the daemon
+ * serves only root and its own user.
+ */
+static bool peer_trusted(int fd, const char *mountpoint)
+{
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+		fprintf(stderr, "streamfs: cannot check the daemon of '%s': %s\n", mountpoint,
+			strerror(errno));
+		return false;
+	}
+	if (cred.uid == 0 || cred.uid == geteuid() || cred.uid == getuid())
+		return true;
+	fprintf(stderr,
+		"streamfs: the control socket of '%s' belongs to uid %u, not to root or you: "
+		"nothing sent\n",
+		mountpoint, (unsigned)cred.uid);
+	return false;
+}
+
 int control_client(const char *mountpoint, const char *const *fields, size_t nfields)
 {
 	char name[128];
@@ -230,6 +256,10 @@ int control_client(const char *mountpoint, const char *const *fields, size_t nfi
 			strerror(errno));
 		if (fd >= 0)
 			close(fd);
+		return 1;
+	}
+	if (!peer_trusted(fd, mountpoint)) {
+		close(fd);
 		return 1;
 	}
 	for (size_t i = 0; i < nfields; i++) {

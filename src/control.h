@@ -6,7 +6,8 @@
  * user.streamfs.control. A client connects, sends one request and shuts
  * down its side; the daemon answers one line, "ok" or "error: ...", and
  * closes. Only root and the user running the daemon are served
- * (SO_PEERCRED).
+ * (SO_PEERCRED), and the client, in turn, sends only to a socket whose
+ * listener is root or the caller: a request may carry credentials.
  *
  * Request: fields separated by NUL bytes: "add", "NAME=SOURCE", then
  * "OPTION=VALUE"...; or "rm", "NAME". At most 64 KiB.

@@ -1009,6 +1009,11 @@ int fs_mount(struct fs *fs, const char *mountpoint, char *const *fuse_opts, char
 	for (size_t i = 0; fuse_opts && fuse_opts[i]; i++)
 		if (fuse_opt_add_arg(&args, "-o") || fuse_opt_add_arg(&args, fuse_opts[i]))
 			goto out;
+	/* Last, so that it wins: libfuse applies ro/rw in order, and mount(8)
+	 * passes "rw" for fstab's "defaults". A later "rw" is ignored, not
+	 * refused: the mount is read-only whatever -o says. */
+	if (fuse_opt_add_arg(&args, "-oro"))
+		goto out;
 	fs->se = fuse_session_new(&args, &ops, sizeof(ops), fs);
 	if (!fs->se) {
 		snprintf(err, errlen, "bad mount options: %s",

@@ -26,8 +26,8 @@
  *
  * Redirects are followed here, not by libcurl, so that headers and
  * credentials given for the file are dropped when a redirect leaves the
- * original host (unless location_trusted), and only http, https, ftp and
- * ftps targets are accepted.
+ * original scheme, host or port (unless location_trusted), and only http,
+ * https, ftp and ftps targets are accepted.
  *
  * The body is stored as sent: no Accept-Encoding is sent and nothing is
  * decoded, so the file is exactly the bytes of the resource.
@@ -271,21 +271,33 @@ char *source_url_redact(const char *url)
 	return out ? out : strdup("(unparsable URL)");
 }
 
-static char *host_of(const char *url)
+/* "scheme://host:port", lower-case scheme, the scheme's port if none is
+ * given; NULL if @url does not parse. */
+static char *origin_of(const char *url)
 {
 	CURLU *h = curl_url();
-	char *host = NULL, *out = NULL;
+	char *scheme = NULL, *host = NULL, *port = NULL, *out = NULL;
 	if (h && curl_url_set(h, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
+	    curl_url_get(h, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
 	    curl_url_get(h, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
-		char *port = NULL;
 		curl_url_get(h, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT);
-		if (asprintf(&out, "%s:%s", host, port ? port : "") < 0)
+		if (asprintf(&out, "%s://%s:%s", scheme, host, port ? port : "") < 0)
 			out = NULL;
-		curl_free(port);
-		curl_free(host);
 	}
+	curl_free(port);
+	curl_free(host);
+	curl_free(scheme);
 	curl_url_cleanup(h);
 	return out;
+}
+
+bool source_url_same_origin(const char *a, const char *b)
+{
+	char *oa = origin_of(a), *ob = origin_of(b);
+	bool same = oa && ob && strcasecmp(oa, ob) == 0;
+	free(oa);
+	free(ob);
+	return same;
 }
 
 static void update_rate(struct url_src *u, bool force)
@@ -660,12 +672,13 @@ static bool follow_redirect(struct url_src *u)
 		return true;
 	}
 	char *next = strdup(target);
-	char *h1 = host_of(u->cur_url), *h2 = host_of(target);
 	if (!next) {
 		stream_fail(u->s, ENOMEM, "out of memory");
 		source_done(u);
 	} else {
-		if (!h1 || !h2 || strcasecmp(h1, h2) != 0)
+		/* Another scheme is another origin too: https -> http on the
+		 * same host and port would send the credentials in clear. */
+		if (!source_url_same_origin(u->cur_url, target))
 			u->send_auth = u->send_auth && u->opts.location_trusted;
 		free(u->cur_url);
 		u->cur_url = next;
@@ -676,8 +689,6 @@ static bool follow_redirect(struct url_src *u)
 		end_transfer(u);
 		begin_transfer(u);
 	}
-	free(h1);
-	free(h2);
 	return true;
 }
 
@@ -875,6 +886,12 @@ static struct curl_slist *setup_easy(struct url_src *u, CURL *e)
 		}
 		if (u->opts.userpwd)
 			curl_easy_setopt(e, CURLOPT_USERPWD, u->opts.userpwd);
+		/* netrc entries are per host, not per scheme: like --user, they
+		 * do not follow a redirect to another origin. */
+		if (u->opts.netrc || u->opts.netrc_file)
+			curl_easy_setopt(e, CURLOPT_NETRC, (long)CURL_NETRC_OPTIONAL);
+		if (u->opts.netrc_file)
+			curl_easy_setopt(e, CURLOPT_NETRC_FILE, u->opts.netrc_file);
 	}
 	return headers;
 }

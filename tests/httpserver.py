@@ -53,6 +53,10 @@ own faults. "Per URL" below means per path+query; the counters start at 1.
                    (first request only unless delay_always=1)
   content_encoding=E  add "Content-Encoding: E" (the bytes are sent as they
                    are on disk, e.g. an already gzipped file)
+  auth=HEX         answer 401 (with WWW-Authenticate: Basic) unless the
+                   request's Authorization header hashes to HEX (sha256 of
+                   its value, e.g. of "Basic YWxpY2U6cHc="), so a URL can
+                   demand credentials without holding them; see auth_hash()
 
 The request log (srv.log, or JSONL with --log) has one entry per request,
 appended when its response ends: t (start, epoch seconds), method, path,
@@ -62,7 +66,9 @@ cut it on purpose), client_gone (the client closed first).
 """
 
 import argparse
+import base64
 import email.utils
+import hashlib
 import http.server
 import json
 import os
@@ -80,6 +86,14 @@ SLOW_CHUNK = 64 * 1024
 
 class _ClientGone(Exception):
     pass
+
+
+def auth_hash(user=None, password=None, header=None):
+    """The auth= value that accepts Basic USER:PASSWORD, or the Authorization
+    header value @header (e.g. "Bearer t0k")."""
+    if header is None:
+        header = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return hashlib.sha256(header.encode()).hexdigest()
 
 
 def _parse_range(value, size):
@@ -234,6 +248,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if delay and (n_all == 1 or q.get("delay_always") == "1"):
             if self._sleep(delay):
                 raise _ClientGone()
+
+        # auth=HEX: the credentials must be there, on every request
+        want = q.get("auth")
+        if want is not None:
+            got = self.headers.get("Authorization")
+            if got is None or hashlib.sha256(got.encode()).hexdigest() != want:
+                self._simple(401, b"unauthorized\n",
+                             [("WWW-Authenticate", 'Basic realm="streamfs-test"')])
+                return
 
         # redirect=N
         red = self._qint(q, "redirect", 0)
