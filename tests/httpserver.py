@@ -208,6 +208,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "client_gone": False,
         }
         self._entry = entry
+        self._cut = False
         try:
             self._respond(head, parsed, path, q, n_all, n_get, entry)
         except _ClientGone:
@@ -215,6 +216,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             owner._record(entry)
+            # A client that sees the cut finds its request in the log.
+            if self._cut:
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def _qint(self, q, name, default=None):
         v = q.get(name)
@@ -414,10 +421,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.wfile.flush()
                 except OSError:
                     pass
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                self._cut = True  # shut down once the entry is logged
             elif nolength:
                 self.close_connection = True
 
