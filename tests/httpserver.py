@@ -64,6 +64,8 @@ Lying or changing servers (each Content-Range describes the bytes sent):
   range_shift=K    serve a range request a-b as (a+K)-(b+K), clipped to the
                    file, with a Content-Range saying so; from request
                    range_shift_from (default 1) of this URL on
+  range_extend=K   serve a range request a-b as a-(b+K), clipped to the file
+                   (more than asked), with a Content-Range saying so
   resize=D         from request resize_from (default 2) of this URL on, the
                    resource is D bytes longer (zeros appended) or, if D < 0,
                    -D bytes shorter; ETag and Content-Length follow the size
@@ -342,6 +344,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if rng is not None and rng != "unsatisfiable" and shift:
                 a = min(rng[0] + shift, size - 1)
                 rng = (a, min(max(rng[1] + shift, a), size - 1))
+            extend = self._qint(q, "range_extend", 0)
+            if rng is not None and rng != "unsatisfiable" and extend:
+                rng = (rng[0], min(rng[1] + extend, size - 1))
             if rng == "unsatisfiable":
                 self._simple(416, b"range not satisfiable\n",
                              [] if unknown_total else [("Content-Range", "bytes */%d" % size)])

@@ -420,6 +420,8 @@ def test_range_shift(srv, data):
     q = "/f.bin?range_shift=7&range_shift_from=2"
     assert raw_get(srv.port, q, {"Range": "bytes=10-19"})[2] == blob[10:20]
     assert raw_get(srv.port, q, {"Range": "bytes=10-19"})[2] == blob[17:27]
+    st, h, body = raw_get(srv.port, "/f.bin?range_extend=5", {"Range": "bytes=10-19"})
+    assert st == 206 and h["content-range"] == "bytes 10-24/%d" % SIZE and body == blob[10:25]
 
 
 def test_resize(srv, data):
