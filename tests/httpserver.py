@@ -57,6 +57,24 @@ own faults. "Per URL" below means per path+query; the counters start at 1.
                    request's Authorization header hashes to HEX (sha256 of
                    its value, e.g. of "Basic YWxpY2U6cHc="), so a URL can
                    demand credentials without holding them; see auth_hash()
+  status_from=K    status=CODE applies from the K-th request of this URL on
+                   (fail_times then counts from there)
+  empty_body=1     status=CODE responses have an empty body (Content-Length: 0)
+
+Lying or changing servers (each Content-Range describes the bytes sent):
+
+  unranged206=OFF  answer a GET without Range with 206 and the bytes from
+                   OFF on ("bytes OFF-(size-1)/size"); OFF=0 is legitimate
+  range_shift=K    serve a range request a-b as (a+K)-(b+K), clipped to the
+                   file, with a Content-Range saying so; from request
+                   range_shift_from (default 1) of this URL on
+  range_extend=K   serve a range request a-b as a-(b+K), clipped to the file
+                   (more than asked), with a Content-Range saying so
+  resize=D         from request resize_from (default 2) of this URL on, the
+                   resource is D bytes longer (zeros appended) or, if D < 0,
+                   -D bytes shorter; ETag and Content-Length follow the size
+  unknown_total=1  Content-Range totals are "*" ("bytes a-b/*"), and a 416
+                   carries no Content-Range
 
 The request log (srv.log, or JSONL with --log) has one entry per request,
 appended when its response ends: t (start, epoch seconds), method, path,
@@ -70,6 +88,7 @@ import base64
 import email.utils
 import hashlib
 import http.server
+import io
 import json
 import os
 import signal
@@ -205,6 +224,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "client_gone": False,
         }
         self._entry = entry
+        self._cut = False
         try:
             self._respond(head, parsed, path, q, n_all, n_get, entry)
         except _ClientGone:
@@ -212,6 +232,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             owner._record(entry)
+            # A client that sees the cut finds its request in the log.
+            if self._cut:
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def _qint(self, q, name, default=None):
         v = q.get(name)
@@ -273,12 +299,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         st = self._qint(q, "status")
         if st:
             ft = self._qint(q, "fail_times")
-            if ft is None or n_all <= ft:
+            k = n_all - self._qint(q, "status_from", 1) + 1  # this URL's k-th failure
+            if k >= 1 and (ft is None or k <= ft):
                 extra = []
                 ra = q.get("retry_after")
                 if ra is not None:
                     extra.append(("Retry-After", ra))
-                self._simple(st, ("error %d\n" % st).encode(), extra)
+                body = b"" if q.get("empty_body") == "1" else ("error %d\n" % st).encode()
+                self._simple(st, body, extra)
                 return
 
         # the file
@@ -294,6 +322,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with f:
             stt = os.fstat(f.fileno())
             size = stt.st_size
+            resize = self._qint(q, "resize")
+            if resize and n_all >= self._qint(q, "resize_from", 2):
+                # A changed resource: the file's bytes, cut or extended with zeros.
+                blob = f.read(max(0, size + resize))
+                blob += bytes(max(0, size + resize - len(blob)))
+                f = io.BytesIO(blob)
+                size = len(blob)
             mtime = int(stt.st_mtime)
             change = q.get("etag") == "change"
             if change:
@@ -325,10 +360,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                             ok = lastmod is not None and ir == lastmod
                         if not ok:
                             rng = None
+            unknown_total = q.get("unknown_total") == "1"
+            shift = self._qint(q, "range_shift", 0)
+            if n_all < self._qint(q, "range_shift_from", 1):
+                shift = 0
+            if rng is not None and rng != "unsatisfiable" and shift:
+                a = min(rng[0] + shift, size - 1)
+                rng = (a, min(max(rng[1] + shift, a), size - 1))
+            extend = self._qint(q, "range_extend", 0)
+            if rng is not None and rng != "unsatisfiable" and extend:
+                rng = (rng[0], min(rng[1] + extend, size - 1))
             if rng == "unsatisfiable":
                 self._simple(416, b"range not satisfiable\n",
-                             [("Content-Range", "bytes */%d" % size)])
+                             [] if unknown_total else [("Content-Range", "bytes */%d" % size)])
                 return
+            u206 = self._qint(q, "unranged206")
+            if rng is None and u206 is not None and not self.headers.get("Range") \
+                    and u206 < size:
+                rng = (u206, size - 1)
             if rng is None:
                 status, start, end = 200, 0, size  # end exclusive
             else:
@@ -351,7 +400,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if ce:
                 self.send_header("Content-Encoding", ce)
             if status == 206:
-                self.send_header("Content-Range", "bytes %d-%d/%d" % (start, end - 1, size))
+                self.send_header("Content-Range", "bytes %d-%d/%s" % (
+                    start, end - 1, "*" if unknown_total else size))
             if chunked:
                 self.send_header("Transfer-Encoding", "chunked")
             elif nolength:
@@ -384,7 +434,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 stall_after = None
             rate = self._qfloat(q, "rate")
 
-            fast = (not chunked and not xor and stall_after is None and not rate)
+            fast = (not chunked and not xor and stall_after is None and not rate
+                    and not isinstance(f, io.BytesIO))
             if fast:
                 self._send_fast(f, start, limit, entry)
             else:
@@ -398,10 +449,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.wfile.flush()
                 except OSError:
                     pass
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                self._cut = True  # shut down once the entry is logged
             elif nolength:
                 self.close_connection = True
 
