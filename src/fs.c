@@ -392,6 +392,42 @@ fail:
 	return -1;
 }
 
+/* A removed node, as the kernel is told of it. */
+struct gone {
+	fuse_ino_t parent, ino;
+	char *name;
+};
+
+static void gone_free(struct gone *v, size_t k)
+{
+	for (size_t i = 0; i < k; i++)
+		free(v[i].name);
+	free(v);
+}
+
+/* The file @n and the directories that only lead to it, deepest first,
+ * with copies of their names. Under fs->lock. Returns their number, or 0
+ * when out of memory. */
+static size_t chain_of(struct node *n, struct gone **out)
+{
+	size_t k = 1;
+	for (struct node *x = n->parent; x->ino != FUSE_ROOT_ID && x->nkids == 1; x = x->parent)
+		k++;
+	struct gone *v = calloc(k, sizeof(*v));
+	if (!v)
+		return 0;
+	struct node *x = n;
+	for (size_t i = 0; i < k; i++, x = x->parent) {
+		v[i] = (struct gone){.parent = x->parent->ino, .ino = x->ino};
+		if (!(v[i].name = strdup(x->name))) {
+			gone_free(v, i);
+			return 0;
+		}
+	}
+	*out = v;
+	return k;
+}
+
 int fs_remove(struct fs *fs, const char *path, char *err, size_t errlen)
 {
 	pthread_rwlock_wrlock(&fs->lock);
@@ -405,46 +441,48 @@ int fs_remove(struct fs *fs, const char *path, char *err, size_t errlen)
 			break;
 		p = slash + 1;
 	}
-	if (!n || n->dir) {
+	struct gone *v = NULL;
+	size_t k = n && !n->dir ? chain_of(n, &v) : 0;
+	if (!k) {
 		pthread_rwlock_unlock(&fs->lock);
-		snprintf(err, errlen, n ? "'%s' is a directory" : "no file named '%s'", path);
+		if (n && !n->dir)
+			snprintf(err, errlen, "out of memory");
+		else
+			snprintf(err, errlen, n ? "'%s' is a directory" : "no file named '%s'", path);
 		return -1;
 	}
-	/* Unlink it, and the directories that only held it. */
-	struct node *gone = n, *parent = n->parent;
+	/* Unlink it, and the directories that only held it; free what the
+	 * kernel never looked up (or has forgotten already). */
 	struct stream *s = n->s;
 	n->s = NULL;
-	for (;;) {
-		struct node *d = gone->parent;
-		for (size_t i = 0; i < d->nkids; i++) {
-			if (d->kids[i] == gone) {
-				d->kids[i] = d->kids[--d->nkids];
+	for (size_t i = 0; i < k; i++) {
+		struct node *d = n->parent;
+		for (size_t j = 0; j < d->nkids; j++) {
+			if (d->kids[j] == n) {
+				d->kids[j] = d->kids[--d->nkids];
 				break;
 			}
 		}
-		gone->removed = true;
-		parent = d;
-		if (d->ino == FUSE_ROOT_ID || d->nkids > 0)
-			break;
-		gone = d;
-	}
-	fuse_ino_t pino = parent->ino, gino = gone->ino;
-	char *gname = strdup(gone->name);
-	/* Free what the kernel never looked up (or has forgotten already). */
-	for (struct node *x = n, *up; x != parent; x = up) {
-		up = x->parent;
-		x->parent = NULL;
-		node_release(fs, x);
+		n->removed = true;
+		n->parent = NULL;
+		node_release(fs, n);
+		n = d;
 	}
 	pthread_rwlock_unlock(&fs->lock);
 
 	stream_cancel(s, "removed"); /* parked readers get EIO */
 	stream_unref(s);             /* open handles keep theirs */
-	if (fs->mounted && gname) {
-		fuse_lowlevel_notify_delete(fs->se, pino, gino, gname, strlen(gname));
-		fuse_lowlevel_notify_inval_inode(fs->se, pino, 0, 0);
+	if (fs->mounted) {
+		/* Every level, deepest first: a directory dropped from the
+		 * kernel's cache while a file under it is open would leave that
+		 * file and the levels between cached (never forgotten, so their
+		 * nodes never freed) after the file is closed. */
+		for (size_t i = 0; i < k; i++)
+			fuse_lowlevel_notify_delete(fs->se, v[i].parent, v[i].ino, v[i].name,
+						    strlen(v[i].name));
+		fuse_lowlevel_notify_inval_inode(fs->se, v[k - 1].parent, 0, 0);
 	}
-	free(gname);
+	gone_free(v, k);
 	return 0;
 }
 

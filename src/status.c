@@ -102,81 +102,149 @@ static int add_row(struct rows *rows, int dirfd, const char *leaf, char *rel)
 	return 0;
 }
 
-/* Directories still to list, as names relative to the mount point. */
-struct todo {
-	char **v;
-	size_t n, cap;
+/* One directory of the walk: its entries, read at once, and the next. */
+struct level {
+	char **names;
+	bool *isdir;
+	size_t n, next;
+	size_t rel_len; /* its name's length in the walk's path */
 };
 
-static int push(struct todo *t, char *rel)
+static void level_free(struct level *l)
 {
-	if (!rel)
-		return -ENOMEM;
-	if (t->n == t->cap) {
-		size_t cap = t->cap ? t->cap * 2 : 16;
-		char **v = realloc(t->v, cap * sizeof(*v));
-		if (!v) {
-			free(rel);
-			return -ENOMEM;
-		}
-		t->v = v;
-		t->cap = cap;
-	}
-	t->v[t->n++] = rel;
-	return 0;
+	for (size_t i = 0; i < l->n; i++)
+		free(l->names[i]);
+	free(l->names);
+	free(l->isdir);
 }
 
-/* List the directory @rel (relative to @rootfd) into @rows and @todo. A
- * directory that went away meanwhile (streamfs rm) is skipped. */
-static int list_dir(int rootfd, const char *rel, struct rows *rows, struct todo *todo)
+/* Read every entry of the directory @fd (which stays open) into @l. */
+static int level_read(int fd, struct level *l)
 {
-	int fd = rel[0] ? openat(rootfd, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-			: fcntl(rootfd, F_DUPFD_CLOEXEC, 0);
-	DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+	memset(l, 0, sizeof(*l));
+	int dfd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
 	if (!d) {
-		if (fd >= 0)
-			close(fd);
-		return rel[0] ? 0 : -errno;
+		int e = errno;
+		if (dfd >= 0)
+			close(dfd);
+		return -e;
 	}
+	size_t cap = 0;
 	struct dirent *de;
 	int r = 0;
-	while (r == 0 && (de = readdir(d))) {
+	while ((de = readdir(d))) {
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
-		char *sub;
-		if (asprintf(&sub, "%s%s%s", rel, rel[0] ? "/" : "", de->d_name) < 0) {
+		if (l->n == cap) {
+			cap = cap ? cap * 2 : 16;
+			char **nv = realloc(l->names, cap * sizeof(*nv));
+			bool *dv = nv ? realloc(l->isdir, cap * sizeof(*dv)) : NULL;
+			if (nv)
+				l->names = nv;
+			if (!dv) {
+				r = -ENOMEM;
+				break;
+			}
+			l->isdir = dv;
+		}
+		if (!(l->names[l->n] = strdup(de->d_name))) {
 			r = -ENOMEM;
 			break;
 		}
-		if (de->d_type == DT_DIR)
-			r = push(todo, sub);
-		else
-			r = add_row(rows, dirfd(d), de->d_name, sub);
+		l->isdir[l->n++] = de->d_type == DT_DIR;
 	}
 	closedir(d);
 	return r;
 }
 
+struct walk {
+	int fd;              /* the directory of the top level */
+	struct level *v;     /* the directories being walked, root first */
+	size_t depth, cap;
+	char rel[8192];      /* the top level's name in the mount */
+};
+
+/* Go down into @name of the top level; a directory that went away
+ * meanwhile (streamfs rm) is skipped. */
+static int walk_down(struct walk *w, const char *name)
+{
+	int fd = openat(w->fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
+	if (w->depth == w->cap) {
+		size_t cap = w->cap * 2;
+		struct level *v = realloc(w->v, cap * sizeof(*v));
+		if (!v) {
+			close(fd);
+			return -ENOMEM;
+		}
+		w->v = v;
+		w->cap = cap;
+	}
+	size_t len = strlen(w->rel);
+	snprintf(w->rel + len, sizeof(w->rel) - len, "%s%s", len ? "/" : "", name);
+	struct level *l = &w->v[w->depth++];
+	int r = level_read(fd, l);
+	l->rel_len = len;
+	close(w->fd);
+	w->fd = fd;
+	return r;
+}
+
+/* Back to the parent of the top level, through ".." (the kernel's, no
+ * lookup by the daemon), so no path is ever resolved twice. */
+static int walk_up(struct walk *w)
+{
+	struct level *l = &w->v[--w->depth];
+	w->rel[l->rel_len] = '\0';
+	level_free(l);
+	if (w->depth == 0)
+		return 0;
+	int fd = openat(w->fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	close(w->fd);
+	w->fd = fd;
+	return 0;
+}
+
 /*
- * Every file under @root. Names can be ~2000 components deep, so the walk
- * keeps its directories on the heap, not in recursion.
+ * Every file under @root. A name can be ~2000 directories deep: the walk
+ * keeps one directory open and its levels on the heap, and resolves no
+ * long path (that would cost a walk of every level, for every level).
  */
 static int walk(const char *root, struct rows *rows)
 {
-	int rootfd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (rootfd < 0)
+	struct walk w = {.cap = 16};
+	w.fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (w.fd < 0)
 		return -errno;
-	struct todo todo = {0};
-	int r = push(&todo, strdup(""));
-	while (r == 0 && todo.n > 0) {
-		char *rel = todo.v[--todo.n];
-		r = list_dir(rootfd, rel, rows, &todo);
-		free(rel);
+	w.v = malloc(w.cap * sizeof(*w.v));
+	int r = w.v ? level_read(w.fd, &w.v[0]) : -ENOMEM;
+	if (w.v)
+		w.depth = 1;
+	while (r == 0 && w.depth > 0) {
+		struct level *l = &w.v[w.depth - 1];
+		if (l->next == l->n) {
+			r = walk_up(&w);
+			continue;
+		}
+		size_t i = l->next++;
+		if (l->isdir[i]) {
+			r = walk_down(&w, l->names[i]);
+			continue;
+		}
+		char *sub;
+		if (asprintf(&sub, "%s%s%s", w.rel, w.rel[0] ? "/" : "", l->names[i]) < 0)
+			r = -ENOMEM;
+		else
+			r = add_row(rows, w.fd, l->names[i], sub);
 	}
-	while (todo.n > 0)
-		free(todo.v[--todo.n]);
-	free(todo.v);
-	close(rootfd);
+	while (w.depth > 0)
+		level_free(&w.v[--w.depth]);
+	free(w.v);
+	close(w.fd);
 	return r;
 }
 
