@@ -76,8 +76,7 @@ static void test_utf8(void)
 	                     "\xf5\x80\x80\x80",
 	                     "\xff",
 	                     "\xe2\x82",
-	                     "\xc3"
-	                     "A"};
+	                     "\xc3\x41" /* 0x41 is 'A', not a continuation */};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		CHECK(utf8_decode((const unsigned char *)bad[i], strlen(bad[i]), &cp) == 0);
 	CHECK(utf8_valid("caf\xc3\xa9", 5));
