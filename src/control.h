@@ -10,7 +10,9 @@
  * listener is root or the caller: a request may carry credentials.
  *
  * Request: fields separated by NUL bytes: "add", "NAME=SOURCE", then
- * "OPTION=VALUE"...; or "rm", "NAME". At most 64 KiB.
+ * "OPTION=VALUE"...; or "rm", "NAME". At most 256 KiB. A client must send
+ * its whole request within 5 s of connecting, or it is dropped; at most 32
+ * are served at once. The daemon never blocks on a client.
  *
  * All work happens in the loop thread.
  */

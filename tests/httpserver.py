@@ -42,6 +42,8 @@ own faults. "Per URL" below means per path+query; the counters start at 1.
                    server or proxy; with etag=change this serves a 206 of a
                    different version)
   noetag=1         send no ETag (Last-Modified only)
+  etag_text=S      the ETag is "S" (with etag=change: "S-rN"), sent as it
+                   is: S may carry control bytes (hostile-server tests)
   nolastmod=1      send no Last-Modified
   status=CODE      answer CODE (e.g. 404, 500, 503, 429) with a short body ...
   fail_times=K     ... for the first K requests of this URL only (default: all)
@@ -49,6 +51,7 @@ own faults. "Per URL" below means per path+query; the counters start at 1.
   rate=BPS         throttle the body to BPS bytes per second
   redirect=N       302 to the same URL with redirect=N-1 (N=0: serve)
   redirect_code=C  use C (301, 302, 303, 307, 308) instead of 302
+  location=URL     302 to URL, sent as it is (any bytes, any scheme)
   delay=S          wait S seconds before sending the response headers
                    (first request only unless delay_always=1)
   content_encoding=E  add "Content-Encoding: E" (the bytes are sent as they
@@ -284,6 +287,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                              [("WWW-Authenticate", 'Basic realm="streamfs-test"')])
                 return
 
+        # location=URL
+        loc = q.get("location")
+        if loc is not None:
+            self._simple(302, b"redirect\n", [("Location", loc)])
+            return
+
         # redirect=N
         red = self._qint(q, "redirect", 0)
         if red > 0:
@@ -339,6 +348,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 etag = '"%x-%x"' % (size, stt.st_mtime_ns)
                 lastmod = email.utils.formatdate(mtime, usegmt=True)
                 xor = 0
+            text = q.get("etag_text")
+            if text is not None:
+                etag = '"%s-r%d"' % (text, n_all) if change else '"%s"' % text
             if q.get("noetag") == "1":
                 etag = None
             if q.get("nolastmod") == "1":
