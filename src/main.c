@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -349,6 +350,9 @@ static int mount_main(int argc, char **argv)
 		}
 	}
 	raise_fd_limit();
+	/* Commands are waited for: a SIGCHLD ignored by whoever started us
+	 * would have the kernel reap them first, and no stream would end. */
+	signal(SIGCHLD, SIG_DFL);
 	for (size_t i = 0; i < cfg.nfiles; i++) {
 		if (cfg.files[i].kind == SOURCE_STDIN && (stdin_fd = save_stdin()) < 0) {
 			rc = die_usage("cannot keep standard input: %s", strerror(errno));

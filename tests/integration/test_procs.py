@@ -241,3 +241,17 @@ def test_commands_start_with_the_limits_and_signals_streamfs_had(mount):
     fields = dict(line.split(":\t") for line in out[2:] if line)
     assert int(fields["SigIgn"], 16) == 0, f"ignored signals reach the command: {fields}"
     assert int(fields["SigBlk"], 16) == 0, f"blocked signals reach the command: {fields}"
+
+
+def test_a_daemon_started_with_sigchld_ignored_still_sees_commands_end(mount):
+    """An ignored SIGCHLD would have the kernel reap the commands before the
+    daemon could wait for them."""
+    def preexec():
+        signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+
+    m = mount("a.txt=cmd:echo a", "b.txt=cmd:echo b; exit 3", preexec_fn=preexec)
+    assert call(read_all, m / "a.txt") == b"a\n"
+    m.wait_state("a.txt", "complete")
+    call(os.stat, m / "b.txt")
+    m.wait_state("b.txt", "failed")
+    assert m.xattr("b.txt", "exit_status") == "3"
