@@ -486,6 +486,8 @@ static void fd_src_destroy(void *src)
 	struct fd_src *f = src;
 	if (f->fd >= 0)
 		close(f->fd);
+	if (f->open_sock >= 0)
+		close(f->open_sock); /* the loop stopped while the opener ran */
 	free(f->path);
 	free(f->mountpoint);
 	free(f);
