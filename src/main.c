@@ -174,6 +174,26 @@ static int check_pipe_path(const struct file_spec *f, const char *cwd, const cha
 	return -1;
 }
 
+/* What can only be checked on the file system, before mounting. Returns 0
+ * or -1 with @err set. */
+static int check_before_mount(const struct config *cfg, const char *cwd, const char *mnt,
+			      char *err, size_t errlen)
+{
+	/* Stores are created when their streams start: check the place now,
+	 * so a bad one is one line at mount time, not a failure per file. */
+	struct store *probe = store_open(store_dir(cfg), "streamfs");
+	if (!probe) {
+		snprintf(err, errlen, "cannot create a store in '%s': %s",
+			 cfg->memory_store ? "memory" : store_dir(cfg), strerror(errno));
+		return -1;
+	}
+	store_close(probe);
+	for (size_t i = 0; i < cfg->nfiles; i++)
+		if (check_pipe_path(&cfg->files[i], cwd, mnt, true, err, errlen) < 0)
+			return -1;
+	return 0;
+}
+
 /* The stream of @f. Its store is created when it starts. */
 static struct stream *make_stream(const struct config *cfg, const struct file_spec *f,
 				  struct ioloop *loop, const char *cwd, const char *mnt,
@@ -334,20 +354,9 @@ static int mount_main(int argc, char **argv)
 		free(cfg.cache_dir);
 		cfg.cache_dir = abs;
 	}
-	/* Stores are created when their streams start: check the place now,
-	 * so a bad one is one line at mount time, not a failure per file. */
-	struct store *probe = store_open(store_dir(&cfg), "streamfs");
-	if (!probe) {
-		rc = die_usage("cannot create a store in '%s': %s",
-			       cfg.memory_store ? "memory" : store_dir(&cfg), strerror(errno));
+	if (check_before_mount(&cfg, cwd, mnt, err, sizeof(err)) < 0) {
+		rc = die_usage("%s", err);
 		goto out;
-	}
-	store_close(probe);
-	for (size_t i = 0; i < cfg.nfiles; i++) {
-		if (check_pipe_path(&cfg.files[i], cwd, mnt, true, err, sizeof(err)) < 0) {
-			rc = die_usage("%s", err);
-			goto out;
-		}
 	}
 	raise_fd_limit();
 	/* Commands are waited for: a SIGCHLD ignored by whoever started us

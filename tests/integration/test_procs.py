@@ -220,6 +220,16 @@ def test_a_store_that_cannot_be_created_fails_only_its_stream(mount, tmp_path):
     assert call(read_all, m / "b.txt") == b"b\n"
 
 
+def test_a_store_directory_that_does_not_work_is_refused_at_mount_time(mount_fail, tmp_path):
+    """Stores are created lazily, but a bad --cache-dir is still one line
+    before mounting, not a failure per file."""
+    mnt = mount_fail.new_mountpoint()
+    r = mount_fail("--cache-dir", tmp_path / "nope", mnt, "a=cmd:true", check_mountpoint=mnt)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.splitlines()
+    assert len(lines) == 1 and "cannot create a store in" in lines[0], r.stderr
+
+
 def test_the_daemon_raises_its_soft_fd_limit(mount):
     m = mount("a.txt=cmd:echo a", preexec_fn=limit_fds(1000, 4096))
     assert daemon_nofile(m.pid) == (4096, 4096)
