@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,25 +120,91 @@ static int save_stdin(void)
 	return fd;
 }
 
+/*
+ * Every started stream holds a store descriptor, and a running command a
+ * few more: take the soft limit as far as the hard one allows. Commands
+ * get the original back (source_cmd_set_nofile()).
+ */
 static void raise_fd_limit(void)
 {
 	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	source_cmd_set_nofile(&rl);
+	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 }
 
-static struct stream *make_stream(const struct config *cfg, const struct file_spec *f,
-				  struct ioloop *loop, const char *cwd, int stdin_fd, char *err,
-				  size_t errlen)
+static const char *store_dir(const struct config *cfg)
 {
-	const char *dir = cfg->memory_store ? NULL : cfg->cache_dir ? cfg->cache_dir
-								     : DEFAULT_CACHE_DIR;
-	struct store *st = store_open(dir, f->name);
+	return cfg->memory_store ? NULL : cfg->cache_dir ? cfg->cache_dir : DEFAULT_CACHE_DIR;
+}
+
+/* pipe:PATH made absolute (from @cwd); malloc'ed, NULL without memory. */
+static char *pipe_path(const char *arg, const char *cwd)
+{
+	char *abs;
+	if (arg[0] == '/' || !cwd)
+		return strdup(arg);
+	return asprintf(&abs, "%s/%s", cwd, arg) < 0 ? NULL : abs;
+}
+
+/*
+ * Refuse a pipe: path that leads into the mount (@mnt, canonical): the
+ * daemon would open its own files and wait on itself. With @resolve,
+ * symlinks are followed (before mounting); without, by name only (add, on
+ * the loop thread, must not touch the file system). Returns 0 or -1 with
+ * @err set.
+ */
+static int check_pipe_path(const struct file_spec *f, const char *cwd, const char *mnt,
+			   bool resolve, char *err, size_t errlen)
+{
+	if (f->kind != SOURCE_PIPE || !mnt)
+		return 0;
+	char *abs = pipe_path(f->arg, cwd);
+	if (!abs) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	bool inside = source_path_inside(abs, mnt, resolve);
+	free(abs);
+	if (!inside)
+		return 0;
+	snprintf(err, errlen, "pipe path '%s' for '%s' is inside the mount point '%s'", f->arg,
+		 f->name, mnt);
+	return -1;
+}
+
+/* What can only be checked on the file system, before mounting. Returns 0
+ * or -1 with @err set. */
+static int check_before_mount(const struct config *cfg, const char *cwd, const char *mnt,
+			      char *err, size_t errlen)
+{
+	/* Stores are created when their streams start: check the place now,
+	 * so a bad one is one line at mount time, not a failure per file. */
+	struct store *probe = store_open(store_dir(cfg), "streamfs");
+	if (!probe) {
+		snprintf(err, errlen, "cannot create a store in '%s': %s",
+			 cfg->memory_store ? "memory" : store_dir(cfg), strerror(errno));
+		return -1;
+	}
+	store_close(probe);
+	for (size_t i = 0; i < cfg->nfiles; i++)
+		if (check_pipe_path(&cfg->files[i], cwd, mnt, true, err, errlen) < 0)
+			return -1;
+	return 0;
+}
+
+/* The stream of @f. Its store is created when it starts. */
+static struct stream *make_stream(const struct config *cfg, const struct file_spec *f,
+				  struct ioloop *loop, const char *cwd, const char *mnt,
+				  int stdin_fd, char *err, size_t errlen)
+{
+	struct store *st = store_new(store_dir(cfg), f->name);
 	if (!st) {
-		snprintf(err, errlen, "cannot create a store in '%s': %s", dir ? dir : "memory",
-			 strerror(errno));
+		snprintf(err, errlen, "'%s': %s", f->name, strerror(errno));
 		return NULL;
 	}
 	struct stream *s = NULL;
@@ -147,9 +214,8 @@ static struct stream *make_stream(const struct config *cfg, const struct file_sp
 		s = source_cmd_new(loop, f->name, f->arg, cwd, st);
 		break;
 	case SOURCE_PIPE:
-		if (f->arg[0] != '/' && cwd && asprintf(&abs, "%s/%s", cwd, f->arg) < 0)
-			abs = NULL;
-		s = source_pipe_new(loop, f->name, abs ? abs : f->arg, st);
+		abs = pipe_path(f->arg, cwd);
+		s = source_pipe_new(loop, f->name, abs ? abs : f->arg, mnt, st);
 		free(abs);
 		break;
 	case SOURCE_STDIN:
@@ -174,6 +240,7 @@ struct live {
 	struct ioloop *loop;
 	struct fs *fs;
 	const char *cwd;
+	const char *mnt; /* the mount point, canonical */
 };
 
 static int live_add(void *ctx, const char *spec, char *const *opts, size_t nopts, char *err,
@@ -205,8 +272,11 @@ static int live_add(void *ctx, const char *spec, char *const *opts, size_t nopts
 		snprintf(err, errlen, "standard input can only be given when mounting");
 		r = -1;
 	}
+	if (r == 0)
+		r = check_pipe_path(&f, lv->cwd, lv->mnt, false, err, errlen);
 	struct stream *s = NULL;
-	if (r == 0 && !(s = make_stream(lv->cfg, &f, lv->loop, lv->cwd, -1, err, errlen)))
+	if (r == 0 &&
+	    !(s = make_stream(lv->cfg, &f, lv->loop, lv->cwd, lv->mnt, -1, err, errlen)))
 		r = -1;
 	if (r == 0) {
 		/* Status and the log show URLs without their credentials. */
@@ -240,7 +310,7 @@ static int mount_main(int argc, char **argv)
 	struct fs *fs = NULL;
 	struct control *ctl = NULL;
 	int stdin_fd = -1;
-	char cwd[PATH_MAX];
+	char cwd[PATH_MAX], mnt[PATH_MAX];
 
 	memset(&cfg, 0, sizeof(cfg));
 	if (config_parse_args(&cfg, argc, argv, err, sizeof(err)) < 0) {
@@ -277,6 +347,10 @@ static int mount_main(int argc, char **argv)
 	}
 	if (!getcwd(cwd, sizeof(cwd)))
 		strcpy(cwd, "/");
+	if (!realpath(cfg.mountpoint, mnt)) {
+		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint, strerror(errno));
+		goto out;
+	}
 	/* The daemon works from "/": files added later must find the store. */
 	if (cfg.cache_dir && cfg.cache_dir[0] != '/') {
 		char *abs = realpath(cfg.cache_dir, NULL);
@@ -287,7 +361,14 @@ static int mount_main(int argc, char **argv)
 		free(cfg.cache_dir);
 		cfg.cache_dir = abs;
 	}
+	if (check_before_mount(&cfg, cwd, mnt, err, sizeof(err)) < 0) {
+		rc = die_usage("%s", err);
+		goto out;
+	}
 	raise_fd_limit();
+	/* Commands are waited for: a SIGCHLD ignored by whoever started us
+	 * would have the kernel reap them first, and no stream would end. */
+	signal(SIGCHLD, SIG_DFL);
 	for (size_t i = 0; i < cfg.nfiles; i++) {
 		if (cfg.files[i].kind == SOURCE_STDIN && (stdin_fd = save_stdin()) < 0) {
 			rc = die_usage("cannot keep standard input: %s", strerror(errno));
@@ -312,7 +393,7 @@ static int mount_main(int argc, char **argv)
 		 * for its bytes again later. */
 		if (f->kind == SOURCE_STDIN)
 			f->opts.start = START_MOUNT;
-		struct stream *s = make_stream(&cfg, f, loop, cwd, stdin_fd, err, sizeof(err));
+		struct stream *s = make_stream(&cfg, f, loop, cwd, mnt, stdin_fd, err, sizeof(err));
 		if (f->kind == SOURCE_STDIN)
 			stdin_fd = -1; /* the stream owns it now, even on failure */
 		/* Status shows URLs without their credentials. */
@@ -344,7 +425,7 @@ static int mount_main(int argc, char **argv)
 		fs_shutdown(fs);
 		goto out;
 	}
-	struct live lv = {.cfg = &cfg, .loop = loop, .fs = fs, .cwd = cwd};
+	struct live lv = {.cfg = &cfg, .loop = loop, .fs = fs, .cwd = cwd, .mnt = mnt};
 	struct control_ops cops = {.add = live_add, .rm = live_rm, .ctx = &lv};
 	char ctlname[108];
 	ctl = control_open(loop, &cops, ctlname, sizeof(ctlname));

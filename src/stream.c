@@ -49,8 +49,9 @@ struct stream {
 	pthread_mutex_t lock;
 	/* protected by lock */
 	enum stream_state state;
-	bool starting;    /* start() is running; cancel() is deferred to it */
-	bool cancel_sent; /* the source's cancel() was called */
+	bool started;       /* start() returned 0: the source may hold something */
+	bool cancel_wanted; /* stream_cancel() was called */
+	bool cancel_sent;   /* the source's cancel() was called */
 	struct rangeset present;
 	struct rangeset wanted; /* asked of the source's fetch(), maybe not here yet */
 	uint64_t fetch_distance;
@@ -338,16 +339,22 @@ int stream_start(struct stream *s)
 		return 0;
 	}
 	s->state = STREAM_RUNNING;
-	s->starting = true;
 	s->start_ms = now_ms();
 	pthread_mutex_unlock(&s->lock);
 
+	/* The store is created only now: idle streams hold no descriptor. */
+	int r = store_create(s->store);
+	if (r < 0) {
+		stream_fail(s, -r, "cannot create the store in %s: %s", store_where(s->store),
+			    strerror(-r));
+		return r;
+	}
 	log_debug("%s: starting %s source", s->name, s->ops->kind);
-	int r = s->ops->start(s, s->src);
+	r = s->ops->start(s, s->src);
 
 	pthread_mutex_lock(&s->lock);
-	s->starting = false;
-	bool late_cancel = s->state == STREAM_CANCELLED && !s->cancel_sent;
+	s->started = r == 0;
+	bool late_cancel = s->started && s->cancel_wanted && !s->cancel_sent;
 	if (late_cancel)
 		s->cancel_sent = true;
 	pthread_mutex_unlock(&s->lock);
@@ -362,14 +369,15 @@ void stream_cancel(struct stream *s, const char *msg)
 {
 	struct stream_waiter ready = {.next = NULL};
 	pthread_mutex_lock(&s->lock);
-	if (terminal(s->state)) {
-		pthread_mutex_unlock(&s->lock);
-		return;
-	}
-	bool call = s->state == STREAM_RUNNING && !s->starting;
+	if (!terminal(s->state))
+		set_failed(s, STREAM_CANCELLED, ECANCELED, msg ? msg : "cancelled", &ready);
+	/* The source hears of it even when the stream has ended: it may still
+	 * hold something (a finished command's background jobs). One that is
+	 * still in start() hears of it when start() returns. */
+	s->cancel_wanted = true;
+	bool call = s->started && !s->cancel_sent;
 	if (call)
 		s->cancel_sent = true;
-	set_failed(s, STREAM_CANCELLED, ECANCELED, msg ? msg : "cancelled", &ready);
 	pthread_mutex_unlock(&s->lock);
 	if (call && s->ops->cancel)
 		s->ops->cancel(s, s->src);

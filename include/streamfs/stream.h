@@ -56,7 +56,10 @@ const char *stream_state_name(enum stream_state st);
  * stream_start(), without its lock held; the source then produces with
  * stream_write()/stream_fill_fd() and finishes with stream_end() or
  * stream_fail(), from any thread. cancel() asks it to stop as soon as it can
- * and must not block; producer calls made after it return -ECANCELED.
+ * and must not block; producer calls made after it return -ECANCELED. It
+ * comes once, after a start() that returned 0, also when the stream has
+ * ended by then: a source may still hold something to let go of (a
+ * finished command's background jobs).
  * destroy() frees the source's private data when the stream is freed.
  * A source that produces after start() returned holds its own reference
  * (stream_ref) until it has finished, and drops it then.
@@ -79,9 +82,10 @@ struct stream_source_ops {
 
 /*
  * Create an IDLE stream named @name (copied) that stores its bytes in @store
- * and is fed by @ops/@src. Takes ownership of @store and @src (on failure
- * too: they are closed/destroyed). Returns a stream with one reference, or
- * NULL with errno set.
+ * and is fed by @ops/@src. @store may be one not created yet (store_new()):
+ * the stream creates it when it starts. Takes ownership of @store and @src
+ * (on failure too: they are closed/destroyed). Returns a stream with one
+ * reference, or NULL with errno set.
  */
 struct stream *stream_new(const char *name, struct store *store,
 			  const struct stream_source_ops *ops, void *src);
@@ -101,17 +105,20 @@ const char *stream_kind(const struct stream *s);
 bool stream_can_fetch(const struct stream *s);
 
 /*
- * IDLE -> RUNNING and call the source's start(). Idempotent: returns 0 at
- * once for a stream that was already started. If start() fails the stream
- * is FAILED at offset 0 with its error, and that error is returned.
+ * IDLE -> RUNNING, create the store (store_create()) and call the source's
+ * start(). Idempotent: returns 0 at once for a stream that was already
+ * started. If the store cannot be created ("cannot create the store in
+ * DIR: Too many open files") or start() fails, the stream is FAILED at
+ * offset 0 with that error, and the error is returned.
  */
 int stream_start(struct stream *s);
 
 /*
  * Stop the stream: a RUNNING or IDLE stream becomes CANCELLED with @msg
- * (may be NULL), the source's cancel() is called if it was started, and
- * every parked waiter is completed with -ECANCELED. Present bytes stay readable. A terminal stream
- * is left as it is. Can't fail.
+ * (may be NULL) and every parked waiter is completed with -ECANCELED.
+ * Present bytes stay readable. A terminal stream keeps its state. Either
+ * way the source's cancel() is called (once) if it was started, so it lets
+ * go of what it still holds. Can't fail.
  */
 void stream_cancel(struct stream *s, const char *msg);
 

@@ -140,17 +140,20 @@ static void whole_read(const char *dir)
 	READ_EQ(s, total + 1000, 1, false, 0);
 	READ_EQ(s, 0, 0, false, 0);
 
-	/* A terminal stream is left alone. */
+	/* A terminal stream is left alone; its source still hears of a
+	 * cancel (once), to let go of what it holds. */
 	CHECK_EQ(app(s, total, 10), -ECANCELED);
 	CHECK_EQ(stream_set_length(s, total), 0);
 	CHECK_EQ(stream_set_length(s, total + 1), -EINVAL);
 	stream_fail(s, EIO, "late");
+	CHECK_EQ(atomic_load(&f.cancels), 0);
 	stream_cancel(s, "late");
+	stream_cancel(s, "later");
 	info(s, &i);
 	CHECK_EQ(i.state, STREAM_COMPLETE);
 	CHECK_EQ(i.length, total);
 	CHECK_EQ(atomic_load(&f.starts), 1);
-	CHECK_EQ(atomic_load(&f.cancels), 0);
+	CHECK_EQ(atomic_load(&f.cancels), 1);
 	finish(s, &f);
 }
 
@@ -1241,6 +1244,31 @@ static void test_start_cancel(void)
 	CHECK_EQ(i.state, STREAM_CANCELLED);
 	CHECK_EQ(i.start_ms, 0);
 	finish(s, &f);
+
+	/* The store is created at start; one that cannot be fails the stream
+	 * at 0 with a message naming it, and the source never starts. */
+	fake_init(&f);
+	char *dir = t_tmpdir("stream");
+	struct store *st = store_new(dir, "gone");
+	CHECK_EQ(rmdir(dir), 0);
+	s = stream_new("nostore", st, &fake_ops, &f);
+	f.s = s;
+	rec_reset(&r, STREAM_WAIT_SIZE, 0, 0);
+	CHECK_EQ(stream_wait(s, &r.w), STREAM_PARKED);
+	CHECK_EQ(stream_start(s), -ENOENT);
+	info(s, &i);
+	CHECK_EQ(i.state, STREAM_FAILED);
+	CHECK_EQ(i.error, ENOENT);
+	CHECK_EQ(i.error_offset, 0);
+	CHECK(strstr(i.error_msg, "cannot create the store in") != NULL);
+	CHECK(strstr(i.error_msg, dir) != NULL);
+	CHECK_EQ(atomic_load(&r.calls), 1);
+	CHECK_EQ(atomic_load(&r.result), -EIO);
+	stream_cancel(s, NULL);
+	CHECK_EQ(atomic_load(&f.starts), 0);
+	CHECK_EQ(atomic_load(&f.cancels), 0);
+	finish(s, &f);
+	free(dir);
 	rec_fini(&r);
 }
 
