@@ -293,6 +293,7 @@ static void run_shell(struct cmd_src *c, int out_w, int err_w)
 	signal(SIGINT, SIG_DFL);
 	signal(SIGHUP, SIG_DFL);
 	signal(SIGUSR1, SIG_DFL);
+	signal(SIGXFSZ, SIG_DFL); /* the daemon ignores it: see main.c */
 	int devnull = open("/dev/null", O_RDONLY);
 	if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
 		_exit(126);

@@ -130,6 +130,7 @@ struct range_xfer {
 	uint64_t pos, end; /* still wanted: [pos, end) */
 	int tries;
 	bool got_headers, norange;
+	bool unstorable; /* the store refused its bytes (EFBIG): past its limit */
 	int failure;
 	char failmsg[256];
 };
@@ -527,6 +528,10 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		return total;
 	int r = stream_write(u->s, u->pos, data, n);
 	if (r < 0) {
+		/* The store's limit (EFBIG) leaves the stream running, but the
+		 * sequential fill cannot go past it: a failure at that byte. */
+		if (r == -EFBIG)
+			stream_fail(u->s, EFBIG, "store: %s", strerror(EFBIG));
 		u->stopped = true; /* cancelled, or failed by the store: nothing to retry */
 		return 0;
 	}
@@ -945,8 +950,11 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	if (!x->got_headers && !range_check(x))
 		return 0;
 	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n;
-	if (take && stream_write(x->u->s, x->pos, data, take) < 0)
+	int r = take ? stream_write(x->u->s, x->pos, data, take) : 0;
+	if (r < 0) {
+		x->unstorable = r == -EFBIG;
 		return 0;
+	}
 	x->pos += take;
 	x->u->rate_bytes += take;
 	return n;
@@ -1065,7 +1073,7 @@ static void range_done(struct range_xfer *x, CURLcode rc)
 	struct url_src *u = x->u;
 	uint64_t pos = x->pos, end = x->end;
 	int tries = x->tries;
-	bool norange = x->norange;
+	bool norange = x->norange, unstorable = x->unstorable;
 	int failure = x->failure;
 	char msg[CURL_ERROR_SIZE + 64];
 	snprintf(msg, sizeof(msg), "%s", x->failmsg[0] ? x->failmsg
@@ -1079,7 +1087,17 @@ static void range_done(struct range_xfer *x, CURLcode rc)
 		source_done(u);
 		return;
 	}
-	if (norange) {
+	if (unstorable) {
+		/* Past the store's limit: its readers got EFBIG, the stream goes
+		 * on, and asking again would only be refused again. */
+		stream_unwant(u->s, pos, end - pos);
+		struct stream_info in;
+		stream_get_info(u->s, &in);
+		if (in.state != STREAM_RUNNING) { /* -EFBIG for too many bytes */
+			source_done(u);
+			return;
+		}
+	} else if (norange) {
 		stream_unwant(u->s, pos, end - pos);
 		no_ranges(u);
 	} else if (pos < end) {

@@ -53,6 +53,11 @@ own faults. "Per URL" below means per path+query; the counters start at 1.
                    (first request only unless delay_always=1)
   content_encoding=E  add "Content-Encoding: E" (the bytes are sent as they
                    are on disk, e.g. an already gzipped file)
+  synth=SIZE       serve SIZE synthetic bytes instead of a file (the path
+                   need not exist; SIZE may be far larger than any disk, e.g.
+                   20 TiB): every 8-byte aligned word is its own offset, big
+                   endian (synth_bytes(off, n) makes any range). A strong
+                   ETag and a fixed Last-Modified; the faults above apply
 
 The request log (srv.log, or JSONL with --log) has one entry per request,
 appended when its response ends: t (start, epoch seconds), method, path,
@@ -69,6 +74,7 @@ import os
 import signal
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -80,6 +86,42 @@ SLOW_CHUNK = 64 * 1024
 
 class _ClientGone(Exception):
     pass
+
+
+SYNTH_MTIME = 1700000000  # Last-Modified of synth= bodies
+
+
+def synth_bytes(off, n):
+    """Bytes [off, off+n) of a synth= body: each 8-byte aligned word holds
+    its own offset, big endian."""
+    first = off // 8
+    last = (off + n + 7) // 8
+    words = struct.pack(">%dQ" % (last - first), *range(first * 8, last * 8, 8))
+    skip = off - first * 8
+    return words[skip:skip + n]
+
+
+class _SynthFile:
+    """The file-like body of a synth= response (seek and read only)."""
+
+    def __init__(self, size):
+        self.size = size
+        self.pos = 0
+
+    def seek(self, pos):
+        self.pos = pos
+
+    def read(self, n):
+        n = max(0, min(n, self.size - self.pos))
+        data = synth_bytes(self.pos, n)
+        self.pos += n
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
 
 
 def _parse_range(value, size):
@@ -258,27 +300,32 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._simple(st, ("error %d\n" % st).encode(), extra)
                 return
 
-        # the file
-        fpath = owner._resolve(path)
-        if fpath is None:
-            self._simple(404, b"not found\n")
-            return
-        try:
-            f = open(fpath, "rb")
-        except OSError:
-            self._simple(404, b"not found\n")
-            return
-        with f:
+        # the file, or a synthetic body
+        synth = self._qint(q, "synth")
+        if synth is not None:
+            f = _SynthFile(synth)
+            size, mtime_ns = synth, SYNTH_MTIME * 10**9
+        else:
+            fpath = owner._resolve(path)
+            if fpath is None:
+                self._simple(404, b"not found\n")
+                return
+            try:
+                f = open(fpath, "rb")
+            except OSError:
+                self._simple(404, b"not found\n")
+                return
             stt = os.fstat(f.fileno())
-            size = stt.st_size
-            mtime = int(stt.st_mtime)
+            size, mtime_ns = stt.st_size, stt.st_mtime_ns
+        with f:
+            mtime = mtime_ns // 10**9
             change = q.get("etag") == "change"
             if change:
-                etag = '"%x-%x-r%d"' % (size, stt.st_mtime_ns, n_all)
+                etag = '"%x-%x-r%d"' % (size, mtime_ns, n_all)
                 lastmod = email.utils.formatdate(mtime + n_all, usegmt=True)
                 xor = (n_all % 255) + 1
             else:
-                etag = '"%x-%x"' % (size, stt.st_mtime_ns)
+                etag = '"%x-%x"' % (size, mtime_ns)
                 lastmod = email.utils.formatdate(mtime, usegmt=True)
                 xor = 0
             if q.get("noetag") == "1":
@@ -361,7 +408,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 stall_after = None
             rate = self._qfloat(q, "rate")
 
-            fast = (not chunked and not xor and stall_after is None and not rate)
+            fast = (not chunked and not xor and stall_after is None and not rate
+                    and synth is None)
             if fast:
                 self._send_fast(f, start, limit, entry)
             else:
