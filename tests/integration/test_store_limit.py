@@ -117,3 +117,12 @@ def test_sequential_fill_fails_at_the_store_limit(srv, mount, source):
         os.close(fd)
     assert call(Path(m / "other.txt").read_bytes) == b"other\n"
     assert m.alive()
+
+
+def test_commands_get_sigxfsz_at_its_default(mount):
+    """The daemon ignores SIGXFSZ (a store past ulimit -f must fail with
+    EFBIG, not kill it); its commands must not inherit that."""
+    m = mount("sig.txt=cmd:grep SigIgn /proc/self/status")
+    out = call(Path(m / "sig.txt").read_text)
+    ignored = int(out.split()[1], 16)
+    assert not ignored & (1 << (25 - 1)), f"SIGXFSZ ignored in a command: {out}"
