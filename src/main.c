@@ -65,7 +65,10 @@ static const char usage[] =
 	"  --read=full|partial    reads wait for the whole range (default) or return what is there\n"
 	"  --fill=all|ondemand    URLs: download everything (default) or only what is read\n"
 	"  URL options: --header='N: v', --user=U:P, --insecure, --retries=N, --retry-time=S,\n"
-	"               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted\n"
+	"               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted,\n"
+	"               --netrc, --netrc-file=FILE\n"
+	"  Secrets: --user=@FILE and --header=@FILE read them from FILE (mode 0600), so they\n"
+	"  never show in ps; see 'Passing secrets' in streamfs(1).\n"
 	"\n"
 	"Unmount with 'fusermount3 -u MOUNTPOINT', or SIGINT/SIGTERM to the daemon.\n"
 	"Status: 'streamfs status MOUNTPOINT', or getfattr -d MOUNTPOINT/NAME.\n";
@@ -207,9 +210,13 @@ static int live_add(void *ctx, const char *spec, char *const *opts, size_t nopts
 	if (r == 0 && !(s = make_stream(lv->cfg, &f, lv->loop, lv->cwd, -1, err, errlen)))
 		r = -1;
 	if (r == 0) {
+		/* Status and the log show URLs without their credentials. */
 		char *shown = f.kind == SOURCE_URL ? source_url_redact(f.source) : NULL;
+		const char *src = f.kind != SOURCE_URL ? f.source : shown ? shown : "(URL)";
 		stream_ref(s);
-		r = fs_add_file(lv->fs, f.name, s, &f.opts, shown ? shown : f.source, err, errlen);
+		r = fs_add_file(lv->fs, f.name, s, &f.opts, src, err, errlen);
+		if (r == 0)
+			log_info("control: add %s=%s", f.name, src);
 		free(shown);
 		if (r == 0 && f.opts.start == START_MOUNT)
 			stream_start(s);
@@ -311,9 +318,8 @@ static int mount_main(int argc, char **argv)
 			stdin_fd = -1; /* the stream owns it now, even on failure */
 		/* Status shows URLs without their credentials. */
 		char *shown = f->kind == SOURCE_URL ? source_url_redact(f->source) : NULL;
-		int r = s ? fs_add_file(fs, f->name, s, &f->opts, shown ? shown : f->source, err,
-					sizeof(err))
-			  : -1;
+		const char *src = f->kind != SOURCE_URL ? f->source : shown ? shown : "(URL)";
+		int r = s ? fs_add_file(fs, f->name, s, &f->opts, src, err, sizeof(err)) : -1;
 		free(shown);
 		if (r < 0) {
 			rc = die_usage("%s", err);
@@ -381,11 +387,19 @@ int main(int argc, char **argv)
 					"[OPTION=VALUE...]\n");
 			return 2;
 		}
-		const char *f[256] = {"add"};
-		size_t n = 1;
-		for (int i = 3; i < argc && n < 256; i++)
-			f[n++] = argv[i];
-		return control_client(argv[2], f, n);
+		char **f, err[1024];
+		size_t n;
+		/* Reads user=@FILE and header=@FILE, and wipes the secrets
+		 * from our own argv (ps shows it to every local user). */
+		if (config_add_request(argc - 3, argv + 3, &f, &n, err, sizeof(err)) < 0) {
+			fprintf(stderr, "streamfs: %s\n", err);
+			return 2;
+		}
+		int rc = n <= 256 ? control_client(argv[2], (const char *const *)f, n) : 2;
+		if (n > 256)
+			fprintf(stderr, "streamfs: too many options (at most 255)\n");
+		config_strv_free(f);
+		return rc;
 	}
 	if (argc > 1 && strcmp(argv[1], "rm") == 0) {
 		if (argc != 4) {

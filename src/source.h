@@ -34,6 +34,11 @@ struct stream *source_url_new(struct ioloop *loop, const char *name, const char 
  * string, or NULL (ENOMEM). */
 char *source_url_redact(const char *url);
 
+/* Do @a and @b have the same scheme, host and port (the port a scheme
+ * implies when none is given)? Credentials given for a file go only where
+ * this holds, as curl does. False if either does not parse. */
+bool source_url_same_origin(const char *a, const char *b);
+
 /* Daemon shutdown: SIGKILL every command process group still alive. Safe
  * from any thread; idempotent. */
 void source_cmd_kill_all(void);
