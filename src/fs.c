@@ -586,7 +586,9 @@ static void reply_attr(fuse_req_t req, struct fs *fs, const struct node *n, stru
 
 static int reply_errno(ssize_t r)
 {
-	return r == -EINTR ? EINTR : EIO; /* cancelled (unmount, rm) reads see EIO */
+	if (r == -EINTR || r == -EFBIG) /* EFBIG: past what the store can hold */
+		return (int)-r;
+	return EIO; /* cancelled (unmount, rm) reads see EIO */
 }
 
 /*

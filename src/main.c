@@ -420,6 +420,10 @@ static int mount_main(int argc, char **argv)
 		}
 		log_use_syslog(true);
 	}
+	/* A store past RLIMIT_FSIZE must fail with EFBIG (that read, or the
+	 * stream at that byte), not kill the daemon with SIGXFSZ. Before any
+	 * thread writes to a store. */
+	signal(SIGXFSZ, SIG_IGN);
 	if (ioloop_start(loop) < 0) {
 		log_error("cannot start the I/O thread");
 		fs_shutdown(fs);

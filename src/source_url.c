@@ -143,6 +143,7 @@ struct range_xfer {
 	bool got_headers, norange;
 	bool past_end;     /* a 416: nothing at pos */
 	int64_t end_total; /* ...and the total the 416 gave, or -1 */
+	bool unstorable;   /* the store refused its bytes (EFBIG): past its limit */
 	int failure;
 	char failmsg[256];
 };
@@ -706,6 +707,10 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		return total;
 	int r = stream_write(u->s, u->pos, data, n);
 	if (r < 0) {
+		/* The store's limit (EFBIG) leaves the stream running, but the
+		 * sequential fill cannot go past it: a failure at that byte. */
+		if (r == -EFBIG)
+			stream_fail(u->s, EFBIG, "store: %s", strerror(EFBIG));
 		u->stopped = true; /* cancelled, or failed by the store: nothing to retry */
 		return 0;
 	}
@@ -1149,8 +1154,11 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	if (!x->got_headers && !range_check(x))
 		return 0;
 	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n;
-	if (take && stream_write(x->u->s, x->pos, data, take) < 0)
+	int r = take ? stream_write(x->u->s, x->pos, data, take) : 0;
+	if (r < 0) {
+		x->unstorable = r == -EFBIG;
 		return 0;
+	}
 	x->pos += take;
 	if (x->pos > x->u->seen_end)
 		x->u->seen_end = x->pos;
@@ -1310,6 +1318,23 @@ static void range_why(const struct range_xfer *x, CURLcode rc, char *msg, size_t
 		snprintf(msg, len, "%s", curl_easy_strerror(rc));
 }
 
+/*
+ * A range past the store's limit: its readers got EFBIG, the stream goes on,
+ * and asking again would only be refused again. Returns false (the source
+ * is done) if the stream stopped after all: its -EFBIG was for bytes past
+ * the announced length.
+ */
+static bool range_unstorable(struct url_src *u, uint64_t pos, uint64_t end)
+{
+	stream_unwant(u->s, pos, end - pos);
+	struct stream_info in;
+	stream_get_info(u->s, &in);
+	if (in.state == STREAM_RUNNING)
+		return true;
+	source_done(u);
+	return false;
+}
+
 static void range_done(struct range_xfer *x, CURLcode rc)
 {
 	struct url_src *u = x->u;
@@ -1317,7 +1342,7 @@ static void range_done(struct range_xfer *x, CURLcode rc)
 		range_check(x); /* an empty body: no write callback ran */
 	uint64_t pos = x->pos, end = x->end;
 	int tries = x->tries;
-	bool norange = x->norange, past_end = x->past_end;
+	bool norange = x->norange, past_end = x->past_end, unstorable = x->unstorable;
 	bool progress = pos > x->from;
 	int64_t end_total = x->end_total;
 	int failure = x->failure;
@@ -1333,7 +1358,10 @@ static void range_done(struct range_xfer *x, CURLcode rc)
 	}
 	if (u->length >= 0 && end > (uint64_t)u->length) /* the end was found meanwhile */
 		end = pos > (uint64_t)u->length ? pos : (uint64_t)u->length;
-	if (past_end) {
+	if (unstorable) {
+		if (!range_unstorable(u, pos, end))
+			return;
+	} else if (past_end) {
 		bool probing = false;
 		if (u->length < 0 && u->ondemand) {
 			if (!end_found(u, pos, end, end_total, tries))

@@ -14,6 +14,9 @@
  *    check and the parking happen under the same lock as every fill, no
  *    wake-up can fall between "check" and "wait" (the reference's bug).
  *  - Terminal states (complete, failed, cancelled) never change again.
+ *  - store_limit only goes down: the store refused a byte there (EFBIG,
+ *    its file system's maximum file size or RLIMIT_FSIZE), so no byte at
+ *    or past it can ever be present.
  *
  * No I/O and no callback runs under the stream lock.
  */
@@ -58,6 +61,7 @@ struct stream {
 	uint64_t frontier;
 	uint64_t seq_pos; /* where stream_append/stream_fill_fd write next */
 	int64_t length;   /* exact when complete, announced, or -1 */
+	uint64_t store_limit; /* the store cannot hold bytes from here on */
 	uint64_t error_offset;
 	int error;
 	char error_msg[256];
@@ -115,6 +119,7 @@ struct stream *stream_new(const char *name, struct store *store,
 	pthread_mutex_init(&s->lock, NULL);
 	s->state = STREAM_IDLE;
 	s->length = -1;
+	s->store_limit = UINT64_MAX;
 	s->waiters.next = s->waiters.prev = &s->waiters;
 	return s;
 }
@@ -238,6 +243,10 @@ static ssize_t evaluate(struct stream *s, struct stream_waiter *w)
 			if (run >= len) /* the range crosses the announced end */
 				return (ssize_t)(len - off);
 		}
+		/* The missing byte can never be stored: like a failure point,
+		 * but for this read only (the stream goes on below it). */
+		if (run >= s->store_limit)
+			return avail > 0 ? (ssize_t)avail : -EFBIG;
 		w->need = run;
 		return STREAM_PARKED;
 	}
@@ -524,6 +533,62 @@ static void store_failed(struct stream *s, int err)
 }
 
 /*
+ * How many bytes of @buf the store takes at @off, given that it refuses all
+ * @len with EFBIG (the write crosses the largest file size it allows). A
+ * longer prefix fails exactly when it crosses that limit, so bisection
+ * finds it in a handful of writes, once per stream. Returns the count, or
+ * another -errno.
+ */
+static int64_t storable_prefix(struct stream *s, const char *buf, size_t len, uint64_t off)
+{
+	size_t lo = 0, hi = len; /* [off, off+lo) is stored, [off, off+hi) refused */
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+		int r = store_pwrite(s->store, buf, mid, off);
+		if (r == 0)
+			lo = mid;
+		else if (r == -EFBIG)
+			hi = mid;
+		else
+			return r;
+	}
+	return (int64_t)lo;
+}
+
+/*
+ * The store refused the byte at @lim of a write that began at @off; the
+ * bytes before it reached the store. The sequential fill cannot go on: it
+ * fails there, like on any store error. A write out of order (a range a
+ * reader asked for) loses only what lies past the limit: reads there get
+ * EFBIG and the stream goes on below it. Returns -EFBIG (or -ECANCELED).
+ */
+static int refused_from(struct stream *s, uint64_t off, uint64_t lim, bool seq)
+{
+	if (lim > off) {
+		int r = mark_present(s, off, lim - off, seq);
+		if (r < 0)
+			return r;
+	}
+	if (seq) {
+		store_failed(s, EFBIG);
+		return -EFBIG;
+	}
+	struct stream_waiter ready = {.next = NULL};
+	pthread_mutex_lock(&s->lock);
+	bool lower = s->state == STREAM_RUNNING && lim < s->store_limit;
+	if (lower) {
+		s->store_limit = lim;
+		collect(s, &ready, true, 0, 0);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (lower)
+		log_warn("%s: the store cannot hold bytes from %llu on (%s): reads there fail",
+			 s->name, (unsigned long long)lim, strerror(EFBIG));
+	finish_ready(&ready);
+	return -EFBIG;
+}
+
+/*
  * Store the parts of [off, off+len) that are not present yet, then mark the
  * whole range present in one step: a byte a reader may have seen is never
  * rewritten (a reader may be copying it out at that moment), and readers
@@ -536,6 +601,7 @@ static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t
 	while (a < end) {
 		pthread_mutex_lock(&s->lock);
 		bool ok = s->state == STREAM_RUNNING;
+		uint64_t limit = s->store_limit;
 		a = rangeset_run_end(&s->present, a); /* skip what is present */
 		uint64_t b = a < end ? rangeset_next_present(&s->present, a) : end;
 		pthread_mutex_unlock(&s->lock);
@@ -545,7 +611,17 @@ static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t
 			break;
 		if (b > end)
 			b = end;
-		int r = store_pwrite(s->store, p + (a - off), (size_t)(b - a), a);
+		int r = -EFBIG; /* past a known limit: not even tried */
+		if (a < limit)
+			r = store_pwrite(s->store, p + (a - off), (size_t)(b - a), a);
+		if (r == -EFBIG) {
+			int64_t k = 0;
+			if (a < limit)
+				k = storable_prefix(s, p + (a - off), (size_t)(b - a), a);
+			if (k >= 0)
+				return refused_from(s, off, a + (uint64_t)k, seq);
+			r = (int)k;
+		}
 		if (r < 0) {
 			store_failed(s, -r);
 			return r;
@@ -698,6 +774,8 @@ void stream_want(struct stream *s, uint64_t off, uint64_t len)
 	}
 	if (s->length >= 0 && end > (uint64_t)s->length)
 		end = (uint64_t)s->length;
+	if (end > s->store_limit) /* nothing past it can be stored */
+		end = s->store_limit;
 	uint64_t a = off;
 	while (a < end && nask < 8) {
 		/* The first byte neither present nor asked for... */

@@ -63,6 +63,11 @@ own faults. "Per URL" below means per path+query; the counters start at 1.
   status_from=K    status=CODE applies from the K-th request of this URL on
                    (fail_times then counts from there)
   empty_body=1     status=CODE responses have an empty body (Content-Length: 0)
+  synth=SIZE       serve SIZE synthetic bytes instead of a file (the path
+                   need not exist; SIZE may be far larger than any disk, e.g.
+                   20 TiB): every 8-byte aligned word is its own offset, big
+                   endian (synth_bytes(off, n) makes any range). A strong
+                   ETag and a fixed Last-Modified; the faults apply (not resize)
 
 Lying or changing servers (each Content-Range describes the bytes sent):
 
@@ -97,6 +102,7 @@ import os
 import signal
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -116,6 +122,42 @@ def auth_hash(user=None, password=None, header=None):
     if header is None:
         header = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
     return hashlib.sha256(header.encode()).hexdigest()
+
+
+SYNTH_MTIME = 1700000000  # Last-Modified of synth= bodies
+
+
+def synth_bytes(off, n):
+    """Bytes [off, off+n) of a synth= body: each 8-byte aligned word holds
+    its own offset, big endian."""
+    first = off // 8
+    last = (off + n + 7) // 8
+    words = struct.pack(">%dQ" % (last - first), *range(first * 8, last * 8, 8))
+    skip = off - first * 8
+    return words[skip:skip + n]
+
+
+class _SynthFile:
+    """The file-like body of a synth= response (seek and read only)."""
+
+    def __init__(self, size):
+        self.size = size
+        self.pos = 0
+
+    def seek(self, pos):
+        self.pos = pos
+
+    def read(self, n):
+        n = max(0, min(n, self.size - self.pos))
+        data = synth_bytes(self.pos, n)
+        self.pos += n
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
 
 
 def _parse_range(value, size):
@@ -318,34 +360,40 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self._simple(st, body, extra)
                 return
 
-        # the file
-        fpath = owner._resolve(path)
-        if fpath is None:
-            self._simple(404, b"not found\n")
-            return
-        try:
-            f = open(fpath, "rb")
-        except OSError:
-            self._simple(404, b"not found\n")
-            return
-        with f:
+        # the file, or a synthetic body
+        synth = self._qint(q, "synth")
+        if synth is not None:
+            f = _SynthFile(synth)
+            size, mtime_ns = synth, SYNTH_MTIME * 10**9
+        else:
+            fpath = owner._resolve(path)
+            if fpath is None:
+                self._simple(404, b"not found\n")
+                return
+            try:
+                f = open(fpath, "rb")
+            except OSError:
+                self._simple(404, b"not found\n")
+                return
             stt = os.fstat(f.fileno())
-            size = stt.st_size
+            size, mtime_ns = stt.st_size, stt.st_mtime_ns
             resize = self._qint(q, "resize")
             if resize and n_all >= self._qint(q, "resize_from", 2):
                 # A changed resource: the file's bytes, cut or extended with zeros.
-                blob = f.read(max(0, size + resize))
+                with f:
+                    blob = f.read(max(0, size + resize))
                 blob += bytes(max(0, size + resize - len(blob)))
                 f = io.BytesIO(blob)
                 size = len(blob)
-            mtime = int(stt.st_mtime)
+        with f:
+            mtime = mtime_ns // 10**9
             change = q.get("etag") == "change"
             if change:
-                etag = '"%x-%x-r%d"' % (size, stt.st_mtime_ns, n_all)
+                etag = '"%x-%x-r%d"' % (size, mtime_ns, n_all)
                 lastmod = email.utils.formatdate(mtime + n_all, usegmt=True)
                 xor = (n_all % 255) + 1
             else:
-                etag = '"%x-%x"' % (size, stt.st_mtime_ns)
+                etag = '"%x-%x"' % (size, mtime_ns)
                 lastmod = email.utils.formatdate(mtime, usegmt=True)
                 xor = 0
             text = q.get("etag_text")
@@ -447,7 +495,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             rate = self._qfloat(q, "rate")
 
             fast = (not chunked and not xor and stall_after is None and not rate
-                    and not isinstance(f, io.BytesIO))
+                    and synth is None and not isinstance(f, io.BytesIO))
             if fast:
                 self._send_fast(f, start, limit, entry)
             else:

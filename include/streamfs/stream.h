@@ -128,7 +128,13 @@ void stream_cancel(struct stream *s, const char *msg);
  * Store @len bytes at @off, mark them present, and wake the readers they
  * satisfy. Bytes already present are not rewritten. Returns 0, -ECANCELED
  * if the stream is no longer running, or the store's error (the stream is
- * then FAILED at its frontier with that error).
+ * then FAILED at its frontier with that error). One exception: when the
+ * store refuses bytes past the largest file size it allows (EFBIG: its file
+ * system's limit, 16 TiB on ext4, or RLIMIT_FSIZE), the bytes before that
+ * limit are kept, reads needing a byte at or past it get -EFBIG, the
+ * stream goes on, and -EFBIG is returned: a range fetched for one reader
+ * must not fail the stream for all. A producer that writes sequentially
+ * with stream_write() cannot go on after that and should stream_fail().
  */
 int stream_write(struct stream *s, uint64_t off, const void *buf, size_t len);
 
@@ -141,7 +147,8 @@ int stream_write(struct stream *s, uint64_t off, const void *buf, size_t len);
  */
 ssize_t stream_fill_fd(struct stream *s, int fd, size_t max);
 
-/* Append: stream_write() at the sequential frontier. */
+/* Append: stream_write() at the sequential frontier, except that a store
+ * refusing bytes with EFBIG fails the stream there, to the byte. */
 int stream_append(struct stream *s, const void *buf, size_t len);
 
 /*
@@ -196,8 +203,10 @@ enum stream_wait_kind {
  *
  * Result passed to done() (and returned by stream_wait when not parked):
  *  RANGE/ANY: bytes readable at off (> 0), 0 at or past the end, -EIO if
- *             the stream failed at or before off, -ECANCELED if cancelled.
- *             A RANGE result is len, except at the end or the failure point.
+ *             the stream failed at or before off, -ECANCELED if cancelled,
+ *             -EFBIG if the store cannot hold the byte at off (see
+ *             stream_write). A RANGE result is len, except at the end, the
+ *             failure point or the store's limit.
  *  END:       0 complete, -EIO failed, -ECANCELED cancelled.
  *  SIZE:      0, or -EIO/-ECANCELED if the stream stopped with no byte at 0
  *             (a source that failed at once).

@@ -561,6 +561,20 @@ class Mount:
         wait_until(lambda: (self.nbytes(name) or 0) >= n, timeout,
                    f"{name} to hold {n} bytes (has {self.nbytes(name)})")
 
+    def waiters(self, name):
+        """Reads, opens and stats parked on the stream, as the daemon counts
+        them (user.streamfs.waiters)."""
+        v = self.xattr(name, "waiters")
+        return int(v) if v is not None else None
+
+    def wait_waiters(self, name, n, timeout=DEADLINE):
+        """Wait until exactly @n requests are parked on @name's stream. The
+        only proof that a request waits on the stream: a process asleep in
+        a FUSE call (wait_in_fuse) may still be in the LOOKUP before its
+        open, or its request may not have been read by the daemon yet."""
+        wait_until(lambda: self.waiters(name) == n, timeout,
+                   f"{n} requests parked on {name} (now {self.waiters(name)})")
+
     def alive(self):
         if self.proc is not None and self.foreground:
             return self.proc.poll() is None

@@ -20,7 +20,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
-from httpserver import TestHTTPServer, _parse_range  # noqa: E402
+from httpserver import TestHTTPServer, _parse_range, synth_bytes  # noqa: E402
 
 PY = "/usr/bin/python3"
 SIZE = 300_000
@@ -447,3 +447,27 @@ def test_unknown_total(srv, data):
     assert st == 416 and "content-range" not in h
     st, h, body = raw_get(srv.port, q)
     assert st == 200 and body == blob
+
+
+def test_synth_any_size_and_offset(srv):
+    """synth=SIZE: a body larger than any disk, any range of it generated
+    on the fly, every aligned 8-byte word its own offset."""
+    assert synth_bytes(0, 16) == bytes(8) + (8).to_bytes(8, "big")
+    assert synth_bytes(13, 6) == (8).to_bytes(8, "big")[5:] + (16).to_bytes(8, "big")[:3]
+    size = 20 << 40
+    target = "/any/name?synth=%d" % size
+    st, h, _ = raw_get(srv.port, target, method="HEAD")
+    assert st == 200 and h["content-length"] == str(size) and h["accept-ranges"] == "bytes"
+    etag = h["etag"]
+    off = (17 << 40) + 3
+    st, h, body = raw_get(srv.port, target, {"Range": "bytes=%d-%d" % (off, off + 99999),
+                                             "If-Range": etag})
+    assert st == 206 and h["content-range"] == "bytes %d-%d/%d" % (off, off + 99999, size)
+    assert body == synth_bytes(off, 100000)
+    assert int.from_bytes(body[5:13], "big") == off + 5
+    st, h, body = raw_get(srv.port, target, {"Range": "bytes=-5"})
+    assert st == 206 and body == synth_bytes(size - 5, 5)
+    st, h, _ = raw_get(srv.port, target, {"Range": "bytes=%d-" % size})
+    assert st == 416 and h["content-range"] == "bytes */%d" % size
+    st, _, body = raw_get(srv.port, "/s?synth=1000&drop_after=100")
+    assert st == 200 and body == synth_bytes(0, 100)
