@@ -3,7 +3,7 @@
  * mount, by name ("." and "..", repeated slashes) and through symlinks.
  */
 #include "fake_source.h"
-#include "source.h"
+#include "streamfs/source.h"
 
 #include <stdio.h>
 #include <stdlib.h>

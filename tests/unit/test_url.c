@@ -4,7 +4,7 @@
  * the log show (source_url_redact).
  */
 #include "fake_source.h"
-#include "source.h"
+#include "streamfs/source.h"
 
 #include <stdlib.h>
 #include <string.h>

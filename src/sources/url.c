@@ -40,7 +40,7 @@
  * The body is stored as sent: no Accept-Encoding is sent and nothing is
  * decoded, so the file is exactly the bytes of the resource.
  */
-#include "source.h"
+#include "streamfs/source.h"
 
 #include "log.h"
 #include "streamfs/store.h"

@@ -46,7 +46,7 @@
 #include "fs.h"
 
 #include "log.h"
-#include "source.h"
+#include "streamfs/source.h"
 
 #include <errno.h>
 #include <fuse_lowlevel.h>

@@ -19,7 +19,7 @@
 #ifndef STREAMFS_CONTROL_H
 #define STREAMFS_CONTROL_H
 
-#include "ioloop.h"
+#include "streamfs/ioloop.h"
 
 #include <stddef.h>
 

@@ -10,7 +10,7 @@
  * for its data, a hung NFS server, a device), and the one loop thread
  * serves every stream. See start_opener().
  */
-#include "source.h"
+#include "streamfs/source.h"
 
 #include "log.h"
 #include "streamfs/store.h"

@@ -13,9 +13,9 @@
 #include "config.h"
 #include "control.h"
 #include "fs.h"
-#include "ioloop.h"
+#include "streamfs/ioloop.h"
 #include "log.h"
-#include "source.h"
+#include "streamfs/source.h"
 #include "status.h"
 #include "streamfs/store.h"
 

@@ -10,7 +10,7 @@
 #define STREAMFS_SOURCE_H
 
 #include "config.h"
-#include "ioloop.h"
+#include "streamfs/ioloop.h"
 #include "streamfs/stream.h"
 
 /* cmd:COMMAND - stdout of /bin/sh -c COMMAND, run in @cwd (NULL: as is)

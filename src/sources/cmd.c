@@ -30,7 +30,7 @@
  * original RLIMIT_NOFILE (the daemon raises its own), default signal
  * dispositions and an empty signal mask.
  */
-#include "source.h"
+#include "streamfs/source.h"
 
 #include "log.h"
 #include "streamfs/store.h"
