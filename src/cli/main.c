@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <mntent.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -85,25 +86,25 @@ __attribute__((format(printf, 1, 2))) static int die_usage(const char *fmt, ...)
 	return 2;
 }
 
-/* Is @path already the mount point of a FUSE file system? */
+/*
+ * Is @path already the mount point of a FUSE file system? getmntent_r()
+ * decodes the octal escapes of the mount table (a blank in a mount
+ * point's name is written \040 there).
+ */
 static bool fuse_mounted_at(const char *path)
 {
 	char real[PATH_MAX];
 	if (!realpath(path, real))
 		return false;
-	FILE *f = fopen("/proc/self/mounts", "re");
+	FILE *f = setmntent("/proc/self/mounts", "re");
 	if (!f)
 		return false;
-	char line[4096];
+	struct mntent ent;
+	char buf[4 * PATH_MAX + 1024]; /* a mount point, each byte escaped, and the rest */
 	bool found = false;
-	while (!found && fgets(line, sizeof(line), f)) {
-		char dev[1024], dir[PATH_MAX], type[256];
-		if (sscanf(line, "%1023s %4095s %255s", dev, dir, type) != 3)
-			continue;
-		/* /proc/mounts escapes blanks as \040; compare only what can match. */
-		found = strcmp(dir, real) == 0 && strncmp(type, "fuse", 4) == 0;
-	}
-	fclose(f);
+	while (!found && getmntent_r(f, &ent, buf, sizeof(buf)))
+		found = strcmp(ent.mnt_dir, real) == 0 && strncmp(ent.mnt_type, "fuse", 4) == 0;
+	endmntent(f);
 	return found;
 }
 
