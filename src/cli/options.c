@@ -24,6 +24,7 @@
 #define SECONDS_MAX 1000000000 /* ~31 years: any larger value is a typo */
 #define STR_(x) #x
 #define STR(x) STR_(x)
+#define EXPECT_SECONDS "seconds (e.g. 30 or 2.5), at most " STR(SECONDS_MAX)
 
 /* ---- string vectors ---- */
 
@@ -339,15 +340,15 @@ const struct fopt fopts[FO_COUNT] = {
                     .parse = parse_count,
                     .field = FIELD(retries)},
     [FO_RETRY_TIME] = {.name = "retry-time",
-                       .expect = "seconds (e.g. 30 or 2.5), at most " STR(SECONDS_MAX),
+                       .expect = EXPECT_SECONDS,
                        .parse = parse_seconds,
                        .field = FIELD(retry_time)},
     [FO_STALL_TIMEOUT] = {.name = "stall-timeout",
-                          .expect = "seconds (e.g. 30 or 2.5), at most " STR(SECONDS_MAX),
+                          .expect = EXPECT_SECONDS,
                           .parse = parse_seconds,
                           .field = FIELD(stall_timeout)},
     [FO_CONNECT_TIMEOUT] = {.name = "connect-timeout",
-                            .expect = "seconds (e.g. 30 or 2.5), at most " STR(SECONDS_MAX),
+                            .expect = EXPECT_SECONDS,
                             .parse = parse_seconds,
                             .field = FIELD(connect_timeout)},
     [FO_MAX_REDIRS] = {.name = "max-redirs",
