@@ -74,22 +74,29 @@ enum fopt_result {
 	FOPT_SAID, /* the parser has written its own message */
 };
 
+/* One of the words of an enumerated option, and the value it means. */
+struct keyword {
+	const char *word;
+	int value;
+};
+
 struct fopt;
 typedef enum fopt_result fopt_parse_fn(struct file_opts *o, const struct fopt *d, const char *value,
                                        char *err, size_t errlen);
 
 /* One per-file option. */
 struct fopt {
-	const char *name;     /* without "--", as the manifest writes it */
-	const char *expect;   /* what a good value looks like, for FOPT_BAD */
-	fopt_parse_fn *parse; /* sets the option in @o, or leaves @o unchanged */
-	size_t field;         /* offsetof() the field the shared parsers set */
-	bool flag;            /* a boolean: a bare --name means true */
-	bool repeat;          /* may be given more than once (header) */
-	bool secret;          /* a credential: may be @FILE, wiped from argv,
-	                       * makes a manifest that holds it private */
-	bool hidden;          /* its value never appears in a message */
-	bool path;            /* a file name: must not be empty */
+	const char *name;            /* without "--", as the manifest writes it */
+	const char *expect;          /* what a good value looks like, for FOPT_BAD */
+	fopt_parse_fn *parse;        /* sets the option in @o, or leaves @o unchanged */
+	size_t field;                /* offsetof() the field the shared parsers set */
+	const struct keyword *words; /* an enum's words, NULL-terminated */
+	bool flag;                   /* a boolean: a bare --name means true */
+	bool repeat;                 /* may be given more than once (header) */
+	bool secret;                 /* a credential: may be @FILE, wiped from argv,
+	                              * makes a manifest that holds it private */
+	bool hidden;                 /* its value never appears in a message */
+	bool path;                   /* a file name: must not be empty */
 };
 
 extern const struct fopt fopts[FO_COUNT];

@@ -161,12 +161,6 @@ static enum fopt_result parse_size(struct file_opts *o, const struct fopt *d, co
 	return FOPT_OK;
 }
 
-/* One of the words of an enumerated option, and the value it means. */
-struct keyword {
-	const char *word;
-	int value;
-};
-
 /* The value of @s among @words (ended by a NULL word), or -1. */
 static int keyword(const char *s, const struct keyword *words)
 {
@@ -177,53 +171,32 @@ static int keyword(const char *s, const struct keyword *words)
 	return -1;
 }
 
-static enum fopt_result parse_start(struct file_opts *o, const struct fopt *d, const char *value,
-                                    char *err, size_t errlen)
+/*
+ * An enum field (start, read, fill): one of the descriptor's words. The
+ * enums have no negative values, so each is compatible with unsigned int,
+ * and may be set through an int lvalue (its signed counterpart).
+ */
+_Static_assert(sizeof(enum start_policy) == sizeof(int) &&
+                   sizeof(enum read_policy) == sizeof(int) &&
+                   sizeof(enum fill_policy) == sizeof(int),
+               "policy enums are set through int");
+
+static enum fopt_result parse_keyword(struct file_opts *o, const struct fopt *d, const char *value,
+                                      char *err, size_t errlen)
 {
-	static const struct keyword words[] = {
-	    {"access", START_ACCESS}, {"mount", START_MOUNT}, {NULL, 0}};
-	int v = keyword(value, words);
+	int v = keyword(value, d->words);
 
 	if (v < 0)
 		return FOPT_BAD;
-	o->start = (enum start_policy)v;
+	*(int *)((char *)o + d->field) = v;
 	return FOPT_OK;
 }
 
-static enum fopt_result parse_read(struct file_opts *o, const struct fopt *d, const char *value,
-                                   char *err, size_t errlen)
-{
-	static const struct keyword words[] = {
-	    {"full", READ_FULL}, {"partial", READ_PARTIAL}, {NULL, 0}};
-	int v = keyword(value, words);
-
-	if (v < 0)
-		return FOPT_BAD;
-	o->read = (enum read_policy)v;
-	return FOPT_OK;
-}
-
-static enum fopt_result parse_fill(struct file_opts *o, const struct fopt *d, const char *value,
-                                   char *err, size_t errlen)
-{
-	static const struct keyword words[] = {
-	    {"all", FILL_ALL}, {"ondemand", FILL_ONDEMAND}, {NULL, 0}};
-	int v = keyword(value, words);
-
-	if (v < 0)
-		return FOPT_BAD;
-	o->fill = (enum fill_policy)v;
-	return FOPT_OK;
-}
-
-/* A boolean field: a bare flag (NULL) is true. */
+/* A bool field: one of the descriptor's words; a bare flag (NULL) is true. */
 static enum fopt_result parse_flag(struct file_opts *o, const struct fopt *d, const char *value,
                                    char *err, size_t errlen)
 {
-	static const struct keyword words[] = {{"true", 1}, {"yes", 1},   {"on", 1},
-	                                       {"1", 1},    {"false", 0}, {"no", 0},
-	                                       {"off", 0},  {"0", 0},     {NULL, 0}};
-	int v = value ? keyword(value, words) : 1;
+	int v = value ? keyword(value, d->words) : 1;
 
 	if (v < 0)
 		return FOPT_BAD;
@@ -318,13 +291,35 @@ static enum fopt_result parse_user(struct file_opts *o, const struct fopt *d, co
 
 #define FIELD(f) offsetof(struct file_opts, f)
 
+static const struct keyword start_words[] = {
+    {"access", START_ACCESS}, {"mount", START_MOUNT}, {NULL, 0}};
+static const struct keyword read_words[] = {
+    {"full", READ_FULL}, {"partial", READ_PARTIAL}, {NULL, 0}};
+static const struct keyword bool_words[] = {{"true", 1}, {"yes", 1},   {"on", 1},
+                                            {"1", 1},    {"false", 0}, {"no", 0},
+                                            {"off", 0},  {"0", 0},     {NULL, 0}};
+static const struct keyword fill_words[] = {
+    {"all", FILL_ALL}, {"ondemand", FILL_ONDEMAND}, {NULL, 0}};
+
 const struct fopt fopts[FO_COUNT] = {
     [FO_SIZE] = {.name = "size",
                  .expect = "auto, wait or a byte count (e.g. 1048576, 512K, 4GiB)",
                  .parse = parse_size},
-    [FO_START] = {.name = "start", .expect = "access or mount", .parse = parse_start},
-    [FO_READ] = {.name = "read", .expect = "full or partial", .parse = parse_read},
-    [FO_FILL] = {.name = "fill", .expect = "all or ondemand", .parse = parse_fill},
+    [FO_START] = {.name = "start",
+                  .expect = "access or mount",
+                  .parse = parse_keyword,
+                  .field = FIELD(start),
+                  .words = start_words},
+    [FO_READ] = {.name = "read",
+                 .expect = "full or partial",
+                 .parse = parse_keyword,
+                 .field = FIELD(read),
+                 .words = read_words},
+    [FO_FILL] = {.name = "fill",
+                 .expect = "all or ondemand",
+                 .parse = parse_keyword,
+                 .field = FIELD(fill),
+                 .words = fill_words},
     [FO_HEADER] = {.name = "header",
                    .expect = "'Name: value'",
                    .parse = parse_header,
@@ -334,6 +329,7 @@ const struct fopt fopts[FO_COUNT] = {
                      .expect = "true or false",
                      .parse = parse_flag,
                      .field = FIELD(insecure),
+                     .words = bool_words,
                      .flag = true},
     [FO_RETRIES] = {.name = "retries",
                     .expect = "a whole number >= 0",
@@ -364,11 +360,13 @@ const struct fopt fopts[FO_COUNT] = {
                              .expect = "true or false",
                              .parse = parse_flag,
                              .field = FIELD(location_trusted),
+                             .words = bool_words,
                              .flag = true},
     [FO_NETRC] = {.name = "netrc",
                   .expect = "true or false",
                   .parse = parse_flag,
                   .field = FIELD(netrc),
+                  .words = bool_words,
                   .flag = true},
     [FO_NETRC_FILE] = {.name = "netrc-file", .parse = parse_netrc_file, .path = true},
 };

@@ -28,10 +28,24 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Every field is malloc'ed, "" when the attribute is absent. */
+/* The attributes a row shows, user.streamfs.KEY for each key below. */
+enum attr { STATE, BYTES, SIZE, SOURCE, ERROR, ERROR_OFFSET, EXIT_STATUS, HTTP_CODE, NATTR };
+
+static const char *const attr_key[NATTR] = {
+	[STATE] = "state",
+	[BYTES] = "bytes",
+	[SIZE] = "size",
+	[SOURCE] = "source",
+	[ERROR] = "error",
+	[ERROR_OFFSET] = "error_offset",
+	[EXIT_STATUS] = "exit_status",
+	[HTTP_CODE] = "http_code",
+};
+
+/* Every string is malloc'ed; a value is "" when the attribute is absent. */
 struct row {
 	char *name; /* relative to the mount point, as bytes */
-	char *state, *bytes, *size, *source, *error, *error_offset, *exit_status, *http_code;
+	char *v[NATTR];
 };
 
 DEFINE_VECTOR(rows, struct row);
@@ -79,17 +93,11 @@ static int add_row(struct rows *rows, int dirfd, const char *leaf, char *rel)
 		return -ENOMEM;
 	}
 	struct row *r = &rows->ptr[rows->len - 1];
-	r->state = get(path, "state");
-	r->bytes = get(path, "bytes");
-	r->size = get(path, "size");
-	r->source = get(path, "source");
-	r->error = get(path, "error");
-	r->error_offset = get(path, "error_offset");
-	r->exit_status = get(path, "exit_status");
-	r->http_code = get(path, "http_code");
-	if (!r->state || !r->bytes || !r->size || !r->source || !r->error || !r->error_offset ||
-	    !r->exit_status || !r->http_code)
-		return -ENOMEM;
+	for (int a = 0; a < NATTR; a++) {
+		r->v[a] = get(path, attr_key[a]);
+		if (!r->v[a])
+			return -ENOMEM;
+	}
 	return 0;
 }
 
@@ -281,6 +289,17 @@ static void json_name(const char *name)
 	putchar('"');
 }
 
+/* Attribute @a: a string, a string or null (error), or a number or null. */
+static void json_attr(int a, const char *v)
+{
+	if (a == STATE || a == SOURCE)
+		json_str(v);
+	else if (a == ERROR)
+		json_str_or_null(v);
+	else
+		json_num_or_null(v);
+}
+
 static void print_json(const char *mnt, const struct rows *rows)
 {
 	fputs("{\"mountpoint\": ", stdout);
@@ -290,22 +309,10 @@ static void print_json(const char *mnt, const struct rows *rows)
 		const struct row *r = &rows->ptr[i];
 		fputs(i ? ",\n  {" : "\n  {", stdout);
 		json_name(r->name);
-		fputs(", \"state\": ", stdout);
-		json_str(r->state);
-		fputs(", \"bytes\": ", stdout);
-		json_num_or_null(r->bytes);
-		fputs(", \"size\": ", stdout);
-		json_num_or_null(r->size);
-		fputs(", \"source\": ", stdout);
-		json_str(r->source);
-		fputs(", \"error\": ", stdout);
-		json_str_or_null(r->error);
-		fputs(", \"error_offset\": ", stdout);
-		json_num_or_null(r->error_offset);
-		fputs(", \"exit_status\": ", stdout);
-		json_num_or_null(r->exit_status);
-		fputs(", \"http_code\": ", stdout);
-		json_num_or_null(r->http_code);
+		for (int a = 0; a < NATTR; a++) {
+			printf(", \"%s\": ", attr_key[a]);
+			json_attr(a, r->v[a]);
+		}
 		putchar('}');
 	}
 	fputs(rows->len ? "\n]}\n" : "]}\n", stdout);
@@ -345,9 +352,9 @@ static int width(const struct rows *rows, const struct shown *sh, int which, con
 	for (size_t i = 0; i < rows->len; i++) {
 		const struct row *r = &rows->ptr[i];
 		const char *v = which == 0   ? sh[i].name
-				: which == 1 ? r->state
-				: which == 2 ? r->bytes
-				: which == 3 ? r->size
+				: which == 1 ? r->v[STATE]
+				: which == 2 ? r->v[BYTES]
+				: which == 3 ? r->v[SIZE]
 					     : sh[i].source;
 		int l = chars(v);
 		if (l > w)
@@ -359,14 +366,14 @@ static int width(const struct rows *rows, const struct shown *sh, int which, con
 static int shown_fill(const struct row *r, struct shown *sh)
 {
 	sh->name = esc_text_dup(r->name);
-	sh->source = esc_text_dup(r->source);
-	if (!r->error[0]) {
+	sh->source = esc_text_dup(r->v[SOURCE]);
+	if (!r->v[ERROR][0]) {
 		sh->error = strdup("");
-	} else if (!r->error_offset[0]) {
-		sh->error = esc_text_dup(r->error);
+	} else if (!r->v[ERROR_OFFSET][0]) {
+		sh->error = esc_text_dup(r->v[ERROR]);
 	} else {
-		char *e = esc_text_dup(r->error);
-		if (!e || asprintf(&sh->error, "%s (at byte %s)", e, r->error_offset) < 0)
+		char *e = esc_text_dup(r->v[ERROR]);
+		if (!e || asprintf(&sh->error, "%s (at byte %s)", e, r->v[ERROR_OFFSET]) < 0)
 			sh->error = NULL;
 		free(e);
 	}
@@ -404,8 +411,8 @@ static int print_table(const struct rows *rows)
 	for (size_t i = 0; i < rows->len; i++) {
 		const struct row *r = &rows->ptr[i];
 		cell(sh[i].name, wn);
-		printf("  %-*s  %*s  %*s  ", ws, r->state, wb, r->bytes, wz,
-		       r->size[0] ? r->size : "-");
+		printf("  %-*s  %*s  %*s  ", ws, r->v[STATE], wb, r->v[BYTES], wz,
+		       r->v[SIZE][0] ? r->v[SIZE] : "-");
 		cell(sh[i].source, wo);
 		printf("  %s\n", sh[i].error);
 	}
@@ -418,14 +425,8 @@ static void free_rows(struct rows *rows)
 	for (size_t i = 0; i < rows->len; i++) {
 		struct row *r = &rows->ptr[i];
 		free(r->name);
-		free(r->state);
-		free(r->bytes);
-		free(r->size);
-		free(r->source);
-		free(r->error);
-		free(r->error_offset);
-		free(r->exit_status);
-		free(r->http_code);
+		for (int a = 0; a < NATTR; a++)
+			free(r->v[a]);
 	}
 	rows_free(rows);
 }
