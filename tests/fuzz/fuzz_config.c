@@ -1,5 +1,5 @@
 /*
- * fuzz_config.c - libFuzzer target for config.c.
+ * fuzz_config.c - libFuzzer target for the configuration parser (config.h).
  *
  * Each input is used four ways:
  * - as one string: config_validate_name(), config_parse_file() and, split

@@ -1,5 +1,5 @@
 /*
- * test_config.c - unit tests for config.c: the command line, NAME=SOURCE
+ * test_config.c - unit tests for config.h: the command line, NAME=SOURCE
  * arguments, per-file options and manifests.
  *
  * Every failure is also checked for the message contract: one line, not
