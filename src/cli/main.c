@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <mntent.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -85,25 +86,25 @@ __attribute__((format(printf, 1, 2))) static int die_usage(const char *fmt, ...)
 	return 2;
 }
 
-/* Is @path already the mount point of a FUSE file system? */
+/*
+ * Is @path already the mount point of a FUSE file system? getmntent_r()
+ * decodes the octal escapes of the mount table (a blank in a mount
+ * point's name is written \040 there).
+ */
 static bool fuse_mounted_at(const char *path)
 {
 	char real[PATH_MAX];
 	if (!realpath(path, real))
 		return false;
-	FILE *f = fopen("/proc/self/mounts", "re");
+	FILE *f = setmntent("/proc/self/mounts", "re");
 	if (!f)
 		return false;
-	char line[4096];
+	struct mntent ent;
+	char buf[4 * PATH_MAX + 1024]; /* a mount point, each byte escaped, and the rest */
 	bool found = false;
-	while (!found && fgets(line, sizeof(line), f)) {
-		char dev[1024], dir[PATH_MAX], type[256];
-		if (sscanf(line, "%1023s %4095s %255s", dev, dir, type) != 3)
-			continue;
-		/* /proc/mounts escapes blanks as \040; compare only what can match. */
-		found = strcmp(dir, real) == 0 && strncmp(type, "fuse", 4) == 0;
-	}
-	fclose(f);
+	while (!found && getmntent_r(f, &ent, buf, sizeof(buf)))
+		found = strcmp(ent.mnt_dir, real) == 0 && strncmp(ent.mnt_type, "fuse", 4) == 0;
+	endmntent(f);
 	return found;
 }
 
@@ -191,8 +192,8 @@ static int check_before_mount(const struct config *cfg, const char *cwd, const c
 		return -1;
 	}
 	store_close(probe);
-	for (size_t i = 0; i < cfg->nfiles; i++)
-		if (check_pipe_path(&cfg->files[i], cwd, mnt, true, err, errlen) < 0)
+	for (size_t i = 0; i < cfg->files.len; i++)
+		if (check_pipe_path(&cfg->files.ptr[i], cwd, mnt, true, err, errlen) < 0)
 			return -1;
 	return 0;
 }
@@ -232,6 +233,22 @@ static struct stream *make_stream(const struct config *cfg, const struct file_sp
 	if (f->opts.size == SIZE_FIXED)
 		stream_set_length(s, f->opts.size_bytes);
 	return s;
+}
+
+/*
+ * Put the stream @s of @f into @fs. Status, and with @logged the log,
+ * show a URL without its credentials.
+ */
+static int add_stream(struct fs *fs, const struct file_spec *f, struct stream *s, bool logged,
+		      char *err, size_t errlen)
+{
+	char *shown = f->kind == SOURCE_URL ? source_url_redact(f->source) : NULL;
+	const char *src = f->kind != SOURCE_URL ? f->source : shown ? shown : "(URL)";
+	int r = fs_add_file(fs, f->name, s, &f->opts, src, err, errlen);
+	if (r == 0 && logged)
+		log_info("control: add %s=%s", f->name, src);
+	free(shown);
+	return r;
 }
 
 /* What "streamfs add" and "streamfs rm" reach, in the loop thread. */
@@ -279,14 +296,8 @@ static int live_add(void *ctx, const char *spec, char *const *opts, size_t nopts
 	    !(s = make_stream(lv->cfg, &f, lv->loop, lv->cwd, lv->mnt, -1, err, errlen)))
 		r = -1;
 	if (r == 0) {
-		/* Status and the log show URLs without their credentials. */
-		char *shown = f.kind == SOURCE_URL ? source_url_redact(f.source) : NULL;
-		const char *src = f.kind != SOURCE_URL ? f.source : shown ? shown : "(URL)";
 		stream_ref(s);
-		r = fs_add_file(lv->fs, f.name, s, &f.opts, src, err, errlen);
-		if (r == 0)
-			log_info("control: add %s=%s", f.name, src);
-		free(shown);
+		r = add_stream(lv->fs, &f, s, true, err, errlen);
 		if (r == 0 && f.opts.start == START_MOUNT)
 			stream_start(s);
 		stream_unref(s);
@@ -301,122 +312,129 @@ static int live_rm(void *ctx, const char *name, char *err, size_t errlen)
 	return fs_remove(lv->fs, name, err, errlen);
 }
 
-static int mount_main(int argc, char **argv)
-{
+/* A mount being set up, served and torn down: what mount_main()'s steps share. */
+struct mount {
 	struct config cfg;
+	char cwd[PATH_MAX]; /* where streamfs was started: commands run there */
+	char mnt[PATH_MAX]; /* the mount point, canonical */
+	int stdin_fd;       /* kept for a "-" source until its stream owns it */
+	struct ioloop *loop;
+	struct fs *fs;
+	struct control *ctl;
+	struct live lv; /* what the control socket reaches */
 	char err[1024];
-	int rc = 1;
-	struct ioloop *loop = NULL;
-	struct fs *fs = NULL;
-	struct control *ctl = NULL;
-	int stdin_fd = -1;
-	char cwd[PATH_MAX], mnt[PATH_MAX];
+};
 
-	memset(&cfg, 0, sizeof(cfg));
-	if (config_parse_args(&cfg, argc, argv, err, sizeof(err)) < 0) {
-		rc = die_usage("%s", err);
-		goto out;
-	}
-	if (cfg.show_help) {
-		fputs(usage, stdout);
-		rc = 0;
-		goto out;
-	}
-	if (cfg.show_version) {
-		printf("streamfs %s\n", STREAMFS_VERSION);
-		rc = 0;
-		goto out;
-	}
-	log_set_level(cfg.verbosity < 0 ? LOG_LVL_ERROR
-		      : cfg.verbosity == 0 ? LOG_LVL_INFO
-					 : LOG_LVL_DEBUG);
+/*
+ * The steps of mount_main() return 0 to go on, or the exit code once they
+ * have said why on stderr (2 for anything before the mount exists).
+ */
 
+/* The mount point: an existing directory, with no FUSE file system on it. */
+static int check_mountpoint(struct mount *m)
+{
+	const char *mp = m->cfg.mountpoint;
 	struct stat sb;
-	if (stat(cfg.mountpoint, &sb) < 0) {
-		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint, strerror(errno));
-		goto out;
-	}
-	if (!S_ISDIR(sb.st_mode)) {
-		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint, "not a directory");
-		goto out;
-	}
-	if (fuse_mounted_at(cfg.mountpoint)) {
-		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint,
-			       "a FUSE file system is already mounted there");
-		goto out;
-	}
-	if (!getcwd(cwd, sizeof(cwd)))
-		strcpy(cwd, "/");
-	if (!realpath(cfg.mountpoint, mnt)) {
-		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint, strerror(errno));
-		goto out;
-	}
+	if (stat(mp, &sb) < 0)
+		return die_usage("mountpoint '%s': %s", mp, strerror(errno));
+	if (!S_ISDIR(sb.st_mode))
+		return die_usage("mountpoint '%s': %s", mp, "not a directory");
+	if (fuse_mounted_at(mp))
+		return die_usage("mountpoint '%s': %s", mp,
+				 "a FUSE file system is already mounted there");
+	if (!realpath(mp, m->mnt))
+		return die_usage("mountpoint '%s': %s", mp, strerror(errno));
+	return 0;
+}
+
+/* Everything outside the mount the files will need, checked and set up
+ * while errors can still be one line and exit 2. */
+static int prepare(struct mount *m)
+{
+	struct config *cfg = &m->cfg;
+	log_set_level(cfg->verbosity < 0    ? LOG_LVL_ERROR
+		      : cfg->verbosity == 0 ? LOG_LVL_INFO
+					    : LOG_LVL_DEBUG);
+	int rc = check_mountpoint(m);
+	if (rc)
+		return rc;
+	if (!getcwd(m->cwd, sizeof(m->cwd)))
+		strcpy(m->cwd, "/");
 	/* The daemon works from "/": files added later must find the store. */
-	if (cfg.cache_dir && cfg.cache_dir[0] != '/') {
-		char *abs = realpath(cfg.cache_dir, NULL);
-		if (!abs) {
-			rc = die_usage("cache directory '%s': %s", cfg.cache_dir, strerror(errno));
-			goto out;
-		}
-		free(cfg.cache_dir);
-		cfg.cache_dir = abs;
+	if (cfg->cache_dir && cfg->cache_dir[0] != '/') {
+		char *abs = realpath(cfg->cache_dir, NULL);
+		if (!abs)
+			return die_usage("cache directory '%s': %s", cfg->cache_dir,
+					 strerror(errno));
+		free(cfg->cache_dir);
+		cfg->cache_dir = abs;
 	}
-	if (check_before_mount(&cfg, cwd, mnt, err, sizeof(err)) < 0) {
-		rc = die_usage("%s", err);
-		goto out;
-	}
+	if (check_before_mount(cfg, m->cwd, m->mnt, m->err, sizeof(m->err)) < 0)
+		return die_usage("%s", m->err);
 	raise_fd_limit();
 	/* Commands are waited for: a SIGCHLD ignored by whoever started us
 	 * would have the kernel reap them first, and no stream would end. */
 	signal(SIGCHLD, SIG_DFL);
-	for (size_t i = 0; i < cfg.nfiles; i++) {
-		if (cfg.files[i].kind == SOURCE_STDIN && (stdin_fd = save_stdin()) < 0) {
-			rc = die_usage("cannot keep standard input: %s", strerror(errno));
-			goto out;
-		}
+	for (size_t i = 0; i < cfg->files.len; i++) {
+		if (cfg->files.ptr[i].kind == SOURCE_STDIN && (m->stdin_fd = save_stdin()) < 0)
+			return die_usage("cannot keep standard input: %s", strerror(errno));
 	}
+	return 0;
+}
 
-	if (source_url_global_init() < 0) {
-		rc = die_usage("cannot initialise libcurl");
-		goto out;
-	}
-	loop = ioloop_new();
-	fs = fs_new();
-	if (!loop || !fs) {
-		rc = die_usage("out of memory");
-		goto out;
-	}
-	for (size_t i = 0; i < cfg.nfiles; i++) {
-		struct file_spec *f = &cfg.files[i];
+/* The I/O loop, the file system and a stream per file; nothing runs yet. */
+static int create_files(struct mount *m)
+{
+	if (source_url_global_init() < 0)
+		return die_usage("cannot initialise libcurl");
+	m->loop = ioloop_new();
+	m->fs = fs_new();
+	if (!m->loop || !m->fs)
+		return die_usage("out of memory");
+	for (size_t i = 0; i < m->cfg.files.len; i++) {
+		struct file_spec *f = &m->cfg.files.ptr[i];
 		/* Standard input is read from mount time on, whatever --start
 		 * says: its writer cannot wait for a reader, and nothing can ask
 		 * for its bytes again later. */
 		if (f->kind == SOURCE_STDIN)
 			f->opts.start = START_MOUNT;
-		struct stream *s = make_stream(&cfg, f, loop, cwd, mnt, stdin_fd, err, sizeof(err));
+		struct stream *s = make_stream(&m->cfg, f, m->loop, m->cwd, m->mnt, m->stdin_fd,
+					       m->err, sizeof(m->err));
 		if (f->kind == SOURCE_STDIN)
-			stdin_fd = -1; /* the stream owns it now, even on failure */
-		/* Status shows URLs without their credentials. */
-		char *shown = f->kind == SOURCE_URL ? source_url_redact(f->source) : NULL;
-		const char *src = f->kind != SOURCE_URL ? f->source : shown ? shown : "(URL)";
-		int r = s ? fs_add_file(fs, f->name, s, &f->opts, src, err, sizeof(err)) : -1;
-		free(shown);
-		if (r < 0) {
-			rc = die_usage("%s", err);
-			goto out;
-		}
+			m->stdin_fd = -1; /* the stream owns it now, even on failure */
+		if (!s || add_stream(m->fs, f, s, false, m->err, sizeof(m->err)) < 0)
+			return die_usage("%s", m->err);
 	}
-	if (fs_mount(fs, cfg.mountpoint, cfg.fuse_opts, err, sizeof(err)) < 0) {
-		rc = die_usage("%s", err);
-		goto out;
-	}
+	return 0;
+}
 
+/* The control socket behind "streamfs add" and "streamfs rm"; the mount
+ * works without it. */
+static void open_control(struct mount *m)
+{
+	char name[108];
+	m->lv = (struct live){
+		.cfg = &m->cfg, .loop = m->loop, .fs = m->fs, .cwd = m->cwd, .mnt = m->mnt};
+	struct control_ops ops = {.add = live_add, .rm = live_rm, .ctx = &m->lv};
+	m->ctl = control_open(m->loop, &ops, name, sizeof(name));
+	if (m->ctl && ioloop_call(m->loop, control_start, m->ctl) == 0)
+		fs_set_control_name(m->fs, name);
+	else
+		log_warn("no control socket (add/rm unavailable): %s", strerror(errno));
+}
+
+/* Mount, detach (unless -f), serve until unmounted or signalled, shut
+ * down. Returns the exit code: 0 once served. */
+static int serve(struct mount *m)
+{
+	if (fs_mount(m->fs, m->cfg.mountpoint, m->cfg.fuse_opts.ptr, m->err, sizeof(m->err)) < 0)
+		return die_usage("%s", m->err);
 	/* Fork now, before any thread exists. The parent returns once the
 	 * child is set up; the mount is already in place. */
-	if (!cfg.foreground) {
+	if (!m->cfg.foreground) {
 		if (fuse_daemonize(0) != 0) {
-			fs_shutdown(fs);
-			goto out;
+			fs_shutdown(m->fs);
+			return 1;
 		}
 		log_use_syslog(true);
 	}
@@ -424,70 +442,86 @@ static int mount_main(int argc, char **argv)
 	 * stream at that byte), not kill the daemon with SIGXFSZ. Before any
 	 * thread writes to a store. */
 	signal(SIGXFSZ, SIG_IGN);
-	if (ioloop_start(loop) < 0) {
+	if (ioloop_start(m->loop) < 0) {
 		log_error("cannot start the I/O thread");
-		fs_shutdown(fs);
-		goto out;
+		fs_shutdown(m->fs);
+		return 1;
 	}
-	struct live lv = {.cfg = &cfg, .loop = loop, .fs = fs, .cwd = cwd, .mnt = mnt};
-	struct control_ops cops = {.add = live_add, .rm = live_rm, .ctx = &lv};
-	char ctlname[108];
-	ctl = control_open(loop, &cops, ctlname, sizeof(ctlname));
-	if (ctl && ioloop_call(loop, control_start, ctl) == 0)
-		fs_set_control_name(fs, ctlname);
-	else
-		log_warn("no control socket (add/rm unavailable): %s", strerror(errno));
-	log_info("mounted %zu file%s on %s", cfg.nfiles, cfg.nfiles == 1 ? "" : "s",
-		 cfg.mountpoint);
-	fs_start_mount_streams(fs);
-	fs_loop(fs);
-	log_info("unmounting %s", cfg.mountpoint);
-	fs_shutdown(fs);
-	rc = 0;
-out:
-	if (loop)
-		ioloop_stop(loop);
-	control_close(ctl);
-	fs_free(fs);
-	ioloop_free(loop);
-	if (stdin_fd >= 0)
-		close(stdin_fd);
-	config_free(&cfg);
+	open_control(m);
+	log_info("mounted %zu file%s on %s", m->cfg.files.len, m->cfg.files.len == 1 ? "" : "s",
+		 m->cfg.mountpoint);
+	fs_start_mount_streams(m->fs);
+	fs_loop(m->fs);
+	log_info("unmounting %s", m->cfg.mountpoint);
+	fs_shutdown(m->fs);
+	return 0;
+}
+
+/* Stop the loop (every source with it), free everything. */
+static void teardown(struct mount *m)
+{
+	if (m->loop)
+		ioloop_stop(m->loop);
+	control_close(m->ctl);
+	fs_free(m->fs);
+	ioloop_free(m->loop);
+	if (m->stdin_fd >= 0)
+		close(m->stdin_fd);
+	config_free(&m->cfg);
 	source_url_global_cleanup();
+}
+
+/* The steps in the order the comment at the top of this file gives. */
+static int mount_main(int argc, char **argv)
+{
+	struct mount m = {.stdin_fd = -1};
+	int rc = 0;
+	if (config_parse_args(&m.cfg, argc, argv, m.err, sizeof(m.err)) < 0)
+		rc = die_usage("%s", m.err);
+	else if (m.cfg.show_help)
+		fputs(usage, stdout);
+	else if (m.cfg.show_version)
+		printf("streamfs %s\n", STREAMFS_VERSION);
+	else if ((rc = prepare(&m)) == 0 && (rc = create_files(&m)) == 0)
+		rc = serve(&m);
+	teardown(&m);
 	return rc;
+}
+
+/* streamfs add MOUNTPOINT NAME=SOURCE [OPTION=VALUE...]; argv[0] is "add". */
+static int add_main(int argc, char **argv)
+{
+	if (argc < 3 || strchr(argv[2], '=') == NULL)
+		return die_usage("usage: streamfs add MOUNTPOINT NAME=SOURCE [OPTION=VALUE...]");
+	char **f, err[1024];
+	size_t n;
+	/* Reads user=@FILE and header=@FILE, and wipes the secrets from our
+	 * own argv (ps shows it to every local user). */
+	if (config_add_request(argc - 2, argv + 2, &f, &n, err, sizeof(err)) < 0)
+		return die_usage("%s", err);
+	int rc = n <= 256 ? control_client(argv[1], (const char *const *)f, n)
+			  : die_usage("too many options (at most 255)");
+	config_strv_free(f);
+	return rc;
+}
+
+/* streamfs rm MOUNTPOINT NAME; argv[0] is "rm". */
+static int rm_main(int argc, char **argv)
+{
+	if (argc != 3)
+		return die_usage("usage: streamfs rm MOUNTPOINT NAME");
+	const char *f[2] = {"rm", argv[2]};
+	return control_client(argv[1], f, 2);
 }
 
 int main(int argc, char **argv)
 {
-	if (argc > 1 && strcmp(argv[1], "status") == 0)
+	const char *sub = argc > 1 ? argv[1] : "";
+	if (strcmp(sub, "status") == 0)
 		return status_main(argc - 1, argv + 1);
-	if (argc > 1 && strcmp(argv[1], "add") == 0) {
-		if (argc < 4 || strchr(argv[3], '=') == NULL) {
-			fprintf(stderr, "streamfs: usage: streamfs add MOUNTPOINT NAME=SOURCE "
-					"[OPTION=VALUE...]\n");
-			return 2;
-		}
-		char **f, err[1024];
-		size_t n;
-		/* Reads user=@FILE and header=@FILE, and wipes the secrets
-		 * from our own argv (ps shows it to every local user). */
-		if (config_add_request(argc - 3, argv + 3, &f, &n, err, sizeof(err)) < 0) {
-			fprintf(stderr, "streamfs: %s\n", err);
-			return 2;
-		}
-		int rc = n <= 256 ? control_client(argv[2], (const char *const *)f, n) : 2;
-		if (n > 256)
-			fprintf(stderr, "streamfs: too many options (at most 255)\n");
-		config_strv_free(f);
-		return rc;
-	}
-	if (argc > 1 && strcmp(argv[1], "rm") == 0) {
-		if (argc != 4) {
-			fprintf(stderr, "streamfs: usage: streamfs rm MOUNTPOINT NAME\n");
-			return 2;
-		}
-		const char *f[2] = {"rm", argv[3]};
-		return control_client(argv[2], f, 2);
-	}
+	if (strcmp(sub, "add") == 0)
+		return add_main(argc - 1, argv + 1);
+	if (strcmp(sub, "rm") == 0)
+		return rm_main(argc - 1, argv + 1);
 	return mount_main(argc, argv);
 }

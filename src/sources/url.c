@@ -1053,8 +1053,8 @@ static struct curl_slist *setup_easy(struct url_src *u, CURL *e)
 		curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
 	}
 	if (u->send_auth) {
-		for (size_t i = 0; i < u->opts.nheaders; i++) {
-			struct curl_slist *l = curl_slist_append(headers, u->opts.headers[i]);
+		for (size_t i = 0; i < u->opts.headers.len; i++) {
+			struct curl_slist *l = curl_slist_append(headers, u->opts.headers.ptr[i]);
 			if (l)
 				headers = l;
 		}
