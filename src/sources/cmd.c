@@ -187,6 +187,7 @@ static void take_stderr(struct cmd_src *c, const char *buf, size_t n)
 
 static void drain_stderr(struct cmd_src *c)
 {
+	assert(ioloop_in_loop(c->loop));
 	char buf[4096];
 	for (;;) {
 		ssize_t n = read(c->errfd, buf, sizeof(buf));

@@ -118,6 +118,7 @@ struct fd_src {
 static void fd_src_done(struct fd_pump *p, int err)
 {
 	struct fd_src *f = p->data;
+	assert(ioloop_in_loop(f->loop));
 	if (err == 0)
 		stream_end(f->s);
 	else if (err != ECANCELED)

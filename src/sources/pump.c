@@ -30,6 +30,7 @@ static void pump_finish(struct fd_pump *p, int err)
  * be called again (stepped mode). */
 static bool pump_some(struct fd_pump *p)
 {
+	assert(ioloop_in_loop(p->loop));
 	size_t moved = 0;
 	while (moved < PUMP_BUDGET) {
 		ssize_t n = stream_fill_fd(p->s, p->fd, PUMP_CHUNK);
@@ -61,6 +62,7 @@ static void pump_step(void *arg)
 {
 	struct fd_pump *p = arg;
 	struct stream *s = p->s; /* the ref taken when this step was queued */
+	assert(ioloop_in_loop(p->loop));
 	if (p->running && pump_some(p) && p->running) {
 		if (ioloop_call(p->loop, pump_step, p) == 0)
 			return; /* the ref moves to the next step */

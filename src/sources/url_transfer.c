@@ -305,6 +305,7 @@ void url_fill_start(struct url_src *u)
 {
 	assert(ioloop_in_loop(u->loop));
 	struct xfer *x = &u->fill;
+	assert(!x->easy); /* one request of the fill at a time */
 	x->failure = 0;
 	x->retry_now = false;
 	x->retry_after_ms = -1;
