@@ -12,6 +12,7 @@
 
 #include "config.h"
 #include "control.h"
+#include "files.h"
 #include "fs.h"
 #include "streamfs/ioloop.h"
 #include "log.h"
@@ -32,8 +33,6 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#define DEFAULT_CACHE_DIR "/var/tmp"
 
 static const char usage[] =
 	"usage: streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...\n"
@@ -138,46 +137,6 @@ static void raise_fd_limit(void)
 	}
 }
 
-static const char *store_dir(const struct config *cfg)
-{
-	return cfg->memory_store ? NULL : cfg->cache_dir ? cfg->cache_dir : DEFAULT_CACHE_DIR;
-}
-
-/* pipe:PATH made absolute (from @cwd); malloc'ed, NULL without memory. */
-static char *pipe_path(const char *arg, const char *cwd)
-{
-	char *abs;
-	if (arg[0] == '/' || !cwd)
-		return strdup(arg);
-	return asprintf(&abs, "%s/%s", cwd, arg) < 0 ? NULL : abs;
-}
-
-/*
- * Refuse a pipe: path that leads into the mount (@mnt, canonical): the
- * daemon would open its own files and wait on itself. With @resolve,
- * symlinks are followed (before mounting); without, by name only (add, on
- * the loop thread, must not touch the file system). Returns 0 or -1 with
- * @err set.
- */
-static int check_pipe_path(const struct file_spec *f, const char *cwd, const char *mnt,
-			   bool resolve, char *err, size_t errlen)
-{
-	if (f->kind != SOURCE_PIPE || !mnt)
-		return 0;
-	char *abs = pipe_path(f->arg, cwd);
-	if (!abs) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
-	bool inside = source_path_inside(abs, mnt, resolve);
-	free(abs);
-	if (!inside)
-		return 0;
-	snprintf(err, errlen, "pipe path '%s' for '%s' is inside the mount point '%s'", f->arg,
-		 f->name, mnt);
-	return -1;
-}
-
 /* What can only be checked on the file system, before mounting. Returns 0
  * or -1 with @err set. */
 static int check_before_mount(const struct config *cfg, const char *cwd, const char *mnt,
@@ -185,131 +144,17 @@ static int check_before_mount(const struct config *cfg, const char *cwd, const c
 {
 	/* Stores are created when their streams start: check the place now,
 	 * so a bad one is one line at mount time, not a failure per file. */
-	struct store *probe = store_open(store_dir(cfg), "streamfs");
+	struct store *probe = store_open(files_store_dir(cfg), "streamfs");
 	if (!probe) {
 		snprintf(err, errlen, "cannot create a store in '%s': %s",
-			 cfg->memory_store ? "memory" : store_dir(cfg), strerror(errno));
+			 cfg->memory_store ? "memory" : files_store_dir(cfg), strerror(errno));
 		return -1;
 	}
 	store_close(probe);
 	for (size_t i = 0; i < cfg->files.len; i++)
-		if (check_pipe_path(&cfg->files.ptr[i], cwd, mnt, true, err, errlen) < 0)
+		if (files_check_pipe_path(&cfg->files.ptr[i], cwd, mnt, true, err, errlen) < 0)
 			return -1;
 	return 0;
-}
-
-/* The stream of @f. Its store is created when it starts. */
-static struct stream *make_stream(const struct config *cfg, const struct file_spec *f,
-				  struct ioloop *loop, const char *cwd, const char *mnt,
-				  int stdin_fd, char *err, size_t errlen)
-{
-	struct store *st = store_new(store_dir(cfg), f->name);
-	if (!st) {
-		snprintf(err, errlen, "'%s': %s", f->name, strerror(errno));
-		return NULL;
-	}
-	struct stream *s = NULL;
-	char *abs = NULL;
-	switch (f->kind) {
-	case SOURCE_CMD:
-		s = source_cmd_new(loop, f->name, f->arg, cwd, st);
-		break;
-	case SOURCE_PIPE:
-		abs = pipe_path(f->arg, cwd);
-		s = source_pipe_new(loop, f->name, abs ? abs : f->arg, mnt, st);
-		free(abs);
-		break;
-	case SOURCE_STDIN:
-		s = source_stdin_new(loop, f->name, stdin_fd, st);
-		break;
-	case SOURCE_URL:
-		s = source_url_new(loop, f->name, f->arg, &f->opts, st);
-		break;
-	}
-	if (!s) {
-		snprintf(err, errlen, "'%s': %s", f->name, strerror(errno));
-		return NULL;
-	}
-	if (f->opts.size == SIZE_FIXED)
-		stream_set_length(s, f->opts.size_bytes);
-	return s;
-}
-
-/*
- * Put the stream @s of @f into @fs. Status, and with @logged the log,
- * show a URL without its credentials.
- */
-static int add_stream(struct fs *fs, const struct file_spec *f, struct stream *s, bool logged,
-		      char *err, size_t errlen)
-{
-	char *shown = f->kind == SOURCE_URL ? source_url_redact(f->source) : NULL;
-	const char *src = f->kind != SOURCE_URL ? f->source : shown ? shown : "(URL)";
-	int r = fs_add_file(fs, f->name, s, &f->opts, src, err, errlen);
-	if (r == 0 && logged)
-		log_info("control: add %s=%s", f->name, src);
-	free(shown);
-	return r;
-}
-
-/* What "streamfs add" and "streamfs rm" reach, in the loop thread. */
-struct live {
-	const struct config *cfg;
-	struct ioloop *loop;
-	struct fs *fs;
-	const char *cwd;
-	const char *mnt; /* the mount point, canonical */
-};
-
-static int live_add(void *ctx, const char *spec, char *const *opts, size_t nopts, char *err,
-		    size_t errlen)
-{
-	struct live *lv = ctx;
-	struct file_opts def;
-	struct file_spec f;
-	config_file_opts_default(&def);
-	int r = config_parse_file(spec, &def, &f, err, errlen);
-	config_file_opts_free(&def);
-	if (r < 0)
-		return -1;
-	for (size_t i = 0; i < nopts && r == 0; i++) {
-		char *kv = strdup(opts[i]);
-		if (!kv) {
-			snprintf(err, errlen, "out of memory");
-			r = -1;
-			break;
-		}
-		char *key = kv + (strncmp(kv, "--", 2) == 0 ? 2 : 0);
-		char *eq = strchr(key, '=');
-		if (eq)
-			*eq = '\0';
-		r = config_set_file_option(&f.opts, key, eq ? eq + 1 : NULL, err, errlen);
-		free(kv);
-	}
-	if (r == 0 && f.kind == SOURCE_STDIN) {
-		snprintf(err, errlen, "standard input can only be given when mounting");
-		r = -1;
-	}
-	if (r == 0)
-		r = check_pipe_path(&f, lv->cwd, lv->mnt, false, err, errlen);
-	struct stream *s = NULL;
-	if (r == 0 &&
-	    !(s = make_stream(lv->cfg, &f, lv->loop, lv->cwd, lv->mnt, -1, err, errlen)))
-		r = -1;
-	if (r == 0) {
-		stream_ref(s);
-		r = add_stream(lv->fs, &f, s, true, err, errlen);
-		if (r == 0 && f.opts.start == START_MOUNT)
-			stream_start(s);
-		stream_unref(s);
-	}
-	config_file_spec_free(&f);
-	return r;
-}
-
-static int live_rm(void *ctx, const char *name, char *err, size_t errlen)
-{
-	struct live *lv = ctx;
-	return fs_remove(lv->fs, name, err, errlen);
 }
 
 /* A mount being set up, served and torn down: what mount_main()'s steps share. */
@@ -321,7 +166,7 @@ struct mount {
 	struct ioloop *loop;
 	struct fs *fs;
 	struct control *ctl;
-	struct live lv; /* what the control socket reaches */
+	struct files_env env; /* what every file shares; the control socket reaches it */
 	char err[1024];
 };
 
@@ -391,6 +236,8 @@ static int create_files(struct mount *m)
 	m->fs = fs_new();
 	if (!m->loop || !m->fs)
 		return die_usage("out of memory");
+	m->env = (struct files_env){
+		.cfg = &m->cfg, .loop = m->loop, .fs = m->fs, .cwd = m->cwd, .mnt = m->mnt};
 	for (size_t i = 0; i < m->cfg.files.len; i++) {
 		struct file_spec *f = &m->cfg.files.ptr[i];
 		/* Standard input is read from mount time on, whatever --start
@@ -398,11 +245,10 @@ static int create_files(struct mount *m)
 		 * for its bytes again later. */
 		if (f->kind == SOURCE_STDIN)
 			f->opts.start = START_MOUNT;
-		struct stream *s = make_stream(&m->cfg, f, m->loop, m->cwd, m->mnt, m->stdin_fd,
-					       m->err, sizeof(m->err));
+		int r = files_add(&m->env, f, m->stdin_fd, false, m->err, sizeof(m->err));
 		if (f->kind == SOURCE_STDIN)
 			m->stdin_fd = -1; /* the stream owns it now, even on failure */
-		if (!s || add_stream(m->fs, f, s, false, m->err, sizeof(m->err)) < 0)
+		if (r < 0)
 			return die_usage("%s", m->err);
 	}
 	return 0;
@@ -413,9 +259,7 @@ static int create_files(struct mount *m)
 static void open_control(struct mount *m)
 {
 	char name[108];
-	m->lv = (struct live){
-		.cfg = &m->cfg, .loop = m->loop, .fs = m->fs, .cwd = m->cwd, .mnt = m->mnt};
-	struct control_ops ops = {.add = live_add, .rm = live_rm, .ctx = &m->lv};
+	struct control_ops ops = {.add = files_live_add, .rm = files_live_rm, .ctx = &m->env};
 	m->ctl = control_open(m->loop, &ops, name, sizeof(name));
 	if (m->ctl && ioloop_call(m->loop, control_start, m->ctl) == 0)
 		fs_set_control_name(m->fs, name);
