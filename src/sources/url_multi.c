@@ -37,7 +37,8 @@ struct sock_watch {
 	bool added;
 };
 
-static inline bool in_loop(void)
+/* Only asserts use it: unused when NDEBUG compiles them out. */
+__attribute__((unused)) static inline bool in_loop(void)
 {
 	return g_multi.closing || ioloop_in_loop(g_multi.loop);
 }
