@@ -24,6 +24,11 @@
  *    is read-only, so there is nothing for the kernel to check.
  *  - GETATTR with a file handle means lseek(SEEK_END) (or a read past
  *    i_size in page-cache mode): it waits for the end of the stream (S6).
+ *  - sendfile(), splice() and copy_file_range() read through the page
+ *    cache even of a direct_io file, and stop at the inode's size with
+ *    no request reaching us (measured, issue 14): only a final size in
+ *    stat makes them copy a whole running stream. --size=wait, and
+ *    --size-unknown=wait for streams with no announced length, give one.
  *  - Replies are sent from memory (pread into a per-thread buffer), never
  *    as fd buffers, which libfuse 3.14 turns into an mmap per request.
  *
@@ -685,6 +690,25 @@ static void reply_open(struct pending *p, ssize_t r)
 	}
 }
 
+static void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s,
+		 enum pending_op op, enum stream_wait_kind kind, uint64_t off, size_t len,
+		 const struct fuse_file_info *fi);
+
+/*
+ * Under --size-unknown=wait a stat first waits for a size worth showing;
+ * if that came without an announced length (a command's first bytes, a
+ * URL without Content-Length) it goes on waiting, for the end: the size
+ * it shows must be final, or sendfile() copies stop at it.
+ */
+static bool wait_on_for_end(const struct pending *p)
+{
+	if (p->n->size != SIZE_WAIT_UNKNOWN || p->w.kind != STREAM_WAIT_SIZE)
+		return false;
+	struct stream_info in;
+	stream_get_info(p->s, &in);
+	return in.length < 0 && (in.state == STREAM_IDLE || in.state == STREAM_RUNNING);
+}
+
 /* Answer @p with result @r and free it. No stream lock is held. */
 static void pending_complete(struct pending *p, ssize_t r)
 {
@@ -701,7 +725,9 @@ static void pending_complete(struct pending *p, ssize_t r)
 	case P_GETATTR:
 		/* A stat of a failed stream still works; one woken by unmount or
 		 * rm (cancelled) fails like every other waiter. */
-		if (r == -EINTR || r == -ECANCELED || (p->with_fh && r < 0))
+		if (r == 0 && wait_on_for_end(p))
+			park(p->req, p->fs, p->n, p->s, P_GETATTR, STREAM_WAIT_END, 0, 0, NULL);
+		else if (r == -EINTR || r == -ECANCELED || (p->with_fh && r < 0))
 			fuse_reply_err(p->req, reply_errno(r));
 		else
 			reply_attr(p->req, p->fs, p->n, p->s); /* stat of a failed stream still works */
@@ -829,6 +855,8 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		return;
 	}
 	stream_start(s);
+	/* SIZE_WAIT_UNKNOWN waits for a size first, then maybe for the end:
+	 * see wait_on_for_end(). */
 	enum stream_wait_kind kind = fi || n->size == SIZE_WAIT ? STREAM_WAIT_END : STREAM_WAIT_SIZE;
 	park(req, fs, n, s, P_GETATTR, kind, 0, 0, fi);
 	stream_unref(s);
