@@ -5,8 +5,7 @@
  * one line, before anything is mounted); create the streams (nothing
  * runs yet); mount; daemonize (the parent exits 0 only once the mount is
  * there); start the I/O thread and the start=mount streams; serve until
- * unmounted or signalled; then wake every waiter, stop every source, kill
- * every command group, unmount.
+ * unmounted or signalled; then stop (stop_all()).
  */
 #define FUSE_USE_VERSION 312
 
@@ -301,6 +300,21 @@ static int live_rm(void *ctx, const char *name, char *err, size_t errlen)
 	return fs_remove(lv->fs, name, err, errlen);
 }
 
+/*
+ * The shutdown sequence: the tree takes no more files, every parked
+ * request is answered (EIO) and the mount goes; then every stream is
+ * cancelled, every command process group killed, and the sources are
+ * given 5 s to let go. Before the I/O thread stops: sources finish there.
+ */
+static void stop_all(struct fs *fs)
+{
+	fs_shutdown(fs);
+	struct stream **v = fs_streams(fs);
+	if (!sources_shutdown(v, "streamfs is shutting down", 5000))
+		log_warn("some sources did not stop within 5 s");
+	fs_streams_free(v);
+}
+
 static int mount_main(int argc, char **argv)
 {
 	struct config cfg;
@@ -415,7 +429,7 @@ static int mount_main(int argc, char **argv)
 	 * child is set up; the mount is already in place. */
 	if (!cfg.foreground) {
 		if (fuse_daemonize(0) != 0) {
-			fs_shutdown(fs);
+			stop_all(fs);
 			goto out;
 		}
 		log_use_syslog(true);
@@ -426,7 +440,7 @@ static int mount_main(int argc, char **argv)
 	signal(SIGXFSZ, SIG_IGN);
 	if (ioloop_start(loop) < 0) {
 		log_error("cannot start the I/O thread");
-		fs_shutdown(fs);
+		stop_all(fs);
 		goto out;
 	}
 	struct live lv = {.cfg = &cfg, .loop = loop, .fs = fs, .cwd = cwd, .mnt = mnt};
@@ -442,7 +456,7 @@ static int mount_main(int argc, char **argv)
 	fs_start_mount_streams(fs);
 	fs_loop(fs);
 	log_info("unmounting %s", cfg.mountpoint);
-	fs_shutdown(fs);
+	stop_all(fs);
 	rc = 0;
 out:
 	if (loop)
