@@ -119,9 +119,11 @@ struct fs {
 	pthread_mutex_t hlock;
 	struct handle_list handles;
 
-	/* Parked requests, so fs_shutdown() can answer them. */
+	/* Parked requests, so fs_shutdown() can answer them and wait for
+	 * every reply on its way before it closes the device. */
 	pthread_mutex_t plock;
 	struct pending_list parked;
+	pthread_cond_t drained; /* signalled when parked becomes empty */
 };
 
 /* ---- fs.c ---- */
@@ -197,8 +199,9 @@ void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s, enum 
  * -ERANGE (not all present) / -errno without replying. */
 int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len);
 
-/* Answer every parked request with EIO; after fs->shut is set, so none
- * parks after. Returns how many were answered here. */
+/* Answer every parked request with EIO, and wait until the replies of
+ * those being answered by others have been sent. After fs->shut is set,
+ * so none parks after. Returns how many were answered here. */
 size_t park_wake_all(struct fs *fs);
 
 /* ---- attrs.c ---- */

@@ -23,9 +23,11 @@
  * the pending is not its own) and only then replies. p->answered checks
  * that one party, and only one, claims each pending.
  *
- * A pending is on fs->parked from park() until it is answered; it leaves
- * the list (under fs->plock) before it is answered and freed, so whatever
- * is on the list under fs->plock is alive.
+ * A pending is on fs->parked from park() until its reply has been sent;
+ * only then does it leave the list (under fs->plock) and is freed. So
+ * whatever is on the list under fs->plock is alive, and once the list is
+ * empty after park_wake_all() no reply can be on its way: fs_shutdown()
+ * may close the device.
  *
  * Replies are sent from memory (pread into a per-thread buffer), never as
  * fd buffers, which libfuse 3.14 turns into an mmap per request.
@@ -154,16 +156,25 @@ static void claim(struct pending *p)
 	(void)was;
 }
 
-static void unlink_pending(struct pending *p)
+/* @p has been answered: off fs->parked (if @listed: park_wake_all()
+ * takes its own off first) and freed. */
+static void release(struct pending *p, bool listed)
 {
-	xpthread_mutex_lock(&p->fs->plock);
-	TAILQ_REMOVE(&p->fs->parked, p, link);
-	xpthread_mutex_unlock(&p->fs->plock);
+	struct fs *fs = p->fs;
+	if (listed) {
+		xpthread_mutex_lock(&fs->plock);
+		TAILQ_REMOVE(&fs->parked, p, link);
+		if (TAILQ_EMPTY(&fs->parked))
+			xpthread_cond_broadcast(&fs->drained);
+		xpthread_mutex_unlock(&fs->plock);
+	}
+	stream_unref(p->s);
+	free(p);
 }
 
-/* Answer @p, off the list and ours alone, with result @r, and free it.
- * No stream lock and no lock of ours is held. */
-static void answer(struct pending *p, ssize_t r)
+/* Answer @p, ours alone, with result @r, and release it. No stream lock
+ * and no lock of ours is held. */
+static void answer(struct pending *p, ssize_t r, bool listed)
 {
 	claim(p);
 	/* Disarm the interrupt callback first: this waits for one that is
@@ -181,15 +192,12 @@ static void answer(struct pending *p, ssize_t r)
 		reply_getattr(p, r);
 		break;
 	}
-	stream_unref(p->s);
-	free(p);
+	release(p, listed);
 }
 
 static void pending_done(struct stream_waiter *w, ssize_t r)
 {
-	struct pending *p = w->data;
-	unlink_pending(p);
-	answer(p, r);
+	answer(w->data, r, true);
 }
 
 /* Runs under the request's lock: must not disarm itself. */
@@ -199,11 +207,9 @@ static void pending_interrupt(fuse_req_t req, void *data)
 	assert(p->req == req);
 	if (!stream_unwait(p->s, &p->w))
 		return; /* being answered, or not parked yet (stream_wait says EINTR) */
-	unlink_pending(p);
 	claim(p);
 	fuse_reply_err(req, EINTR);
-	stream_unref(p->s);
-	free(p);
+	release(p, true);
 }
 
 void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s, enum pending_op op,
@@ -247,10 +253,8 @@ void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s, enum 
 	 * stream_wait() as -EINTR instead of being lost. */
 	fuse_req_interrupt_func(req, pending_interrupt, p);
 	ssize_t r = stream_wait(s, &p->w);
-	if (r != STREAM_PARKED) {
-		unlink_pending(p);
-		answer(p, r);
-	}
+	if (r != STREAM_PARKED)
+		answer(p, r, true);
 	/* Parked: @p may be answered and freed already. */
 }
 
@@ -262,8 +266,8 @@ size_t park_wake_all(struct fs *fs)
 	struct pending *p, *next;
 	for (p = TAILQ_FIRST(&fs->parked); p; p = next) {
 		next = TAILQ_NEXT(p, link);
-		/* Those not given back are being answered (their answerer waits
-		 * for this lock to unlink them), or are not parked yet. */
+		/* Those not given back are being answered, or are not parked
+		 * yet (stream_wait() will say EINTR): waited for below. */
 		if (stream_unwait(p->s, &p->w)) {
 			TAILQ_REMOVE(&fs->parked, p, link);
 			TAILQ_INSERT_TAIL(&mine, p, link);
@@ -273,8 +277,14 @@ size_t park_wake_all(struct fs *fs)
 	size_t k = 0;
 	while ((p = TAILQ_FIRST(&mine))) {
 		TAILQ_REMOVE(&mine, p, link);
-		answer(p, -ECANCELED); /* as if the stream were cancelled: EIO */
+		answer(p, -ECANCELED, false); /* as if the stream were cancelled: EIO */
 		k++;
 	}
+	/* Until the replies of the others have been sent. Each is on its way
+	 * (a reply does not wait for anything), so this wait is short. */
+	xpthread_mutex_lock(&fs->plock);
+	while (!TAILQ_EMPTY(&fs->parked))
+		xpthread_cond_wait(&fs->drained, &fs->plock);
+	xpthread_mutex_unlock(&fs->plock);
 	return k;
 }

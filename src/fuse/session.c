@@ -11,7 +11,10 @@
  * fs->mounted and the session's device are guarded by fs->mount_lock: a
  * notification (from add/rm, in the I/O thread) holds it while it writes
  * to the device, so fs_shutdown() cannot close the device under it, nor a
- * notification go to a descriptor number reused after the unmount.
+ * notification go to a descriptor number reused after the unmount. Replies
+ * to parked requests, which the I/O thread sends too, are all sent before
+ * the unmount (park_wake_all() waits for them); replies from FUSE workers
+ * are, because the loop has returned.
  */
 #include "fs_int.h"
 
@@ -37,6 +40,7 @@ struct fs *fs_new(void)
 	xpthread_mutex_init(&fs->mount_lock, NULL);
 	xpthread_mutex_init(&fs->hlock, NULL);
 	xpthread_mutex_init(&fs->plock, NULL);
+	xpthread_cond_init(&fs->drained, NULL);
 	TAILQ_INIT(&fs->handles);
 	TAILQ_INIT(&fs->parked);
 	fs->uid = getuid();
@@ -64,6 +68,7 @@ void fs_free(struct fs *fs)
 	xpthread_mutex_destroy(&fs->mount_lock);
 	xpthread_mutex_destroy(&fs->hlock);
 	xpthread_mutex_destroy(&fs->plock);
+	xpthread_cond_destroy(&fs->drained);
 	free(fs);
 }
 
