@@ -107,4 +107,12 @@ void source_url_global_cleanup(void);
  */
 bool source_wait_all_done(unsigned timeout_ms);
 
+/*
+ * Daemon shutdown (shutdown.c): cancel each of @streams (NULL-terminated;
+ * NULL: none) with @why, SIGKILL every command process group still alive,
+ * and wait at most @timeout_ms for every source to let go of its stream.
+ * Returns true if all did. Not from the loop thread (it waits for it).
+ */
+bool sources_shutdown(struct stream *const *streams, const char *why, unsigned timeout_ms);
+
 #endif

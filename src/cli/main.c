@@ -5,8 +5,7 @@
  * one line, before anything is mounted); create the streams (nothing
  * runs yet); mount; daemonize (the parent exits 0 only once the mount is
  * there); start the I/O thread and the start=mount streams; serve until
- * unmounted or signalled; then wake every waiter, stop every source, kill
- * every command group, unmount.
+ * unmounted or signalled; then stop (stop_all()).
  */
 #define FUSE_USE_VERSION 312
 
@@ -272,6 +271,21 @@ static void open_control(struct mount *m)
 		log_warn("no control socket (add/rm unavailable): %s", strerror(errno));
 }
 
+/*
+ * The shutdown sequence: the tree takes no more files, every parked
+ * request is answered (EIO) and the mount goes; then every stream is
+ * cancelled, every command process group killed, and the sources are
+ * given 5 s to let go. Before the I/O thread stops: sources finish there.
+ */
+static void stop_all(struct fs *fs)
+{
+	fs_shutdown(fs);
+	struct stream **v = fs_streams(fs);
+	if (!sources_shutdown(v, "streamfs is shutting down", 5000))
+		log_warn("some sources did not stop within 5 s");
+	fs_streams_free(v);
+}
+
 /* Mount, detach (unless -f), serve until unmounted or signalled, shut
  * down. Returns the exit code: 0 once served. */
 static int serve(struct mount *m)
@@ -282,7 +296,7 @@ static int serve(struct mount *m)
 	 * child is set up; the mount is already in place. */
 	if (!m->cfg.foreground) {
 		if (fuse_daemonize(0) != 0) {
-			fs_shutdown(m->fs);
+			stop_all(m->fs);
 			return 1;
 		}
 		log_use_syslog(true);
@@ -293,7 +307,7 @@ static int serve(struct mount *m)
 	signal(SIGXFSZ, SIG_IGN);
 	if (ioloop_start(m->loop) < 0) {
 		log_error("cannot start the I/O thread");
-		fs_shutdown(m->fs);
+		stop_all(m->fs);
 		return 1;
 	}
 	open_control(m);
@@ -302,7 +316,7 @@ static int serve(struct mount *m)
 	fs_start_mount_streams(m->fs);
 	fs_loop(m->fs);
 	log_info("unmounting %s", m->cfg.mountpoint);
-	fs_shutdown(m->fs);
+	stop_all(m->fs);
 	return 0;
 }
 
