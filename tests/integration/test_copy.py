@@ -12,6 +12,8 @@ has no announced length, and its size (under --size=auto) is len(PART1).
     stops at the inode's size: the kernel never asks the daemon).
   - The safe ways, every tool whole: `streamfs wait` first, or the mount's
     --size-unknown=wait (stat waits for the end of such a stream).
+  - A failed stream: its size is final, and size copiers copy the bytes
+    before the failure without an error (documented); streamfs wait says.
   - streamfs wait itself: exit codes and the one line per file.
   - --size-unknown: which files it applies to (not to files that set
     their own --size; to manifest files and files added later; to URLs
@@ -214,6 +216,24 @@ def test_size_unknown_wait_copies_whole(tool, mount, fifo, tmp_path, data):
     rc, err = finish(p)
     assert rc == 0, err
     assert digest(copied(tool, out, "f.bin")) == digest(data[0] + data[1])
+
+
+@pytest.mark.parametrize("tool", ["rsync", "cp"])
+def test_failed_stream(tool, mount, streamfs_cli, tmp_path):
+    """Documented: a failed stream's size is final, the byte where it
+    failed; tools that copy the size copy the bytes before it and exit 0
+    (also under --size-unknown=wait), readers to the end get EIO there,
+    and streamfs wait says it failed."""
+    m = mount("f.bin=cmd:head -c 100000 /dev/zero; exit 3", opts=["--size-unknown=wait"])
+    r = streamfs_cli("wait", m.path, "f.bin")
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == ["streamfs: f.bin: failed at byte 100000: exit 3"]
+    rc, err = run_tool(tool, m.path, "f.bin", tmp_path / "out")
+    if tool == "rsync":
+        assert rc == 0, err
+    else:
+        assert rc == 1 and "Input/output error" in err
+    assert copied(tool, tmp_path / "out", "f.bin") == bytes(100000)
 
 
 # ---------------------------------------------------------------- --size-unknown
