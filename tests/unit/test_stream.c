@@ -1,10 +1,10 @@
 /*
  * test_stream.c - unit tests for stream.c against the contract in
- * include/streamfs/stream.h and DESIGN.md section 2 (S1-S9).
+ * include/streamfs/stream.h (the stream contract S1-S10 of docs/DESIGN.md).
  *
  * The test plays the source: a fake source (fake_source.c) records
  * start/cancel/destroy, and the test produces with stream_append/write/
- * splice/set_length/end/fail from its own thread or a producer thread.
+ * fill_fd/set_length/end/fail from its own thread or a producer thread.
  * Interleavings are forced with condition variables, barriers and joins,
  * never with sleeps: a parked waiter's done() is observed directly, and a
  * done() that blocks on a gate holds the producer inside the engine.
@@ -172,9 +172,9 @@ static void test_whole_read_disk(void)
 	free(dir);
 }
 
-/* Bytes far apart in a sparse disk store (around 1 GiB): stream_copy
+/* Bytes far out in a sparse disk store (around 1 GiB): stream_copy
  * serves exactly the present range and refuses any range with a hole. */
-static void test_window_boundary(void)
+static void test_sparse_far_out(void)
 {
 	char *dir = t_tmpdir("stream");
 	struct fake_src f;
@@ -808,7 +808,7 @@ static void test_too_long(void)
 	CHECK_EQ(i.state, STREAM_COMPLETE);
 	finish(s, &f);
 
-	/* Through splice, one byte too many. */
+	/* Through fill_fd, one byte too many. */
 	s = started(&f, NULL);
 	CHECK_EQ(stream_set_length(s, 100), 0);
 	int p[2];
@@ -991,7 +991,7 @@ struct prod {
 	uint64_t produced;
 };
 
-/* A producer writing as fast as it can, appends and splices mixed, until
+/* A producer writing as fast as it can, appends and fill_fd calls mixed, until
  * the stream refuses. */
 static void *busy_producer(void *arg)
 {
@@ -1778,9 +1778,9 @@ static void mr_op_append(struct mrun *mr)
 	       want);
 }
 
-static void mr_op_splice(struct mrun *mr)
+static void mr_op_fill_fd(struct mrun *mr)
 {
-	mr->opname = "splice";
+	mr->opname = "fill_fd";
 	size_t n = mr_seq_len(mr, 300);
 	if (n == 0)
 		return;
@@ -1794,7 +1794,7 @@ static void mr_op_splice(struct mrun *mr)
 		ssize_t r = stream_fill_fd(mr->s, mr->pipe_r, n - moved);
 		if (r > 0) {
 			int want = m_mark(&mr->m, pos + moved, (uint64_t)r, true);
-			MCHECK(mr, want == 0, "splice moved %zd at %llu, model says %d", r,
+			MCHECK(mr, want == 0, "fill_fd moved %zd at %llu, model says %d", r,
 			       (unsigned long long)(pos + moved), want);
 			moved += (size_t)r;
 			continue;
@@ -1802,7 +1802,7 @@ static void mr_op_splice(struct mrun *mr)
 		/* Errors come on the call whose bytes cross the length, or at
 		 * once on a stopped stream. */
 		int want = m_mark(&mr->m, pos + moved, n - moved, true);
-		MCHECK(mr, r == want && r != 0, "splice(%zu at %llu) = %zd, want %d", n - moved,
+		MCHECK(mr, r == want && r != 0, "fill_fd(%zu at %llu) = %zd, want %d", n - moved,
 		       (unsigned long long)(pos + moved), r, want);
 		break;
 	}
@@ -1966,7 +1966,7 @@ static bool random_seed(uint64_t seed, int pipe_r, int pipe_w, const char *dir)
 		if (running && w < 22)
 			mr_op_append(mr);
 		else if (running && w < 30)
-			mr_op_splice(mr);
+			mr_op_fill_fd(mr);
 		else if (running && w < 44)
 			mr_op_write(mr);
 		else if (w < 66)
@@ -2053,7 +2053,7 @@ int main(void)
 	t_init();
 	RUN(test_whole_read_ram);
 	RUN(test_whole_read_disk);
-	RUN(test_window_boundary);
+	RUN(test_sparse_far_out);
 	RUN(test_tiny);
 	RUN(test_wait_woken);
 	RUN(test_present_while_stalled);

@@ -1,5 +1,5 @@
 /*
- * test_url.c - unit tests for the URL helpers of source_url.c that decide
+ * test_url.c - unit tests for the helpers of the URL source that decide
  * where credentials may go (source_url_same_origin) and what status and
  * the log show (source_url_redact).
  */
