@@ -64,18 +64,38 @@ def pytest_timeout_cancel_timer(item):
         rescue.stop()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    rep = (yield).get_result()
+    if rep.failed:
+        item.streamfs_failed = True  # for `leftovers`
+
+
 @pytest.fixture(autouse=True)
-def leftovers():
+def leftovers(request):
     """Set up before, so torn down after, every other fixture of a test:
     what their cleanup left (a timeout can cut it short) is killed and
-    unmounted here, and the test fails saying what it was."""
+    unmounted here, and the test fails saying what it was. So does a test
+    that ran past its timeout but did not fail: the failure raised by the
+    timeout's signal handler is lost when the handler runs while pytest's
+    hook machinery handles another exception (pluggy returns from a finally
+    block), as after a call stuck in the kernel that fails once the rescue
+    has killed its daemon."""
     yield
     # This cleanup must run to its end: the test's timer is done with.
     signal.setitimer(signal.ITIMER_REAL, 0)
-    done = clean_up_leftovers()
-    if done:
-        pytest.fail("left behind by the test and its fixtures: " + "; ".join(done),
-                    pytrace=False)
+    item = request.node
+    problems = clean_up_leftovers()
+    rescue = getattr(item, "streamfs_rescue", None)
+    if rescue is not None and rescue.overran() and not getattr(item, "streamfs_failed", False):
+        problems.insert(0, f"ran past its {rescue.timeout:g} s timeout"
+                        + (" stuck in the kernel (the rescue SIGKILLed the daemons)"
+                           if rescue.fired else ""))
+    if problems:
+        # A section of the report: shown even when an earlier teardown
+        # error is the one pytest reports.
+        item.add_report_section("teardown", "leftovers", "\n".join(problems))
+        pytest.fail("; ".join(problems), pytrace=False)
 
 
 @pytest.fixture

@@ -108,15 +108,22 @@ class Rescue:
     def __init__(self, what, timeout):
         self.what = what
         self.timeout = timeout
+        self.start = time.monotonic()
+        self.fired = False
         self.stopped = threading.Event()
         threading.Thread(target=self._watch, daemon=True, name="rescue").start()
 
     def stop(self):
         self.stopped.set()
 
+    def overran(self):
+        """True once the test has run past its timeout."""
+        return time.monotonic() - self.start > self.timeout
+
     def _watch(self):
         if self.stopped.wait(self.timeout + self.GRACE):
             return
+        self.fired = True
         with _live_lock:
             pids = sorted(_live_pids)
         sys.__stderr__.write(f"\nrescue: {self.what} stuck {self.GRACE:g} s past its "
