@@ -598,6 +598,8 @@ def in_fuse_wait(pid):
 
 
 def wait_in_fuse(pid, timeout=DEADLINE):
+    """Wait until @pid sleeps on a FUSE request. Not proof that the daemon
+    has the request, let alone parked it: Mount.wait_waiters() is."""
     wait_until(lambda: in_fuse_wait(pid), timeout, f"pid {pid} to wait on a FUSE request")
 
 
