@@ -29,12 +29,16 @@ import itertools
 import os
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from httpserver import TestHTTPServer  # noqa: E402
+
 from helpers import (DEADLINE, Fifo, MountFactory, REPO, Rescue, clean_up_leftovers,
-                     fusermount_u, mounted, register_pid, run, unregister_pid)
+                     fusermount_u, mounted, register_pid, run, unregister_pid)  # noqa: E402
 
 
 def pytest_configure(config):
@@ -194,3 +198,18 @@ def streamfs_cli(streamfs_bin):
     return runner
 
 
+@pytest.fixture
+def www(tmp_path):
+    """The directory the `srv` fixture serves (helpers.put() adds files)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def srv(www):
+    """tests/httpserver.py serving `www`, stopped at teardown; faults are
+    query parameters of its URLs: srv.url("f", drop_after=1000)."""
+    s = TestHTTPServer(www).start()
+    yield s
+    s.stop()

@@ -442,6 +442,12 @@ def make_data(path, n):
     return data
 
 
+def put(www, name, size):
+    """A file of @size random bytes (no two offsets alike by chance) named
+    @name in the served directory @www; returns the bytes."""
+    return make_data(Path(www) / name, size)
+
+
 def q(s):
     return shlex.quote(str(s))
 

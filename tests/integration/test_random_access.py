@@ -20,19 +20,12 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from httpserver import TestHTTPServer  # noqa: E402
-
-from helpers import (DEADLINE, Reader, assert_unchanged, pid_alive, read_ops,  # noqa: E402
-                     wait_until)
-from helpers import xattr as _xattr  # noqa: E402
+from helpers import DEADLINE, Reader, assert_unchanged, pid_alive, read_ops, wait_until
+from helpers import xattr as _xattr
 
 MiB = 1 << 20
 KiB = 1 << 10
@@ -109,13 +102,6 @@ def www(tmp_path_factory):
     _make_zip(root / "a.zip", tmp_path_factory.mktemp("zip"))
     _make_db(root / "db.sqlite")
     return root
-
-
-@pytest.fixture
-def srv(www):
-    s = TestHTTPServer(www).start()
-    yield s
-    s.stop()
 
 
 # ---------------------------------------------------------------- helpers

@@ -11,44 +11,16 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from httpserver import TestHTTPServer  # noqa: E402
-
-from helpers import DEADLINE, open_errno, read_values, wait_until  # noqa: E402
-from helpers import xattr as _xattr  # noqa: E402
+from helpers import DEADLINE, open_errno, put, read_values, wait_until
+from helpers import xattr as _xattr
 
 MiB = 1 << 20
 # Bounded retries for tests that expect a failure, so they end quickly.
 FAST_FAIL = ["--retries=2", "--retry-time=20"]
-
-
-# ---------------------------------------------------------------- fixtures
-
-@pytest.fixture
-def www(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def srv(www):
-    s = TestHTTPServer(www).start()
-    yield s
-    s.stop()
-
-
-def put(www, name, size, seed=None):
-    """A file of pseudo-random bytes (no two offsets alike by chance)."""
-    blob = os.urandom(size)
-    (www / name).write_bytes(blob)
-    return blob
 
 
 # ---------------------------------------------------------------- helpers

@@ -11,42 +11,16 @@ import errno
 import os
 import re
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from httpserver import TestHTTPServer  # noqa: E402
-
-from helpers import open_errno, preads, read_all, wait_until  # noqa: E402
-from helpers import xattr as _xattr  # noqa: E402
+from helpers import open_errno, preads, put, read_all, wait_until
+from helpers import xattr as _xattr
 
 KiB = 1 << 10
 MiB = 1 << 20
 FAST_FAIL = ["--retries=2", "--retry-time=20"]
 ONDEMAND = ["--fill=ondemand"]
-
-
-@pytest.fixture
-def www(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    return root
-
-
-@pytest.fixture
-def srv(www):
-    s = TestHTTPServer(www).start()
-    yield s
-    s.stop()
-
-
-def put(www, name, size):
-    blob = os.urandom(size)
-    (www / name).write_bytes(blob)
-    return blob
 
 
 def cat(path, timeout=60):

@@ -22,6 +22,24 @@ bool pat_ok(const unsigned char *buf, uint64_t off, size_t len)
 	return true;
 }
 
+int pat_append(struct stream *s, uint64_t off, size_t len)
+{
+	unsigned char *b = malloc(len ? len : 1);
+	pat_fill(b, off, len);
+	int r = stream_append(s, b, len);
+	free(b);
+	return r;
+}
+
+int pat_write(struct stream *s, uint64_t off, size_t len)
+{
+	unsigned char *b = malloc(len ? len : 1);
+	pat_fill(b, off, len);
+	int r = stream_write(s, off, b, len);
+	free(b);
+	return r;
+}
+
 /* ---- fake source ------------------------------------------------------ */
 
 static int fake_start(struct stream *s, void *src)

@@ -38,6 +38,10 @@ static inline unsigned char pat(uint64_t off)
 void pat_fill(unsigned char *buf, uint64_t off, size_t len);
 /* True if @buf holds pat() for [off, off+len). */
 bool pat_ok(const unsigned char *buf, uint64_t off, size_t len);
+/* stream_append() of pat() for [off, off+len) (@off must be the frontier). */
+int pat_append(struct stream *s, uint64_t off, size_t len);
+/* stream_write() of pat() for [off, off+len). */
+int pat_write(struct stream *s, uint64_t off, size_t len);
 
 /* ---- fake source ------------------------------------------------------ */
 

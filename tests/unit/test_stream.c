@@ -47,25 +47,6 @@ static pthread_t spawn(void *(*fn)(void *), void *arg)
 	return t;
 }
 
-/* Append pat() bytes for [off, off+len) (off must be the frontier). */
-static int app(struct stream *s, uint64_t off, size_t len)
-{
-	unsigned char *b = malloc(len ? len : 1);
-	pat_fill(b, off, len);
-	int r = stream_append(s, b, len);
-	free(b);
-	return r;
-}
-
-static int put(struct stream *s, uint64_t off, size_t len)
-{
-	unsigned char *b = malloc(len ? len : 1);
-	pat_fill(b, off, len);
-	int r = stream_write(s, off, b, len);
-	free(b);
-	return r;
-}
-
 /* stream_read, checked: result @want and the bytes are pat(). */
 #define READ_EQ(s, off, len, partial, want)                                                        \
 	do {                                                                                       \
@@ -113,7 +94,7 @@ static void whole_read(const char *dir)
 		size_t n = 3 * 4096 + 1;
 		if (n > total - off)
 			n = (size_t)(total - off);
-		CHECK_EQ(app(s, off, n), 0);
+		CHECK_EQ(pat_append(s, off, n), 0);
 		off += n;
 	}
 	struct stream_info i;
@@ -144,7 +125,7 @@ static void whole_read(const char *dir)
 
 	/* A terminal stream is left alone; its source still hears of a
 	 * cancel (once), to let go of what it holds. */
-	CHECK_EQ(app(s, total, 10), -ECANCELED);
+	CHECK_EQ(pat_append(s, total, 10), -ECANCELED);
 	CHECK_EQ(stream_set_length(s, total), 0);
 	CHECK_EQ(stream_set_length(s, total + 1), -EINVAL);
 	stream_fail(s, EIO, "late");
@@ -179,7 +160,7 @@ static void test_sparse_far_out(void)
 	char *dir = t_tmpdir("stream");
 	struct fake_src f;
 	struct stream *s = started(&f, dir);
-	CHECK_EQ(put(s, GIB - 5, 12), 0);
+	CHECK_EQ(pat_write(s, GIB - 5, 12), 0);
 
 	unsigned char got[16];
 	CHECK_EQ(stream_copy(s, got, 12, GIB - 5), 0);
@@ -245,7 +226,7 @@ static void test_tiny(void)
 	s = started(&f, NULL);
 	rec_reset(&rr, STREAM_WAIT_RANGE, 0, 10);
 	CHECK_EQ(stream_wait(s, &rr.w), STREAM_PARKED);
-	CHECK_EQ(app(s, 0, 1), 0);
+	CHECK_EQ(pat_append(s, 0, 1), 0);
 	CHECK_EQ(atomic_load(&rr.calls), 0); /* a RANGE read wants all 10 */
 	rec_reset(&ra, STREAM_WAIT_ANY, 0, 10);
 	CHECK_EQ(stream_wait(s, &ra.w), 1);
@@ -275,11 +256,11 @@ static void test_wait_woken(void)
 	rec_init(&b, STREAM_WAIT_RANGE, 300, 10);
 	CHECK_EQ(stream_wait(s, &a.w), STREAM_PARKED);
 	CHECK_EQ(stream_wait(s, &b.w), STREAM_PARKED);
-	CHECK_EQ(app(s, 0, 120), 0);
+	CHECK_EQ(pat_append(s, 0, 120), 0);
 	CHECK_EQ(atomic_load(&a.calls), 0);
-	CHECK_EQ(app(s, 120, 29), 0);
+	CHECK_EQ(pat_append(s, 120, 29), 0);
 	CHECK_EQ(atomic_load(&a.calls), 0); /* one byte short */
-	CHECK_EQ(app(s, 149, 1), 0);
+	CHECK_EQ(pat_append(s, 149, 1), 0);
 	CHECK_EQ(atomic_load(&a.calls), 1);
 	CHECK_EQ(atomic_load(&a.result), 50);
 	CHECK_EQ(atomic_load(&b.calls), 0);
@@ -288,15 +269,15 @@ static void test_wait_woken(void)
 	CHECK(pat_ok(got, 100, 50));
 
 	/* A sparse write ahead does not wake b until the gap is filled. */
-	CHECK_EQ(put(s, 305, 100), 0);
+	CHECK_EQ(pat_write(s, 305, 100), 0);
 	CHECK_EQ(atomic_load(&b.calls), 0);
-	CHECK_EQ(app(s, 150, 150), 0);
+	CHECK_EQ(pat_append(s, 150, 150), 0);
 	CHECK_EQ(atomic_load(&b.calls), 0);
-	CHECK_EQ(put(s, 300, 5), 0);
+	CHECK_EQ(pat_write(s, 300, 5), 0);
 	CHECK_EQ(atomic_load(&b.calls), 1);
 	CHECK_EQ(atomic_load(&b.result), 10);
 
-	CHECK_EQ(app(s, 300, 1000), 0); /* appends over present bytes */
+	CHECK_EQ(pat_append(s, 300, 1000), 0); /* appends over present bytes */
 	stream_end(s);
 	CHECK_EQ(atomic_load(&a.calls), 1);
 	CHECK_EQ(atomic_load(&b.calls), 1);
@@ -385,7 +366,7 @@ struct job {
 static void *append_job(void *arg)
 {
 	struct job *j = arg;
-	j->result = app(j->s, j->off, j->len);
+	j->result = pat_append(j->s, j->off, j->len);
 	return NULL;
 }
 
@@ -413,7 +394,7 @@ static void test_present_while_stalled(void)
 {
 	struct fake_src f;
 	struct stream *s = started(&f, NULL);
-	CHECK_EQ(app(s, 0, 1000), 0);
+	CHECK_EQ(pat_append(s, 0, 1000), 0);
 	READ_EQ(s, 0, 1000, false, 1000); /* no producer activity at all */
 
 	struct gate g;
@@ -454,14 +435,14 @@ static void test_range_spanning_frontier(void)
 {
 	struct fake_src f;
 	struct stream *s = started(&f, NULL);
-	CHECK_EQ(app(s, 0, 100), 0);
+	CHECK_EQ(pat_append(s, 0, 100), 0);
 	struct rec r;
 	rec_init(&r, STREAM_WAIT_RANGE, 50, 100);
 	CHECK_EQ(stream_wait(s, &r.w), STREAM_PARKED);
-	CHECK_EQ(app(s, 100, 40), 0);
-	CHECK_EQ(app(s, 140, 9), 0);
+	CHECK_EQ(pat_append(s, 100, 40), 0);
+	CHECK_EQ(pat_append(s, 140, 9), 0);
 	CHECK_EQ(atomic_load(&r.calls), 0);
-	CHECK_EQ(app(s, 149, 2), 0);
+	CHECK_EQ(pat_append(s, 149, 2), 0);
 	CHECK_EQ(atomic_load(&r.calls), 1);
 	CHECK_EQ(atomic_load(&r.result), 100);
 
@@ -469,7 +450,7 @@ static void test_range_spanning_frontier(void)
 	struct job j = {.s = s, .off = 140, .len = 1000};
 	pthread_t t = spawn(read_job, &j);
 	for (uint64_t off = 151; off < 1140; off += 10)
-		CHECK_EQ(app(s, off, 10), 0);
+		CHECK_EQ(pat_append(s, off, 10), 0);
 	pthread_join(t, NULL);
 	CHECK_EQ(j.result, 1000);
 	stream_end(s);
@@ -485,13 +466,13 @@ static void test_any(void)
 	struct rec r;
 	rec_init(&r, STREAM_WAIT_ANY, 100, 50);
 	CHECK_EQ(stream_wait(s, &r.w), STREAM_PARKED);
-	CHECK_EQ(app(s, 0, 100), 0);
+	CHECK_EQ(pat_append(s, 0, 100), 0);
 	CHECK_EQ(atomic_load(&r.calls), 0);
-	CHECK_EQ(app(s, 100, 1), 0);
+	CHECK_EQ(pat_append(s, 100, 1), 0);
 	CHECK_EQ(atomic_load(&r.calls), 1);
 	CHECK_EQ(atomic_load(&r.result), 1);
 
-	CHECK_EQ(app(s, 101, 29), 0);
+	CHECK_EQ(pat_append(s, 101, 29), 0);
 	rec_reset(&r, STREAM_WAIT_ANY, 100, 50);
 	CHECK_EQ(stream_wait(s, &r.w), 30);
 	rec_reset(&r, STREAM_WAIT_ANY, 0, 50);
@@ -500,7 +481,7 @@ static void test_any(void)
 
 	struct job j = {.s = s, .off = 130, .len = 4096, .partial = true};
 	pthread_t t = spawn(read_job, &j);
-	CHECK_EQ(app(s, 130, 7), 0);
+	CHECK_EQ(pat_append(s, 130, 7), 0);
 	pthread_join(t, NULL);
 	CHECK(j.result >= 1 && j.result <= 7);
 	stream_end(s);
@@ -516,7 +497,7 @@ static void test_end_waiter(void)
 	struct rec r;
 	rec_init(&r, STREAM_WAIT_END, 0, 0);
 	CHECK_EQ(stream_wait(s, &r.w), STREAM_PARKED);
-	CHECK_EQ(app(s, 0, 100), 0);
+	CHECK_EQ(pat_append(s, 0, 100), 0);
 	CHECK_EQ(stream_set_length(s, 100), 0);
 	CHECK_EQ(atomic_load(&r.calls), 0);
 	stream_end(s);
@@ -570,9 +551,9 @@ static void test_size_waiter(void)
 	s = started(&f, NULL); /* woken by the first byte, not by one ahead */
 	rec_reset(&r, STREAM_WAIT_SIZE, 0, 0);
 	CHECK_EQ(stream_wait(s, &r.w), STREAM_PARKED);
-	CHECK_EQ(put(s, 10, 10), 0);
+	CHECK_EQ(pat_write(s, 10, 10), 0);
 	CHECK_EQ(atomic_load(&r.calls), 0);
-	CHECK_EQ(app(s, 0, 1), 0);
+	CHECK_EQ(pat_append(s, 0, 1), 0);
 	CHECK_EQ(atomic_load(&r.calls), 1);
 	CHECK_EQ(atomic_load(&r.result), 0);
 	stream_cancel(s, NULL);
@@ -603,7 +584,7 @@ static void test_size_waiter(void)
 	finish(s, &f);
 
 	s = started(&f, NULL); /* failed after some bytes: there is a size */
-	CHECK_EQ(app(s, 0, 10), 0);
+	CHECK_EQ(pat_append(s, 0, 10), 0);
 	stream_fail(s, EIO, "later");
 	rec_reset(&r, STREAM_WAIT_SIZE, 0, 0);
 	CHECK_EQ(stream_wait(s, &r.w), 0);
@@ -619,7 +600,7 @@ static void test_size_waiter(void)
 	CHECK_EQ(atomic_load(&f.starts), 0);
 	CHECK_EQ(stream_start(s), 0);
 	CHECK_EQ(atomic_load(&r.calls), 0);
-	CHECK_EQ(app(s, 0, 3), 0);
+	CHECK_EQ(pat_append(s, 0, 3), 0);
 	CHECK_EQ(atomic_load(&r.calls), 1);
 	CHECK_EQ(atomic_load(&r.result), 0);
 	stream_end(s);
@@ -635,7 +616,7 @@ static void test_delayed_error(void)
 	struct fake_src f;
 	struct stream *s = started(&f, NULL);
 	for (uint64_t off = 0; off < E; off += 4096)
-		CHECK_EQ(app(s, off, off + 4096 <= E ? 4096 : (size_t)(E - off)), 0);
+		CHECK_EQ(pat_append(s, off, off + 4096 <= E ? 4096 : (size_t)(E - off)), 0);
 
 	struct rec far, straddle, at, end;
 	rec_init(&far, STREAM_WAIT_RANGE, 20000, 10);
@@ -691,7 +672,7 @@ static void test_delayed_error(void)
 	/* Terminal: later calls change nothing. */
 	stream_fail(s, EPIPE, "second");
 	stream_end(s);
-	CHECK_EQ(app(s, E, 10), -ECANCELED);
+	CHECK_EQ(pat_append(s, E, 10), -ECANCELED);
 	info(s, &i);
 	CHECK_EQ(i.state, STREAM_FAILED);
 	CHECK_EQ(i.error, EIO);
@@ -715,7 +696,7 @@ static void test_truncated(void)
 	CHECK_EQ(stream_set_length(s, 1000), 0);
 	info(s, &i);
 	CHECK_EQ(i.length, 1000);
-	CHECK_EQ(app(s, 0, 600), 0);
+	CHECK_EQ(pat_append(s, 0, 600), 0);
 	READ_EQ(s, 1000, 10, false, 0); /* at/past a known length: 0 at once */
 	READ_EQ(s, 5000, 10, true, 0);
 	struct rec a, b, c;
@@ -744,9 +725,9 @@ static void test_truncated(void)
 	CHECK_EQ(stream_set_length(s, 1000), 0);
 	rec_reset(&c, STREAM_WAIT_RANGE, 990, 100);
 	CHECK_EQ(stream_wait(s, &c.w), STREAM_PARKED);
-	CHECK_EQ(app(s, 0, 999), 0);
+	CHECK_EQ(pat_append(s, 0, 999), 0);
 	CHECK_EQ(atomic_load(&c.calls), 0);
-	CHECK_EQ(app(s, 999, 1), 0);
+	CHECK_EQ(pat_append(s, 999, 1), 0);
 	CHECK_EQ(atomic_load(&c.calls), 1);
 	CHECK_EQ(atomic_load(&c.result), 10);
 	stream_end(s);
@@ -757,8 +738,8 @@ static void test_truncated(void)
 
 	/* Length rules: not below the bytes present, not changed once set. */
 	s = started(&f, NULL);
-	CHECK_EQ(app(s, 0, 100), 0);
-	CHECK_EQ(put(s, 200, 10), 0);
+	CHECK_EQ(pat_append(s, 0, 100), 0);
+	CHECK_EQ(pat_write(s, 200, 10), 0);
 	CHECK_EQ(stream_set_length(s, 50), -EINVAL);
 	CHECK_EQ(stream_set_length(s, 209), -EINVAL);
 	CHECK_EQ(stream_set_length(s, 210), 0);
@@ -781,11 +762,11 @@ static void test_too_long(void)
 	struct stream_info i;
 	struct stream *s = started(&f, NULL);
 	CHECK_EQ(stream_set_length(s, 100), 0);
-	CHECK_EQ(app(s, 0, 60), 0);
+	CHECK_EQ(pat_append(s, 0, 60), 0);
 	struct rec r;
 	rec_init(&r, STREAM_WAIT_RANGE, 90, 20);
 	CHECK_EQ(stream_wait(s, &r.w), STREAM_PARKED);
-	CHECK_EQ(app(s, 60, 60), -EFBIG);
+	CHECK_EQ(pat_append(s, 60, 60), -EFBIG);
 	info(s, &i);
 	CHECK_EQ(i.state, STREAM_FAILED);
 	CHECK_EQ(i.error, EFBIG);
@@ -796,13 +777,13 @@ static void test_too_long(void)
 	CHECK_EQ(atomic_load(&r.result), 10);
 	READ_EQ(s, 0, 100, false, 100);
 	READ_EQ(s, 100, 1, false, -EIO);
-	CHECK_EQ(app(s, 100, 1), -ECANCELED);
+	CHECK_EQ(pat_append(s, 100, 1), -ECANCELED);
 	finish(s, &f);
 
 	/* Ending exactly at the length is fine. */
 	s = started(&f, NULL);
 	CHECK_EQ(stream_set_length(s, 100), 0);
-	CHECK_EQ(app(s, 0, 100), 0);
+	CHECK_EQ(pat_append(s, 0, 100), 0);
 	stream_end(s);
 	info(s, &i);
 	CHECK_EQ(i.state, STREAM_COMPLETE);
@@ -828,8 +809,8 @@ static void test_too_long(void)
 	/* A write ahead past the length fails at the frontier. */
 	s = started(&f, NULL);
 	CHECK_EQ(stream_set_length(s, 100), 0);
-	CHECK_EQ(app(s, 0, 10), 0);
-	CHECK_EQ(put(s, 150, 10), -EFBIG);
+	CHECK_EQ(pat_append(s, 0, 10), 0);
+	CHECK_EQ(pat_write(s, 150, 10), -EFBIG);
 	info(s, &i);
 	CHECK_EQ(i.state, STREAM_FAILED);
 	CHECK_EQ(i.error, EFBIG);
@@ -844,7 +825,7 @@ static void test_end_exact(void)
 	struct fake_src f;
 	struct stream_info i;
 	struct stream *s = started(&f, NULL);
-	CHECK_EQ(app(s, 0, 1000), 0);
+	CHECK_EQ(pat_append(s, 0, 1000), 0);
 	struct rec a, b;
 	rec_init(&a, STREAM_WAIT_RANGE, 900, 200);
 	rec_init(&b, STREAM_WAIT_ANY, 1500, 10);
@@ -864,7 +845,7 @@ static void test_end_exact(void)
 	READ_EQ(s, 1000, 1, false, 0);
 	READ_EQ(s, 999, 1, false, 1);
 	READ_EQ(s, 2000, 10, true, 0);
-	CHECK_EQ(app(s, 1000, 1), -ECANCELED);
+	CHECK_EQ(pat_append(s, 1000, 1), -ECANCELED);
 	finish(s, &f);
 
 	/* Bytes written ahead of a hole, then the end at the frontier: the
@@ -872,8 +853,8 @@ static void test_end_exact(void)
 	 * Either way a read past an exact end must return 0, and the
 	 * frontier is where the fill stopped. */
 	s = started(&f, NULL);
-	CHECK_EQ(put(s, 1000, 10), 0);
-	CHECK_EQ(app(s, 0, 100), 0);
+	CHECK_EQ(pat_write(s, 1000, 10), 0);
+	CHECK_EQ(pat_append(s, 0, 100), 0);
 	stream_end(s);
 	info(s, &i);
 	CHECK_EQ(i.state, STREAM_FAILED);
@@ -899,22 +880,22 @@ static void store_limit(const char *dir)
 	struct fake_src f;
 	struct stream_info i;
 	struct stream *s = started(&f, dir);
-	CHECK_EQ(app(s, 0, 1000), 0);
+	CHECK_EQ(pat_append(s, 0, 1000), 0);
 	struct rec far;
 	rec_init(&far, STREAM_WAIT_RANGE, 3 << 20, 10);
 	CHECK_EQ(stream_wait(s, &far.w), STREAM_PARKED);
-	CHECK_EQ(put(s, 2 << 20, 4096), -EFBIG); /* far past: limit <= 2 MiB */
+	CHECK_EQ(pat_write(s, 2 << 20, 4096), -EFBIG); /* far past: limit <= 2 MiB */
 	CHECK_EQ(atomic_load(&far.calls), 1);
 	CHECK_EQ(atomic_load(&far.result), -EFBIG);
-	CHECK_EQ(put(s, lim - 100, 4096), -EFBIG); /* across: the limit, exactly */
+	CHECK_EQ(pat_write(s, lim - 100, 4096), -EFBIG); /* across: the limit, exactly */
 	info(s, &i);
 	CHECK_EQ(i.state, STREAM_RUNNING);
 	CHECK_EQ(i.bytes, 1100);
 	READ_EQ(s, lim - 100, 4096, false, 100);
 	READ_EQ(s, lim, 1, false, -EFBIG);
 	READ_EQ(s, lim + 10, 1, true, -EFBIG);
-	CHECK_EQ(put(s, lim + 10, 10), -EFBIG); /* known: not even tried */
-	CHECK_EQ(app(s, 1000, 2000), 0);        /* below it all goes on */
+	CHECK_EQ(pat_write(s, lim + 10, 10), -EFBIG); /* known: not even tried */
+	CHECK_EQ(pat_append(s, 1000, 2000), 0);       /* below it all goes on */
 	READ_EQ(s, 0, 3000, false, 3000);
 	rec_fini(&far);
 	finish(s, &f);
@@ -924,7 +905,7 @@ static void store_limit(const char *dir)
 	int r = 0;
 	uint64_t off = 0;
 	while (r == 0 && off < 2 * lim) {
-		r = app(s, off, 3 * 4096 + 1);
+		r = pat_append(s, off, 3 * 4096 + 1);
 		off += 3 * 4096 + 1;
 	}
 	CHECK_EQ(r, -EFBIG);
@@ -1129,7 +1110,7 @@ static void test_unwait(void)
 	rec_init(&r, STREAM_WAIT_RANGE, 0, 10);
 	CHECK(!stream_unwait(s, &r.w));
 	CHECK_EQ(stream_wait(s, &r.w), -EINTR);
-	CHECK_EQ(app(s, 0, 100), 0);
+	CHECK_EQ(pat_append(s, 0, 100), 0);
 	CHECK_EQ(atomic_load(&r.calls), 0);
 	rec_reset(&r, STREAM_WAIT_RANGE, 0, 10);
 	CHECK(!stream_unwait(s, &r.w));
@@ -1145,7 +1126,7 @@ static void test_unwait(void)
 	CHECK(stream_unwait(s, &r.w));
 	info(s, &i);
 	CHECK_EQ(i.waiters, 0);
-	CHECK_EQ(app(s, 100, 100), 0);
+	CHECK_EQ(pat_append(s, 100, 100), 0);
 	stream_cancel(s, NULL);
 	CHECK_EQ(atomic_load(&r.calls), 0);
 	finish(s, &f);
@@ -1174,7 +1155,7 @@ static void *race_producer(void *arg)
 	struct race *rc = arg;
 	for (int k = 0; k < rc->iters; k++) {
 		pthread_barrier_wait(&rc->bar);
-		if (app(rc->s, (uint64_t)k, 1) != 0)
+		if (pat_append(rc->s, (uint64_t)k, 1) != 0)
 			rc->errors++;
 		pthread_barrier_wait(&rc->bar);
 	}
