@@ -36,23 +36,37 @@ SANITIZER_PATTERNS = (
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP}
 STATES = {"idle", "running", "complete", "failed", "cancelled"}
 
-# PIDs of daemons (and helper processes) and mount points made by this run
+# Daemons (and helper processes) and mount points made by the running test
 # and not yet cleaned up. After each test the `leftovers` fixture (see
 # conftest.py) kills and unmounts what is still here; the rescue thread
 # SIGKILLs the daemons when a test is stuck in the kernel past its timeout.
-_live_pids = set()
+# A PID is kept with its start time, so that a PID reused by another
+# process after ours was reaped is never killed.
+_live_pids = {}  # pid -> start time (field 22 of /proc/PID/stat)
 _live_mounts = set()
 _live_lock = threading.Lock()
 
 
+def _start_time(pid):
+    try:
+        s = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return s[s.rindex(")") + 2:].split()[19]
+
+
 def register_pid(pid):
     with _live_lock:
-        _live_pids.add(pid)
+        _live_pids[pid] = _start_time(pid)
 
 
 def unregister_pid(pid):
     with _live_lock:
-        _live_pids.discard(pid)
+        _live_pids.pop(pid, None)
+
+
+def _same_process(pid, start):
+    return start is not None and _start_time(pid) == start
 
 
 def register_mount(path):
@@ -70,12 +84,12 @@ def clean_up_leftovers():
     registered mount points still mounted; forget both. Returns what it
     had to do, one line each (empty after a clean test)."""
     with _live_lock:
-        pids, mounts = sorted(_live_pids), sorted(_live_mounts)
+        pids, mounts = sorted(_live_pids.items()), sorted(_live_mounts)
         _live_pids.clear()
         _live_mounts.clear()
     done = []
-    for pid in pids:
-        if pid_alive(pid):
+    for pid, start in pids:
+        if pid_alive(pid) and _same_process(pid, start):
             try:
                 os.kill(pid, signal.SIGKILL)
                 done.append(f"SIGKILLed process {pid}")
@@ -125,7 +139,7 @@ class Rescue:
             return
         self.fired = True
         with _live_lock:
-            pids = sorted(_live_pids)
+            pids = [p for p, start in sorted(_live_pids.items()) if _same_process(p, start)]
         sys.__stderr__.write(f"\nrescue: {self.what} stuck {self.GRACE:g} s past its "
                              f"{self.timeout:g} s timeout; stacks follow; SIGKILLing "
                              f"daemons {pids}\n")
