@@ -1,8 +1,8 @@
 """
-Faults and shutdown (issue 5, items 3 and 4): the store's disk fills up, a
-command is SIGKILLed from outside, the daemon itself is SIGKILLed, and the
-two clean stops (fusermount3 -u with idle files, SIGTERM with readers of
-every kind waiting).
+Faults and shutdown: the store's disk fills up, a command is SIGKILLed
+from outside, the daemon itself is SIGKILLed, and the two clean stops
+(fusermount3 -u with idle files, SIGTERM with readers of every kind
+waiting).
 
 Already covered elsewhere, so not repeated here: a FIFO writer closing
 early (test_errors), a command exiting non-zero or killed by its own
@@ -77,7 +77,7 @@ def free_bytes(d):
     return st.f_bavail * st.f_frsize
 
 
-@pytest.mark.deadline(120)
+@pytest.mark.timeout(120)
 def test_store_full_fails_that_stream_exactly_where_it_filled(small_tmpfs, mount, tmp_path):
     small = make_data(tmp_path / "small.dat", 200_000)
     big = make_data(tmp_path / "big.dat", 8 << 20)  # twice the store's room
@@ -216,7 +216,7 @@ def test_fusermount_u_with_only_idle_files(mount, tmp_path):
     assert "did not stop" not in text and "warn" not in text.lower(), text
 
 
-@pytest.mark.deadline(120)
+@pytest.mark.timeout(120)
 def test_sigterm_with_20_waiters_of_every_kind(mount, tmp_path, fifo, fusectl):
     """20 requests parked on three streams (counted by the kernel): reads
     past the frontier, lseek(SEEK_END) (waits for the end), opens of a
