@@ -22,19 +22,14 @@ has no announced length, and its size (under --size=auto) is len(PART1).
 import hashlib
 import os
 import subprocess
-import sys
 import tarfile
 import zipfile
-from pathlib import Path
 
 import pytest
 
-from helpers import (DEADLINE, Background, assert_blocked, call, q, register_pid, run,
+from helpers import (DEADLINE, Background, assert_blocked, call, put, q, register_pid,
                      unregister_pid, wait_until)
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from httpserver import TestHTTPServer  # noqa: E402
 
 PY = "/usr/bin/python3"
 # PART1 ends on a page boundary: sendfile() reads whole pages through the
@@ -176,21 +171,21 @@ def test_sendfile_stops_at_the_size_without_asking(mount, fifo, tmp_path, data):
 
 # ---------------------------------------------------------------- the safe ways
 
-def start_wait(mnt, *args):
-    binary = os.environ.get("STREAMFS_BIN") or str(TESTS.parent / "build" / "streamfs")
-    p = subprocess.Popen([binary, "wait", str(mnt), *args], stdout=subprocess.PIPE,
+def start_wait(streamfs_bin, mnt, *args):
+    """`streamfs wait MNT ARGS...` in the background (finish() it)."""
+    p = subprocess.Popen([str(streamfs_bin), "wait", str(mnt), *args], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, start_new_session=True)
     register_pid(p.pid)
     return p
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_wait_then_tool_copies_whole(tool, mount, fifo, tmp_path, data):
+def test_wait_then_tool_copies_whole(tool, mount, fifo, tmp_path, data, streamfs_bin):
     """`streamfs wait mnt f.bin && TOOL`: the wait returns when the stream
     has ended, and every tool copies all of it."""
     gate = fifo("gate")
     m = mount("f.bin=" + gated(tmp_path, gate))
-    w = start_wait(m.path, "f.bin")
+    w = start_wait(streamfs_bin, m.path, "f.bin")
     m.wait_waiters("f.bin", 1)  # the wait is parked (and started the stream)
     gate.release()
     rc, err = finish(w)
@@ -287,28 +282,20 @@ def test_size_unknown_applies_to_manifest_and_added_files(mount, fifo, tmp_path,
     gates["own"].release()
 
 
-@pytest.fixture
-def srv(tmp_path):
-    www = tmp_path / "www"
-    www.mkdir()
-    (www / "f").write_bytes(os.urandom(PART1 + PART2))
-    s = TestHTTPServer(www).start()
-    yield s
-    s.stop()
-
-
-def test_size_unknown_url_with_length_at_once(mount, srv):
+def test_size_unknown_url_with_length_at_once(mount, srv, www):
     """A Content-Length is an announced length: shown at once, while the
     body is still on its way."""
+    put(www, "f", PART1 + PART2)
     m = mount("a.bin=" + srv.url("f", stall_after=65536, stall_secs=120),
               opts=["--size-unknown=wait", "--stall-timeout=600"])
     assert call(stat_size, m.path / "a.bin") == PART1 + PART2
     assert m.state("a.bin") == "running"
 
 
-def test_size_unknown_url_without_length_waits(mount, srv):
+def test_size_unknown_url_without_length_waits(mount, srv, www):
     """No Content-Length: stat waits for the end (the server pauses 1 s
     after 100000 bytes; a size seen before the end would be 100000)."""
+    put(www, "f", PART1 + PART2)
     m = mount("a.bin=" + srv.url("f", nolength=1, stall_after=100000, stall_secs=1),
               opts=["--size-unknown=wait", "--stall-timeout=600"])
     assert call(stat_size, m.path / "a.bin", timeout=30) == PART1 + PART2
@@ -334,13 +321,13 @@ def test_wait_starts_idle_streams(mount, streamfs_cli):
     assert m.state("a.txt") == m.state("d/b.txt") == "complete"
 
 
-def test_wait_reports_a_failure_at_once(mount, fifo, tmp_path, data):
+def test_wait_reports_a_failure_at_once(mount, fifo, tmp_path, data, streamfs_bin):
     """One stream fails while another still runs: exit 1 at once, one line
     saying where and why."""
     gate = fifo("gate")
     m = mount("slow.bin=" + gated(tmp_path, gate),
               "bad.bin=cmd:head -c 100000 /dev/zero; echo 'disk on fire' >&2; exit 3")
-    w = start_wait(m.path, "slow.bin", "bad.bin")
+    w = start_wait(streamfs_bin, m.path, "slow.bin", "bad.bin")
     rc, err = finish(w)
     assert rc == 1
     assert err.splitlines() == ["streamfs: bad.bin: failed at byte 100000: exit 3: disk on fire"]
@@ -371,10 +358,10 @@ def test_wait_timeout(mount, fifo, tmp_path, streamfs_cli, data):
     assert (r.returncode, r.stderr) == (0, "")
 
 
-def test_wait_for_a_removed_file(mount, fifo, tmp_path, streamfs_cli, data):
+def test_wait_for_a_removed_file(mount, fifo, tmp_path, streamfs_cli, data, streamfs_bin):
     gate = fifo("gate")
     m = mount("f.bin=" + gated(tmp_path, gate))
-    w = start_wait(m.path, "f.bin")
+    w = start_wait(streamfs_bin, m.path, "f.bin")
     m.wait_waiters("f.bin", 1)
     assert streamfs_cli("rm", m.path, "f.bin").returncode == 0
     rc, err = finish(w)
