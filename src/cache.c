@@ -95,6 +95,13 @@ void cache_free(struct cache *ca)
 	free(ca);
 }
 
+uint64_t cache_window_max(const struct cache *ca)
+{
+	if (!ca->limit)
+		return UINT64_MAX;
+	return ca->limit / 8 > CACHE_BLOCK ? ca->limit / 8 : CACHE_BLOCK;
+}
+
 uint64_t cache_tick(struct cache *ca)
 {
 	return atomic_fetch_add_explicit(&ca->clock, 1, memory_order_relaxed) + 1;

@@ -102,6 +102,7 @@ enum fopt {
 	FO_MAX_REDIRS,
 	FO_USER,
 	FO_LOCATION_TRUSTED,
+	FO_KEEP,
 	FO_COUNT
 };
 
@@ -119,6 +120,7 @@ static const char *const fopt_names[FO_COUNT] = {
     [FO_MAX_REDIRS] = "max-redirs",
     [FO_USER] = "user",
     [FO_LOCATION_TRUSTED] = "location-trusted",
+    [FO_KEEP] = "keep",
 };
 
 /* Case-insensitive, and '_' matches '-': manifests often say retry_time. */
@@ -475,6 +477,18 @@ static int fopt_set(struct file_opts *o, int id, const char *value, const char *
 			o->stall_timeout = sec;
 		else
 			o->connect_timeout = sec;
+		return 0;
+	case FO_KEEP:
+		rc = parse_bytes(value, &bytes);
+		if (rc == -ERANGE)
+			return fail(err, errlen, "bad %s%s value '%s': too large", dash, name,
+			            esc(q, sizeof(q), value));
+		if (rc || bytes == 0)
+			return fail(err, errlen,
+			            "bad %s%s value '%s': expected a byte count above 0 "
+			            "(e.g. 64M, 1GiB)",
+			            dash, name, esc(q, sizeof(q), value));
+		o->keep = bytes;
 		return 0;
 	case FO_USER:
 		/* The value is a password: keep it out of the message. */
@@ -1158,6 +1172,8 @@ fail:
 
 enum {
 	OPT_CACHE_DIR = 256,
+	OPT_CACHE_SIZE,
+	OPT_CACHE_MIN_FREE,
 	OPT_VERSION,
 	OPT_FILE = 512, /* + enum fopt */
 };
@@ -1166,6 +1182,8 @@ static const struct option long_opts[] = {
     {"foreground", no_argument, NULL, 'f'},
     {"config", required_argument, NULL, 'c'},
     {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
+    {"cache-size", required_argument, NULL, OPT_CACHE_SIZE},
+    {"cache-min-free", required_argument, NULL, OPT_CACHE_MIN_FREE},
     {"verbose", no_argument, NULL, 'v'},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
@@ -1183,6 +1201,7 @@ static const struct option long_opts[] = {
     {"max-redirs", required_argument, NULL, OPT_FILE + FO_MAX_REDIRS},
     {"user", required_argument, NULL, OPT_FILE + FO_USER},
     {"location-trusted", optional_argument, NULL, OPT_FILE + FO_LOCATION_TRUSTED},
+    {"keep", required_argument, NULL, OPT_FILE + FO_KEEP},
     {NULL, 0, NULL, 0},
 };
 
@@ -1245,6 +1264,69 @@ static int set_string(char **dst, const char *s)
 	return 0;
 }
 
+/* --cache-size=BYTES: at least one block (smaller could hold nothing). */
+static int parse_cache_size(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+	char q[ESC_LEN];
+	uint64_t bytes;
+	int rc = parse_bytes(v, &bytes);
+
+	if (rc == -ERANGE)
+		return fail(err, errlen, "bad --cache-size value '%s': too large",
+		            esc(q, sizeof(q), v));
+	if (rc)
+		return fail(err, errlen,
+		            "bad --cache-size value '%s': expected a byte count (e.g. 256M, 10GiB)",
+		            esc(q, sizeof(q), v));
+	if (bytes < CONFIG_CACHE_BLOCK)
+		return fail(err, errlen,
+		            "bad --cache-size value '%s': at least 1M (one block of the store)",
+		            esc(q, sizeof(q), v));
+	cfg->cache_size = bytes;
+	return 0;
+}
+
+/* --cache-min-free=BYTES|N%: N from 0 to 100, decimals allowed. */
+static int parse_min_free(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+	char q[ESC_LEN];
+	size_t len = strlen(v);
+	uint64_t bytes;
+	int rc;
+
+	if (len > 1 && v[len - 1] == '%') {
+		char *end;
+		double pct;
+
+		if (!isdigit((unsigned char)v[0]))
+			goto bad;
+		errno = 0;
+		pct = strtod(v, &end);
+		if (errno || end != v + len - 1 || pct < 0)
+			goto bad;
+		if (pct > 100)
+			return fail(err, errlen, "bad --cache-min-free value '%s': over 100%%",
+			            esc(q, sizeof(q), v));
+		cfg->cache_min_free_pct = pct;
+		cfg->cache_min_free = 0;
+		return 0;
+	}
+	rc = parse_bytes(v, &bytes);
+	if (rc == -ERANGE)
+		return fail(err, errlen, "bad --cache-min-free value '%s': too large",
+		            esc(q, sizeof(q), v));
+	if (rc)
+		goto bad;
+	cfg->cache_min_free = bytes;
+	cfg->cache_min_free_pct = -1;
+	return 0;
+bad:
+	return fail(err, errlen,
+	            "bad --cache-min-free value '%s': expected a byte count (e.g. 2G) or a "
+	            "percentage (e.g. 5%%)",
+	            esc(q, sizeof(q), v));
+}
+
 /* Parse the options; positionals are collected in @pos in order. */
 static int parse_options(struct config *cfg, struct file_opts *cli, int argc, char **argv,
                          const char **pos, size_t *npos, char *err, size_t errlen)
@@ -1300,6 +1382,14 @@ static int parse_options(struct config *cfg, struct file_opts *cli, int argc, ch
 			cfg->memory_store = !strcmp(optarg, "memory");
 			if (!cfg->memory_store && set_string(&cfg->cache_dir, optarg))
 				return fail(err, errlen, "out of memory");
+			break;
+		case OPT_CACHE_SIZE:
+			if (parse_cache_size(cfg, optarg, err, errlen))
+				return -1;
+			break;
+		case OPT_CACHE_MIN_FREE:
+			if (parse_min_free(cfg, optarg, err, errlen))
+				return -1;
 			break;
 		case '?':
 		case ':':
@@ -1410,6 +1500,7 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
 	int result = -1;
 
 	memset(cfg, 0, sizeof(*cfg));
+	cfg->cache_min_free_pct = 5;
 	config_file_opts_default(&cli);
 	if (argc < 1 || !argv) {
 		argc = 1;

@@ -16,7 +16,8 @@
  *     --retries=N, --retry-time=SECONDS, --stall-timeout=SECONDS,
  *     --connect-timeout=SECONDS, --max-redirs=N, --user=USER:PASSWORD,
  *     --location-trusted (send credentials/headers after redirects to
- *     other hosts)
+ *     other hosts), --keep=BYTES (keep only the last BYTES: endless streams)
+ *   store budget: --cache-size=BYTES, --cache-min-free=BYTES|N% (default 5%)
  *   manifest (-c FILE, INI, libinih): one section per file, the section
  *   name is NAME; keys: source (required), and the per-file options without
  *   "--" (size, start, read, header (repeatable), insecure = true|false, ...).
@@ -56,7 +57,12 @@ struct file_opts {
 	double stall_timeout;   /* seconds without a byte, default 30 */
 	double connect_timeout; /* seconds, default 15 */
 	int max_redirs;         /* default 10 */
+
+	uint64_t keep; /* keep only the last KEEP bytes (endless streams); 0: all */
 };
+
+/* The store's accounting block (cache.h's CACHE_BLOCK). */
+#define CONFIG_CACHE_BLOCK (1u << 20)
 
 struct file_spec {
 	char *name;   /* validated relative path, e.g. "dir/a.bin"; owned */
@@ -73,6 +79,9 @@ struct config {
 	int verbosity;     /* 0 normal, -1 with -q, +1 per -v */
 	char *cache_dir;   /* --cache-dir DIR; NULL means the default */
 	bool memory_store; /* --cache-dir=memory: keep bytes in RAM (memfd) */
+	uint64_t cache_size;       /* --cache-size: bytes for all streams; 0 no limit */
+	uint64_t cache_min_free;   /* --cache-min-free=BYTES */
+	double cache_min_free_pct; /* --cache-min-free=N% (default 5), or -1 for BYTES */
 	char **fuse_opts;  /* each -o argument, NULL-terminated array; owned */
 	size_t nfuse_opts;
 	struct file_spec *files; /* owned */

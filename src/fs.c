@@ -42,6 +42,7 @@
 
 #include "log.h"
 #include "source.h"
+#include "streamfs/cache.h"
 
 #include <errno.h>
 #include <fuse_lowlevel.h>
@@ -100,6 +101,7 @@ struct fs {
 	bool mounted;
 	atomic_bool shut; /* fs_shutdown() has begun: no more files are added */
 	char control[108]; /* the control socket's name, shown as user.streamfs.control */
+	struct cache *cache; /* the store budget, for status; may be NULL */
 	/* Open handles, so those the kernel never released (the daemon stops
 	 * first) are freed with the file system. */
 	pthread_mutex_t hlock;
@@ -480,8 +482,14 @@ static void reply_attr(fuse_req_t req, struct fs *fs, const struct node *n, stru
 
 static int reply_errno(ssize_t r)
 {
-	return r == -EINTR ? EINTR : EIO; /* cancelled (unmount, rm) reads see EIO */
+	if (r == -EINTR || r == -ENODATA) /* ENODATA: dropped by keep= */
+		return (int)-r;
+	return EIO; /* cancelled (unmount, rm) reads see EIO */
 }
+
+static void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s,
+		 enum pending_op op, enum stream_wait_kind kind, uint64_t off, size_t len,
+		 const struct fuse_file_info *fi);
 
 /*
  * Reply buffers, one per thread that replies (FUSE workers, the I/O
@@ -523,8 +531,11 @@ static int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t 
 	return r;
 }
 
-static void reply_read(fuse_req_t req, struct stream *s, uint64_t off, ssize_t r)
+static void reply_read(struct pending *p, ssize_t r)
 {
+	fuse_req_t req = p->req;
+	struct stream *s = p->s;
+	uint64_t off = p->w.off;
 	if (r < 0) {
 		fuse_reply_err(req, reply_errno(r));
 		return;
@@ -534,7 +545,11 @@ static void reply_read(fuse_req_t req, struct stream *s, uint64_t off, ssize_t r
 		return;
 	}
 	int e = reply_present(req, s, off, (size_t)r);
-	if (e == -ENOMEM) {
+	if (e == -ERANGE) {
+		/* Evicted between the wake-up and this copy: wait again (the
+		 * stream fetches it again). */
+		park(req, p->fs, p->n, s, P_READ, p->w.kind, off, p->w.len, NULL);
+	} else if (e == -ENOMEM) {
 		fuse_reply_err(req, ENOMEM);
 	} else if (e < 0) {
 		log_error("%s: read of present bytes at %" PRIu64 " failed: %s", stream_name(s),
@@ -583,7 +598,7 @@ static void pending_complete(struct pending *p, ssize_t r)
 	fuse_req_interrupt_func(p->req, NULL, NULL);
 	switch (p->op) {
 	case P_READ:
-		reply_read(p->req, p->s, p->w.off, r);
+		reply_read(p, r);
 		break;
 	case P_OPEN:
 		reply_open(p, r);
@@ -815,7 +830,8 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 #define XATTR_PREFIX "user.streamfs."
 
 static const char *const file_keys[] = {"state", "bytes", "size", "source", "kind",
-				       "error", "error_offset", "waiters", NULL};
+				       "error", "error_offset", "waiters", "held", "evicted",
+				       "dropped", "keep", "paused", NULL};
 
 /* The value of file attribute @key into @buf; its length, or -ENODATA. */
 static ssize_t file_xattr(const struct node *n, struct stream *s, const char *key, char *buf,
@@ -840,11 +856,43 @@ static ssize_t file_xattr(const struct node *n, struct stream *s, const char *ke
 		return failed ? snprintf(buf, size, "%" PRIu64, in.error_offset) : -ENODATA;
 	if (strcmp(key, "waiters") == 0) /* parked reads, opens and stats */
 		return snprintf(buf, size, "%u", in.waiters);
+	if (strcmp(key, "held") == 0) /* bytes in the store now */
+		return snprintf(buf, size, "%" PRIu64, in.held);
+	if (strcmp(key, "evicted") == 0)
+		return in.evicted ? snprintf(buf, size, "%" PRIu64, in.evicted) : -ENODATA;
+	if (strcmp(key, "dropped") == 0)
+		return in.keep ? snprintf(buf, size, "%" PRIu64, in.dropped) : -ENODATA;
+	if (strcmp(key, "keep") == 0)
+		return in.keep ? snprintf(buf, size, "%" PRIu64, in.keep) : -ENODATA;
+	if (strcmp(key, "paused") == 0)
+		return in.paused ? snprintf(buf, size, "%s", cache_pause_text(in.paused))
+				 : -ENODATA;
 	return stream_get_attr(s, key, buf, size);
+}
+
+static ssize_t cache_xattr(struct fs *fs, const char *key, char *buf, size_t size)
+{
+	struct cache_stats st;
+	if (!fs->cache)
+		return -ENODATA;
+	cache_get_stats(fs->cache, &st);
+	if (strcmp(key, "cache_size") == 0)
+		return st.limit ? snprintf(buf, size, "%" PRIu64, st.limit) : -ENODATA;
+	if (strcmp(key, "cache_used") == 0)
+		return snprintf(buf, size, "%" PRIu64, st.used);
+	if (strcmp(key, "cache_min_free") == 0)
+		return snprintf(buf, size, "%" PRIu64, st.min_free);
+	if (strcmp(key, "cache_evictions") == 0)
+		return snprintf(buf, size, "%" PRIu64, st.evictions);
+	if (strcmp(key, "cache_paused") == 0)
+		return snprintf(buf, size, "%u", st.paused);
+	return -ENODATA;
 }
 
 static ssize_t root_xattr(struct fs *fs, const char *key, char *buf, size_t size)
 {
+	if (strncmp(key, "cache_", 6) == 0)
+		return cache_xattr(fs, key, buf, size);
 	if (strcmp(key, "pid") == 0)
 		return snprintf(buf, size, "%d", (int)getpid());
 	if (strcmp(key, "control") == 0 && fs->control[0])
@@ -915,6 +963,11 @@ static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		add_name("version", &nb);
 		if (fs->control[0])
 			add_name("control", &nb);
+		static const char *const ck[] = {"cache_size", "cache_used", "cache_min_free",
+						 "cache_evictions", "cache_paused", NULL};
+		for (int i = 0; ck[i]; i++)
+			if (cache_xattr(fs, ck[i], tmp, sizeof(tmp)) >= 0)
+				add_name(ck[i], &nb);
 	} else if (s) {
 		for (int i = 0; file_keys[i]; i++)
 			if (file_xattr(n, s, file_keys[i], tmp, sizeof(tmp)) >= 0)
@@ -941,7 +994,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	for (size_t i = 0; v && v[i]; i++, files++) {
 		struct stream_info in;
 		stream_get_info(v[i], &in);
-		bytes += in.bytes;
+		bytes += in.held;
 	}
 	unref_all(v);
 	sv.f_bsize = BLKSIZE;
@@ -1025,6 +1078,11 @@ int fs_mount(struct fs *fs, const char *mountpoint, char *const *fuse_opts, char
 out:
 	fuse_opt_free_args(&args);
 	return r;
+}
+
+void fs_set_cache(struct fs *fs, struct cache *ca)
+{
+	fs->cache = ca;
 }
 
 void fs_set_control_name(struct fs *fs, const char *name)

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "source.h"
 #include "status.h"
+#include "streamfs/cache.h"
 #include "streamfs/store.h"
 
 #include <errno.h>
@@ -53,6 +54,8 @@ static const char usage[] =
 	"      --cache-dir DIR    keep stream bytes in unlinked files in DIR (default " DEFAULT_CACHE_DIR
 	")\n"
 	"      --cache-dir=memory keep them in RAM instead\n"
+	"      --cache-size=BYTES the store holds at most BYTES for all files (default: no limit)\n"
+	"      --cache-min-free=BYTES|N%%  keep this much of the cache file system free (default 5%%)\n"
 	"  -v, --verbose          debug log output\n"
 	"  -q, --quiet            errors only\n"
 	"      --version          print the version\n"
@@ -63,6 +66,7 @@ static const char usage[] =
 	"  --start=access|mount   start on first open/stat (default) or at mount\n"
 	"  --read=full|partial    reads wait for the whole range (default) or return what is there\n"
 	"  --fill=all|ondemand    URLs: download everything (default) or only what is read\n"
+	"  --keep=BYTES           keep only the last BYTES received (endless streams)\n"
 	"  URL options: --header='N: v', --user=U:P, --insecure, --retries=N, --retry-time=S,\n"
 	"               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted\n"
 	"\n"
@@ -126,8 +130,8 @@ static void raise_fd_limit(void)
 }
 
 static struct stream *make_stream(const struct config *cfg, const struct file_spec *f,
-				  struct ioloop *loop, const char *cwd, int stdin_fd, char *err,
-				  size_t errlen)
+				  struct ioloop *loop, struct cache *ca, const char *cwd, int stdin_fd,
+				  char *err, size_t errlen)
 {
 	const char *dir = cfg->memory_store ? NULL : cfg->cache_dir ? cfg->cache_dir
 								     : DEFAULT_CACHE_DIR;
@@ -162,6 +166,9 @@ static struct stream *make_stream(const struct config *cfg, const struct file_sp
 	}
 	if (f->opts.size == SIZE_FIXED)
 		stream_set_length(s, f->opts.size_bytes);
+	if (f->opts.keep)
+		stream_set_keep(s, f->opts.keep);
+	stream_set_cache(s, ca);
 	return s;
 }
 
@@ -169,6 +176,7 @@ static struct stream *make_stream(const struct config *cfg, const struct file_sp
 struct live {
 	const struct config *cfg;
 	struct ioloop *loop;
+	struct cache *cache;
 	struct fs *fs;
 	const char *cwd;
 };
@@ -203,7 +211,7 @@ static int live_add(void *ctx, const char *spec, char *const *opts, size_t nopts
 		r = -1;
 	}
 	struct stream *s = NULL;
-	if (r == 0 && !(s = make_stream(lv->cfg, &f, lv->loop, lv->cwd, -1, err, errlen)))
+	if (r == 0 && !(s = make_stream(lv->cfg, &f, lv->loop, lv->cache, lv->cwd, -1, err, errlen)))
 		r = -1;
 	if (r == 0) {
 		char *shown = f.kind == SOURCE_URL ? source_url_redact(f.source) : NULL;
@@ -232,6 +240,7 @@ static int mount_main(int argc, char **argv)
 	struct ioloop *loop = NULL;
 	struct fs *fs = NULL;
 	struct control *ctl = NULL;
+	struct cache *cache = NULL;
 	int stdin_fd = -1;
 	char cwd[PATH_MAX];
 
@@ -294,7 +303,9 @@ static int mount_main(int argc, char **argv)
 	}
 	loop = ioloop_new();
 	fs = fs_new();
-	if (!loop || !fs) {
+	cache = cache_new(cfg.memory_store ? NULL : cfg.cache_dir ? cfg.cache_dir : DEFAULT_CACHE_DIR,
+			  cfg.cache_size, cfg.cache_min_free, cfg.cache_min_free_pct);
+	if (!loop || !fs || !cache) {
 		rc = die_usage("out of memory");
 		goto out;
 	}
@@ -305,7 +316,11 @@ static int mount_main(int argc, char **argv)
 		 * for its bytes again later. */
 		if (f->kind == SOURCE_STDIN)
 			f->opts.start = START_MOUNT;
-		struct stream *s = make_stream(&cfg, f, loop, cwd, stdin_fd, err, sizeof(err));
+		if (cfg.cache_size && f->opts.keep && f->opts.keep + 2 * CACHE_BLOCK > cfg.cache_size)
+			log_warn("%s: keep=%llu does not fit in --cache-size with room to fill: "
+				 "it will pause when the budget is full",
+				 f->name, (unsigned long long)f->opts.keep);
+		struct stream *s = make_stream(&cfg, f, loop, cache, cwd, stdin_fd, err, sizeof(err));
 		if (f->kind == SOURCE_STDIN)
 			stdin_fd = -1; /* the stream owns it now, even on failure */
 		/* Status shows URLs without their credentials. */
@@ -319,6 +334,7 @@ static int mount_main(int argc, char **argv)
 			goto out;
 		}
 	}
+	fs_set_cache(fs, cache);
 	if (fs_mount(fs, cfg.mountpoint, cfg.fuse_opts, err, sizeof(err)) < 0) {
 		rc = die_usage("%s", err);
 		goto out;
@@ -338,7 +354,9 @@ static int mount_main(int argc, char **argv)
 		fs_shutdown(fs);
 		goto out;
 	}
-	struct live lv = {.cfg = &cfg, .loop = loop, .fs = fs, .cwd = cwd};
+	if (cache_start_poll(cache, loop) < 0)
+		log_warn("cannot watch the cache for free space");
+	struct live lv = {.cfg = &cfg, .loop = loop, .cache = cache, .fs = fs, .cwd = cwd};
 	struct control_ops cops = {.add = live_add, .rm = live_rm, .ctx = &lv};
 	char ctlname[108];
 	ctl = control_open(loop, &cops, ctlname, sizeof(ctlname));
@@ -359,11 +377,37 @@ out:
 	control_close(ctl);
 	fs_free(fs);
 	ioloop_free(loop);
+	cache_free(cache); /* after the streams: they detach from it */
 	if (stdin_fd >= 0)
 		close(stdin_fd);
 	config_free(&cfg);
 	source_url_global_cleanup();
 	return rc;
+}
+
+/* "streamfs add" OPTION=VALUE arguments are checked here too, so a bad
+ * value is bad usage (exit 2) before the daemon is asked. */
+static int check_add_options(int n, char **opts)
+{
+	struct file_opts o;
+	char err[1024];
+	int r = 0;
+	config_file_opts_default(&o);
+	for (int i = 0; i < n && r == 0; i++) {
+		char *kv = strdup(opts[i]);
+		if (!kv)
+			break;
+		char *key = kv + (strncmp(kv, "--", 2) == 0 ? 2 : 0);
+		char *eq = strchr(key, '=');
+		if (eq)
+			*eq = '\0';
+		r = config_set_file_option(&o, key, eq ? eq + 1 : NULL, err, sizeof(err));
+		free(kv);
+	}
+	config_file_opts_free(&o);
+	if (r < 0)
+		fprintf(stderr, "streamfs: %s\n", err);
+	return r;
 }
 
 int main(int argc, char **argv)
@@ -376,6 +420,8 @@ int main(int argc, char **argv)
 					"[OPTION=VALUE...]\n");
 			return 2;
 		}
+		if (check_add_options(argc - 4, argv + 4) < 0)
+			return 2;
 		const char *f[256] = {"add"};
 		size_t n = 1;
 		for (int i = 3; i < argc && n < 256; i++)

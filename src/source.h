@@ -60,6 +60,7 @@ struct fd_pump {
 	bool nonblock; /* fd is O_NONBLOCK: read until EAGAIN, else once per event */
 	bool polled;   /* in epoll (else stepped) */
 	bool running;
+	bool paused;   /* no room in the store: not reading until resumed */
 	void (*on_done)(struct fd_pump *p, int err);
 	void *data;
 };
@@ -68,6 +69,10 @@ struct fd_pump {
  * stops). Loop thread only. Returns 0 or -errno (then @fd is closed). */
 int fd_pump_start(struct fd_pump *p, struct ioloop *loop, struct stream *s, int fd,
 		  void (*on_done)(struct fd_pump *p, int err), void *data);
+
+/* The stream got room again after a pause (stream_fill_fd said
+ * -ENOBUFS): read again. Loop thread only; a no-op if not paused. */
+void fd_pump_resume(struct fd_pump *p);
 
 /* Stop without calling on_done and close the fd. Loop thread only;
  * idempotent. */

@@ -46,6 +46,14 @@ static bool pump_some(struct fd_pump *p)
 		}
 		if (n == -EAGAIN)
 			return false;
+		if (n == -ENOBUFS) {
+			/* The store has no room: stop reading, so the producer
+			 * blocks on a full pipe, until the stream is resumed. */
+			p->paused = true;
+			if (p->polled)
+				ioloop_del(p->loop, &p->watch);
+			return false;
+		}
 		if (n == 0)
 			pump_finish(p, 0);
 		else if (n == -ECANCELED || n == -ENOSPC || n == -EFBIG)
@@ -83,6 +91,7 @@ int fd_pump_start(struct fd_pump *p, struct ioloop *loop, struct stream *s, int 
 	p->on_done = on_done;
 	p->data = data;
 	p->running = true;
+	p->paused = false;
 	int fl = fcntl(fd, F_GETFL);
 	p->nonblock = fl >= 0 && (fl & O_NONBLOCK);
 	p->watch.fd = fd;
@@ -112,12 +121,29 @@ err:
 	return r;
 }
 
+void fd_pump_resume(struct fd_pump *p)
+{
+	if (!p->running || !p->paused)
+		return;
+	p->paused = false;
+	if (p->polled) {
+		if (ioloop_add(p->loop, &p->watch, EPOLLIN) < 0)
+			pump_finish(p, ENOMEM);
+		return;
+	}
+	stream_ref(p->s);
+	if (ioloop_call(p->loop, pump_step, p) < 0) {
+		stream_unref(p->s);
+		pump_finish(p, ESHUTDOWN);
+	}
+}
+
 void fd_pump_stop(struct fd_pump *p)
 {
 	if (!p->running)
 		return;
 	p->running = false;
-	if (p->polled)
+	if (p->polled && !p->paused)
 		ioloop_del(p->loop, &p->watch);
 	close(p->fd);
 	p->fd = -1;
@@ -237,6 +263,22 @@ static void fd_src_cancel(struct stream *s, void *src)
 		stream_unref(s); /* loop gone: nothing runs any more */
 }
 
+static void fd_src_resume_in_loop(void *arg)
+{
+	struct fd_src *f = arg;
+	struct stream *s = f->s;
+	fd_pump_resume(&f->pump);
+	stream_unref(s); /* the ref of this call */
+}
+
+static void fd_src_resume(struct stream *s, void *src)
+{
+	struct fd_src *f = src;
+	stream_ref(s);
+	if (ioloop_call(f->loop, fd_src_resume_in_loop, f) < 0)
+		stream_unref(s);
+}
+
 static void fd_src_destroy(void *src)
 {
 	struct fd_src *f = src;
@@ -251,6 +293,7 @@ static const struct stream_source_ops pipe_ops = {
 	.start = fd_src_start,
 	.cancel = fd_src_cancel,
 	.destroy = fd_src_destroy,
+	.resume = fd_src_resume,
 };
 
 static const struct stream_source_ops stdin_ops = {
@@ -258,6 +301,7 @@ static const struct stream_source_ops stdin_ops = {
 	.start = fd_src_start,
 	.cancel = fd_src_cancel,
 	.destroy = fd_src_destroy,
+	.resume = fd_src_resume,
 };
 
 static struct stream *fd_src_new(struct ioloop *loop, const char *name, const char *path, int fd,

@@ -31,6 +31,16 @@
  *
  * The body is stored as sent: no Accept-Encoding is sent and nothing is
  * decoded, so the file is exactly the bytes of the resource.
+ *
+ * The store budget: a resource that takes Range requests and carries a
+ * validator is evictable (its bytes can be fetched again, and a changed
+ * version is noticed). A write the budget has no room for pauses the
+ * transfer (CURL_WRITEFUNC_PAUSE; curl keeps the bytes) until the stream
+ * is resumed. The sequential fill of an evictable stream writes with
+ * STREAM_AHEAD: it runs ahead of readers only as far as the budget
+ * allows. Evicted bytes come back through range transfers, also after
+ * the stream is complete: the source is then woken again for as long as
+ * such transfers run ("refetching").
  */
 #include "source.h"
 
@@ -117,6 +127,10 @@ struct url_src {
 	bool pump_queued;
 	bool stopped;        /* the stream stopped taking bytes (cancelled, failed) */
 	uint64_t near;       /* fill=all: reads nearer than this wait for the fill */
+	bool evictable;      /* told the stream its bytes may be evicted */
+	bool complete;       /* the stream is complete: only refetches run */
+	bool main_paused;    /* the sequential transfer waits for room */
+	bool resume_queued;
 };
 
 /* A range fetched out of order for a reader. */
@@ -130,6 +144,7 @@ struct range_xfer {
 	uint64_t pos, end; /* still wanted: [pos, end) */
 	int tries;
 	bool got_headers, norange;
+	bool paused; /* waits for room in the store */
 	int failure;
 	char failmsg[256];
 };
@@ -155,6 +170,7 @@ static struct curl_slist *setup_easy(struct url_src *u, CURL *e);
 static struct curl_slist *add_if_range(struct url_src *u, struct curl_slist *headers);
 static void pump_queue(struct url_src *u);
 static void pump_call(void *arg);
+static void multi_check(void);
 static void refill_from(struct url_src *u, uint64_t pos);
 
 /* ---- the multi handle and the ioloop ---------------------------------- */
@@ -479,6 +495,16 @@ static bool check_response(struct url_src *u)
 				return false;
 			}
 		}
+		/* Bytes that can be fetched again, and checked to be the same
+		 * version, may be evicted from the store. */
+		char ar[64] = "";
+		bool ranges = u->code == 206 ||
+			      (header_value(u->easy, "Accept-Ranges", ar, sizeof(ar)) &&
+			       strcasecmp(ar, "bytes") == 0);
+		if (ranges && !u->no_ranges && (u->etag || u->last_modified)) {
+			u->evictable = true;
+			stream_set_evictable(u->s, true);
+		}
 		return true;
 	}
 
@@ -517,15 +543,26 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	if (u->is_http && u->code >= 300 && u->code < 400)
 		return n; /* body of a redirect */
 	size_t total = n;
+	size_t k = 0;
 	if (u->skip) {
-		size_t k = u->skip < n ? (size_t)u->skip : n;
-		u->skip -= k;
+		k = u->skip < n ? (size_t)u->skip : n;
 		data += k;
 		n -= k;
 	}
-	if (n == 0)
+	if (n == 0) {
+		u->skip -= k;
 		return total;
-	int r = stream_write(u->s, u->pos, data, n);
+	}
+	/* Ahead of every reader: only as far as the budget allows. */
+	int r = stream_write_flags(u->s, u->pos, data, n,
+				   u->evictable && !u->ondemand ? STREAM_AHEAD : 0);
+	if (r == -ENOBUFS) {
+		/* No room: curl keeps these bytes (and delivers them again,
+		 * skip included) once resumed. */
+		u->main_paused = true;
+		return CURL_WRITEFUNC_PAUSE;
+	}
+	u->skip -= k;
 	if (r < 0) {
 		u->stopped = true; /* cancelled, or failed by the store: nothing to retry */
 		return 0;
@@ -686,8 +723,9 @@ static bool follow_redirect(struct url_src *u)
  * brought it. Returns true if so (and the source is done). */
 static bool all_present(struct url_src *u)
 {
-	if (u->length < 0 || stream_run_end(u->s, 0) < (uint64_t)u->length)
+	if (u->length < 0 || stream_frontier(u->s) < (uint64_t)u->length)
 		return false;
+	u->complete = true;
 	stream_end(u->s);
 	source_done(u);
 	return true;
@@ -744,6 +782,16 @@ static void transfer_done(struct url_src *u, CURLcode rc)
 			all_present(u);
 			return;
 		}
+		uint64_t fr = stream_frontier(u->s);
+		if (u->length >= 0 && fr < (uint64_t)u->length) {
+			/* The fill jumped over bytes range fetches brought, and
+			 * some were evicted before the frontier got there. */
+			end_transfer(u);
+			u->pos = fr;
+			begin_transfer(u);
+			return;
+		}
+		u->complete = true;
 		stream_end(u->s);
 		source_done(u);
 		return;
@@ -945,7 +993,12 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	if (!x->got_headers && !range_check(x))
 		return 0;
 	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n;
-	if (take && stream_write(x->u->s, x->pos, data, take) < 0)
+	int r = take ? stream_write(x->u->s, x->pos, data, take) : 0;
+	if (r == -ENOBUFS) {
+		x->paused = true;
+		return CURL_WRITEFUNC_PAUSE;
+	}
+	if (r < 0)
 		return 0;
 	x->pos += take;
 	x->u->rate_bytes += take;
@@ -1041,6 +1094,8 @@ static void no_ranges(struct url_src *u)
 		log_warn("%s: the server ignores Range requests; reads ahead wait for the "
 			 "sequential download", stream_name(u->s));
 	u->no_ranges = true;
+	u->evictable = false;
+	stream_set_evictable(u->s, false);
 	stream_set_fetch_distance(u->s, UINT64_MAX);
 	give_up_ranges(u);
 	u->ondemand = false;
@@ -1060,6 +1115,32 @@ static void refill_from(struct url_src *u, uint64_t pos)
 	begin_transfer(u);
 }
 
+/* The stream is complete, a range of evicted bytes came back (or not):
+ * retry, or tell the readers; stop when no transfer is left. */
+static void refetch_done(struct url_src *u, uint64_t pos, uint64_t end, int tries, bool norange,
+			 const char *msg)
+{
+	if (norange) {
+		/* The server stopped honouring Range: nothing comes back. */
+		u->evictable = false;
+		stream_set_evictable(u->s, false);
+		stream_fetch_failed(u->s, pos, end - pos);
+	} else if (pos < end) {
+		if (tries + 1 < RANGE_TRIES) {
+			log_warn("%s: fetching evicted bytes at %" PRIu64 " failed (%s); trying again",
+				 stream_name(u->s), pos, msg);
+			enqueue(u, pos, end, tries + 1);
+		} else {
+			log_warn("%s: fetching evicted bytes at %" PRIu64 " failed: %s",
+				 stream_name(u->s), pos, msg);
+			stream_fetch_failed(u->s, pos, end - pos);
+		}
+	}
+	pump_queue(u);
+	if (!u->ranges && !u->queue)
+		source_done(u); /* woken again by the next fetch */
+}
+
 static void range_done(struct range_xfer *x, CURLcode rc)
 {
 	struct url_src *u = x->u;
@@ -1077,6 +1158,10 @@ static void range_done(struct range_xfer *x, CURLcode rc)
 	if (failure) {
 		stream_fail(u->s, failure, "%s", msg);
 		source_done(u);
+		return;
+	}
+	if (u->complete) {
+		refetch_done(u, pos, end, tries, norange, msg);
 		return;
 	}
 	if (norange) {
@@ -1117,6 +1202,12 @@ static void fetch_in_loop(void *arg)
 	struct fetch_req *q = arg;
 	struct url_src *u = q->u;
 	struct stream *s = u->s;
+	if (!u->active && u->complete && u->evictable && !u->cancelled) {
+		/* Evicted bytes of a complete stream: wake the source for as
+		 * long as range transfers run. */
+		source_take(s);
+		u->active = true;
+	}
 	if (!u->active || u->cancelled) {
 		free(q);
 	} else if (u->no_ranges || !u->is_http) {
@@ -1178,10 +1269,10 @@ static void url_cancel_in_loop(void *arg)
 {
 	struct url_src *u = arg;
 	struct stream *s = u->s;
-	if (u->active) {
-		u->cancelled = true;
+	bool was = u->active;
+	u->cancelled = true; /* a complete stream: no refetch from now on */
+	if (was)
 		source_done(u);
-	}
 	stream_unref(s); /* the ref of this call */
 }
 
@@ -1206,6 +1297,37 @@ static void url_cancel(struct stream *s, void *src)
 		stream_unref(s);
 }
 
+/* Room in the store again: go on with the transfers that waited for it.
+ * A transfer may pause again at once (from inside curl_easy_pause). */
+static void url_resume_in_loop(void *arg)
+{
+	struct url_src *u = arg;
+	struct stream *s = u->s;
+	u->resume_queued = false;
+	if (u->active && !u->cancelled) {
+		if (u->easy && u->main_paused) {
+			u->main_paused = false;
+			curl_easy_pause(u->easy, CURLPAUSE_CONT);
+		}
+		for (struct range_xfer *x = u->ranges; x; x = x->next) {
+			if (x->paused) {
+				x->paused = false;
+				curl_easy_pause(x->easy, CURLPAUSE_CONT);
+			}
+		}
+		multi_check();
+	}
+	stream_unref(s); /* the ref of this call */
+}
+
+static void url_resume(struct stream *s, void *src)
+{
+	struct url_src *u = src;
+	stream_ref(s);
+	if (ioloop_call(u->loop, url_resume_in_loop, u) < 0)
+		stream_unref(s);
+}
+
 static void url_destroy(void *src)
 {
 	struct url_src *u = src;
@@ -1223,6 +1345,7 @@ static const struct stream_source_ops url_ops = {
 	.cancel = url_cancel,
 	.destroy = url_destroy,
 	.fetch = url_fetch,
+	.resume = url_resume,
 };
 
 struct stream *source_url_new(struct ioloop *loop, const char *name, const char *url,

@@ -18,7 +18,13 @@
 struct row {
 	char *name;
 	char state[32], bytes[32], size[32], exit_status[32], error_offset[32], http_code[32];
+	char held[32], evicted[32], dropped[32], keep[32], paused[64];
 	char source[1024], error[1024];
+};
+
+/* The root's budget attributes ("" when absent). */
+struct cache_row {
+	char size[32], used[32], min_free[32], evictions[32], paused[32];
 };
 
 struct rows {
@@ -73,6 +79,11 @@ static int walk(const char *root, const char *rel, struct rows *rows)
 		get(path, "error_offset", r->error_offset, sizeof(r->error_offset));
 		get(path, "exit_status", r->exit_status, sizeof(r->exit_status));
 		get(path, "http_code", r->http_code, sizeof(r->http_code));
+		get(path, "held", r->held, sizeof(r->held));
+		get(path, "evicted", r->evicted, sizeof(r->evicted));
+		get(path, "dropped", r->dropped, sizeof(r->dropped));
+		get(path, "keep", r->keep, sizeof(r->keep));
+		get(path, "paused", r->paused, sizeof(r->paused));
 	}
 	closedir(d);
 	return 0;
@@ -106,10 +117,32 @@ static void json_num_or_null(const char *v)
 	fputs(v[0] ? v : "null", stdout);
 }
 
-static void print_json(const char *mnt, const struct rows *rows)
+static void get_cache(const char *mnt, struct cache_row *c)
+{
+	get(mnt, "cache_size", c->size, sizeof(c->size));
+	get(mnt, "cache_used", c->used, sizeof(c->used));
+	get(mnt, "cache_min_free", c->min_free, sizeof(c->min_free));
+	get(mnt, "cache_evictions", c->evictions, sizeof(c->evictions));
+	get(mnt, "cache_paused", c->paused, sizeof(c->paused));
+}
+
+static void print_json(const char *mnt, const struct rows *rows, const struct cache_row *c)
 {
 	fputs("{\"mountpoint\": ", stdout);
 	json_str(mnt);
+	if (c->used[0]) {
+		fputs(", \"cache\": {\"size\": ", stdout);
+		json_num_or_null(c->size);
+		fputs(", \"used\": ", stdout);
+		json_num_or_null(c->used);
+		fputs(", \"min_free\": ", stdout);
+		json_num_or_null(c->min_free);
+		fputs(", \"evictions\": ", stdout);
+		json_num_or_null(c->evictions);
+		fputs(", \"paused\": ", stdout);
+		json_num_or_null(c->paused);
+		putchar('}');
+	}
 	fputs(", \"files\": [", stdout);
 	for (size_t i = 0; i < rows->n; i++) {
 		const struct row *r = &rows->v[i];
@@ -135,6 +168,19 @@ static void print_json(const char *mnt, const struct rows *rows)
 		json_num_or_null(r->exit_status);
 		fputs(", \"http_code\": ", stdout);
 		json_num_or_null(r->http_code);
+		fputs(", \"held\": ", stdout);
+		json_num_or_null(r->held);
+		fputs(", \"evicted\": ", stdout);
+		json_num_or_null(r->evicted);
+		fputs(", \"dropped\": ", stdout);
+		json_num_or_null(r->dropped);
+		fputs(", \"keep\": ", stdout);
+		json_num_or_null(r->keep);
+		fputs(", \"paused\": ", stdout);
+		if (r->paused[0])
+			json_str(r->paused);
+		else
+			fputs("null", stdout);
 		putchar('}');
 	}
 	fputs(rows->n ? "\n]}\n" : "]}\n", stdout);
@@ -152,15 +198,34 @@ static int width(const struct rows *rows, size_t off, const char *head, int max)
 	return w > max ? max : w;
 }
 
-static void print_table(const struct rows *rows)
+/* A budget, or a file that lost bytes (evicted, dropped): worth a HELD
+ * column. Otherwise the table stays as it always was. */
+static bool show_held(const struct rows *rows, const struct cache_row *c)
 {
+	if (c->size[0])
+		return true;
+	for (size_t i = 0; i < rows->n; i++)
+		if (rows->v[i].evicted[0] || rows->v[i].keep[0] || rows->v[i].paused[0])
+			return true;
+	return false;
+}
+
+static void print_table(struct rows *rows, const struct cache_row *c)
+{
+	for (size_t i = 0; i < rows->n; i++)
+		if (rows->v[i].paused[0]) /* the state a user wants to see */
+			snprintf(rows->v[i].state, sizeof(rows->v[i].state), "paused");
+	bool held = show_held(rows, c);
 	int wn = width(rows, 0, "NAME", 40);
 	int ws = width(rows, offsetof(struct row, state), "STATE", 10);
 	int wb = width(rows, offsetof(struct row, bytes), "BYTES", 20);
+	int wh = held ? width(rows, offsetof(struct row, held), "HELD", 20) : 0;
 	int wz = width(rows, offsetof(struct row, size), "SIZE", 20);
 	int wo = width(rows, offsetof(struct row, source), "SOURCE", 40);
-	printf("%-*s  %-*s  %*s  %*s  %-*s  %s\n", wn, "NAME", ws, "STATE", wb, "BYTES", wz, "SIZE",
-	       wo, "SOURCE", "ERROR");
+	printf("%-*s  %-*s  %*s  ", wn, "NAME", ws, "STATE", wb, "BYTES");
+	if (held)
+		printf("%*s  ", wh, "HELD");
+	printf("%*s  %-*s  %s\n", wz, "SIZE", wo, "SOURCE", "ERROR");
 	for (size_t i = 0; i < rows->n; i++) {
 		const struct row *r = &rows->v[i];
 		char err[1100] = "";
@@ -170,9 +235,16 @@ static void print_table(const struct rows *rows)
 				 r->error_offset[0] ? r->error_offset : "");
 		if (r->error[0] && r->error_offset[0])
 			strncat(err, ")", sizeof(err) - strlen(err) - 1);
-		printf("%-*.*s  %-*s  %*s  %*s  %-*.*s  %s\n", wn, wn, r->name, ws, r->state, wb,
-		       r->bytes, wz, r->size[0] ? r->size : "-", wo, wo, r->source, err);
+		if (!err[0] && r->paused[0])
+			snprintf(err, sizeof(err), "(%s)", r->paused);
+		printf("%-*.*s  %-*s  %*s  ", wn, wn, r->name, ws, r->state, wb, r->bytes);
+		if (held)
+			printf("%*s  ", wh, r->held);
+		printf("%*s  %-*.*s  %s\n", wz, r->size[0] ? r->size : "-", wo, wo, r->source, err);
 	}
+	if (c->size[0] && c->used[0])
+		printf("cache: %s of %s bytes used, %s evictions\n", c->used, c->size,
+		       c->evictions[0] ? c->evictions : "0");
 }
 
 static void free_rows(struct rows *rows)
@@ -234,10 +306,13 @@ int status_main(int argc, char **argv)
 			qsort(rows.v, rows.n, sizeof(*rows.v), cmp_rows);
 		if (watch && !json && isatty(STDOUT_FILENO))
 			fputs("\033[H\033[2J", stdout);
+		struct cache_row cr;
+		memset(&cr, 0, sizeof(cr));
+		get_cache(mnt, &cr);
 		if (json)
-			print_json(mnt, &rows);
+			print_json(mnt, &rows, &cr);
 		else
-			print_table(&rows);
+			print_table(&rows, &cr);
 		free_rows(&rows);
 		if (!watch)
 			return 0;

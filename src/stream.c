@@ -93,6 +93,7 @@ struct stream {
 	struct pin *pins;
 	bool evictable;
 	enum cache_pause paused;
+	unsigned resumes; /* counts cc_resume(): a pause older than one is stale */
 	uint64_t keep, drop_to; /* keep: bytes below drop_to are gone */
 	uint64_t top;           /* the highest byte ever written, +1 */
 	struct rangeset seen;   /* every byte ever present */
@@ -126,6 +127,20 @@ const char *stream_state_name(enum stream_state st)
 static bool terminal(enum stream_state st)
 {
 	return st == STREAM_COMPLETE || st == STREAM_FAILED || st == STREAM_CANCELLED;
+}
+
+/* A complete stream missing evicted bytes (its source may be fetching
+ * them again). Under the lock. */
+static bool complete_with_holes(const struct stream *s)
+{
+	return s->state == STREAM_COMPLETE && s->present.total < (uint64_t)s->length;
+}
+
+/* Writes are taken while running, and for a complete stream whose evicted
+ * bytes come back (bytes already present are skipped). Under the lock. */
+static bool accepts_writes(const struct stream *s)
+{
+	return s->state == STREAM_RUNNING || (s->state == STREAM_COMPLETE && s->evictable);
 }
 
 struct stream *stream_new(const char *name, struct store *store,
@@ -252,9 +267,13 @@ static void blk_compact(struct stream *s)
 	s->blk_base += k;
 }
 
-/* Mark the blocks of [a, b) used now (a read sets BLK_READ, a write clears
- * it). Returns true if a block of an evictable stream was read for the
- * first time. Under the lock. */
+/*
+ * Mark the blocks of [a, b) used now. A write clears BLK_READ; a read
+ * sets it on the blocks it read to their end: a block a reader is still
+ * going through must not look consumed to a speculative fill (that would
+ * evict it under the reader). Returns true if a block of an evictable
+ * stream became read. Under the lock.
+ */
 static bool blk_touch(struct stream *s, uint64_t a, uint64_t b, bool read)
 {
 	if (!s->cache || a >= b)
@@ -265,15 +284,24 @@ static bool blk_touch(struct stream *s, uint64_t a, uint64_t b, bool read)
 		uint64_t *e = blk_slot(s, i);
 		if (!e || !*e)
 			continue;
-		if (read && !(*e & BLK_READ))
-			first = true;
-		*e = t | (read ? BLK_READ : 0);
+		uint64_t flag = 0;
+		if (read && ((*e & BLK_READ) || (i + 1) * BLK <= b)) {
+			first |= !(*e & BLK_READ);
+			flag = BLK_READ;
+		}
+		*e = t | flag;
 	}
 	return first && s->evictable;
 }
 
-/* Does a pin or a parked reader cover block @b? Under the lock. */
-static bool blk_pinned(struct stream *s, uint64_t b)
+/*
+ * Does a pin or a parked reader cover block @b? For eviction only readers
+ * whose blocks are reserved (w->held) count: a reader that got no room
+ * pins nothing, so readers that together need more than the budget
+ * cannot hold each other's bytes hostage (each admitted one can always
+ * be filled). keep= drops respect every parked reader. Under the lock.
+ */
+static bool blk_pinned(struct stream *s, uint64_t b, bool held_only)
 {
 	uint64_t a = b * BLK, e = a + BLK;
 	for (struct pin *p = s->pins; p; p = p->next)
@@ -282,7 +310,7 @@ static bool blk_pinned(struct stream *s, uint64_t b)
 	for (struct stream_waiter *w = s->waiters.next; w != &s->waiters; w = w->next) {
 		if (w->kind == STREAM_WAIT_END || w->kind == STREAM_WAIT_SIZE)
 			continue;
-		if (w->off < e && w->off + w->len > a)
+		if ((w->held || !held_only) && w->off < e && w->off + w->len > a)
 			return true;
 	}
 	return false;
@@ -355,12 +383,16 @@ static void cc_put(struct cache_client *c)
 	stream_unref(cc_stream(c));
 }
 
+static void admit_waiters(struct stream *s);
+
 static void cc_resume(struct cache_client *c)
 {
 	struct stream *s = cc_stream(c);
 	pthread_mutex_lock(&s->lock);
 	s->paused = CACHE_RUN;
+	s->resumes++;
 	pthread_mutex_unlock(&s->lock);
+	admit_waiters(s);
 	if (s->ops->resume)
 		s->ops->resume(s, s->src);
 }
@@ -372,7 +404,7 @@ static size_t cc_candidates(struct cache_client *c, struct cache_cand *out, size
 	pthread_mutex_lock(&s->lock);
 	for (uint64_t i = 0; evictable_now(s) && i < s->blk_n && k < max; i++) {
 		uint64_t e = s->blk[i];
-		if (!e || blk_pinned(s, s->blk_base + i))
+		if (!e || blk_pinned(s, s->blk_base + i, true))
 			continue;
 		out[k].block = s->blk_base + i;
 		out[k].tick = e >> 1;
@@ -389,7 +421,7 @@ static bool cc_evict(struct cache_client *c, uint64_t b, uint64_t tick)
 	bool done = false;
 	pthread_mutex_lock(&s->lock);
 	uint64_t *e = blk_slot(s, b);
-	if (evictable_now(s) && e && *e && (*e >> 1) == tick && !blk_pinned(s, b)) {
+	if (evictable_now(s) && e && *e && (*e >> 1) == tick && !blk_pinned(s, b, true)) {
 		int64_t n = blk_remove(s, b);
 		if (n >= 0) {
 			s->evicted += (uint64_t)n;
@@ -443,11 +475,24 @@ static bool blk_wanted_by_reader(struct stream *s, uint64_t b)
 	return false;
 }
 
-static void set_paused(struct stream *s, enum cache_pause why)
+static unsigned resume_count(struct stream *s)
 {
 	pthread_mutex_lock(&s->lock);
-	s->paused = why;
+	unsigned n = s->resumes;
 	pthread_mutex_unlock(&s->lock);
+	return n;
+}
+
+/* Show the pause, unless a resume came since @seen (then it is over). */
+static void set_paused(struct stream *s, enum cache_pause why, unsigned seen)
+{
+	pthread_mutex_lock(&s->lock);
+	if (s->resumes == seen)
+		s->paused = why;
+	uint64_t f = s->frontier;
+	pthread_mutex_unlock(&s->lock);
+	log_debug("%s: paused at frontier %llu: %s", s->name, (unsigned long long)f,
+		  cache_pause_text(why));
 }
 
 /*
@@ -458,8 +503,9 @@ static int reserve_block(struct stream *s, uint64_t b, unsigned flags)
 {
 	for (int tries = 0;; tries++) {
 		enum cache_pause why = CACHE_RUN;
+		unsigned seen = resume_count(s);
 		if (cache_reserve(&s->cc, flags, &why) < 0) {
-			set_paused(s, why);
+			set_paused(s, why, seen);
 			return -ENOBUFS;
 		}
 		/* Allocating twice is harmless; holding twice is not: check
@@ -489,8 +535,9 @@ static int reserve_block(struct stream *s, uint64_t b, unsigned flags)
 			return r;
 		if (evicted && tries < 4)
 			continue;
+		seen = resume_count(s);
 		cache_pause(&s->cc, CACHE_NOSPACE);
-		set_paused(s, CACHE_NOSPACE);
+		set_paused(s, CACHE_NOSPACE, seen);
 		return -ENOBUFS;
 	}
 }
@@ -520,6 +567,24 @@ static int64_t hold_range(struct stream *s, uint64_t off, uint64_t end, unsigned
 	return (int64_t)end;
 }
 
+/* The stream ended: blocks reserved past its last byte (a fill reserves
+ * before it reads, and may read the end of file) are given back. */
+static void release_past_end(struct stream *s)
+{
+	if (!s->cache)
+		return;
+	uint64_t released = 0;
+	pthread_mutex_lock(&s->lock);
+	uint64_t first = (s->top + BLK - 1) / BLK;
+	for (uint64_t i = first > s->blk_base ? first - s->blk_base : 0; i < s->blk_n; i++) {
+		if (s->blk[i] && !blk_pinned(s, s->blk_base + i, false) &&
+		    blk_remove(s, s->blk_base + i) >= 0)
+			released++;
+	}
+	pthread_mutex_unlock(&s->lock);
+	cache_release(&s->cc, released);
+}
+
 /* keep=: drop the whole blocks older than the last s->keep bytes. */
 static void drop_old(struct stream *s)
 {
@@ -527,7 +592,7 @@ static void drop_old(struct stream *s)
 	pthread_mutex_lock(&s->lock);
 	while (s->keep && s->frontier - s->drop_to >= s->keep + BLK) {
 		uint64_t b = s->drop_to / BLK;
-		if (blk_pinned(s, b))
+		if (blk_pinned(s, b, false))
 			break; /* a reader is copying it: next time */
 		bool held = blk_held(s, b);
 		int64_t n = blk_remove(s, b);
@@ -551,6 +616,7 @@ void stream_waiter_init(struct stream_waiter *w)
 	w->need = 0;
 	w->result = 0;
 	w->wstate = W_NEW;
+	w->held = false;
 }
 
 static void unlink_waiter(struct stream *s, struct stream_waiter *w)
@@ -672,10 +738,66 @@ static void finish_ready(struct stream_waiter *ready)
 	}
 }
 
+/*
+ * The end of the range a reader of [off, off+len) may need room for, or
+ * @off if it needs none (not evictable, all present, past the end).
+ * Under the lock.
+ */
+static uint64_t room_needed(struct stream *s, const struct stream_waiter *w)
+{
+	if (!s->cache || !s->evictable || w->kind == STREAM_WAIT_END ||
+	    w->kind == STREAM_WAIT_SIZE || !accepts_writes(s))
+		return w->off;
+	uint64_t end = w->off + w->len;
+	if (s->length >= 0 && end > (uint64_t)s->length)
+		end = (uint64_t)s->length;
+	if (end <= w->off || rangeset_contains(&s->present, w->off, end))
+		return w->off;
+	return end;
+}
+
+/*
+ * Reserve the blocks of parked readers that have none yet (they got no
+ * room when they parked), and ask the source for what they miss: their
+ * bytes may have been evicted meanwhile. After a resume.
+ */
+static void admit_waiters(struct stream *s)
+{
+	struct range todo[16];
+	int n = 0;
+	pthread_mutex_lock(&s->lock);
+	for (struct stream_waiter *w = s->waiters.next; w != &s->waiters && n < 16; w = w->next) {
+		uint64_t end = w->held ? w->off : room_needed(s, w);
+		if (end > w->off)
+			todo[n++] = (struct range){w->off, end};
+	}
+	pthread_mutex_unlock(&s->lock);
+	for (int i = 0; i < n; i++) {
+		int64_t got = hold_range(s, todo[i].start, todo[i].end, 0);
+		if (got < (int64_t)todo[i].end)
+			break; /* no room: paused again */
+		pthread_mutex_lock(&s->lock);
+		for (struct stream_waiter *w = s->waiters.next; w != &s->waiters; w = w->next)
+			if (!w->held && w->off == todo[i].start && room_needed(s, w) == todo[i].end)
+				w->held = true;
+		pthread_mutex_unlock(&s->lock);
+		stream_want(s, todo[i].start, todo[i].end - todo[i].start);
+	}
+}
+
 ssize_t stream_wait(struct stream *s, struct stream_waiter *w)
 {
 	bool fetch = false, kick = false;
 	uint64_t off = w->off, len = w->len;
+	/* A reader of evictable bytes reserves its blocks before it parks:
+	 * what it pins then can always be filled (see blk_pinned). */
+	pthread_mutex_lock(&s->lock);
+	uint64_t room = room_needed(s, w);
+	pthread_mutex_unlock(&s->lock);
+	if (room > off) {
+		int64_t got = hold_range(s, off, room, 0);
+		w->held = got >= (int64_t)room;
+	}
 	pthread_mutex_lock(&s->lock);
 	if (w->wstate == W_CANCELLED) {
 		pthread_mutex_unlock(&s->lock);
@@ -763,12 +885,6 @@ int stream_start(struct stream *s)
 	return r;
 }
 
-/* A complete stream missing evicted bytes (its source may be fetching
- * them again). Under the lock. */
-static bool complete_with_holes(const struct stream *s)
-{
-	return s->state == STREAM_COMPLETE && s->present.total < (uint64_t)s->length;
-}
 
 void stream_cancel(struct stream *s, const char *msg)
 {
@@ -801,6 +917,7 @@ void stream_cancel(struct stream *s, const char *msg)
 	if (call && s->ops->cancel)
 		s->ops->cancel(s, s->src);
 	finish_ready(&ready);
+	release_past_end(s);
 }
 
 void stream_fail(struct stream *s, int err, const char *fmt, ...)
@@ -823,6 +940,7 @@ void stream_fail(struct stream *s, int err, const char *fmt, ...)
 	pthread_mutex_unlock(&s->lock);
 	log_error("%s: failed at byte %llu: %s", s->name, (unsigned long long)at, msg);
 	finish_ready(&ready);
+	release_past_end(s);
 }
 
 void stream_end(struct stream *s)
@@ -859,6 +977,7 @@ void stream_end(struct stream *s)
 	log_info("%s: complete, %llu bytes in %llu.%03llu s", s->name, (unsigned long long)n,
 		 (unsigned long long)(ms / 1000), (unsigned long long)(ms % 1000));
 	finish_ready(&ready);
+	release_past_end(s);
 }
 
 int stream_set_length(struct stream *s, uint64_t len)
@@ -897,7 +1016,7 @@ static int mark_present(struct stream *s, uint64_t off, uint64_t n, bool seq, st
 	pthread_mutex_lock(&s->lock);
 	if (pin)
 		pin_del(s, pin);
-	if (s->state != STREAM_RUNNING && !complete_with_holes(s)) {
+	if (!accepts_writes(s)) {
 		pthread_mutex_unlock(&s->lock);
 		return -ECANCELED;
 	}
@@ -975,8 +1094,9 @@ static int store_full(struct stream *s, int err)
 		store_failed(s, err);
 		return -err;
 	}
+	unsigned seen = resume_count(s);
 	cache_pause(&s->cc, CACHE_NOSPACE);
-	set_paused(s, CACHE_NOSPACE);
+	set_paused(s, CACHE_NOSPACE, seen);
 	return -ENOBUFS;
 }
 
@@ -998,7 +1118,7 @@ static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t
 	uint64_t end = off + len, a = off;
 	struct pin pin = {.a = off, .b = end};
 	pthread_mutex_lock(&s->lock);
-	bool ok = s->state == STREAM_RUNNING || complete_with_holes(s);
+	bool ok = accepts_writes(s);
 	if (ok)
 		pin_add(s, &pin);
 	pthread_mutex_unlock(&s->lock);
@@ -1015,7 +1135,7 @@ static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t
 	}
 	while (a < end) {
 		pthread_mutex_lock(&s->lock);
-		ok = s->state == STREAM_RUNNING || complete_with_holes(s);
+		ok = accepts_writes(s);
 		a = rangeset_run_end(&s->present, a); /* skip what is present */
 		uint64_t b = a < end ? rangeset_next_present(&s->present, a) : end;
 		pthread_mutex_unlock(&s->lock);
@@ -1064,7 +1184,11 @@ ssize_t stream_fill_fd(struct stream *s, int fd, size_t max)
 	uint64_t pos;
 	if (!running(s, &pos))
 		return -ECANCELED;
-	/* Room first: what is read from @fd must have a place to go. */
+	/* Room first: what is read from @fd must have a place to go. Only
+	 * up to the end of the block at pos: a block reserved for bytes that
+	 * never come (the end of the stream) would be held for nothing. */
+	if (s->cache && max > BLK - pos % BLK)
+		max = (size_t)(BLK - pos % BLK);
 	int64_t held = hold_range(s, pos, pos + max, 0);
 	if (held < 0) {
 		if (held != -ENOBUFS)
@@ -1218,6 +1342,8 @@ void stream_want(struct stream *s, uint64_t off, uint64_t len)
 		return;
 	struct range ask[8]; /* gaps to fetch; more are asked on the next read */
 	int nask = 0;
+	if (s->cache && len > cache_window_max(s->cache))
+		len = cache_window_max(s->cache);
 	uint64_t end = off + len;
 	pthread_mutex_lock(&s->lock);
 	if (s->state != STREAM_RUNNING && !(s->state == STREAM_COMPLETE && s->evictable)) {

@@ -124,6 +124,10 @@ void cache_release(struct cache_client *c, uint64_t n);
 /* A block of an evictable client was read for the first time: speculative
  * fills waiting for room may go on. Cheap when nobody waits. */
 void cache_note_read(struct cache *ca);
+/* The most a reader's read-ahead should ask to fetch at once: an eighth
+ * of the budget (at least a block), so read-ahead never evicts the bytes
+ * it was fetched for. UINT64_MAX without a limit. */
+uint64_t cache_window_max(const struct cache *ca);
 /* A fresh tick for the LRU order. */
 uint64_t cache_tick(struct cache *ca);
 

@@ -255,6 +255,7 @@ struct stream_waiter {
 	uint64_t need;  /* first byte this waiter still misses */
 	ssize_t result; /* handed to done() */
 	int wstate;
+	bool held; /* its blocks are reserved in the budget: they are pinned */
 };
 
 void stream_waiter_init(struct stream_waiter *w);
