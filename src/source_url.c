@@ -123,6 +123,7 @@ struct url_src {
 	uint64_t jump;       /* fill=all: continue the sequential fill here */
 	struct range_xfer *ranges; /* running range transfers */
 	unsigned nranges;
+	unsigned npaused;    /* of them, waiting for room in the store */
 	struct fetch_req *queue; /* ranges waiting for a transfer, FIFO */
 	bool pump_queued;
 	bool stopped;        /* the stream stopped taking bytes (cancelled, failed) */
@@ -614,6 +615,7 @@ static void source_done(struct url_src *u)
 		free(x);
 	}
 	u->nranges = 0;
+	u->npaused = 0;
 	while (u->queue) {
 		struct fetch_req *q = u->queue;
 		u->queue = q->next;
@@ -950,6 +952,8 @@ static void range_free(struct url_src *u, struct range_xfer *x)
 		if (*p == x) {
 			*p = x->next;
 			u->nranges--;
+			if (x->paused)
+				u->npaused--;
 			break;
 		}
 	}
@@ -995,7 +999,19 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n;
 	int r = take ? stream_write(x->u->s, x->pos, data, take) : 0;
 	if (r == -ENOBUFS) {
+		/* A paused transfer leaves its slot to the next request: that
+		 * one may be for a reader whose room is already reserved, and
+		 * its bytes are what frees room for this one. */
+		struct url_src *u = x->u;
 		x->paused = true;
+		u->npaused++;
+		if (u->queue && !u->pump_queued) {
+			stream_ref(u->s);
+			if (ioloop_call(u->loop, pump_call, u) == 0)
+				u->pump_queued = true;
+			else
+				stream_unref(u->s);
+		}
 		return CURL_WRITEFUNC_PAUSE;
 	}
 	if (r < 0)
@@ -1068,7 +1084,7 @@ static void enqueue(struct url_src *u, uint64_t off, uint64_t end, int tries)
 
 static void pump_queue(struct url_src *u)
 {
-	while (u->active && u->ready && u->queue && u->nranges < MAX_RANGES) {
+	while (u->active && u->ready && u->queue && u->nranges - u->npaused < MAX_RANGES) {
 		struct fetch_req *q = u->queue;
 		u->queue = q->next;
 		start_range(u, q);
@@ -1312,6 +1328,7 @@ static void url_resume_in_loop(void *arg)
 		for (struct range_xfer *x = u->ranges; x; x = x->next) {
 			if (x->paused) {
 				x->paused = false;
+				u->npaused--;
 				curl_easy_pause(x->easy, CURLPAUSE_CONT);
 			}
 		}

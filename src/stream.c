@@ -94,6 +94,7 @@ struct stream {
 	bool evictable;
 	enum cache_pause paused;
 	unsigned resumes; /* counts cc_resume(): a pause older than one is stale */
+	bool unpinned;    /* a reader holding reserved blocks was answered */
 	uint64_t keep, drop_to; /* keep: bytes below drop_to are gone */
 	uint64_t top;           /* the highest byte ever written, +1 */
 	struct rangeset seen;   /* every byte ever present */
@@ -715,6 +716,7 @@ static void collect(struct stream *s, struct stream_waiter *ready, bool all, uin
 		if (all || (w->kind != STREAM_WAIT_END && w->need >= a && w->need < b)) {
 			ssize_t r = evaluate(s, w);
 			if (r != STREAM_PARKED) {
+				s->unpinned |= w->held;
 				unlink_waiter(s, w);
 				w->wstate = W_CLAIMED;
 				w->result = r;
@@ -1049,10 +1051,14 @@ static int mark_present(struct stream *s, uint64_t off, uint64_t n, bool seq, st
 		set_failed(s, STREAM_FAILED, ENOMEM, "out of memory for the range map", &ready);
 	}
 	bool drop = s->keep && s->frontier - s->drop_to >= s->keep + BLK;
+	bool unpinned = s->unpinned;
+	s->unpinned = false;
 	pthread_mutex_unlock(&s->lock);
 	if (r < 0)
 		log_error("%s: failed: %s", s->name, too_long ? msg : strerror(-r));
 	finish_ready(&ready);
+	if (unpinned && s->cache) /* its blocks may be evicted now: tell who waits */
+		cache_poll(s->cache);
 	if (drop)
 		drop_old(s);
 	return r;
