@@ -42,6 +42,8 @@ own faults. "Per URL" below means per path+query; the counters start at 1.
                    server or proxy; with etag=change this serves a 206 of a
                    different version)
   noetag=1         send no ETag (Last-Modified only)
+  etag_text=S      the ETag is "S" (with etag=change: "S-rN"), sent as it
+                   is: S may carry control bytes (hostile-server tests)
   nolastmod=1      send no Last-Modified
   status=CODE      answer CODE (e.g. 404, 500, 503, 429) with a short body ...
   fail_times=K     ... for the first K requests of this URL only (default: all)
@@ -49,10 +51,38 @@ own faults. "Per URL" below means per path+query; the counters start at 1.
   rate=BPS         throttle the body to BPS bytes per second
   redirect=N       302 to the same URL with redirect=N-1 (N=0: serve)
   redirect_code=C  use C (301, 302, 303, 307, 308) instead of 302
+  location=URL     302 to URL, sent as it is (any bytes, any scheme)
   delay=S          wait S seconds before sending the response headers
                    (first request only unless delay_always=1)
   content_encoding=E  add "Content-Encoding: E" (the bytes are sent as they
                    are on disk, e.g. an already gzipped file)
+  auth=HEX         answer 401 (with WWW-Authenticate: Basic) unless the
+                   request's Authorization header hashes to HEX (sha256 of
+                   its value, e.g. of "Basic YWxpY2U6cHc="), so a URL can
+                   demand credentials without holding them; see auth_hash()
+  status_from=K    status=CODE applies from the K-th request of this URL on
+                   (fail_times then counts from there)
+  empty_body=1     status=CODE responses have an empty body (Content-Length: 0)
+  synth=SIZE       serve SIZE synthetic bytes instead of a file (the path
+                   need not exist; SIZE may be far larger than any disk, e.g.
+                   20 TiB): every 8-byte aligned word is its own offset, big
+                   endian (synth_bytes(off, n) makes any range). A strong
+                   ETag and a fixed Last-Modified; the faults apply (not resize)
+
+Lying or changing servers (each Content-Range describes the bytes sent):
+
+  unranged206=OFF  answer a GET without Range with 206 and the bytes from
+                   OFF on ("bytes OFF-(size-1)/size"); OFF=0 is legitimate
+  range_shift=K    serve a range request a-b as (a+K)-(b+K), clipped to the
+                   file, with a Content-Range saying so; from request
+                   range_shift_from (default 1) of this URL on
+  range_extend=K   serve a range request a-b as a-(b+K), clipped to the file
+                   (more than asked), with a Content-Range saying so
+  resize=D         from request resize_from (default 2) of this URL on, the
+                   resource is D bytes longer (zeros appended) or, if D < 0,
+                   -D bytes shorter; ETag and Content-Length follow the size
+  unknown_total=1  Content-Range totals are "*" ("bytes a-b/*"), and a 416
+                   carries no Content-Range
 
 The request log (srv.log, or JSONL with --log) has one entry per request,
 appended when its response ends: t (start, epoch seconds), method, path,
@@ -62,13 +92,17 @@ cut it on purpose), client_gone (the client closed first).
 """
 
 import argparse
+import base64
 import email.utils
+import hashlib
 import http.server
+import io
 import json
 import os
 import signal
 import socket
 import socketserver
+import struct
 import sys
 import threading
 import time
@@ -80,6 +114,50 @@ SLOW_CHUNK = 64 * 1024
 
 class _ClientGone(Exception):
     pass
+
+
+def auth_hash(user=None, password=None, header=None):
+    """The auth= value that accepts Basic USER:PASSWORD, or the Authorization
+    header value @header (e.g. "Bearer t0k")."""
+    if header is None:
+        header = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    return hashlib.sha256(header.encode()).hexdigest()
+
+
+SYNTH_MTIME = 1700000000  # Last-Modified of synth= bodies
+
+
+def synth_bytes(off, n):
+    """Bytes [off, off+n) of a synth= body: each 8-byte aligned word holds
+    its own offset, big endian."""
+    first = off // 8
+    last = (off + n + 7) // 8
+    words = struct.pack(">%dQ" % (last - first), *range(first * 8, last * 8, 8))
+    skip = off - first * 8
+    return words[skip:skip + n]
+
+
+class _SynthFile:
+    """The file-like body of a synth= response (seek and read only)."""
+
+    def __init__(self, size):
+        self.size = size
+        self.pos = 0
+
+    def seek(self, pos):
+        self.pos = pos
+
+    def read(self, n):
+        n = max(0, min(n, self.size - self.pos))
+        data = synth_bytes(self.pos, n)
+        self.pos += n
+        return data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
 
 
 def _parse_range(value, size):
@@ -191,6 +269,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "client_gone": False,
         }
         self._entry = entry
+        self._cut = False
         try:
             self._respond(head, parsed, path, q, n_all, n_get, entry)
         except _ClientGone:
@@ -198,6 +277,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             owner._record(entry)
+            # A client that sees the cut finds its request in the log.
+            if self._cut:
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
     def _qint(self, q, name, default=None):
         v = q.get(name)
@@ -235,6 +320,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if self._sleep(delay):
                 raise _ClientGone()
 
+        # auth=HEX: the credentials must be there, on every request
+        want = q.get("auth")
+        if want is not None:
+            got = self.headers.get("Authorization")
+            if got is None or hashlib.sha256(got.encode()).hexdigest() != want:
+                self._simple(401, b"unauthorized\n",
+                             [("WWW-Authenticate", 'Basic realm="streamfs-test"')])
+                return
+
+        # location=URL
+        loc = q.get("location")
+        if loc is not None:
+            self._simple(302, b"redirect\n", [("Location", loc)])
+            return
+
         # redirect=N
         red = self._qint(q, "redirect", 0)
         if red > 0:
@@ -250,37 +350,55 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         st = self._qint(q, "status")
         if st:
             ft = self._qint(q, "fail_times")
-            if ft is None or n_all <= ft:
+            k = n_all - self._qint(q, "status_from", 1) + 1  # this URL's k-th failure
+            if k >= 1 and (ft is None or k <= ft):
                 extra = []
                 ra = q.get("retry_after")
                 if ra is not None:
                     extra.append(("Retry-After", ra))
-                self._simple(st, ("error %d\n" % st).encode(), extra)
+                body = b"" if q.get("empty_body") == "1" else ("error %d\n" % st).encode()
+                self._simple(st, body, extra)
                 return
 
-        # the file
-        fpath = owner._resolve(path)
-        if fpath is None:
-            self._simple(404, b"not found\n")
-            return
-        try:
-            f = open(fpath, "rb")
-        except OSError:
-            self._simple(404, b"not found\n")
-            return
-        with f:
+        # the file, or a synthetic body
+        synth = self._qint(q, "synth")
+        if synth is not None:
+            f = _SynthFile(synth)
+            size, mtime_ns = synth, SYNTH_MTIME * 10**9
+        else:
+            fpath = owner._resolve(path)
+            if fpath is None:
+                self._simple(404, b"not found\n")
+                return
+            try:
+                f = open(fpath, "rb")
+            except OSError:
+                self._simple(404, b"not found\n")
+                return
             stt = os.fstat(f.fileno())
-            size = stt.st_size
-            mtime = int(stt.st_mtime)
+            size, mtime_ns = stt.st_size, stt.st_mtime_ns
+            resize = self._qint(q, "resize")
+            if resize and n_all >= self._qint(q, "resize_from", 2):
+                # A changed resource: the file's bytes, cut or extended with zeros.
+                with f:
+                    blob = f.read(max(0, size + resize))
+                blob += bytes(max(0, size + resize - len(blob)))
+                f = io.BytesIO(blob)
+                size = len(blob)
+        with f:
+            mtime = mtime_ns // 10**9
             change = q.get("etag") == "change"
             if change:
-                etag = '"%x-%x-r%d"' % (size, stt.st_mtime_ns, n_all)
+                etag = '"%x-%x-r%d"' % (size, mtime_ns, n_all)
                 lastmod = email.utils.formatdate(mtime + n_all, usegmt=True)
                 xor = (n_all % 255) + 1
             else:
-                etag = '"%x-%x"' % (size, stt.st_mtime_ns)
+                etag = '"%x-%x"' % (size, mtime_ns)
                 lastmod = email.utils.formatdate(mtime, usegmt=True)
                 xor = 0
+            text = q.get("etag_text")
+            if text is not None:
+                etag = '"%s-r%d"' % (text, n_all) if change else '"%s"' % text
             if q.get("noetag") == "1":
                 etag = None
             if q.get("nolastmod") == "1":
@@ -302,10 +420,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                             ok = lastmod is not None and ir == lastmod
                         if not ok:
                             rng = None
+            unknown_total = q.get("unknown_total") == "1"
+            shift = self._qint(q, "range_shift", 0)
+            if n_all < self._qint(q, "range_shift_from", 1):
+                shift = 0
+            if rng is not None and rng != "unsatisfiable" and shift:
+                a = min(rng[0] + shift, size - 1)
+                rng = (a, min(max(rng[1] + shift, a), size - 1))
+            extend = self._qint(q, "range_extend", 0)
+            if rng is not None and rng != "unsatisfiable" and extend:
+                rng = (rng[0], min(rng[1] + extend, size - 1))
             if rng == "unsatisfiable":
                 self._simple(416, b"range not satisfiable\n",
-                             [("Content-Range", "bytes */%d" % size)])
+                             [] if unknown_total else [("Content-Range", "bytes */%d" % size)])
                 return
+            u206 = self._qint(q, "unranged206")
+            if rng is None and u206 is not None and not self.headers.get("Range") \
+                    and u206 < size:
+                rng = (u206, size - 1)
             if rng is None:
                 status, start, end = 200, 0, size  # end exclusive
             else:
@@ -328,7 +460,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if ce:
                 self.send_header("Content-Encoding", ce)
             if status == 206:
-                self.send_header("Content-Range", "bytes %d-%d/%d" % (start, end - 1, size))
+                self.send_header("Content-Range", "bytes %d-%d/%s" % (
+                    start, end - 1, "*" if unknown_total else size))
             if chunked:
                 self.send_header("Transfer-Encoding", "chunked")
             elif nolength:
@@ -361,7 +494,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 stall_after = None
             rate = self._qfloat(q, "rate")
 
-            fast = (not chunked and not xor and stall_after is None and not rate)
+            fast = (not chunked and not xor and stall_after is None and not rate
+                    and synth is None and not isinstance(f, io.BytesIO))
             if fast:
                 self._send_fast(f, start, limit, entry)
             else:
@@ -375,10 +509,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                     self.wfile.flush()
                 except OSError:
                     pass
-                try:
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                self._cut = True  # shut down once the entry is logged
             elif nolength:
                 self.close_connection = True
 

@@ -25,13 +25,27 @@
 struct store;
 
 /*
- * Open an empty store: in @dir (an unlinked file; O_TMPFILE where the file
- * system supports it), or in RAM when @dir is NULL. @label names it in
- * /proc/PID/fd and error messages. Returns NULL with errno set.
+ * Describe an empty store without creating it: in @dir (an unlinked file;
+ * O_TMPFILE where the file system supports it), or in RAM when @dir is
+ * NULL. @label names a RAM store in /proc/PID/fd (cut to the 249 bytes
+ * memfd_create() takes). No file and no descriptor exist until
+ * store_create(): a stream creates its store when it starts, so a mount of
+ * thousands of idle files holds no descriptor for them. Returns NULL with
+ * errno set (ENOMEM).
  */
+struct store *store_new(const char *dir, const char *label);
+
+/* Create the store's file now (idempotent). Returns 0 or -errno (-EMFILE,
+ * -ENOENT for a directory that is gone, ...). */
+int store_create(struct store *st);
+
+/* store_new() and store_create() in one. Returns NULL with errno set. */
 struct store *store_open(const char *dir, const char *label);
 
-/* Unmap and close. Can't fail; NULL is fine. */
+/* Where the store lives, for messages: its directory, or "memory". */
+const char *store_where(const struct store *st);
+
+/* Close. Can't fail; NULL is fine. */
 void store_close(struct store *st);
 
 /* Write all of @buf at @off. Returns 0 or -errno (-ENOSPC, -EIO, ...). */
@@ -73,7 +87,7 @@ int store_punch(struct store *st, uint64_t off, uint64_t len);
  * pread. Returns 0 or -errno. */
 int store_pread(struct store *st, void *buf, size_t len, uint64_t off);
 
-/* The descriptor, for diagnostics. */
+/* The descriptor, for diagnostics; -1 before store_create(). */
 int store_fd(const struct store *st);
 
 #endif

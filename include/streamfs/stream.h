@@ -71,7 +71,10 @@ const char *stream_state_name(enum stream_state st);
  * stream_start(), without its lock held; the source then produces with
  * stream_write()/stream_fill_fd() and finishes with stream_end() or
  * stream_fail(), from any thread. cancel() asks it to stop as soon as it can
- * and must not block; producer calls made after it return -ECANCELED.
+ * and must not block; producer calls made after it return -ECANCELED. It
+ * comes once, after a start() that returned 0, also when the stream has
+ * ended by then: a source may still hold something to let go of (a
+ * finished command's background jobs).
  * destroy() frees the source's private data when the stream is freed.
  * A source that produces after start() returned holds its own reference
  * (stream_ref) until it has finished, and drops it then.
@@ -100,9 +103,10 @@ struct stream_source_ops {
 
 /*
  * Create an IDLE stream named @name (copied) that stores its bytes in @store
- * and is fed by @ops/@src. Takes ownership of @store and @src (on failure
- * too: they are closed/destroyed). Returns a stream with one reference, or
- * NULL with errno set.
+ * and is fed by @ops/@src. @store may be one not created yet (store_new()):
+ * the stream creates it when it starts. Takes ownership of @store and @src
+ * (on failure too: they are closed/destroyed). Returns a stream with one
+ * reference, or NULL with errno set.
  */
 struct stream *stream_new(const char *name, struct store *store,
 			  const struct stream_source_ops *ops, void *src);
@@ -122,17 +126,20 @@ const char *stream_kind(const struct stream *s);
 bool stream_can_fetch(const struct stream *s);
 
 /*
- * IDLE -> RUNNING and call the source's start(). Idempotent: returns 0 at
- * once for a stream that was already started. If start() fails the stream
- * is FAILED at offset 0 with its error, and that error is returned.
+ * IDLE -> RUNNING, create the store (store_create()) and call the source's
+ * start(). Idempotent: returns 0 at once for a stream that was already
+ * started. If the store cannot be created ("cannot create the store in
+ * DIR: Too many open files") or start() fails, the stream is FAILED at
+ * offset 0 with that error, and the error is returned.
  */
 int stream_start(struct stream *s);
 
 /*
  * Stop the stream: a RUNNING or IDLE stream becomes CANCELLED with @msg
- * (may be NULL), the source's cancel() is called if it was started, and
- * every parked waiter is completed with -ECANCELED. Present bytes stay readable. A terminal stream
- * is left as it is. Can't fail.
+ * (may be NULL) and every parked waiter is completed with -ECANCELED.
+ * Present bytes stay readable. A terminal stream keeps its state. Either
+ * way the source's cancel() is called (once) if it was started, so it lets
+ * go of what it still holds. Can't fail.
  */
 void stream_cancel(struct stream *s, const char *msg);
 
@@ -156,7 +163,13 @@ void stream_set_evictable(struct stream *s, bool on);
  * Store @len bytes at @off, mark them present, and wake the readers they
  * satisfy. Bytes already present are not rewritten. Returns 0, -ECANCELED
  * if the stream is no longer running, or the store's error (the stream is
- * then FAILED at its frontier with that error).
+ * then FAILED at its frontier with that error). One exception: when the
+ * store refuses bytes past the largest file size it allows (EFBIG: its file
+ * system's limit, 16 TiB on ext4, or RLIMIT_FSIZE), the bytes before that
+ * limit are kept, reads needing a byte at or past it get -EFBIG, the
+ * stream goes on, and -EFBIG is returned: a range fetched for one reader
+ * must not fail the stream for all. A producer that writes sequentially
+ * with stream_write() cannot go on after that and should stream_fail().
  */
 int stream_write(struct stream *s, uint64_t off, const void *buf, size_t len);
 
@@ -180,7 +193,8 @@ int stream_write_flags(struct stream *s, uint64_t off, const void *buf, size_t l
  */
 ssize_t stream_fill_fd(struct stream *s, int fd, size_t max);
 
-/* Append: stream_write() at the sequential frontier. */
+/* Append: stream_write() at the sequential frontier, except that a store
+ * refusing bytes with EFBIG fails the stream there, to the byte. */
 int stream_append(struct stream *s, const void *buf, size_t len);
 
 /*
@@ -236,8 +250,10 @@ enum stream_wait_kind {
  * Result passed to done() (and returned by stream_wait when not parked):
  *  RANGE/ANY: bytes readable at off (> 0), 0 at or past the end, -EIO if
  *             the stream failed at or before off, -ECANCELED if cancelled,
- *             -ENODATA if off was dropped (keep).
- *             A RANGE result is len, except at the end or the failure point.
+ *             -EFBIG if the store cannot hold the byte at off (see
+ *             stream_write), -ENODATA if off was dropped (keep). A RANGE
+ *             result is len, except at the end, the failure point or the
+ *             store's limit.
  *  END:       0 complete, -EIO failed, -ECANCELED cancelled.
  *  SIZE:      0, or -EIO/-ECANCELED if the stream stopped with no byte at 0
  *             (a source that failed at once).

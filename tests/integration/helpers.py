@@ -561,6 +561,20 @@ class Mount:
         wait_until(lambda: (self.nbytes(name) or 0) >= n, timeout,
                    f"{name} to hold {n} bytes (has {self.nbytes(name)})")
 
+    def waiters(self, name):
+        """Reads, opens and stats parked on the stream, as the daemon counts
+        them (user.streamfs.waiters)."""
+        v = self.xattr(name, "waiters")
+        return int(v) if v is not None else None
+
+    def wait_waiters(self, name, n, timeout=DEADLINE):
+        """Wait until exactly @n requests are parked on @name's stream. The
+        only proof that a request waits on the stream: a process asleep in
+        a FUSE call (wait_in_fuse) may still be in the LOOKUP before its
+        open, or its request may not have been read by the daemon yet."""
+        wait_until(lambda: self.waiters(name) == n, timeout,
+                   f"{n} requests parked on {name} (now {self.waiters(name)})")
+
     def alive(self):
         if self.proc is not None and self.foreground:
             return self.proc.poll() is None
@@ -644,12 +658,14 @@ class MountFactory:
         self.counter = itertools.count()
 
     def __call__(self, *specs, opts=(), stdin=None, env=None, foreground=True, mountpoint=None,
-                 timeout=DEADLINE):
+                 timeout=DEADLINE, preexec_fn=None):
         """Mount: 'streamfs [-f] OPTS MNT SPECS...'. Returns a Mount once the
         mount point is in /proc/self/mountinfo (foreground: polled with a
         deadline, failing with the daemon's stderr if it exits; background:
         the parent must return 0 with the mount already usable).
-        @stdin: None (/dev/null), a file object/fd, or subprocess.PIPE."""
+        @stdin: None (/dev/null), a file object/fd, or subprocess.PIPE.
+        @preexec_fn: run in the child before exec (resource limits, ignored
+        signals the daemon should start with)."""
         n = next(self.counter)
         mnt = Path(mountpoint) if mountpoint else self.tmp_path / f"mnt{n}"
         mnt.mkdir(parents=True, exist_ok=True)
@@ -664,7 +680,7 @@ class MountFactory:
         with open(errf, "wb") as err, open(self.tmp_path / f"streamfs{n}.stdout", "wb") as out:
             m.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else stdin,
                                       stdout=out, stderr=err, env=full_env,
-                                      start_new_session=True)
+                                      start_new_session=True, preexec_fn=preexec_fn)
         if foreground:
             m.pid = m.proc.pid
             register_pid(m.pid)

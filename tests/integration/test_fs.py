@@ -139,6 +139,31 @@ def test_read_only(mount, tmp_path):
     assert m.state("f.bin") == "complete"
 
 
+def mount_options(path):
+    """The per-mount options of @path in /proc/self/mountinfo (field 6)."""
+    want = os.path.realpath(str(path))
+    for ln in open("/proc/self/mountinfo"):
+        f = ln.split()
+        if f[4] == want:
+            return f[5].split(",")
+    raise AssertionError(f"{path} is not in /proc/self/mountinfo")
+
+
+@pytest.mark.parametrize("opts", [["-o", "rw"], ["-orw,noatime"], ["-o", "ro", "-o", "rw"]])
+def test_rw_option_is_ignored(mount, opts):
+    """-o rw (mount(8) passes it for fstab's "defaults") cannot make the
+    mount writable: it stays ro, and writes get EROFS from the kernel."""
+    m = mount("f.bin=cmd:echo f", opts=opts)
+    assert "ro" in mount_options(m.path) and "rw" not in mount_options(m.path)
+    for fn, args in [(os.open, (str(m / "new.bin"), os.O_WRONLY | os.O_CREAT, 0o644)),
+                     (os.open, (str(m / "f.bin"), os.O_WRONLY)),
+                     (os.mkdir, (str(m / "newdir"),))]:
+        with pytest.raises(OSError) as e:
+            call(fn, *args)
+        assert e.value.errno == errno.EROFS, f"{fn.__name__}{args}: {e.value!r}"
+    assert call(read_all, m / "f.bin") == b"f\n"
+
+
 # ------------------------------------------------------------ xattrs
 
 def test_xattrs_of_a_complete_cmd_file(mount, tmp_path):

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from helpers import (DEADLINE, Background, call, kill_if_alive, make_data, mounted, pid_alive,
-                     in_fuse_wait, pread_path, proc_state, q, wait_in_fuse, read_all, register_pid, run, sha256,
+                     in_fuse_wait, pread_path, proc_state, q, read_all, register_pid, run, sha256,
                      unregister_pid, wait_blocked_in_read, wait_until)
 
 PROMPT = 5.0  # "promptly"
@@ -267,7 +267,15 @@ WAITER = (
 @pytest.mark.parametrize("op,opts", [("stat", ["--size=wait"]), ("stat", []), ("open", [])])
 def test_sigint_to_a_waiting_stat_or_open(mount, fifo, op, opts):
     """open and stat wait for the first bytes (stat with --size=wait for the
-    end); these waits are interruptible like reads."""
+    end); these waits are interruptible like reads.
+
+    The waiter asleep in a FUSE call is not yet proof that the daemon has
+    its request: the kernel may still wait for the LOOKUP before the open
+    (which starts nothing), or the open may sit unread in the queue of a
+    daemon that a loaded machine has not scheduled yet; until then the
+    stream is rightly idle. The daemon's own count of parked requests is
+    the proof; from then on the stream runs (open and stat start it before
+    they park)."""
     f = fifo()
     m = mount(f"s.bin=cmd:{f.cat}", opts=opts)
     if opts:
@@ -277,7 +285,7 @@ def test_sigint_to_a_waiting_stat_or_open(mount, fifo, op, opts):
     waiter = start_reader([sys.executable, "-c", WAITER, op, str(m / "s.bin")])
     try:
         assert call(waiter.stdout.readline) == b"ready\n"
-        wait_in_fuse(waiter.pid)
+        m.wait_waiters("s.bin", 1)
         assert m.state("s.bin") == "running"
         waiter.send_signal(signal.SIGINT)
         try:
@@ -285,6 +293,7 @@ def test_sigint_to_a_waiting_stat_or_open(mount, fifo, op, opts):
         except subprocess.TimeoutExpired:
             raise AssertionError(f"{op} waiting on a stream ignored SIGINT")
         assert rc == 7 and waiter.stdout.read() == b"interrupted\n"
+        m.wait_waiters("s.bin", 0)
         assert m.state("s.bin") == "running"
     finally:
         stop_reader(waiter)

@@ -20,7 +20,7 @@ import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
-from httpserver import TestHTTPServer, _parse_range  # noqa: E402
+from httpserver import TestHTTPServer, _parse_range, synth_bytes  # noqa: E402
 
 PY = "/usr/bin/python3"
 SIZE = 300_000
@@ -390,3 +390,84 @@ def test_ignore_if_range(srv, data):
     st, h2, b2 = raw_get(srv.port, q, {"Range": "bytes=10-", "If-Range": h1["etag"]})
     assert st == 206 and h2["etag"] != h1["etag"]
     assert b2 != b1[10:] and len(b2) == SIZE - 10
+
+
+def test_status_from_and_empty_body(srv, data):
+    _, blob = data
+    q = "/f.bin?status=503&status_from=2&fail_times=1&empty_body=1"
+    st, _, body = raw_get(srv.port, q)
+    assert st == 200 and body == blob
+    st, h, body = raw_get(srv.port, q)
+    assert st == 503 and body == b"" and h["content-length"] == "0"
+    assert raw_get(srv.port, q)[0] == 200
+
+
+def test_unranged206(srv, data):
+    _, blob = data
+    st, h, body = raw_get(srv.port, "/f.bin?unranged206=100")
+    assert st == 206 and h["content-range"] == "bytes 100-%d/%d" % (SIZE - 1, SIZE)
+    assert body == blob[100:]
+    st, _, body = raw_get(srv.port, "/f.bin?unranged206=100", {"Range": "bytes=5-9"})
+    assert st == 206 and body == blob[5:10]  # only unranged requests lie
+
+
+def test_range_shift(srv, data):
+    _, blob = data
+    st, h, body = raw_get(srv.port, "/f.bin?range_shift=7", {"Range": "bytes=10-19"})
+    assert st == 206 and h["content-range"] == "bytes 17-26/%d" % SIZE and body == blob[17:27]
+    st, _, body = raw_get(srv.port, "/f.bin?range_shift=7")
+    assert st == 200 and body == blob
+    q = "/f.bin?range_shift=7&range_shift_from=2"
+    assert raw_get(srv.port, q, {"Range": "bytes=10-19"})[2] == blob[10:20]
+    assert raw_get(srv.port, q, {"Range": "bytes=10-19"})[2] == blob[17:27]
+    st, h, body = raw_get(srv.port, "/f.bin?range_extend=5", {"Range": "bytes=10-19"})
+    assert st == 206 and h["content-range"] == "bytes 10-24/%d" % SIZE and body == blob[10:25]
+
+
+def test_resize(srv, data):
+    _, blob = data
+    q = "/f.bin?resize=1000&noetag=1&nolastmod=1"
+    st, h, body = raw_get(srv.port, q)
+    assert st == 200 and body == blob and "etag" not in h
+    st, h, body = raw_get(srv.port, q, {"Range": "bytes=10-"})
+    assert st == 206 and h["content-range"] == "bytes 10-%d/%d" % (SIZE + 999, SIZE + 1000)
+    assert body == blob[10:] + bytes(1000)
+    st, h, body = raw_get(srv.port, "/f.bin?resize=-1000")
+    assert st == 200 and body == blob  # the first request of this URL is as on disk
+    st, h, body = raw_get(srv.port, "/f.bin?resize=-1000")
+    assert st == 200 and body == blob[:-1000] and h["content-length"] == str(SIZE - 1000)
+
+
+def test_unknown_total(srv, data):
+    _, blob = data
+    q = "/f.bin?unknown_total=1"
+    st, h, body = raw_get(srv.port, q, {"Range": "bytes=10-19"})
+    assert st == 206 and h["content-range"] == "bytes 10-19/*" and body == blob[10:20]
+    st, h, body = raw_get(srv.port, q, {"Range": "bytes=%d-" % SIZE})
+    assert st == 416 and "content-range" not in h
+    st, h, body = raw_get(srv.port, q)
+    assert st == 200 and body == blob
+
+
+def test_synth_any_size_and_offset(srv):
+    """synth=SIZE: a body larger than any disk, any range of it generated
+    on the fly, every aligned 8-byte word its own offset."""
+    assert synth_bytes(0, 16) == bytes(8) + (8).to_bytes(8, "big")
+    assert synth_bytes(13, 6) == (8).to_bytes(8, "big")[5:] + (16).to_bytes(8, "big")[:3]
+    size = 20 << 40
+    target = "/any/name?synth=%d" % size
+    st, h, _ = raw_get(srv.port, target, method="HEAD")
+    assert st == 200 and h["content-length"] == str(size) and h["accept-ranges"] == "bytes"
+    etag = h["etag"]
+    off = (17 << 40) + 3
+    st, h, body = raw_get(srv.port, target, {"Range": "bytes=%d-%d" % (off, off + 99999),
+                                             "If-Range": etag})
+    assert st == 206 and h["content-range"] == "bytes %d-%d/%d" % (off, off + 99999, size)
+    assert body == synth_bytes(off, 100000)
+    assert int.from_bytes(body[5:13], "big") == off + 5
+    st, h, body = raw_get(srv.port, target, {"Range": "bytes=-5"})
+    assert st == 206 and body == synth_bytes(size - 5, 5)
+    st, h, _ = raw_get(srv.port, target, {"Range": "bytes=%d-" % size})
+    assert st == 416 and h["content-range"] == "bytes */%d" % size
+    st, _, body = raw_get(srv.port, "/s?synth=1000&drop_after=100")
+    assert st == 200 and body == synth_bytes(0, 100)

@@ -633,6 +633,8 @@ static void test_manifest(void)
 		abort();
 	path = write_file("good.ini", text);
 	free(text);
+	/* It holds a user and headers: it must be the owner's alone. */
+	CHECK(chmod(path, 0600) == 0);
 	CHECK(load(&cfg, path, err) == 0);
 	if (err[0])
 		fprintf(stderr, "good.ini: %s\n", err);
@@ -753,6 +755,232 @@ static void test_manifest(void)
 	config_free(&cfg);
 }
 
+/* A file of mode @mode in tmpdir. */
+static const char *write_mode(const char *name, const char *text, mode_t mode)
+{
+	const char *path = write_file(name, text);
+
+	if (chmod(path, mode))
+		abort();
+	return path;
+}
+
+static void test_secret_files(void)
+{
+	struct file_opts o;
+	char err[512], at[600], *cwd;
+	const char *p;
+
+	config_file_opts_default(&o);
+	p = write_mode("user.txt", "alice:pw with spaces\r\n\n", 0600);
+	snprintf(at, sizeof(at), "@%s", p);
+	CHECK(set(&o, "user", at, err) == -1); /* only the command line and manifests read files */
+	config_file_opts_free(&o);
+
+	struct config cfg;
+	CHECK(PARSE(&cfg, err, "--user", at, "mnt", "a=https://h/") == 0);
+	CHECK(cfg.nfiles == 1 && !strcmp(cfg.files[0].opts.userpwd, "alice:pw with spaces"));
+	config_free(&cfg);
+
+	p = write_mode("headers.txt", "Authorization: Bearer t0k\n\n  \nX-B: 2\r\n", 0400);
+	snprintf(at, sizeof(at), "--header=@%s", p);
+	CHECK(PARSE(&cfg, err, "--header=X-A: 1", at, "mnt", "a=https://h/") == 0);
+	CHECK(cfg.nfiles == 1 && cfg.files[0].opts.nheaders == 3);
+	if (cfg.nfiles == 1 && cfg.files[0].opts.nheaders == 3) {
+		CHECK(!strcmp(cfg.files[0].opts.headers[0], "X-A: 1"));
+		CHECK(!strcmp(cfg.files[0].opts.headers[1], "Authorization: Bearer t0k"));
+		CHECK(!strcmp(cfg.files[0].opts.headers[2], "X-B: 2"));
+	}
+	config_free(&cfg);
+
+	/* Accessible by group or others: refused, as ssh refuses such keys. */
+	p = write_mode("open.txt", "alice:pw\n", 0644);
+	snprintf(at, sizeof(at), "--user=@%s", p);
+	PARSE_FAILS("holds credentials but is accessible by group or others (mode 0644)", at,
+	            "mnt");
+	CHECK(chmod(p, 0640) == 0);
+	PARSE_FAILS("(mode 0640): chmod go= it", at, "mnt");
+
+	/* Bad contents: named by line, never quoted. */
+	p = write_mode("two.txt", "alice:pw1\nbob:pw2\n", 0600);
+	snprintf(at, sizeof(at), "--user=@%s", p);
+	PARSE_FAILS("more than one line for --user", at, "mnt");
+	p = write_mode("nocolon.txt", "hunter2\n", 0600);
+	snprintf(at, sizeof(at), "--user=@%s", p);
+	PARSE_FAILS("line 1 (not shown): expected USER:PASSWORD", at, "mnt");
+	p = write_mode("badhdr.txt", "X-A: 1\n\nsecret-token\n", 0600);
+	snprintf(at, sizeof(at), "--header=@%s", p);
+	PARSE_FAILS("line 3 (not shown): expected 'Name: value'", at, "mnt");
+	CHECK(PARSE(&cfg, err, at, "mnt") == -1 && !strstr(err, "secret-token"));
+	config_free(&cfg);
+	p = write_mode("empty.txt", "\n \n", 0600);
+	snprintf(at, sizeof(at), "--user=@%s", p);
+	PARSE_FAILS("is empty: expected USER:PASSWORD", at, "mnt");
+	PARSE_FAILS("No such file or directory", "--header=@/nonexistent/h.txt", "mnt");
+	PARSE_FAILS("option --user=@ needs a file name", "--user=@", "mnt");
+	PARSE_FAILS("is not a regular file or a pipe", "--user=@/dev/null", "mnt");
+
+	/* netrc: kept absolute (the daemon works from "/"), checked like the others. */
+	p = write_mode("netrc", "machine h login a password p\n", 0600);
+	cwd = getcwd(NULL, 0);
+	CHECK(cwd && chdir(tmpdir) == 0);
+	CHECK(PARSE(&cfg, err, "--netrc-file=netrc", "mnt", "a=https://h/") == 0);
+	CHECK(cfg.nfiles == 1 && cfg.files[0].opts.netrc_file &&
+	      !strcmp(cfg.files[0].opts.netrc_file, p));
+	config_free(&cfg);
+	CHECK(PARSE(&cfg, err, "--netrc", "mnt", "a=https://h/") == 0);
+	CHECK(cfg.nfiles == 1 && cfg.files[0].opts.netrc && !cfg.files[0].opts.netrc_file);
+	config_free(&cfg);
+	CHECK(chmod(p, 0604) == 0);
+	PARSE_FAILS("netrc file 'netrc' holds credentials but is accessible", "--netrc-file=netrc",
+	            "mnt");
+	PARSE_FAILS("cannot read netrc file 'nosuch'", "--netrc-file=nosuch", "mnt");
+	PARSE_FAILS("netrc file '.' is not a regular file", "--netrc-file=.", "mnt");
+	CHECK(cwd && chdir(cwd) == 0);
+	free(cwd);
+}
+
+static void test_manifest_mode(void)
+{
+	struct config cfg = {0};
+	char err[512], text[700];
+	const char *p, *u;
+
+	static const char *const secret[] = {
+	    "[a]\nsource = https://h/\nuser = u:p\n",
+	    "[a]\nsource = https://h/\nheader = Authorization: Bearer x\n",
+	    "[a]\nsource = https://u:p@h/\n",
+	};
+	for (size_t i = 0; i < sizeof(secret) / sizeof(secret[0]); i++) {
+		p = write_mode("secret.ini", secret[i], 0644);
+		CHECK(load(&cfg, p, err) == -1);
+		CHECK_ERR(err,
+		          "holds credentials but is accessible by group or others (mode 0644)");
+		CHECK(cfg.nfiles == 0);
+		CHECK(chmod(p, 0600) == 0);
+		CHECK(load(&cfg, p, err) == 0 && cfg.nfiles == 1);
+		config_free(&cfg);
+	}
+	/* No credentials in it: any mode. A user name alone is no secret. */
+	p = write_mode("plain.ini", "[a]\nsource = https://u@h/\n[b]\nsource = cmd:true\n", 0644);
+	CHECK(load(&cfg, p, err) == 0 && cfg.nfiles == 2);
+	config_free(&cfg);
+	/* Credentials in files it names: the manifest itself may be readable. */
+	u = write_mode("m-user.txt", "u:p\n", 0600);
+	snprintf(text, sizeof(text), "[a]\nsource = https://h/\nuser = @%s\nheader = @%s\n", u,
+	         write_mode("m-hdr.txt", "X-K: v\n", 0600));
+	p = write_mode("indirect.ini", text, 0644);
+	CHECK(load(&cfg, p, err) == 0 && cfg.nfiles == 1);
+	CHECK(cfg.nfiles == 1 && !strcmp(cfg.files[0].opts.userpwd, "u:p") &&
+	      cfg.files[0].opts.nheaders == 1);
+	config_free(&cfg);
+}
+
+static void test_scrub_argv(void)
+{
+	const char *args[] = {"streamfs",
+	                      "--user=alice:pw1",
+	                      "--header",
+	                      "Authorization: Bearer pw2",
+	                      "--head=X-K:pw3",
+	                      "--us",
+	                      "bob:pw4",
+	                      "--header=Accept;",
+	                      "mnt",
+	                      "a=https://carol:pw5@h:8443/p?q=1",
+	                      "b=https://dave@h/",
+	                      "c=cmd:echo x:y@z"};
+	const char *want[] = {"streamfs",
+	                      "--user=alice:***",
+	                      "--header",
+	                      "Authorization: **********",
+	                      "--head=X-K:***",
+	                      "--us",
+	                      "bob:***",
+	                      "--header=Accept;",
+	                      "mnt",
+	                      "a=https://carol:***@h:8443/p?q=1",
+	                      "b=https://dave@h/",
+	                      "c=cmd:echo x:y@z"};
+	enum { N = sizeof(args) / sizeof(args[0]) };
+	char *argv[N + 1];
+	struct config cfg;
+	char err[512];
+	int i;
+
+	for (i = 0; i < N; i++)
+		argv[i] = strdup(args[i]);
+	argv[N] = NULL;
+	CHECK(config_parse_args(&cfg, N, argv, err, sizeof(err)) == 0);
+	for (i = 0; i < N; i++) {
+		if (strcmp(argv[i], want[i]))
+			fprintf(stderr, "argv[%d] = '%s', want '%s'\n", i, argv[i], want[i]);
+		CHECK(!strcmp(argv[i], want[i]));
+		free(argv[i]);
+	}
+	/* The parsed copies keep the real values (the last --user wins). */
+	CHECK(cfg.nfiles == 3 && !strcmp(cfg.files[0].opts.userpwd, "bob:pw4"));
+	CHECK(cfg.nfiles == 3 && !strcmp(cfg.files[0].arg, "https://carol:pw5@h:8443/p?q=1"));
+	CHECK(cfg.nfiles == 3 && cfg.files[0].opts.nheaders == 3 &&
+	      !strcmp(cfg.files[0].opts.headers[0], "Authorization: Bearer pw2"));
+	config_free(&cfg);
+}
+
+static void test_add_request(void)
+{
+	char err[512], u[600], h[600], *cwd;
+	char **f = NULL;
+	size_t n = 0;
+
+	snprintf(u, sizeof(u), "user=@%s", write_mode("a-user.txt", "alice:pw1\n", 0600));
+	snprintf(h, sizeof(h), "--header=@%s", write_mode("a-hdr.txt", "X-A: pw2\nX-B: 3\n", 0600));
+	write_mode("a-netrc", "machine h login a password p\n", 0600);
+	const char *args[] = {"x=https://bob:pw3@h/", u,           h,
+	                      "netrc-file=a-netrc",   "--size=1K", "header=X-C: pw4",
+	                      "--user=carol:pw5",     "insecure"};
+	enum { N = sizeof(args) / sizeof(args[0]) };
+	char *argv[N];
+	for (int i = 0; i < N; i++)
+		argv[i] = strdup(args[i]);
+	cwd = getcwd(NULL, 0);
+	CHECK(cwd && chdir(tmpdir) == 0);
+	CHECK(config_add_request(N, argv, &f, &n, err, sizeof(err)) == 0);
+	CHECK(cwd && chdir(cwd) == 0);
+	free(cwd);
+	char netrc[600];
+	snprintf(netrc, sizeof(netrc), "netrc-file=%s/a-netrc", tmpdir);
+	const char *want[] = {"add",
+	                      "x=https://bob:pw3@h/",
+	                      "user=alice:pw1",
+	                      "header=X-A: pw2",
+	                      "header=X-B: 3",
+	                      netrc,
+	                      "size=1K",
+	                      "header=X-C: pw4",
+	                      "user=carol:pw5",
+	                      "insecure"};
+	CHECK(n == sizeof(want) / sizeof(want[0]) && f && !f[n]);
+	for (size_t i = 0; f && i < n && i < sizeof(want) / sizeof(want[0]); i++) {
+		if (strcmp(f[i], want[i]))
+			fprintf(stderr, "field %zu = '%s', want '%s'\n", i, f[i], want[i]);
+		CHECK(!strcmp(f[i], want[i]));
+	}
+	config_strv_free(f);
+	/* The client's own argv no longer shows the secrets. */
+	CHECK(!strcmp(argv[0], "x=https://bob:***@h/"));
+	CHECK(!strcmp(argv[5], "header=X-C: ***") && !strcmp(argv[6], "--user=carol:***"));
+	CHECK(!strcmp(argv[1], u) && !strcmp(argv[4], "--size=1K"));
+	for (int i = 0; i < N; i++)
+		free(argv[i]);
+
+	/* A file that cannot be read: the client says so, nothing is sent. */
+	char *bad[] = {strdup("x=cmd:true"), strdup("user=@/nonexistent/u")};
+	CHECK(config_add_request(2, bad, &f, &n, err, sizeof(err)) == -1 && !f);
+	CHECK_ERR(err, "cannot read '/nonexistent/u'");
+	free(bad[0]);
+	free(bad[1]);
+}
+
 int main(void)
 {
 	int i;
@@ -768,6 +996,10 @@ int main(void)
 	test_parse_file();
 	test_args();
 	test_manifest();
+	test_secret_files();
+	test_manifest_mode();
+	test_scrub_argv();
+	test_add_request();
 	for (i = 0; i < ntmpfiles; i++) {
 		unlink(tmpfiles[i]);
 		free(tmpfiles[i]);

@@ -2,7 +2,9 @@
  * test_store.c - unit tests for store.c: pwrite/map round trips in RAM and
  * on disk, a read across the 1 GiB mapping-window boundary of a sparse
  * store, fill_fd from a pipe (data, EAGAIN, EOF), and store errors
- * (ENOSPC) told apart from pipe errors, directly and through a stream.
+ * (ENOSPC) told apart from pipe errors, directly and through a stream;
+ * stores described by store_new() hold no descriptor until created, and
+ * RAM stores take labels longer than memfd_create() does.
  *
  * The ENOSPC cases use a 1 MiB tmpfs mounted under a mkdtemp() directory.
  * It is lazily unmounted (MNT_DETACH) as soon as the stores are open, so
@@ -274,6 +276,72 @@ static void test_store_full(void)
 	fake_fini(&f);
 }
 
+/* store_new(): nothing exists until store_create(), which is idempotent
+ * and reports why it failed. */
+static void test_created_lazily(void)
+{
+	char *dir = t_tmpdir("store");
+	struct store *st = store_new(dir, "lazy");
+	CHECK(st != NULL);
+	CHECK_EQ(store_fd(st), -1);
+	CHECK(strcmp(store_where(st), dir) == 0);
+	CHECK_EQ(store_create(st), 0);
+	int fd = store_fd(st);
+	CHECK(fd >= 0);
+	CHECK_EQ(store_create(st), 0);
+	CHECK_EQ(store_fd(st), fd);
+	unsigned char b[4] = {1, 2, 3, 4}, got[4];
+	CHECK_EQ(store_pwrite(st, b, 4, 10), 0);
+	CHECK_EQ(store_pread(st, got, 4, 10), 0);
+	CHECK(memcmp(b, got, 4) == 0);
+	store_close(st);
+	store_close(store_new(dir, "never created")); /* nothing to close but memory */
+
+	st = store_new(dir, "gone");
+	CHECK_EQ(rmdir(dir), 0);
+	CHECK_EQ(store_create(st), -ENOENT);
+	CHECK_EQ(store_fd(st), -1);
+	store_close(st);
+	CHECK(store_open(dir, "gone") == NULL);
+	CHECK_EQ(errno, ENOENT);
+	free(dir);
+
+	st = store_new(NULL, "ram");
+	CHECK(strcmp(store_where(st), "memory") == 0);
+	CHECK_EQ(store_fd(st), -1);
+	CHECK_EQ(store_create(st), 0);
+	CHECK(store_fd(st) >= 0);
+	store_close(st);
+}
+
+/* A name of 255 bytes (a file name's limit) is more than memfd_create()
+ * takes (249): the label is cut, at a UTF-8 boundary. */
+static void test_long_memory_label(void)
+{
+	char label[256];
+	memset(label, 'n', 255);
+	label[255] = '\0';
+	/* A two-byte character across the 249-byte cut. */
+	label[248] = (char)0xc3;
+	label[249] = (char)0xa9;
+	struct store *st = store_open(NULL, label);
+	CHECK(st != NULL);
+	if (!st)
+		return;
+	char link[64], target[512];
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", store_fd(st));
+	ssize_t n = readlink(link, target, sizeof(target) - 1);
+	CHECK(n > 0);
+	if (n > 0) {
+		target[n] = '\0';
+		/* "/memfd:" + 248 'n' + " (deleted)": the cut character is dropped whole. */
+		CHECK(strncmp(target, "/memfd:", 7) == 0);
+		CHECK(strspn(target + 7, "n") == 248);
+		CHECK(strcmp(target + 7 + 248, " (deleted)") == 0);
+	}
+	store_close(st);
+}
+
 int main(void)
 {
 	t_init();
@@ -285,5 +353,7 @@ int main(void)
 	RUN(test_fill_fd_disk);
 	RUN(test_error_helpers);
 	RUN(test_store_full);
+	RUN(test_created_lazily);
+	RUN(test_long_memory_label);
 	return t_finish("store");
 }

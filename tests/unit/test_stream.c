@@ -19,8 +19,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #define GIB (1ULL << 30)
@@ -140,17 +142,20 @@ static void whole_read(const char *dir)
 	READ_EQ(s, total + 1000, 1, false, 0);
 	READ_EQ(s, 0, 0, false, 0);
 
-	/* A terminal stream is left alone. */
+	/* A terminal stream is left alone; its source still hears of a
+	 * cancel (once), to let go of what it holds. */
 	CHECK_EQ(app(s, total, 10), -ECANCELED);
 	CHECK_EQ(stream_set_length(s, total), 0);
 	CHECK_EQ(stream_set_length(s, total + 1), -EINVAL);
 	stream_fail(s, EIO, "late");
+	CHECK_EQ(atomic_load(&f.cancels), 0);
 	stream_cancel(s, "late");
+	stream_cancel(s, "later");
 	info(s, &i);
 	CHECK_EQ(i.state, STREAM_COMPLETE);
 	CHECK_EQ(i.length, total);
 	CHECK_EQ(atomic_load(&f.starts), 1);
-	CHECK_EQ(atomic_load(&f.cancels), 0);
+	CHECK_EQ(atomic_load(&f.cancels), 1);
 	finish(s, &f);
 }
 
@@ -881,6 +886,73 @@ static void test_end_exact(void)
 	rec_fini(&b);
 }
 
+/*
+ * The store's largest file (EFBIG; here RLIMIT_FSIZE, which the kernel
+ * applies like a file system's limit, e.g. ext4's 16 TiB). A write out of
+ * order past it loses only those bytes: their readers get -EFBIG, the
+ * stream goes on. The sequential fill reaching it fails the stream there,
+ * to the byte.
+ */
+static void store_limit(const char *dir)
+{
+	const uint64_t lim = (1 << 20) + 5;
+	struct fake_src f;
+	struct stream_info i;
+	struct stream *s = started(&f, dir);
+	CHECK_EQ(app(s, 0, 1000), 0);
+	struct rec far;
+	rec_init(&far, STREAM_WAIT_RANGE, 3 << 20, 10);
+	CHECK_EQ(stream_wait(s, &far.w), STREAM_PARKED);
+	CHECK_EQ(put(s, 2 << 20, 4096), -EFBIG); /* far past: limit <= 2 MiB */
+	CHECK_EQ(atomic_load(&far.calls), 1);
+	CHECK_EQ(atomic_load(&far.result), -EFBIG);
+	CHECK_EQ(put(s, lim - 100, 4096), -EFBIG); /* across: the limit, exactly */
+	info(s, &i);
+	CHECK_EQ(i.state, STREAM_RUNNING);
+	CHECK_EQ(i.bytes, 1100);
+	READ_EQ(s, lim - 100, 4096, false, 100);
+	READ_EQ(s, lim, 1, false, -EFBIG);
+	READ_EQ(s, lim + 10, 1, true, -EFBIG);
+	CHECK_EQ(put(s, lim + 10, 10), -EFBIG); /* known: not even tried */
+	CHECK_EQ(app(s, 1000, 2000), 0);        /* below it all goes on */
+	READ_EQ(s, 0, 3000, false, 3000);
+	rec_fini(&far);
+	finish(s, &f);
+
+	/* The sequential fill stops at the limit, to the byte. */
+	s = started(&f, dir);
+	int r = 0;
+	uint64_t off = 0;
+	while (r == 0 && off < 2 * lim) {
+		r = app(s, off, 3 * 4096 + 1);
+		off += 3 * 4096 + 1;
+	}
+	CHECK_EQ(r, -EFBIG);
+	info(s, &i);
+	CHECK_EQ(i.state, STREAM_FAILED);
+	CHECK_EQ(i.error, EFBIG);
+	CHECK_EQ(i.error_offset, lim);
+	READ_EQ(s, lim - 10, 100, false, 10);
+	READ_EQ(s, lim, 1, false, -EIO);
+	finish(s, &f);
+}
+
+static void test_store_limit(void)
+{
+	struct rlimit old, rl;
+	CHECK_EQ(getrlimit(RLIMIT_FSIZE, &old), 0);
+	rl = old;
+	rl.rlim_cur = (1 << 20) + 5; /* store_limit()'s lim */
+	void (*was)(int) = signal(SIGXFSZ, SIG_IGN);
+	CHECK_EQ(setrlimit(RLIMIT_FSIZE, &rl), 0);
+	store_limit(NULL);
+	char *dir = t_tmpdir("limit");
+	store_limit(dir);
+	CHECK_EQ(setrlimit(RLIMIT_FSIZE, &old), 0);
+	signal(SIGXFSZ, was);
+	rmdir(dir);
+	free(dir);
+}
 /* "Bytes already present are not rewritten": what a reader saw stays. */
 static void test_no_rewrite(void)
 {
@@ -1241,6 +1313,31 @@ static void test_start_cancel(void)
 	CHECK_EQ(i.state, STREAM_CANCELLED);
 	CHECK_EQ(i.start_ms, 0);
 	finish(s, &f);
+
+	/* The store is created at start; one that cannot be fails the stream
+	 * at 0 with a message naming it, and the source never starts. */
+	fake_init(&f);
+	char *dir = t_tmpdir("stream");
+	struct store *st = store_new(dir, "gone");
+	CHECK_EQ(rmdir(dir), 0);
+	s = stream_new("nostore", st, &fake_ops, &f);
+	f.s = s;
+	rec_reset(&r, STREAM_WAIT_SIZE, 0, 0);
+	CHECK_EQ(stream_wait(s, &r.w), STREAM_PARKED);
+	CHECK_EQ(stream_start(s), -ENOENT);
+	info(s, &i);
+	CHECK_EQ(i.state, STREAM_FAILED);
+	CHECK_EQ(i.error, ENOENT);
+	CHECK_EQ(i.error_offset, 0);
+	CHECK(strstr(i.error_msg, "cannot create the store in") != NULL);
+	CHECK(strstr(i.error_msg, dir) != NULL);
+	CHECK_EQ(atomic_load(&r.calls), 1);
+	CHECK_EQ(atomic_load(&r.result), -EIO);
+	stream_cancel(s, NULL);
+	CHECK_EQ(atomic_load(&f.starts), 0);
+	CHECK_EQ(atomic_load(&f.cancels), 0);
+	finish(s, &f);
+	free(dir);
 	rec_fini(&r);
 }
 
@@ -1968,6 +2065,7 @@ int main(void)
 	RUN(test_truncated);
 	RUN(test_too_long);
 	RUN(test_end_exact);
+	RUN(test_store_limit);
 	RUN(test_no_rewrite);
 	RUN(test_cancel_busy_producer);
 	RUN(test_cancel_waiters);

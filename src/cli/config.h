@@ -3,8 +3,9 @@
  *
  * Everything the user can say is checked here, before anything is mounted:
  * a bad value produces one clear line (in @err) naming what is wrong, and
- * the caller exits non-zero. No function here prints, exits or touches the
- * file system except config_load_manifest() reading its file.
+ * the caller exits non-zero. No function here prints or exits; the file
+ * system is touched only to read the manifest, the @FILE values of
+ * --user/--header, and to check a --netrc-file.
  *
  * Syntax accepted (DESIGN.md section 4):
  *   streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...
@@ -16,8 +17,17 @@
  *     --retries=N, --retry-time=SECONDS, --stall-timeout=SECONDS,
  *     --connect-timeout=SECONDS, --max-redirs=N, --user=USER:PASSWORD,
  *     --location-trusted (send credentials/headers after redirects to
- *     other hosts), --keep=BYTES (keep only the last BYTES: endless streams)
+ *     other hosts), --netrc, --netrc-file=FILE, --keep=BYTES (keep only
+ *     the last BYTES: endless streams)
  *   store budget: --cache-size=BYTES, --cache-min-free=BYTES|N% (default 5%)
+ *   secrets: on the command line and in a manifest, --user=@FILE reads
+ *     USER:PASSWORD from FILE's one line, --header=@FILE one header per
+ *     line; such a FILE, a netrc file, and a manifest holding a user,
+ *     header or URL password must not be accessible by group or others
+ *     (as ssh demands of keys) when they are regular files. Secrets
+ *     given on the command line are overwritten in argv once copied
+ *     (passwords, header values), so /proc/PID/cmdline no longer shows
+ *     them.
  *   manifest (-c FILE, INI, libinih): one section per file, the section
  *   name is NAME; keys: source (required), and the per-file options without
  *   "--" (size, start, read, header (repeatable), insecure = true|false, ...).
@@ -52,6 +62,8 @@ struct file_opts {
 	bool insecure;          /* default false: TLS verification on */
 	bool location_trusted;  /* default false */
 	char *userpwd;          /* "user:password" or NULL; owned */
+	bool netrc;             /* default false: look the host up in ~/.netrc */
+	char *netrc_file;       /* absolute path of another netrc file, or NULL; owned */
 	int retries;            /* default 5 */
 	double retry_time;      /* seconds, default 60 */
 	double stall_timeout;   /* seconds without a byte, default 30 */
@@ -127,6 +139,9 @@ int config_parse_file(const char *arg, const struct file_opts *defaults, struct 
  * another one needs as its directory: "a" and "a/b"), that exactly one
  * mountpoint is given (unless -h/--version, which stop parsing at once), and
  * that "-" is used at most once. @cfg is overwritten, not freed, first.
+ * The strings of @argv keep their places, but the secrets in them (the
+ * password of --user and of URLs, the value of --header) are overwritten
+ * with '*' once copied.
  * Returns 0, or -1 with @err set; free @cfg with config_free() either way.
  */
 int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size_t errlen);
@@ -137,6 +152,20 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
  * key 'sise' in [video.mp4]").
  */
 int config_load_manifest(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/*
+ * "streamfs add": the request fields for @argv ("NAME=SOURCE" then
+ * "OPTION=VALUE"..., @argc of them): "add", NAME=SOURCE, then each option
+ * as "key=value" (without "--"), where user=@FILE and header=@FILE are
+ * read here, by the caller (the daemon would read them as itself, from
+ * "/"), and a relative netrc-file becomes absolute. Values are checked by
+ * the daemon, not here. Secrets in @argv are overwritten as in
+ * config_parse_args(). Returns 0 with a NULL-terminated malloc'ed array in
+ * *@fields (free with config_strv_free()), or -1 with @err set.
+ */
+int config_add_request(int argc, char **argv, char ***fields, size_t *nfields, char *err,
+		       size_t errlen);
+void config_strv_free(char **v);
 
 /* Free everything @cfg owns and zero it. NULL is fine. */
 void config_free(struct config *cfg);

@@ -6,17 +6,20 @@
  * user.streamfs.control. A client connects, sends one request and shuts
  * down its side; the daemon answers one line, "ok" or "error: ...", and
  * closes. Only root and the user running the daemon are served
- * (SO_PEERCRED).
+ * (SO_PEERCRED), and the client, in turn, sends only to a socket whose
+ * listener is root or the caller: a request may carry credentials.
  *
  * Request: fields separated by NUL bytes: "add", "NAME=SOURCE", then
- * "OPTION=VALUE"...; or "rm", "NAME". At most 64 KiB.
+ * "OPTION=VALUE"...; or "rm", "NAME". At most 256 KiB. A client must send
+ * its whole request within 5 s of connecting, or it is dropped; at most 32
+ * are served at once. The daemon never blocks on a client.
  *
  * All work happens in the loop thread.
  */
 #ifndef STREAMFS_CONTROL_H
 #define STREAMFS_CONTROL_H
 
-#include "ioloop.h"
+#include "streamfs/ioloop.h"
 
 #include <stddef.h>
 

@@ -18,6 +18,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <stdarg.h>
@@ -25,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <ini.h>
@@ -34,6 +37,9 @@
 #define ESC_LEN 80               /* room for one quoted value in a message */
 #define SECONDS_MAX 1000000000.0 /* ~31 years: any larger value is a typo */
 #define MANIFEST_LINE_MAX 65536  /* long enough for signed URLs and headers */
+#define SECRET_FILE_MAX 65536    /* a --user=@FILE or --header=@FILE */
+
+static size_t url_scheme_len(const char *s);
 
 static const char stdin_hint[] = "to read standard input, write NAME=-";
 static const char source_hint[] = "expected cmd:COMMAND, pipe:PATH, -, or an http(s)/ftp(s) URL";
@@ -102,6 +108,8 @@ enum fopt {
 	FO_MAX_REDIRS,
 	FO_USER,
 	FO_LOCATION_TRUSTED,
+	FO_NETRC,
+	FO_NETRC_FILE,
 	FO_KEEP,
 	FO_COUNT
 };
@@ -120,6 +128,8 @@ static const char *const fopt_names[FO_COUNT] = {
     [FO_MAX_REDIRS] = "max-redirs",
     [FO_USER] = "user",
     [FO_LOCATION_TRUSTED] = "location-trusted",
+    [FO_NETRC] = "netrc",
+    [FO_NETRC_FILE] = "netrc-file",
     [FO_KEEP] = "keep",
 };
 
@@ -146,7 +156,7 @@ static int fopt_find(const char *key)
 
 static bool fopt_is_bool(int id)
 {
-	return id == FO_INSECURE || id == FO_LOCATION_TRUSTED;
+	return id == FO_INSECURE || id == FO_LOCATION_TRUSTED || id == FO_NETRC;
 }
 
 void config_file_opts_default(struct file_opts *o)
@@ -173,6 +183,7 @@ void config_file_opts_free(struct file_opts *o)
 		free(o->headers[i]);
 	free(o->headers);
 	free(o->userpwd);
+	free(o->netrc_file);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -184,6 +195,7 @@ int config_file_opts_copy(struct file_opts *dst, const struct file_opts *src)
 	o.headers = NULL;
 	o.nheaders = 0;
 	o.userpwd = NULL;
+	o.netrc_file = NULL;
 	if (src->nheaders) {
 		o.headers = calloc(src->nheaders + 1, sizeof(*o.headers));
 		if (!o.headers)
@@ -198,6 +210,11 @@ int config_file_opts_copy(struct file_opts *dst, const struct file_opts *src)
 	if (src->userpwd) {
 		o.userpwd = strdup(src->userpwd);
 		if (!o.userpwd)
+			goto nomem;
+	}
+	if (src->netrc_file) {
+		o.netrc_file = strdup(src->netrc_file);
+		if (!o.netrc_file)
 			goto nomem;
 	}
 	*dst = o;
@@ -358,6 +375,56 @@ static bool header_ok(const char *h)
 }
 
 /*
+ * A regular file that holds credentials must be its owner's alone, as ssh
+ * demands of private keys: otherwise every local user can read them.
+ * Pipes (--user=@<(pass show x)) have no such mode to check. @what names
+ * the file in the message ("netrc file 'x'").
+ */
+static int check_private(const struct stat *st, const char *what, const char *path, char *err,
+                         size_t errlen)
+{
+	char q[ESC_LEN];
+
+	if (!S_ISREG(st->st_mode) || !(st->st_mode & 077))
+		return 0;
+	return fail(err, errlen,
+	            "%s '%s' holds credentials but is accessible by group or others "
+	            "(mode %04o): chmod go= it",
+	            what, esc(q, sizeof(q), path), (unsigned)(st->st_mode & 07777));
+}
+
+/*
+ * --netrc-file: kept as an absolute path (the daemon works from "/"), and
+ * checked now, with stat() only: opening a device can have effects.
+ */
+static int set_netrc_file(struct file_opts *o, const char *value, const char *dash, char *err,
+                          size_t errlen)
+{
+	char q[ESC_LEN];
+	struct stat st;
+	char *abs;
+
+	if (!*value)
+		return fail(err, errlen, "option %snetrc-file needs a file name", dash);
+	esc(q, sizeof(q), value);
+	abs = realpath(value, NULL);
+	if (!abs || stat(abs, &st) < 0 || access(abs, R_OK) < 0) {
+		fail(err, errlen, "cannot read netrc file '%s': %s", q, strerror(errno));
+		free(abs);
+		return -1;
+	}
+	if (!S_ISREG(st.st_mode) || check_private(&st, "netrc file", value, err, errlen)) {
+		if (!S_ISREG(st.st_mode))
+			fail(err, errlen, "netrc file '%s' is not a regular file", q);
+		free(abs);
+		return -1;
+	}
+	free(o->netrc_file);
+	o->netrc_file = abs;
+	return 0;
+}
+
+/*
  * Set option @id from @value; @dash is "--" on the command line and "" in
  * a manifest, so messages use the spelling the user wrote.
  */
@@ -444,14 +511,19 @@ static int fopt_set(struct file_opts *o, int id, const char *value, const char *
 		return 0;
 	case FO_INSECURE:
 	case FO_LOCATION_TRUSTED:
+	case FO_NETRC:
 		if (parse_bool(value, &b))
 			return fail(err, errlen, "bad %s%s value '%s': expected true or false",
 			            dash, name, esc(q, sizeof(q), value));
 		if (id == FO_INSECURE)
 			o->insecure = b;
-		else
+		else if (id == FO_LOCATION_TRUSTED)
 			o->location_trusted = b;
+		else
+			o->netrc = b;
 		return 0;
+	case FO_NETRC_FILE:
+		return set_netrc_file(o, value, dash, err, errlen);
 	case FO_RETRIES:
 	case FO_MAX_REDIRS:
 		if (parse_uint(value, INT_MAX, &n))
@@ -515,6 +587,206 @@ int config_set_file_option(struct file_opts *o, const char *key, const char *val
 	if (id < 0)
 		return fail(err, errlen, "unknown option '%s'", esc(q, sizeof(q), key));
 	return fopt_set(o, id, value, "--", err, errlen);
+}
+
+/* ---- secrets: @FILE values, and wiping argv ---- */
+
+/* Read at most SECRET_FILE_MAX bytes of @fd into a new NUL-terminated buffer. */
+static char *slurp(int fd, const char *path, char *err, size_t errlen)
+{
+	char q[ESC_LEN];
+	char *buf = malloc(SECRET_FILE_MAX + 1);
+	size_t len = 0;
+	ssize_t n;
+
+	if (!buf) {
+		fail(err, errlen, "out of memory");
+		return NULL;
+	}
+	while (len <= SECRET_FILE_MAX &&
+	       (n = read(fd, buf + len, SECRET_FILE_MAX + 1 - len)) != 0) {
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			fail(err, errlen, "cannot read '%s': %s", esc(q, sizeof(q), path),
+			     strerror(errno));
+			goto bad;
+		}
+		len += (size_t)n;
+	}
+	if (len > SECRET_FILE_MAX) {
+		fail(err, errlen, "'%s' is longer than %d bytes", esc(q, sizeof(q), path),
+		     SECRET_FILE_MAX);
+		goto bad;
+	}
+	if (memchr(buf, '\0', len)) {
+		fail(err, errlen, "NUL byte in '%s'", esc(q, sizeof(q), path));
+		goto bad;
+	}
+	buf[len] = '\0';
+	return buf;
+bad:
+	explicit_bzero(buf, SECRET_FILE_MAX + 1);
+	free(buf);
+	return NULL;
+}
+
+/*
+ * The contents of @path for --user=@FILE/--header=@FILE, a regular file
+ * (mode checked) or a pipe; not a device, whose open alone can have
+ * effects. Wipe it with explicit_bzero() before free().
+ */
+static char *read_secret_file(const char *path, char *err, size_t errlen)
+{
+	char q[ESC_LEN];
+	struct stat st;
+	char *buf;
+	int fd;
+
+	esc(q, sizeof(q), path);
+	if (stat(path, &st) < 0) {
+		fail(err, errlen, "cannot read '%s': %s", q, strerror(errno));
+		return NULL;
+	}
+	if (!S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode)) {
+		fail(err, errlen, "'%s' is not a regular file or a pipe", q);
+		return NULL;
+	}
+	/* Not blocking on a FIFO without a writer; a pipe's reads still wait. */
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+	if (fd < 0 || fstat(fd, &st) < 0 || fcntl(fd, F_SETFL, 0) < 0) {
+		fail(err, errlen, "cannot read '%s': %s", q, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return NULL;
+	}
+	buf = check_private(&st, "file", path, err, errlen) ? NULL : slurp(fd, path, err, errlen);
+	close(fd);
+	return buf;
+}
+
+/* Move what @t holds for option @id (user, header) into @o. */
+static int fopt_take(struct file_opts *o, struct file_opts *t, int id)
+{
+	char **headers;
+
+	if (id == FO_USER) {
+		free(o->userpwd);
+		o->userpwd = t->userpwd;
+		t->userpwd = NULL;
+		return 0;
+	}
+	headers = realloc(o->headers, (o->nheaders + t->nheaders + 1) * sizeof(*headers));
+	if (!headers)
+		return -1;
+	memcpy(headers + o->nheaders, t->headers, t->nheaders * sizeof(*headers));
+	o->headers = headers;
+	o->nheaders += t->nheaders;
+	headers[o->nheaders] = NULL;
+	t->nheaders = 0;
+	return 0;
+}
+
+/*
+ * --user=@FILE (one line, USER:PASSWORD) or --header=@FILE (one header per
+ * line); blank lines are skipped, CR LF is fine. Messages never quote the
+ * file's text. On failure @o is unchanged.
+ */
+static int fopt_set_file(struct file_opts *o, int id, const char *path, const char *dash, char *err,
+                         size_t errlen)
+{
+	const char *name = fopt_names[id];
+	size_t lineno = 0, len, total;
+	char q[ESC_LEN], msg[160];
+	char *buf, *line, *next;
+	struct file_opts t;
+	int rc = 0;
+
+	if (!*path)
+		return fail(err, errlen, "option %s%s=@ needs a file name", dash, name);
+	buf = read_secret_file(path, err, errlen);
+	if (!buf)
+		return -1;
+	esc(q, sizeof(q), path);
+	total = strlen(buf);
+	config_file_opts_default(&t);
+	for (line = buf; !rc && *line; line = next) {
+		next = line + strcspn(line, "\n");
+		if (*next)
+			*next++ = '\0';
+		lineno++;
+		len = strlen(line);
+		if (len && line[len - 1] == '\r')
+			line[len - 1] = '\0';
+		if (!line[strspn(line, " \t")])
+			continue;
+		if (id == FO_USER && t.userpwd)
+			rc = fail(err, errlen, "'%s': more than one line for %s%s", q, dash, name);
+		else if (fopt_set(&t, id, line, dash, msg, sizeof(msg)))
+			rc = fail(err, errlen, "'%s' line %zu (not shown): expected %s", q, lineno,
+			          id == FO_USER ? "USER:PASSWORD" : "'Name: value'");
+	}
+	if (!rc && !t.userpwd && !t.nheaders)
+		rc = fail(err, errlen, "'%s' is empty: expected %s", q,
+		          id == FO_USER ? "USER:PASSWORD" : "'Name: value' lines");
+	if (!rc && fopt_take(o, &t, id))
+		rc = fail(err, errlen, "out of memory");
+	config_file_opts_free(&t);
+	explicit_bzero(buf, total);
+	free(buf);
+	return rc;
+}
+
+/* The command line and the manifest: a value "@FILE" of user or header
+ * names a file holding it. */
+static int fopt_set_arg(struct file_opts *o, int id, const char *value, const char *dash, char *err,
+                        size_t errlen)
+{
+	if ((id == FO_USER || id == FO_HEADER) && value && value[0] == '@')
+		return fopt_set_file(o, id, value + 1, dash, err, errlen);
+	return fopt_set(o, id, value, dash, err, errlen);
+}
+
+/* Where the password of "scheme://user:password@host..." is: false if none. */
+static bool url_password(const char *url, size_t *off, size_t *len)
+{
+	const char *auth = strstr(url, "://"), *at, *colon;
+	size_t alen;
+
+	if (!auth || !url_scheme_len(url))
+		return false;
+	auth += 3;
+	alen = strcspn(auth, "/?#");
+	at = memrchr(auth, '@', alen);
+	colon = at ? memchr(auth, ':', (size_t)(at - auth)) : NULL;
+	if (!colon || colon + 1 == at)
+		return false;
+	*off = (size_t)(colon + 1 - url);
+	*len = (size_t)(at - colon - 1);
+	return true;
+}
+
+/*
+ * Overwrite, in an argv string, the secret that option @id (or, for -1, a
+ * NAME=SOURCE) carries: what follows the ':' of --user, the value of a
+ * --header, the password of a URL. '*' rather than NUL, so that ps shows
+ * that something was hidden there. An @FILE value is a path: kept.
+ */
+static void scrub_arg(int id, char *value)
+{
+	size_t off, len;
+	char *p;
+
+	if (!value || value[0] == '@')
+		return;
+	if (id == FO_USER && (p = strchr(value, ':'))) {
+		memset(p + 1, '*', strlen(p + 1));
+	} else if (id == FO_HEADER && *(p = value + strcspn(value, ":;")) == ':') {
+		p += 1 + strspn(p + 1, " \t");
+		memset(p, '*', strlen(p));
+	} else if (id < 0 && (p = strchr(value, '=')) && url_password(p + 1, &off, &len)) {
+		memset(p + 1 + off, '*', len);
+	}
 }
 
 /* ---- names and sources ---- */
@@ -835,7 +1107,8 @@ struct manifest {
 	unsigned *seen;          /* keys given per section, bit (1 << fopt), source = bit 31 */
 	size_t nfiles, capfiles;
 
-	bool failed; /* err holds the message */
+	bool secrets; /* a user, header or URL password written in the file itself */
+	bool failed;  /* err holds the message */
 	char *err;
 	size_t errlen;
 };
@@ -1004,6 +1277,7 @@ static int mf_handler(void *user, const char *section, const char *key, const ch
 	struct manifest *m = user;
 	char qk[ESC_LEN], qn[ESC_LEN], msg[384];
 	struct file_spec *f;
+	size_t off, len;
 	unsigned bit;
 	int id = -1;
 
@@ -1030,9 +1304,13 @@ static int mf_handler(void *user, const char *section, const char *key, const ch
 		return !mf_fail(m, m->lineno, "key '%s' given twice in [%s]",
 		                esc(qk, sizeof(qk), key), qn);
 	if (bit == SEEN_SOURCE ? parse_source(f, value, msg, sizeof(msg))
-	                       : fopt_set(&f->opts, id, value, "", msg, sizeof(msg)))
+	                       : fopt_set_arg(&f->opts, id, value, "", msg, sizeof(msg)))
 		return !mf_fail(m, m->lineno, "[%s]: %s", qn, msg);
 	m->seen[m->nfiles - 1] |= bit;
+	if (bit == SEEN_SOURCE)
+		m->secrets |= f->kind == SOURCE_URL && url_password(value, &off, &len);
+	else
+		m->secrets |= (id == FO_USER || id == FO_HEADER) && value[0] != '@';
 	return 1;
 }
 
@@ -1124,6 +1402,27 @@ static int mf_check_names(struct manifest *m, const struct config *cfg)
 	               strlen(n1) < strlen(n2) ? q1 : q2, strlen(n1) < strlen(n2) ? q2 : q1);
 }
 
+/* Credentials written in the manifest: the file must be its owner's alone. */
+static int mf_check_private(struct manifest *m)
+{
+	char msg[ESC_LEN + 160];
+	struct stat st;
+
+	if (!m->secrets)
+		return 0;
+	if (fstat(fileno(m->f), &st) < 0) {
+		fail(m->err, m->errlen, "cannot read manifest: %s", strerror(errno));
+		m->failed = true;
+		return -1;
+	}
+	if (!check_private(&st, "manifest", m->path, msg, sizeof(msg)))
+		return 0;
+	/* "...: chmod go= it, or move them to files: user = @FILE, header = @FILE" */
+	fail(m->err, m->errlen, "%s, or give them as user = @FILE, header = @FILE", msg);
+	m->failed = true;
+	return -1;
+}
+
 int config_load_manifest(struct config *cfg, const char *path, char *err, size_t errlen)
 {
 	struct manifest m = {.path = path, .err = err, .errlen = errlen};
@@ -1148,7 +1447,7 @@ int config_load_manifest(struct config *cfg, const char *path, char *err, size_t
 		mf_fail(&m, rc, "syntax error: expected [NAME] or KEY = VALUE");
 		goto fail;
 	}
-	if (mf_end_section(&m) || mf_check_names(&m, cfg))
+	if (mf_end_section(&m) || mf_check_names(&m, cfg) || mf_check_private(&m))
 		goto fail;
 	if (m.nfiles) {
 		files = realloc(cfg->files, (cfg->nfiles + m.nfiles) * sizeof(*files));
@@ -1201,6 +1500,8 @@ static const struct option long_opts[] = {
     {"max-redirs", required_argument, NULL, OPT_FILE + FO_MAX_REDIRS},
     {"user", required_argument, NULL, OPT_FILE + FO_USER},
     {"location-trusted", optional_argument, NULL, OPT_FILE + FO_LOCATION_TRUSTED},
+    {"netrc", optional_argument, NULL, OPT_FILE + FO_NETRC},
+    {"netrc-file", required_argument, NULL, OPT_FILE + FO_NETRC_FILE},
     {"keep", required_argument, NULL, OPT_FILE + FO_KEEP},
     {NULL, 0, NULL, 0},
 };
@@ -1329,7 +1630,7 @@ bad:
 
 /* Parse the options; positionals are collected in @pos in order. */
 static int parse_options(struct config *cfg, struct file_opts *cli, int argc, char **argv,
-                         const char **pos, size_t *npos, char *err, size_t errlen)
+                         char **pos, size_t *npos, char *err, size_t errlen)
 {
 	char q[ESC_LEN];
 	int c, cur;
@@ -1396,8 +1697,11 @@ static int parse_options(struct config *cfg, struct file_opts *cli, int argc, ch
 			return bad_option(c, argv[cur], err, errlen);
 		default:
 			if (c >= OPT_FILE && c < OPT_FILE + FO_COUNT) {
-				if (fopt_set(cli, c - OPT_FILE, optarg, "--", err, errlen))
+				if (fopt_set_arg(cli, c - OPT_FILE, optarg, "--", err, errlen))
 					return -1;
+				/* optarg points into the caller's argv, whichever
+				 * spelling (--user=X, --user X, --us=X) was used. */
+				scrub_arg(c - OPT_FILE, optarg);
 				break;
 			}
 			return fail(err, errlen, "unexpected option in '%s'",
@@ -1495,7 +1799,7 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
 	struct file_spec f;
 	char q[ESC_LEN];
 	char **av = NULL;
-	const char **pos = NULL;
+	char **pos = NULL;
 	size_t npos = 0, nmanifest, i;
 	int result = -1;
 
@@ -1553,6 +1857,7 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
 		}
 		if (config_parse_file(pos[i], &cli, &f, err, errlen))
 			goto out;
+		scrub_arg(-1, pos[i]);
 		if (append_file(cfg, &f)) {
 			config_file_spec_free(&f);
 			fail(err, errlen, "out of memory");
@@ -1585,4 +1890,116 @@ void config_free(struct config *cfg)
 		config_file_spec_free(&cfg->files[i]);
 	free(cfg->files);
 	memset(cfg, 0, sizeof(*cfg));
+}
+
+/* ---- streamfs add ---- */
+
+void config_strv_free(char **v)
+{
+	size_t i;
+
+	if (!v)
+		return;
+	for (i = 0; v[i]; i++) {
+		/* The fields may hold passwords. */
+		explicit_bzero(v[i], strlen(v[i]));
+		free(v[i]);
+	}
+	free(v);
+}
+
+static int push_kv(char ***v, size_t *n, const char *key, const char *value)
+{
+	char *kv;
+	int rc;
+
+	if (asprintf(&kv, "%s=%s", key, value) < 0)
+		return -1;
+	rc = strvec_push(v, n, kv);
+	explicit_bzero(kv, strlen(kv));
+	free(kv);
+	return rc;
+}
+
+/*
+ * One OPTION=VALUE of "streamfs add" into fields: @FILE values read here
+ * (checked as on the command line), a relative netrc-file made absolute,
+ * the rest passed on for the daemon to check.
+ */
+static int add_option(char ***v, size_t *n, char *arg, char *err, size_t errlen)
+{
+	char *key = arg + (strncmp(arg, "--", 2) ? 0 : 2);
+	size_t klen = strcspn(key, "=");
+	const char *value = key[klen] ? key + klen + 1 : NULL;
+	struct file_opts o;
+	char name[32];
+	int id = -1, rc = 0;
+	size_t i;
+
+	if (klen < sizeof(name)) {
+		memcpy(name, key, klen);
+		name[klen] = '\0';
+		id = fopt_find(name);
+	}
+	if ((id == FO_USER || id == FO_HEADER) && value && value[0] == '@') {
+		config_file_opts_default(&o);
+		if (fopt_set_file(&o, id, value + 1, "", err, errlen))
+			return -1;
+		if (id == FO_USER)
+			rc = push_kv(v, n, "user", o.userpwd);
+		for (i = 0; !rc && i < o.nheaders; i++)
+			rc = push_kv(v, n, "header", o.headers[i]);
+		if (o.userpwd)
+			explicit_bzero(o.userpwd, strlen(o.userpwd));
+		for (i = 0; i < o.nheaders; i++)
+			explicit_bzero(o.headers[i], strlen(o.headers[i]));
+		config_file_opts_free(&o);
+	} else if (id == FO_NETRC_FILE && value && *value && value[0] != '/') {
+		config_file_opts_default(&o);
+		if (set_netrc_file(&o, value, "", err, errlen))
+			return -1;
+		rc = push_kv(v, n, "netrc-file", o.netrc_file);
+		config_file_opts_free(&o);
+	} else {
+		if (id >= 0) {
+			/* A bad value is bad usage: refused here (exit 2),
+			 * before the daemon is asked. */
+			config_file_opts_default(&o);
+			rc = fopt_set(&o, id, value, "", err, errlen);
+			config_file_opts_free(&o);
+			if (rc)
+				return -1;
+		}
+		rc = strvec_push(v, n, key);
+		if (id >= 0)
+			scrub_arg(id, key + klen + (value ? 1 : 0));
+	}
+	return rc ? fail(err, errlen, "out of memory") : 0;
+}
+
+int config_add_request(int argc, char **argv, char ***fields, size_t *nfields, char *err,
+                       size_t errlen)
+{
+	char **v = NULL;
+	size_t n = 0;
+	int i;
+
+	*fields = NULL;
+	*nfields = 0;
+	if (argc < 1 || !argv[0])
+		return fail(err, errlen, "missing NAME=SOURCE");
+	if (strvec_push(&v, &n, "add") || strvec_push(&v, &n, argv[0])) {
+		config_strv_free(v);
+		return fail(err, errlen, "out of memory");
+	}
+	scrub_arg(-1, argv[0]);
+	for (i = 1; i < argc; i++) {
+		if (add_option(&v, &n, argv[i], err, errlen)) {
+			config_strv_free(v);
+			return -1;
+		}
+	}
+	*fields = v;
+	*nfields = n;
+	return 0;
 }

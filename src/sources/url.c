@@ -17,17 +17,25 @@
  *    Retry-After), the next transfer asks for "Range: bytes=N-" with
  *    If-Range, after a backoff (1 s doubling to 30 s, or Retry-After), as
  *    long as the retry count and the total retry time allow.
- *  - A 206 must start at N and carry the same validator; a 200 to a range
- *    request means the server sent the whole body again: its first N
- *    bytes are skipped if the validator still matches, otherwise the
- *    stream fails. Two versions of a resource are never mixed.
+ *  - Every 206, to whichever request, must be the part asked for (its
+ *    Content-Range starts at N, ends within the range asked, and agrees
+ *    with the body's length) of a resource of the announced length, and
+ *    carry the same validator; a 200 to a range request means the server
+ *    sent the whole body again: its first N bytes are skipped if the
+ *    validator and the length still match. Otherwise the stream fails
+ *    ("the server sent the wrong range", "the resource changed ...").
+ *    Two versions of a resource are never mixed.
+ *  - A Retry-After longer than the retry time fails the stream at once.
+ *  - fill=ondemand when the server gives no total (a Content-Range total
+ *    of "*"): a 416 right after the last byte seen is the end (see
+ *    end_found()).
  *  - 4xx (but 408/429), DNS, TLS and connection errors on the first
  *    request fail the stream at byte 0 with a message saying which.
  *
  * Redirects are followed here, not by libcurl, so that headers and
  * credentials given for the file are dropped when a redirect leaves the
- * original host (unless location_trusted), and only http, https, ftp and
- * ftps targets are accepted.
+ * original scheme, host or port (unless location_trusted), and only http,
+ * https, ftp and ftps targets are accepted.
  *
  * The body is stored as sent: no Accept-Encoding is sent and nothing is
  * decoded, so the file is exactly the bytes of the resource.
@@ -42,7 +50,7 @@
  * the stream is complete: the source is then woken again for as long as
  * such transfers run ("refetching").
  */
-#include "source.h"
+#include "streamfs/source.h"
 
 #include "log.h"
 #include "streamfs/store.h"
@@ -108,7 +116,7 @@ struct url_src {
 	int failure;       /* an error found in a callback: positive errno */
 	char failmsg[256];
 	bool retry_now;    /* the callback found the response retryable */
-	long retry_after_ms;
+	int64_t retry_after_ms;
 	int retries;
 	uint64_t first_retry_ms;
 	uint64_t backoff_ms;
@@ -128,10 +136,10 @@ struct url_src {
 	bool pump_queued;
 	bool stopped;        /* the stream stopped taking bytes (cancelled, failed) */
 	uint64_t near;       /* fill=all: reads nearer than this wait for the fill */
+	uint64_t seen_end;   /* the end of the furthest bytes any response brought */
 	bool evictable;      /* told the stream its bytes may be evicted */
 	bool complete;       /* the stream is complete: only refetches run */
 	bool main_paused;    /* the sequential transfer waits for room */
-	bool resume_queued;
 };
 
 /* A range fetched out of order for a reader. */
@@ -142,10 +150,15 @@ struct range_xfer {
 	CURL *easy;
 	struct curl_slist *headers;
 	char errbuf[CURL_ERROR_SIZE];
+	uint64_t from;     /* the first byte asked for */
 	uint64_t pos, end; /* still wanted: [pos, end) */
 	int tries;
+	long code;
 	bool got_headers, norange;
-	bool paused; /* waits for room in the store */
+	bool past_end;     /* a 416: nothing at pos */
+	int64_t end_total; /* ...and the total the 416 gave, or -1 */
+	bool unstorable;   /* the store refused its bytes (EFBIG): past its limit */
+	bool paused;       /* waits for room in the store */
 	int failure;
 	char failmsg[256];
 };
@@ -288,21 +301,33 @@ char *source_url_redact(const char *url)
 	return out ? out : strdup("(unparsable URL)");
 }
 
-static char *host_of(const char *url)
+/* "scheme://host:port", lower-case scheme, the scheme's port if none is
+ * given; NULL if @url does not parse. */
+static char *origin_of(const char *url)
 {
 	CURLU *h = curl_url();
-	char *host = NULL, *out = NULL;
+	char *scheme = NULL, *host = NULL, *port = NULL, *out = NULL;
 	if (h && curl_url_set(h, CURLUPART_URL, url, CURLU_NON_SUPPORT_SCHEME) == CURLUE_OK &&
+	    curl_url_get(h, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
 	    curl_url_get(h, CURLUPART_HOST, &host, 0) == CURLUE_OK) {
-		char *port = NULL;
 		curl_url_get(h, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT);
-		if (asprintf(&out, "%s:%s", host, port ? port : "") < 0)
+		if (asprintf(&out, "%s://%s:%s", scheme, host, port ? port : "") < 0)
 			out = NULL;
-		curl_free(port);
-		curl_free(host);
 	}
+	curl_free(port);
+	curl_free(host);
+	curl_free(scheme);
 	curl_url_cleanup(h);
 	return out;
+}
+
+bool source_url_same_origin(const char *a, const char *b)
+{
+	char *oa = origin_of(a), *ob = origin_of(b);
+	bool same = oa && ob && strcasecmp(oa, ob) == 0;
+	free(oa);
+	free(ob);
+	return same;
 }
 
 static void update_rate(struct url_src *u, bool force)
@@ -349,21 +374,96 @@ static bool retryable_code(long code)
 	return code == 408 || code == 429 || (code >= 500 && code <= 599);
 }
 
-/* Retry-After: seconds, or an HTTP date. */
-static long retry_after_ms(CURL *easy)
+/*
+ * Retry-After @v: delay seconds or an HTTP date (RFC 9110 10.2.3). Sets
+ * *ms to the wait and returns 0; returns 1 if the server asks for more
+ * than @cap_ms (*ms = @cap_ms), -1 if @v is neither form. Any number of
+ * digits is taken without overflow: a server can send anything.
+ */
+static int parse_retry_after(const char *v, uint64_t cap_ms, int64_t *ms)
 {
-	char v[128];
-	if (!header_value(easy, "Retry-After", v, sizeof(v)))
-		return -1;
-	char *end;
-	long secs = strtol(v, &end, 10);
-	if (end != v && *end == '\0' && secs >= 0)
-		return secs * 1000;
-	time_t t = curl_getdate(v, NULL);
-	if (t < 0)
-		return -1;
-	time_t now = time(NULL);
-	return t > now ? (long)(t - now) * 1000 : 0;
+	uint64_t cap_s = cap_ms / 1000, secs = 0;
+	const char *p = v;
+	if (*p >= '0' && *p <= '9') {
+		for (; *p >= '0' && *p <= '9'; p++)
+			if (secs <= cap_s) /* past the cap the value no longer matters */
+				secs = secs * 10 + (uint64_t)(*p - '0');
+		if (*p)
+			return -1;
+	} else {
+		time_t t = curl_getdate(v, NULL), now = time(NULL);
+		if (t < 0)
+			return -1;
+		secs = t > now ? (uint64_t)t - (uint64_t)now : 0;
+	}
+	if (secs > cap_s || secs * 1000 > cap_ms) {
+		*ms = (int64_t)cap_ms;
+		return 1;
+	}
+	*ms = (int64_t)(secs * 1000);
+	return 0;
+}
+
+/* What a 206 says it holds: bytes [start, end] of total (-1: "*"). */
+struct content_range {
+	uint64_t start, end;
+	int64_t total;
+};
+
+/* A decimal number below 2^63 at *p; moves *p past it. */
+static bool parse_u63(const char **p, uint64_t *out)
+{
+	const char *s = *p;
+	uint64_t v = 0;
+	if (*s < '0' || *s > '9')
+		return false;
+	for (; *s >= '0' && *s <= '9'; s++) {
+		unsigned d = (unsigned)(*s - '0');
+		if (v > ((uint64_t)INT64_MAX - d) / 10)
+			return false;
+		v = v * 10 + d;
+	}
+	*p = s;
+	*out = v;
+	return true;
+}
+
+/* "bytes A-B/TOTAL", TOTAL a number or "*" (RFC 9110 14.4). With
+ * @unsatisfied, the form a 416 carries: a "*" for A-B and a number for
+ * TOTAL (start and end are then 0). */
+static bool parse_content_range(const char *v, bool unsatisfied, struct content_range *cr)
+{
+	uint64_t total;
+	if (strncasecmp(v, "bytes", 5) != 0 || (v[5] != ' ' && v[5] != '\t'))
+		return false;
+	v += 6;
+	while (*v == ' ' || *v == '\t')
+		v++;
+	cr->start = cr->end = 0;
+	if (unsatisfied ? *v++ != '*'
+			: !parse_u63(&v, &cr->start) || *v++ != '-' || !parse_u63(&v, &cr->end))
+		return false;
+	if (*v++ != '/')
+		return false;
+	if (*v == '*' && !unsatisfied) {
+		cr->total = -1;
+		v++;
+	} else if (parse_u63(&v, &total)) {
+		cr->total = (int64_t)total;
+	} else {
+		return false;
+	}
+	return *v == '\0';
+}
+
+/* The total in a 416's Content-Range, or -1. */
+static int64_t total_of_416(CURL *easy)
+{
+	char v[256];
+	struct content_range cr;
+	if (header_value(easy, "Content-Range", v, sizeof(v)) && parse_content_range(v, true, &cr))
+		return cr.total;
+	return -1;
 }
 
 /* Does @easy's response carry the validator of the first response? If
@@ -383,15 +483,185 @@ static bool same_version(const struct url_src *u, CURL *easy, char *msg, size_t 
 	return same;
 }
 
-/* Does @easy's 206 start at @pos? If not, says why in @msg. */
-static bool range_starts_at(CURL *easy, uint64_t pos, char *msg, size_t len)
+/* A 416 at @at, inside a resource of @length bytes: nothing is there now. */
+static void changed_416(int64_t total, uint64_t at, int64_t length, char *msg, size_t len)
 {
-	char cr[256] = "";
-	uint64_t start;
-	if (header_value(easy, "Content-Range", cr, sizeof(cr)) &&
-	    sscanf(cr, "bytes %" SCNu64, &start) == 1 && start == pos)
+	if (total >= 0)
+		snprintf(msg, len, "the resource changed on the server (%" PRId64 " bytes, was %" PRId64
+			 ")", total, length);
+	else
+		snprintf(msg, len, "the resource changed on the server (HTTP 416 at byte %" PRIu64
+			 " of %" PRId64 ")", at, length);
+}
+
+/*
+ * The one check of every 206, whichever request it answers: is it the
+ * part asked for, bytes @from to @to at most (inclusive; UINT64_MAX: to
+ * the end), with a body as long as its Content-Range says, of a resource
+ * of @length bytes (-1: not known yet)? A server that sends another part
+ * would have it stored at the wrong offset; a different total is a
+ * changed resource even without a validator. Returns true, or false with
+ * the reason in @msg. *total (if not NULL) gets the total, -1 for "*".
+ */
+static bool check_206(CURL *easy, uint64_t from, uint64_t to, int64_t length, int64_t *total,
+		      char *msg, size_t len)
+{
+	char v[256] = "", asked[48];
+	struct content_range cr;
+	curl_off_t cl = -1;
+	curl_easy_getinfo(easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+	bool has = header_value(easy, "Content-Range", v, sizeof(v));
+	bool ok = has && parse_content_range(v, false, &cr) && cr.start == from &&
+		  cr.end >= cr.start && cr.end <= to && (cr.total < 0 || cr.end < (uint64_t)cr.total);
+	if (!ok || (cl >= 0 && (uint64_t)cl != cr.end - cr.start + 1)) {
+		if (to == UINT64_MAX)
+			snprintf(asked, sizeof(asked), "%" PRIu64 "-", from);
+		else
+			snprintf(asked, sizeof(asked), "%" PRIu64 "-%" PRIu64, from, to);
+		if (!has)
+			snprintf(msg, len, "the server sent the wrong range: no Content-Range for bytes %s",
+				 asked);
+		else if (!ok)
+			snprintf(msg, len, "the server sent the wrong range: Content-Range '%.80s' for bytes %s",
+				 v, asked);
+		else
+			snprintf(msg, len, "the server sent the wrong range: Content-Range '%.80s' with "
+				 "Content-Length %" PRId64, v, (int64_t)cl);
+		return false;
+	}
+	if (length >= 0 && cr.total >= 0 && cr.total != length) {
+		snprintf(msg, len, "the resource changed on the server (%" PRId64 " bytes, was %" PRId64
+			 ")", cr.total, length);
+		return false;
+	}
+	if (total)
+		*total = cr.total;
+	return true;
+}
+
+/* The first response of the resource (2xx): learn its length and
+ * validators. Returns false to abort the transfer (failure set). */
+static bool learn_resource(struct url_src *u)
+{
+	char etag[512] = "", lm[256] = "";
+	bool has_etag = header_value(u->easy, "ETag", etag, sizeof(etag));
+	bool has_lm = header_value(u->easy, "Last-Modified", lm, sizeof(lm));
+	if (has_etag && strncmp(etag, "W/", 2) == 0)
+		has_etag = false; /* weak: not usable with If-Range */
+	curl_off_t cl = -1;
+	curl_easy_getinfo(u->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+
+	if (u->code == 206) {
+		/* fill=ondemand asked for the head, bytes 0-262143; a plain GET
+		 * takes a 206 only if it starts at byte 0. The total is in
+		 * Content-Range ("bytes 0-262143/52428800"; "*": unknown). */
+		int64_t total;
+		if (!check_206(u->easy, 0, u->ondemand ? ONDEMAND_FIRST - 1 : UINT64_MAX, -1, &total,
+			       u->failmsg, sizeof(u->failmsg))) {
+			u->failure = EIO;
+			return false;
+		}
+		cl = total;
+	} else if (u->ondemand) {
+		/* A 200 to a range request: no ranges here, download it all. */
+		u->ondemand = false;
+		u->no_ranges = true;
+		u->main_end = 0;
+		stream_set_fetch_distance(u->s, UINT64_MAX);
+		log_warn("%s: the server ignores Range requests; fill=ondemand falls back "
+			 "to downloading everything", stream_name(u->s));
+	}
+	u->ready = true;
+	if (u->queue && !u->pump_queued) {
+		/* Not from inside a curl callback: on the next turn. */
+		stream_ref(u->s);
+		if (ioloop_call(u->loop, pump_call, u) == 0)
+			u->pump_queued = true;
+		else
+			stream_unref(u->s);
+	}
+	if (has_etag && !(u->etag = strdup(etag)))
+		has_etag = false;
+	if (has_lm && !(u->last_modified = strdup(lm)))
+		has_lm = false;
+	if (has_etag)
+		stream_set_attr(u->s, "etag", "%s", etag);
+	if (has_lm) {
+		stream_set_attr(u->s, "last_modified", "%s", lm);
+		/* The file's mtime, as curl -R would set it. */
+		time_t t = curl_getdate(lm, NULL);
+		if (t > 0)
+			stream_set_attr(u->s, "mtime", "%lld", (long long)t);
+	}
+	if (cl >= 0 && u->length < 0) {
+		u->length = cl;
+		if (stream_set_length(u->s, (uint64_t)cl) < 0) {
+			fail_in_cb(u, EIO, "the length changed to %" PRId64, (int64_t)cl);
+			return false;
+		}
+	}
+	/* Bytes that can be fetched again, and checked to be the same
+	 * version, may be evicted from the store. */
+	char ar[64] = "";
+	bool ranges = u->code == 206 || (header_value(u->easy, "Accept-Ranges", ar, sizeof(ar)) &&
+					 strcasecmp(ar, "bytes") == 0);
+	if (ranges && !u->no_ranges && (u->etag || u->last_modified)) {
+		u->evictable = true;
+		stream_set_evictable(u->s, true);
+	}
+	return true;
+}
+
+/* A later response (a resumed or repeated request, 2xx): same version,
+ * same length, the part asked for? Returns false with failure set if not. */
+static bool check_again(struct url_src *u)
+{
+	curl_off_t cl = -1;
+	curl_easy_getinfo(u->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+	if (!same_version(u, u->easy, u->failmsg, sizeof(u->failmsg))) {
+		u->failure = EIO;
+		return false;
+	}
+	if (u->code == 206) {
+		uint64_t to = u->ondemand && u->main_end > u->pos ? u->main_end - 1 : UINT64_MAX;
+		if (!check_206(u->easy, u->pos, to, u->length, NULL, u->failmsg, sizeof(u->failmsg))) {
+			u->failure = EIO;
+			return false;
+		}
 		return true;
-	snprintf(msg, len, "bad Content-Range '%.80s' for a request from byte %" PRIu64, cr, pos);
+	}
+	/* A 200: the whole body again. */
+	if (u->range_asked && !u->no_ranges) {
+		u->no_ranges = true;
+		log_warn("%s: the server ignores Range requests; skipping %" PRIu64
+			 " bytes of a full response",
+			 stream_name(u->s), u->pos);
+	}
+	if (u->length >= 0 && cl >= 0 && cl != u->length) {
+		fail_in_cb(u, EIO, "the resource changed on the server (%" PRId64 " bytes, was %" PRId64
+			   ")", (int64_t)cl, u->length);
+		return false;
+	}
+	u->skip = u->pos;
+	return true;
+}
+
+/* A retryable status: when to try again. Returns false (retry or failure
+ * set). */
+static bool retry_later(struct url_src *u)
+{
+	char v[128];
+	uint64_t budget = (uint64_t)(u->opts.retry_time * 1000);
+	snprintf(u->failmsg, sizeof(u->failmsg), "HTTP %ld", u->code);
+	u->retry_now = true;
+	u->retry_after_ms = -1;
+	if (header_value(u->easy, "Retry-After", v, sizeof(v)) &&
+	    parse_retry_after(v, budget, &u->retry_after_ms) > 0) {
+		/* Waiting that long would outlast the retries: give up now. */
+		u->retry_now = false;
+		fail_in_cb(u, EIO, "HTTP %ld with Retry-After: %.40s, longer than the retry time (%g s)",
+			   u->code, v, u->opts.retry_time);
+	}
 	return false;
 }
 
@@ -426,111 +696,19 @@ static bool check_response(struct url_src *u)
 		snprintf(u->failmsg, sizeof(u->failmsg), "HTTP 416");
 		return false;
 	}
-	if (u->code >= 400) {
-		if (retryable_code(u->code)) {
-			u->retry_now = true;
-			u->retry_after_ms = retry_after_ms(u->easy);
-			snprintf(u->failmsg, sizeof(u->failmsg), "HTTP %ld", u->code);
-		} else {
-			fail_in_cb(u, EIO, "HTTP %ld", u->code);
-		}
-		return false;
-	}
-
-	char etag[512] = "", lm[256] = "";
-	bool has_etag = header_value(u->easy, "ETag", etag, sizeof(etag));
-	bool has_lm = header_value(u->easy, "Last-Modified", lm, sizeof(lm));
-	if (has_etag && strncmp(etag, "W/", 2) == 0)
-		has_etag = false; /* weak: not usable with If-Range */
-	curl_off_t cl = -1;
-	curl_easy_getinfo(u->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
-
-	if (!u->range_asked) {
-		/* The first response: learn what the resource is. */
-		if (u->code == 206) {
-			/* fill=ondemand asked for the head only: the total is in
-			 * Content-Range ("bytes 0-262143/52428800"). */
-			char cr[256];
-			uint64_t a, b, total;
-			if (header_value(u->easy, "Content-Range", cr, sizeof(cr)) &&
-			    sscanf(cr, "bytes %" SCNu64 "-%" SCNu64 "/%" SCNu64, &a, &b, &total) == 3 &&
-			    a == 0)
-				cl = (curl_off_t)total;
-			else
-				cl = -1;
-		} else if (u->ondemand) {
-			/* A 200 to a range request: no ranges here, download it all. */
-			u->ondemand = false;
-			u->no_ranges = true;
-			u->main_end = 0;
-			stream_set_fetch_distance(u->s, UINT64_MAX);
-			log_warn("%s: the server ignores Range requests; fill=ondemand falls back "
-				 "to downloading everything", stream_name(u->s));
-		}
-		u->ready = true;
-		if (u->queue && !u->pump_queued) {
-			/* Not from inside a curl callback: on the next turn. */
-			stream_ref(u->s);
-			if (ioloop_call(u->loop, pump_call, u) == 0)
-				u->pump_queued = true;
-			else
-				stream_unref(u->s);
-		}
-		if (has_etag && !(u->etag = strdup(etag)))
-			has_etag = false;
-		if (has_lm && !(u->last_modified = strdup(lm)))
-			has_lm = false;
-		if (has_etag)
-			stream_set_attr(u->s, "etag", "%s", etag);
-		if (has_lm) {
-			stream_set_attr(u->s, "last_modified", "%s", lm);
-			/* The file's mtime, as curl -R would set it. */
-			time_t t = curl_getdate(lm, NULL);
-			if (t > 0)
-				stream_set_attr(u->s, "mtime", "%lld", (long long)t);
-		}
-		if (cl >= 0 && u->length < 0) {
-			u->length = cl;
-			if (stream_set_length(u->s, (uint64_t)cl) < 0) {
-				fail_in_cb(u, EIO, "the length changed to %" PRId64, (int64_t)cl);
-				return false;
-			}
-		}
-		/* Bytes that can be fetched again, and checked to be the same
-		 * version, may be evicted from the store. */
-		char ar[64] = "";
-		bool ranges = u->code == 206 ||
-			      (header_value(u->easy, "Accept-Ranges", ar, sizeof(ar)) &&
-			       strcasecmp(ar, "bytes") == 0);
-		if (ranges && !u->no_ranges && (u->etag || u->last_modified)) {
-			u->evictable = true;
-			stream_set_evictable(u->s, true);
-		}
-		return true;
-	}
-
-	/* A resumed request: same resource, same version, right place? */
-	if (!same_version(u, u->easy, u->failmsg, sizeof(u->failmsg)) ||
-	    (u->code == 206 && !range_starts_at(u->easy, u->pos, u->failmsg, sizeof(u->failmsg)))) {
+	if (u->code == 416 && u->ready && u->length >= 0 && u->pos < (uint64_t)u->length) {
+		changed_416(total_of_416(u->easy), u->pos, u->length, u->failmsg,
+			    sizeof(u->failmsg));
 		u->failure = EIO;
 		return false;
 	}
-	if (u->code == 206)
-		return true;
-	/* 200 to a range request: the whole body again. */
-	if (!u->no_ranges) {
-		u->no_ranges = true;
-		log_warn("%s: the server ignores Range requests; skipping %" PRIu64
-			 " bytes of a full response",
-			 stream_name(u->s), u->pos);
-	}
-	if (u->length >= 0 && cl >= 0 && cl != u->length) {
-		fail_in_cb(u, EIO, "the resource changed size (%" PRId64 " bytes, was %" PRId64 ")",
-			   (int64_t)cl, u->length);
+	if (u->code >= 400) {
+		if (retryable_code(u->code))
+			return retry_later(u);
+		fail_in_cb(u, EIO, "HTTP %ld", u->code);
 		return false;
 	}
-	u->skip = u->pos;
-	return true;
+	return u->ready ? check_again(u) : learn_resource(u);
 }
 
 static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp)
@@ -565,10 +743,16 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	}
 	u->skip -= k;
 	if (r < 0) {
+		/* The store's limit (EFBIG) leaves the stream running, but the
+		 * sequential fill cannot go past it: a failure at that byte. */
+		if (r == -EFBIG)
+			stream_fail(u->s, EFBIG, "store: %s", strerror(EFBIG));
 		u->stopped = true; /* cancelled, or failed by the store: nothing to retry */
 		return 0;
 	}
 	u->pos += n;
+	if (u->pos > u->seen_end)
+		u->seen_end = u->pos;
 	u->rate_bytes += n;
 	u->backoff_ms = 0; /* progress: the next failure starts a fresh backoff */
 	update_rate(u, false);
@@ -635,7 +819,7 @@ static void retry_fired(struct ioloop_timer *t)
 }
 
 /* Schedule another transfer from u->pos, or fail if out of retries. */
-static void retry(struct url_src *u, const char *why, long after_ms)
+static void retry(struct url_src *u, const char *why, int64_t after_ms)
 {
 	uint64_t now = ioloop_now_ms();
 	if (u->retries == 0 || u->first_retry_ms == 0)
@@ -699,12 +883,13 @@ static bool follow_redirect(struct url_src *u)
 		return true;
 	}
 	char *next = strdup(target);
-	char *h1 = host_of(u->cur_url), *h2 = host_of(target);
 	if (!next) {
 		stream_fail(u->s, ENOMEM, "out of memory");
 		source_done(u);
 	} else {
-		if (!h1 || !h2 || strcasecmp(h1, h2) != 0)
+		/* Another scheme is another origin too: https -> http on the
+		 * same host and port would send the credentials in clear. */
+		if (!source_url_same_origin(u->cur_url, target))
 			u->send_auth = u->send_auth && u->opts.location_trusted;
 		free(u->cur_url);
 		u->cur_url = next;
@@ -715,8 +900,6 @@ static bool follow_redirect(struct url_src *u)
 		end_transfer(u);
 		begin_transfer(u);
 	}
-	free(h1);
-	free(h2);
 	return true;
 }
 
@@ -925,6 +1108,12 @@ static struct curl_slist *setup_easy(struct url_src *u, CURL *e)
 		}
 		if (u->opts.userpwd)
 			curl_easy_setopt(e, CURLOPT_USERPWD, u->opts.userpwd);
+		/* netrc entries are per host, not per scheme: like --user, they
+		 * do not follow a redirect to another origin. */
+		if (u->opts.netrc || u->opts.netrc_file)
+			curl_easy_setopt(e, CURLOPT_NETRC, (long)CURL_NETRC_OPTIONAL);
+		if (u->opts.netrc_file)
+			curl_easy_setopt(e, CURLOPT_NETRC_FILE, u->opts.netrc_file);
 	}
 	return headers;
 }
@@ -966,22 +1155,40 @@ static void range_free(struct url_src *u, struct range_xfer *x)
 static bool range_check(struct range_xfer *x)
 {
 	struct url_src *u = x->u;
-	long code = 0;
 	x->got_headers = true;
-	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &code);
-	if (code >= 400) {
-		snprintf(x->failmsg, sizeof(x->failmsg), "HTTP %ld", code);
+	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->code);
+	if (x->code == 416) {
+		/* Nothing at pos: past the end, or the resource shrank. */
+		x->past_end = true;
+		x->end_total = total_of_416(x->easy);
+		if (u->length >= 0 && x->pos < (uint64_t)u->length) {
+			changed_416(x->end_total, x->pos, u->length, x->failmsg, sizeof(x->failmsg));
+			x->failure = EIO;
+		}
+		return false;
+	}
+	if (x->code >= 400) {
+		snprintf(x->failmsg, sizeof(x->failmsg), "HTTP %ld", x->code);
 		return false; /* retried, then left to the sequential fill */
 	}
 	if (!same_version(u, x->easy, x->failmsg, sizeof(x->failmsg))) {
 		x->failure = EIO;
 		return false;
 	}
-	if (code != 206) {
+	if (x->code != 206) {
+		curl_off_t cl = -1;
+		curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
+		if (x->code == 200 && u->length >= 0 && cl >= 0 && cl != u->length) {
+			snprintf(x->failmsg, sizeof(x->failmsg), "the resource changed on the server (%"
+				 PRId64 " bytes, was %" PRId64 ")", (int64_t)cl, u->length);
+			x->failure = EIO;
+			return false;
+		}
 		x->norange = true;
 		return false;
 	}
-	if (!range_starts_at(x->easy, x->pos, x->failmsg, sizeof(x->failmsg))) {
+	if (!check_206(x->easy, x->pos, x->end - 1, u->length, NULL, x->failmsg,
+		       sizeof(x->failmsg))) {
 		x->failure = EIO;
 		return false;
 	}
@@ -1014,9 +1221,13 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		}
 		return CURL_WRITEFUNC_PAUSE;
 	}
-	if (r < 0)
+	if (r < 0) {
+		x->unstorable = r == -EFBIG;
 		return 0;
+	}
 	x->pos += take;
+	if (x->pos > x->u->seen_end)
+		x->u->seen_end = x->pos;
 	x->u->rate_bytes += take;
 	return n;
 }
@@ -1033,7 +1244,7 @@ static void start_range(struct url_src *u, struct fetch_req *q)
 	x->kind = X_RANGE;
 	x->u = u;
 	x->easy = e;
-	x->pos = q->off;
+	x->from = x->pos = q->off;
 	x->end = q->end;
 	x->tries = q->tries;
 	x->headers = add_if_range(u, setup_easy(u, e));
@@ -1157,17 +1368,80 @@ static void refetch_done(struct url_src *u, uint64_t pos, uint64_t end, int trie
 		source_done(u); /* woken again by the next fetch */
 }
 
+/*
+ * fill=ondemand, the total unknown (Content-Range totals of "*"): a 416
+ * says nothing is at @at. If the bytes up to @at are known to exist (or
+ * the 416 gives the total), that is the end: the stream gets its length,
+ * and reads at or past it return 0. If @at is past the furthest byte seen,
+ * the end lies in between: fetching from there to @end finds it (a short
+ * 206, then a 416 right at its end) or brings the bytes at @at after all.
+ * Returns false if the stream failed.
+ */
+static bool end_found(struct url_src *u, uint64_t at, uint64_t end, int64_t total, int tries)
+{
+	if (total < 0 && at > u->seen_end) {
+		if (tries + 1 < RANGE_TRIES) {
+			enqueue(u, u->seen_end, end, tries + 1);
+			return true;
+		}
+		stream_fail(u->s, EIO, "range fetch at byte %" PRIu64 " failed: HTTP 416", at);
+	} else {
+		uint64_t len = total >= 0 ? (uint64_t)total : at;
+		if (len <= at && len >= u->seen_end && stream_set_length(u->s, len) == 0) {
+			u->length = (int64_t)len;
+			return true;
+		}
+		stream_fail(u->s, EIO, "the resource changed on the server (HTTP 416 at byte %" PRIu64
+			    ", after bytes up to %" PRIu64 ")", at, u->seen_end);
+	}
+	source_done(u);
+	return false;
+}
+
+/* Why @x stopped short, for the log and the stream's error. */
+static void range_why(const struct range_xfer *x, CURLcode rc, char *msg, size_t len)
+{
+	if (x->failmsg[0])
+		snprintf(msg, len, "%s", x->failmsg);
+	else if (rc == CURLE_OK)
+		snprintf(msg, len, "HTTP %ld ended at byte %" PRIu64 ", short of %" PRIu64, x->code,
+			 x->pos, x->end);
+	else if (x->errbuf[0])
+		snprintf(msg, len, "%s", x->errbuf);
+	else
+		snprintf(msg, len, "%s", curl_easy_strerror(rc));
+}
+
+/*
+ * A range past the store's limit: its readers got EFBIG, the stream goes on,
+ * and asking again would only be refused again. Returns false (the source
+ * is done) if the stream stopped after all: its -EFBIG was for bytes past
+ * the announced length.
+ */
+static bool range_unstorable(struct url_src *u, uint64_t pos, uint64_t end)
+{
+	stream_unwant(u->s, pos, end - pos);
+	struct stream_info in;
+	stream_get_info(u->s, &in);
+	if (in.state == STREAM_RUNNING)
+		return true;
+	source_done(u);
+	return false;
+}
+
 static void range_done(struct range_xfer *x, CURLcode rc)
 {
 	struct url_src *u = x->u;
+	if (rc == CURLE_OK && !x->got_headers && u->active && !u->cancelled)
+		range_check(x); /* an empty body: no write callback ran */
 	uint64_t pos = x->pos, end = x->end;
 	int tries = x->tries;
-	bool norange = x->norange;
+	bool norange = x->norange, past_end = x->past_end, unstorable = x->unstorable;
+	bool progress = pos > x->from;
+	int64_t end_total = x->end_total;
 	int failure = x->failure;
 	char msg[CURL_ERROR_SIZE + 64];
-	snprintf(msg, sizeof(msg), "%s", x->failmsg[0] ? x->failmsg
-					 : x->errbuf[0] ? x->errbuf
-							: curl_easy_strerror(rc));
+	range_why(x, rc, msg, sizeof(msg));
 	range_free(u, x);
 	if (!u->active || u->cancelled)
 		return;
@@ -1177,12 +1451,32 @@ static void range_done(struct range_xfer *x, CURLcode rc)
 		return;
 	}
 	if (u->complete) {
-		refetch_done(u, pos, end, tries, norange, msg);
+		refetch_done(u, pos, end, tries, norange || unstorable || past_end, msg);
 		return;
 	}
-	if (norange) {
+	if (u->length >= 0 && end > (uint64_t)u->length) /* the end was found meanwhile */
+		end = pos > (uint64_t)u->length ? pos : (uint64_t)u->length;
+	if (unstorable) {
+		if (!range_unstorable(u, pos, end))
+			return;
+	} else if (past_end) {
+		bool probing = false;
+		if (u->length < 0 && u->ondemand) {
+			if (!end_found(u, pos, end, end_total, tries))
+				return;
+			probing = u->length < 0; /* it brings [pos, end) too: still wanted */
+		} else if (u->length < 0) {
+			refill_from(u, pos); /* the sequential fill finds the end */
+		}
+		if (!probing)
+			stream_unwant(u->s, pos, end - pos);
+	} else if (norange) {
 		stream_unwant(u->s, pos, end - pos);
 		no_ranges(u);
+	} else if (pos < end && rc == CURLE_OK && progress && u->length < 0) {
+		/* No total: a short 206 is how the data ends. Ask for the rest
+		 * (not a failed try: every round brings bytes). */
+		enqueue(u, pos, end, tries);
 	} else if (pos < end) {
 		if (tries + 1 < RANGE_TRIES) {
 			log_warn("%s: range fetch at byte %" PRIu64 " failed (%s); trying again",
@@ -1319,7 +1613,6 @@ static void url_resume_in_loop(void *arg)
 {
 	struct url_src *u = arg;
 	struct stream *s = u->s;
-	u->resume_queued = false;
 	if (u->active && !u->cancelled) {
 		if (u->easy && u->main_paused) {
 			u->main_paused = false;

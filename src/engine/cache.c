@@ -16,7 +16,7 @@
  */
 #include "streamfs/cache.h"
 
-#include "ioloop.h"
+#include "streamfs/ioloop.h"
 #include "log.h"
 
 #include <errno.h>

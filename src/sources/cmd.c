@@ -14,13 +14,23 @@
  * completes it, anything else fails it at the byte where output stopped
  * ("exit 3: last stderr line", "killed by signal 9 (Killed)"). Then the
  * rest of the process group (background jobs the command left) gets
- * SIGTERM, so nothing the command started outlives its stream by much,
- * and nothing at all outlives the daemon (source_cmd_kill_all()).
+ * SIGTERM, and SIGKILL after a grace period (KILL_GRACE_MS), so nothing
+ * the command started outlives its stream by much, and nothing at all
+ * outlives the daemon (source_cmd_kill_all()).
  *
- * Cancel: SIGTERM to the group, SIGKILL 2 s later if the shell is still
- * there.
+ * The keeper is the group leader (pgid == its pid). It is reaped only once
+ * the group has had its SIGKILL: until then its pid, zombie or not, cannot
+ * be reused, so a kill(-pgid) never reaches a stranger's group. Its exit
+ * status is read with WNOWAIT when it exits.
+ *
+ * Cancel (rm, unmount): SIGTERM to the group and the same grace period; a
+ * stream that has ended already (in its grace period) gets SIGKILL at once.
+ *
+ * The shell starts with what streamfs itself was started with: the
+ * original RLIMIT_NOFILE (the daemon raises its own), default signal
+ * dispositions and an empty signal mask.
  */
-#include "source.h"
+#include "streamfs/source.h"
 
 #include "log.h"
 #include "streamfs/store.h"
@@ -34,11 +44,12 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define KILL_GRACE_MS 2000
+#define KILL_GRACE_MS 2000 /* from SIGTERM to SIGKILL of a command's group */
 #define ERR_TAIL 2048     /* bytes of stderr kept */
 #define ERR_LOG_LINES 50  /* stderr lines logged per command, then silence */
 
@@ -49,12 +60,14 @@ struct cmd_src {
 	char *cwd;
 
 	/* loop thread only */
-	pid_t pid; /* 0 before the fork and after reaping */
+	pid_t pid; /* the keeper: 0 before the fork and after reaping */
 	int pidfd;
 	struct ioloop_watch pid_watch, err_watch;
 	int errfd;
 	struct fd_pump out;
-	bool out_done, exited, cancelled, active;
+	bool out_done, exited, cancelled;
+	bool active; /* spawned, and the stream's end not reported yet */
+	bool termed; /* the group had its SIGTERM; kill_timer brings the SIGKILL */
 	int out_err; /* read error on stdout, 0 if none */
 	siginfo_t status;
 	struct ioloop_timer kill_timer;
@@ -68,9 +81,22 @@ struct cmd_src {
 	pid_t live_pgid;           /* protected by live_lock */
 };
 
-/* Process groups that may still have members, for source_cmd_kill_all(). */
+/*
+ * Process groups that may still have members that were not SIGKILLed, for
+ * source_cmd_kill_all(). A group leaves the list when it gets its SIGKILL.
+ */
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct cmd_src *live;
+
+/* What commands get back before exec (see source_cmd_set_nofile()). */
+static struct rlimit child_nofile;
+static bool child_nofile_set;
+
+void source_cmd_set_nofile(const struct rlimit *rl)
+{
+	child_nofile = *rl;
+	child_nofile_set = true;
+}
 
 static void live_add(struct cmd_src *c, pid_t pgid)
 {
@@ -81,28 +107,49 @@ static void live_add(struct cmd_src *c, pid_t pgid)
 	pthread_mutex_unlock(&live_lock);
 }
 
-/* Signal what is left of the group and forget it. */
-static void live_remove(struct cmd_src *c, int sig)
+/* Unlink @c; live_lock held. */
+static void live_unlink(struct cmd_src *c)
 {
-	pthread_mutex_lock(&live_lock);
 	for (struct cmd_src **p = &live; *p; p = &(*p)->next_live) {
 		if (*p == c) {
 			*p = c->next_live;
-			if (c->live_pgid > 0 && sig)
-				kill(-c->live_pgid, sig);
-			c->live_pgid = 0;
 			break;
 		}
 	}
+	c->live_pgid = 0;
+}
+
+/*
+ * Send @sig to what is left of @c's group, if it is still listed; SIGKILL
+ * ends its listing, 0 only forgets it. Returns true if it was listed.
+ */
+static bool live_signal(struct cmd_src *c, int sig)
+{
+	pthread_mutex_lock(&live_lock);
+	bool listed = c->live_pgid > 0;
+	if (listed && sig)
+		kill(-c->live_pgid, sig);
+	if (listed && (sig == SIGKILL || sig == 0))
+		live_unlink(c);
 	pthread_mutex_unlock(&live_lock);
+	return listed;
+}
+
+static bool live_listed(struct cmd_src *c)
+{
+	pthread_mutex_lock(&live_lock);
+	bool listed = c->live_pgid > 0;
+	pthread_mutex_unlock(&live_lock);
+	return listed;
 }
 
 void source_cmd_kill_all(void)
 {
 	pthread_mutex_lock(&live_lock);
-	for (struct cmd_src *c = live; c; c = c->next_live)
-		if (c->live_pgid > 0)
-			kill(-c->live_pgid, SIGKILL);
+	while (live) {
+		kill(-live->live_pgid, SIGKILL);
+		live_unlink(live);
+	}
 	pthread_mutex_unlock(&live_lock);
 }
 
@@ -181,12 +228,41 @@ static void last_line(const struct cmd_src *c, char *out, size_t size)
 
 /* ---- end of the command ----------------------------------------------- */
 
+/* The group had its SIGKILL (or nothing to kill): reap the keeper and let
+ * go of the stream. May free @c. */
+static void reap(struct cmd_src *c)
+{
+	ioloop_timer_disarm(c->loop, &c->kill_timer);
+	if (c->pid > 0) {
+		while (waitpid(c->pid, NULL, 0) < 0 && errno == EINTR)
+			;
+		c->pid = 0;
+	}
+	source_drop(c->s);
+}
+
+/*
+ * The stream's end is reported: what is left of the group (background
+ * jobs) gets SIGTERM, unless a cancel sent it already, and SIGKILL when
+ * kill_timer fires. A group that had its SIGKILL is done with. May free @c.
+ */
+static void settle(struct cmd_src *c)
+{
+	if (c->termed ? live_listed(c) : live_signal(c, SIGTERM)) {
+		if (!c->termed) {
+			c->termed = true;
+			ioloop_timer_arm(c->loop, &c->kill_timer, KILL_GRACE_MS);
+		}
+		return;
+	}
+	reap(c);
+}
+
 static void finish(struct cmd_src *c)
 {
 	if (!c->active || !c->out_done || !c->exited)
 		return;
 	c->active = false;
-	ioloop_timer_disarm(c->loop, &c->kill_timer);
 	if (c->errfd >= 0) {
 		drain_stderr(c);
 		if (c->errfd >= 0) {
@@ -225,9 +301,7 @@ static void finish(struct cmd_src *c)
 			stream_fail(c->s, EIO, "killed by signal %d (%s)%s", code, strsignal(code),
 				    tail);
 	}
-	/* Background jobs the command left behind go with it. */
-	live_remove(c, SIGTERM);
-	source_drop(c->s);
+	settle(c);
 }
 
 static void out_done(struct fd_pump *p, int err)
@@ -243,13 +317,13 @@ static void pid_event(struct ioloop_watch *w, uint32_t events)
 {
 	struct cmd_src *c = w->data;
 	memset(&c->status, 0, sizeof(c->status));
-	if (waitid(P_PID, (id_t)c->pid, &c->status, WEXITED | WNOHANG) < 0 ||
+	/* WNOWAIT: the keeper is reaped only after its group's SIGKILL. */
+	if (waitid(P_PID, (id_t)c->pid, &c->status, WEXITED | WNOHANG | WNOWAIT) < 0 ||
 	    c->status.si_pid == 0)
 		return; /* not yet (spurious) */
 	ioloop_del(c->loop, &c->pid_watch);
 	close(c->pidfd);
 	c->pidfd = -1;
-	c->pid = 0;
 	c->exited = true;
 	if (c->cancelled && !c->out_done) {
 		fd_pump_stop(&c->out);
@@ -258,13 +332,15 @@ static void pid_event(struct ioloop_watch *w, uint32_t events)
 	finish(c);
 }
 
+/* The grace period is over: SIGKILL whatever is left of the group. */
 static void kill_timer_fired(struct ioloop_timer *t)
 {
 	struct cmd_src *c = t->data;
-	if (c->pid > 0) {
+	if (!c->exited)
 		log_warn("%s: command ignored SIGTERM, sending SIGKILL", stream_name(c->s));
-		live_remove(c, SIGKILL);
-	}
+	live_signal(c, SIGKILL);
+	if (!c->active && c->pid > 0)
+		reap(c); /* else the keeper dies of it, and finish() reaps it */
 }
 
 /* ---- start and cancel ------------------------------------------------- */
@@ -283,16 +359,21 @@ static void keeper_orphaned(int sig)
 /* The shell, between fork and exec: async-signal-safe calls only. */
 static void run_shell(struct cmd_src *c, int out_w, int err_w)
 {
+	/* Ignored signals stay ignored across exec, and the mask and limits
+	 * are inherited: give the command default dispositions (libfuse
+	 * ignores SIGPIPE, and "yes | head" needs it; the keeper ignores
+	 * SIGTERM; whoever started streamfs may have ignored SIGQUIT), an
+	 * empty mask, and the fd limit streamfs was started with. */
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	for (int sig = 1; sig < NSIG; sig++)
+		sigaction(sig, &dfl, NULL); /* EINVAL for SIGKILL, SIGSTOP, libc's own */
 	sigset_t none;
 	sigemptyset(&none);
 	sigprocmask(SIG_SETMASK, &none, NULL);
-	/* Ignored signals stay ignored across exec: give the command the
-	 * defaults (libfuse ignores SIGPIPE, and "yes | head" needs it). */
-	signal(SIGPIPE, SIG_DFL);
-	signal(SIGTERM, SIG_DFL);
-	signal(SIGINT, SIG_DFL);
-	signal(SIGHUP, SIG_DFL);
-	signal(SIGUSR1, SIG_DFL);
+	if (child_nofile_set)
+		setrlimit(RLIMIT_NOFILE, &child_nofile);
 	int devnull = open("/dev/null", O_RDONLY);
 	if (devnull < 0 || dup2(devnull, 0) < 0 || dup2(out_w, 1) < 0 || dup2(err_w, 2) < 0)
 		_exit(126);
@@ -409,7 +490,7 @@ static void spawn(void *arg)
 
 fail_child:
 	/* The child exists but we cannot watch it: kill and reap it here. */
-	live_remove(c, SIGKILL);
+	live_signal(c, SIGKILL);
 	waitpid(pid, NULL, 0);
 	c->pid = 0;
 	if (c->pidfd >= 0) {
@@ -443,14 +524,16 @@ static void cancel_in_loop(void *arg)
 			fd_pump_stop(&c->out);
 			c->out_done = true;
 		}
-		if (c->pid > 0) {
-			pthread_mutex_lock(&live_lock);
-			if (c->live_pgid > 0)
-				kill(-c->live_pgid, SIGTERM);
-			pthread_mutex_unlock(&live_lock);
+		if (!c->termed && live_signal(c, SIGTERM)) {
+			c->termed = true;
 			ioloop_timer_arm(c->loop, &c->kill_timer, KILL_GRACE_MS);
 		}
 		finish(c);
+	} else if (!c->active && c->pid > 0) {
+		/* The stream has ended and its group is in its grace period: the
+		 * file is going away, so what is left goes now. */
+		live_signal(c, SIGKILL);
+		reap(c);
 	}
 	stream_unref(s); /* the ref of this call */
 }
@@ -471,7 +554,7 @@ static void cmd_cancel(struct stream *s, void *src)
 	stream_ref(s);
 	if (ioloop_call(c->loop, cancel_in_loop, c) < 0) {
 		/* The loop is gone (shutdown): just make sure the group dies. */
-		live_remove(c, SIGKILL);
+		live_signal(c, SIGKILL);
 		stream_unref(s);
 	}
 }
@@ -497,7 +580,7 @@ static void cmd_resume(struct stream *s, void *src)
 static void cmd_destroy(void *src)
 {
 	struct cmd_src *c = src;
-	live_remove(c, 0);
+	live_signal(c, 0);
 	free(c->command);
 	free(c->cwd);
 	free(c);

@@ -19,6 +19,9 @@
  *    check and the parking happen under the same lock as every fill, no
  *    wake-up can fall between "check" and "wait" (the reference's bug).
  *  - Terminal states (complete, failed, cancelled) never change again.
+ *  - store_limit only goes down: the store refused a byte there (EFBIG,
+ *    its file system's maximum file size or RLIMIT_FSIZE), so no byte at
+ *    or past it can ever be present.
  *
  * No I/O and no callback runs under the stream lock, except the hole
  * punch of an eviction or drop: it must happen before any writer can
@@ -67,14 +70,16 @@ struct stream {
 	pthread_mutex_t lock;
 	/* protected by lock */
 	enum stream_state state;
-	bool starting;    /* start() is running; cancel() is deferred to it */
-	bool cancel_sent; /* the source's cancel() was called */
+	bool started;       /* start() returned 0: the source may hold something */
+	bool cancel_wanted; /* stream_cancel() was called */
+	bool cancel_sent;   /* the source's cancel() was called */
 	struct rangeset present;
 	struct rangeset wanted; /* asked of the source's fetch(), maybe not here yet */
 	uint64_t fetch_distance;
 	uint64_t frontier;
 	uint64_t seq_pos; /* where stream_append/stream_fill_fd write next */
 	int64_t length;   /* exact when complete, announced, or -1 */
+	uint64_t store_limit; /* the store cannot hold bytes from here on */
 	uint64_t error_offset;
 	int error;
 	char error_msg[256];
@@ -163,6 +168,7 @@ struct stream *stream_new(const char *name, struct store *store,
 	pthread_mutex_init(&s->lock, NULL);
 	s->state = STREAM_IDLE;
 	s->length = -1;
+	s->store_limit = UINT64_MAX;
 	s->waiters.next = s->waiters.prev = &s->waiters;
 	return s;
 }
@@ -696,6 +702,10 @@ static ssize_t evaluate(struct stream *s, struct stream_waiter *w)
 			if (run >= len) /* the range crosses the announced end */
 				return (ssize_t)(len - off);
 		}
+		/* The missing byte can never be stored: like a failure point,
+		 * but for this read only (the stream goes on below it). */
+		if (run >= s->store_limit)
+			return avail > 0 ? (ssize_t)avail : -EFBIG;
 		w->need = run;
 		return STREAM_PARKED;
 	}
@@ -867,16 +877,22 @@ int stream_start(struct stream *s)
 		return 0;
 	}
 	s->state = STREAM_RUNNING;
-	s->starting = true;
 	s->start_ms = now_ms();
 	pthread_mutex_unlock(&s->lock);
 
+	/* The store is created only now: idle streams hold no descriptor. */
+	int r = store_create(s->store);
+	if (r < 0) {
+		stream_fail(s, -r, "cannot create the store in %s: %s", store_where(s->store),
+			    strerror(-r));
+		return r;
+	}
 	log_debug("%s: starting %s source", s->name, s->ops->kind);
-	int r = s->ops->start(s, s->src);
+	r = s->ops->start(s, s->src);
 
 	pthread_mutex_lock(&s->lock);
-	s->starting = false;
-	bool late_cancel = s->state == STREAM_CANCELLED && !s->cancel_sent;
+	s->started = r == 0;
+	bool late_cancel = s->started && s->cancel_wanted && !s->cancel_sent;
 	if (late_cancel)
 		s->cancel_sent = true;
 	pthread_mutex_unlock(&s->lock);
@@ -892,30 +908,27 @@ void stream_cancel(struct stream *s, const char *msg)
 {
 	struct stream_waiter ready = {.next = NULL};
 	pthread_mutex_lock(&s->lock);
-	if (s->state == STREAM_COMPLETE && s->evictable) {
-		/* Its source may be fetching evicted bytes again: stop it.
-		 * Missing bytes can no longer come back, and what is here
-		 * stays for the open handles. */
+	bool was_evictable = s->state == STREAM_COMPLETE && s->evictable;
+	if (was_evictable) {
+		/* Its source may be fetching evicted bytes again (it is told
+		 * below). Missing bytes can no longer come back, and what is
+		 * here stays for the open handles. */
 		s->evictable = false;
 		if (complete_with_holes(s))
 			set_failed(s, STREAM_CANCELLED, ECANCELED, msg ? msg : "cancelled", &ready);
-		pthread_mutex_unlock(&s->lock);
-		if (s->cache)
-			cache_set_evictable(&s->cc, false);
-		if (s->ops->cancel)
-			s->ops->cancel(s, s->src);
-		finish_ready(&ready);
-		return;
+	} else if (!terminal(s->state)) {
+		set_failed(s, STREAM_CANCELLED, ECANCELED, msg ? msg : "cancelled", &ready);
 	}
-	if (terminal(s->state)) {
-		pthread_mutex_unlock(&s->lock);
-		return;
-	}
-	bool call = s->state == STREAM_RUNNING && !s->starting;
+	/* The source hears of it even when the stream has ended: it may still
+	 * hold something (a finished command's background jobs). One that is
+	 * still in start() hears of it when start() returns. */
+	s->cancel_wanted = true;
+	bool call = s->started && !s->cancel_sent;
 	if (call)
 		s->cancel_sent = true;
-	set_failed(s, STREAM_CANCELLED, ECANCELED, msg ? msg : "cancelled", &ready);
 	pthread_mutex_unlock(&s->lock);
+	if (was_evictable && s->cache)
+		cache_set_evictable(&s->cc, false);
 	if (call && s->ops->cancel)
 		s->ops->cancel(s, s->src);
 	finish_ready(&ready);
@@ -1080,6 +1093,62 @@ static void store_failed(struct stream *s, int err)
 }
 
 /*
+ * How many bytes of @buf the store takes at @off, given that it refuses all
+ * @len with EFBIG (the write crosses the largest file size it allows). A
+ * longer prefix fails exactly when it crosses that limit, so bisection
+ * finds it in a handful of writes, once per stream. Returns the count, or
+ * another -errno.
+ */
+static int64_t storable_prefix(struct stream *s, const char *buf, size_t len, uint64_t off)
+{
+	size_t lo = 0, hi = len; /* [off, off+lo) is stored, [off, off+hi) refused */
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+		int r = store_pwrite(s->store, buf, mid, off);
+		if (r == 0)
+			lo = mid;
+		else if (r == -EFBIG)
+			hi = mid;
+		else
+			return r;
+	}
+	return (int64_t)lo;
+}
+
+/*
+ * The store refused the byte at @lim of a write that began at @off; the
+ * bytes before it reached the store. The sequential fill cannot go on: it
+ * fails there, like on any store error. A write out of order (a range a
+ * reader asked for) loses only what lies past the limit: reads there get
+ * EFBIG and the stream goes on below it. Returns -EFBIG (or -ECANCELED).
+ */
+static int refused_from(struct stream *s, uint64_t off, uint64_t lim, bool seq)
+{
+	if (lim > off) {
+		int r = mark_present(s, off, lim - off, seq, NULL);
+		if (r < 0)
+			return r;
+	}
+	if (seq) {
+		store_failed(s, EFBIG);
+		return -EFBIG;
+	}
+	struct stream_waiter ready = {.next = NULL};
+	pthread_mutex_lock(&s->lock);
+	bool lower = s->state == STREAM_RUNNING && lim < s->store_limit;
+	if (lower) {
+		s->store_limit = lim;
+		collect(s, &ready, true, 0, 0);
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (lower)
+		log_warn("%s: the store cannot hold bytes from %llu on (%s): reads there fail",
+			 s->name, (unsigned long long)lim, strerror(EFBIG));
+	finish_ready(&ready);
+	return -EFBIG;
+}
+
+/*
  * Store the parts of [off, off+len) that are not present yet, then mark the
  * whole range present in one step: a byte a reader may have seen is never
  * rewritten (a reader may be copying it out at that moment), and readers
@@ -1142,6 +1211,7 @@ static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t
 	while (a < end) {
 		pthread_mutex_lock(&s->lock);
 		ok = accepts_writes(s);
+		uint64_t limit = s->store_limit;
 		a = rangeset_run_end(&s->present, a); /* skip what is present */
 		uint64_t b = a < end ? rangeset_next_present(&s->present, a) : end;
 		pthread_mutex_unlock(&s->lock);
@@ -1153,7 +1223,19 @@ static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t
 			break;
 		if (b > end)
 			b = end;
-		int r = store_pwrite(s->store, p + (a - off), (size_t)(b - a), a);
+		int r = -EFBIG; /* past a known limit: not even tried */
+		if (a < limit)
+			r = store_pwrite(s->store, p + (a - off), (size_t)(b - a), a);
+		if (r == -EFBIG) {
+			int64_t k = 0;
+			if (a < limit)
+				k = storable_prefix(s, p + (a - off), (size_t)(b - a), a);
+			if (k >= 0) {
+				unpin(s, &pin);
+				return refused_from(s, off, a + (uint64_t)k, seq);
+			}
+			r = (int)k;
+		}
 		if (r < 0) {
 			unpin(s, &pin);
 			if (out_of_space(-r))
@@ -1358,6 +1440,8 @@ void stream_want(struct stream *s, uint64_t off, uint64_t len)
 	}
 	if (s->length >= 0 && end > (uint64_t)s->length)
 		end = (uint64_t)s->length;
+	if (end > s->store_limit) /* nothing past it can be stored */
+		end = s->store_limit;
 	uint64_t a = off > s->drop_to ? off : s->drop_to;
 	while (a < end && nask < 8) {
 		/* The first byte neither present nor asked for... */

@@ -3,6 +3,7 @@
  */
 #include "control.h"
 
+#include "escape.h"
 #include "log.h"
 
 #include <errno.h>
@@ -17,14 +18,21 @@
 #include <time.h>
 #include <unistd.h>
 
-#define REQ_MAX (64 * 1024)
+/* A request holds a source as long as a command line can (one argument
+ * is at most 128 KiB), plus its options. */
+#define REQ_MAX (256 * 1024)
 #define CLIENT_TIMEOUT_MS 30000
+/* A client has this long from connecting to its whole request; then it is
+ * dropped, so idle or slow connections cannot pile up. */
+#define CONN_TIMEOUT_MS 5000
+#define CONN_MAX 32 /* connections at once; more are refused */
 
 struct conn {
 	struct ioloop_watch w;
+	struct ioloop_timer timer;
 	struct control *c;
-	char *buf;
-	size_t len;
+	char *buf; /* grows with the request, up to REQ_MAX */
+	size_t len, cap;
 	struct conn *next;
 };
 
@@ -33,6 +41,7 @@ struct control {
 	struct control_ops ops;
 	struct ioloop_watch listen;
 	struct conn *conns; /* loop thread only */
+	unsigned nconns;
 	bool started;
 };
 
@@ -45,10 +54,20 @@ static void conn_close(struct conn *k)
 			break;
 		}
 	}
+	c->nconns--;
 	ioloop_del(c->loop, &k->w);
+	ioloop_timer_disarm(c->loop, &k->timer);
 	close(k->w.fd);
 	free(k->buf);
 	free(k);
+}
+
+static void conn_timeout(struct ioloop_timer *t)
+{
+	struct conn *k = t->data;
+	log_debug("control: dropping a client that sent no whole request in %d ms",
+		  CONN_TIMEOUT_MS);
+	conn_close(k);
 }
 
 static void answer(struct conn *k, const char *line)
@@ -78,8 +97,9 @@ static void handle(struct conn *k)
 	}
 	char line[1100];
 	snprintf(line, sizeof(line), r == 0 ? "ok\n" : "error: %s\n", err);
-	if (r == 0)
-		log_info("control: %s %s", f[0], f[1]);
+	/* "add" logs itself: its source may hold a password to redact. */
+	if (r == 0 && strcmp(f[0], "rm") == 0)
+		log_info("control: rm %s", f[1]);
 	answer(k, line);
 }
 
@@ -92,7 +112,18 @@ static void conn_event(struct ioloop_watch *w, uint32_t events)
 			conn_close(k);
 			return;
 		}
-		ssize_t n = recv(w->fd, k->buf + k->len, REQ_MAX - k->len, MSG_DONTWAIT);
+		if (k->len == k->cap) {
+			size_t cap = k->cap * 4 > REQ_MAX ? REQ_MAX : k->cap * 4;
+			char *b = realloc(k->buf, cap + 1);
+			if (!b) {
+				answer(k, "error: out of memory\n");
+				conn_close(k);
+				return;
+			}
+			k->buf = b;
+			k->cap = cap;
+		}
+		ssize_t n = recv(w->fd, k->buf + k->len, k->cap - k->len, MSG_DONTWAIT);
 		if (n > 0) {
 			k->len += (size_t)n;
 			continue;
@@ -127,9 +158,18 @@ static void listen_event(struct ioloop_watch *w, uint32_t events)
 			close(fd);
 			continue;
 		}
+		if (c->nconns >= CONN_MAX) {
+			static const char msg[] = "error: busy, try again\n";
+			ssize_t n = send(fd, msg, sizeof(msg) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+			(void)n;
+			close(fd);
+			continue;
+		}
 		struct conn *k = calloc(1, sizeof(*k));
-		if (k)
-			k->buf = malloc(REQ_MAX + 1);
+		if (k) {
+			k->cap = 4096;
+			k->buf = malloc(k->cap + 1);
+		}
 		if (!k || !k->buf) {
 			if (k)
 				free(k);
@@ -146,6 +186,9 @@ static void listen_event(struct ioloop_watch *w, uint32_t events)
 		}
 		k->next = c->conns;
 		c->conns = k;
+		c->nconns++;
+		k->timer = (struct ioloop_timer){.cb = conn_timeout, .data = k};
+		ioloop_timer_arm(c->loop, &k->timer, CONN_TIMEOUT_MS);
 	}
 }
 
@@ -198,6 +241,7 @@ void control_close(struct control *c)
 	while (c->conns) {
 		struct conn *k = c->conns;
 		c->conns = k->next;
+		ioloop_timer_disarm(c->loop, &k->timer);
 		close(k->w.fd);
 		free(k->buf);
 		free(k);
@@ -207,6 +251,31 @@ void control_close(struct control *c)
 }
 
 /* ---- client ----------------------------------------------------------- */
+
+/*
+ * Abstract socket names belong to nobody: any local user can bind the name
+ * a mount advertises once its daemon is gone (or name a socket of theirs
+ * in the xattr of a directory they own). A request can carry credentials,
+ * so it goes only to a listener run by root or by us, as the daemon
+ * serves only root and its own user.
+ */
+static bool peer_trusted(int fd, const char *mountpoint)
+{
+	struct ucred cred;
+	socklen_t cl = sizeof(cred);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
+		fprintf(stderr, "streamfs: cannot check the daemon of '%s': %s\n", mountpoint,
+			strerror(errno));
+		return false;
+	}
+	if (cred.uid == 0 || cred.uid == geteuid() || cred.uid == getuid())
+		return true;
+	fprintf(stderr,
+		"streamfs: the control socket of '%s' belongs to uid %u, not to root or you: "
+		"nothing sent\n",
+		mountpoint, (unsigned)cred.uid);
+	return false;
+}
 
 int control_client(const char *mountpoint, const char *const *fields, size_t nfields)
 {
@@ -232,6 +301,10 @@ int control_client(const char *mountpoint, const char *const *fields, size_t nfi
 			close(fd);
 		return 1;
 	}
+	if (!peer_trusted(fd, mountpoint)) {
+		close(fd);
+		return 1;
+	}
 	for (size_t i = 0; i < nfields; i++) {
 		size_t fl = strlen(fields[i]) + 1;
 		if (send(fd, fields[i], fl, MSG_NOSIGNAL) != (ssize_t)fl) {
@@ -241,7 +314,7 @@ int control_client(const char *mountpoint, const char *const *fields, size_t nfi
 		}
 	}
 	shutdown(fd, SHUT_WR);
-	char reply[2048];
+	char reply[2048], shown[8192];
 	size_t got = 0;
 	struct pollfd pfd = {.fd = fd, .events = POLLIN};
 	while (got < sizeof(reply) - 1 && poll(&pfd, 1, CLIENT_TIMEOUT_MS) > 0) {
@@ -255,7 +328,10 @@ int control_client(const char *mountpoint, const char *const *fields, size_t nfi
 	if (strcmp(reply, "ok\n") == 0)
 		return 0;
 	if (strncmp(reply, "error: ", 7) == 0) {
-		fprintf(stderr, "streamfs: %s", reply + 7);
+		/* One line, and no terminal escapes from a name or a source. */
+		size_t l = strcspn(reply + 7, "\n");
+		esc_text(shown, sizeof(shown), reply + 7, l);
+		fprintf(stderr, "streamfs: %s\n", shown);
 		return 1;
 	}
 	fprintf(stderr, "streamfs: no answer from the daemon of '%s'\n", mountpoint);

@@ -29,8 +29,13 @@
  *
  * The tree grows with "streamfs add" and shrinks with "streamfs rm" while
  * mounted, under fs->lock (a read-write lock: every request reads, only
- * add/rm write). Nodes are never freed before the file system is, so a
- * node pointer stays valid; a removed node is marked and loses its stream.
+ * add/rm write). A removed node is marked and loses its stream at once,
+ * but is freed only when nothing can name it any more: the kernel has
+ * forgotten every lookup of it (FORGET) and no open handle points to it.
+ * Until then a request on it finds it marked (ENOENT). Its inode number
+ * is then reused with a new generation. A request's own node needs no
+ * reference of ours: the kernel holds the inode (so sends no FORGET for
+ * it) until the request is answered; handles count as opens.
  * Requests work on their own reference to the stream, taken under the lock.
  *
  * Lock order: fs->lock, then a stream's lock. No reply, notification or
@@ -41,8 +46,8 @@
 #include "fs.h"
 
 #include "log.h"
-#include "source.h"
 #include "streamfs/cache.h"
+#include "streamfs/source.h"
 
 #include <errno.h>
 #include <fuse_lowlevel.h>
@@ -64,7 +69,10 @@
 struct node {
 	fuse_ino_t ino;
 	char *name;
-	struct node *parent;
+	struct node *parent; /* NULL once removed */
+	uint64_t gen;        /* the inode's generation: bumped when a number is reused */
+	uint64_t nlookup;    /* lookups the kernel holds; atomic, and only under fs->lock */
+	unsigned nopen;      /* open handles; atomic, and only under fs->lock */
 	bool dir;
 	bool removed;       /* protected by fs->lock */
 	struct node **kids; /* dir */
@@ -93,8 +101,11 @@ struct handle {
 struct fs {
 	struct fuse_session *se;
 	pthread_rwlock_t lock; /* the tree: nodes, kids lists, node->s, node->removed */
-	struct node **nodes;   /* by inode number; nodes[FUSE_ROOT_ID] is the root */
+	struct node **nodes;   /* by inode number (NULL: free); nodes[FUSE_ROOT_ID] is the root */
 	size_t nnodes, capnodes;
+	fuse_ino_t *freeino;   /* numbers of freed nodes, to reuse; room for capnodes */
+	size_t nfree;
+	uint64_t reuses;       /* numbers reused so far: the next generation */
 	struct timespec mtime;
 	uid_t uid;
 	gid_t gid;
@@ -164,12 +175,18 @@ static void *req_alloc(size_t n)
 
 static struct node *node_new(struct fs *fs, struct node *parent, const char *name, bool dir)
 {
-	if (fs->nnodes == fs->capnodes) {
+	if (fs->nfree == 0 && fs->nnodes == fs->capnodes) {
 		size_t cap = fs->capnodes ? fs->capnodes * 2 : 64;
 		struct node **nn = realloc(fs->nodes, cap * sizeof(*nn));
 		if (!nn)
 			return NULL;
 		fs->nodes = nn;
+		/* The free list never needs more room than there are nodes, so
+		 * freeing a node cannot fail. */
+		fuse_ino_t *fi = realloc(fs->freeino, cap * sizeof(*fi));
+		if (!fi)
+			return NULL;
+		fs->freeino = fi;
 		fs->capnodes = cap;
 	}
 	struct node *n = calloc(1, sizeof(*n));
@@ -193,9 +210,57 @@ static struct node *node_new(struct fs *fs, struct node *parent, const char *nam
 	}
 	n->parent = parent;
 	n->dir = dir;
-	n->ino = fs->nnodes;
-	fs->nodes[fs->nnodes++] = n;
+	if (fs->nfree > 0) {
+		n->ino = fs->freeino[--fs->nfree];
+		n->gen = ++fs->reuses;
+	} else {
+		n->ino = fs->nnodes++;
+	}
+	fs->nodes[n->ino] = n;
 	return n;
+}
+
+static void node_destroy(struct node *n)
+{
+	if (n->s)
+		stream_unref(n->s);
+	free(n->kids);
+	free(n->name);
+	free(n->source);
+	free(n);
+}
+
+/* Free @n if it is removed and nothing names it any more (see the top of
+ * this file). Under fs->lock, written. */
+static void node_release(struct fs *fs, struct node *n)
+{
+	if (!n->removed || __atomic_load_n(&n->nlookup, __ATOMIC_RELAXED) ||
+	    __atomic_load_n(&n->nopen, __ATOMIC_RELAXED))
+		return;
+	fs->nodes[n->ino] = NULL;
+	fs->freeino[fs->nfree++] = n->ino;
+	node_destroy(n);
+}
+
+/* The kernel dropped @count lookups of @ino (FORGET), or a lookup reply
+ * did not reach it. Under fs->lock, written. */
+static void node_forget(struct fs *fs, fuse_ino_t ino, uint64_t count)
+{
+	struct node *n = ino < fs->nnodes ? fs->nodes[ino] : NULL;
+	if (!n || ino == FUSE_ROOT_ID)
+		return;
+	uint64_t have = __atomic_load_n(&n->nlookup, __ATOMIC_RELAXED);
+	__atomic_store_n(&n->nlookup, count < have ? have - count : 0, __ATOMIC_RELAXED);
+	node_release(fs, n);
+}
+
+/* An open handle of @n was closed. */
+static void node_close(struct fs *fs, struct node *n)
+{
+	pthread_rwlock_wrlock(&fs->lock);
+	__atomic_sub_fetch(&n->nopen, 1, __ATOMIC_RELAXED);
+	node_release(fs, n);
+	pthread_rwlock_unlock(&fs->lock);
 }
 
 static struct node *child(const struct node *dir, const char *name, size_t len)
@@ -230,7 +295,8 @@ static struct stream **all_streams(struct fs *fs, int only)
 	struct stream **v = calloc(fs->nnodes + 1, sizeof(*v));
 	size_t k = 0;
 	for (size_t i = 0; v && i < fs->nnodes; i++)
-		if (fs->nodes[i]->s && (only < 0 || (int)fs->nodes[i]->start == only))
+		if (fs->nodes[i] && fs->nodes[i]->s &&
+		    (only < 0 || (int)fs->nodes[i]->start == only))
 			v[k++] = stream_ref(fs->nodes[i]->s);
 	pthread_rwlock_unlock(&fs->lock);
 	return v;
@@ -328,6 +394,42 @@ fail:
 	return -1;
 }
 
+/* A removed node, as the kernel is told of it. */
+struct gone {
+	fuse_ino_t parent, ino;
+	char *name;
+};
+
+static void gone_free(struct gone *v, size_t k)
+{
+	for (size_t i = 0; i < k; i++)
+		free(v[i].name);
+	free(v);
+}
+
+/* The file @n and the directories that only lead to it, deepest first,
+ * with copies of their names. Under fs->lock. Returns their number, or 0
+ * when out of memory. */
+static size_t chain_of(struct node *n, struct gone **out)
+{
+	size_t k = 1;
+	for (struct node *x = n->parent; x->ino != FUSE_ROOT_ID && x->nkids == 1; x = x->parent)
+		k++;
+	struct gone *v = calloc(k, sizeof(*v));
+	if (!v)
+		return 0;
+	struct node *x = n;
+	for (size_t i = 0; i < k; i++, x = x->parent) {
+		v[i] = (struct gone){.parent = x->parent->ino, .ino = x->ino};
+		if (!(v[i].name = strdup(x->name))) {
+			gone_free(v, i);
+			return 0;
+		}
+	}
+	*out = v;
+	return k;
+}
+
 int fs_remove(struct fs *fs, const char *path, char *err, size_t errlen)
 {
 	pthread_rwlock_wrlock(&fs->lock);
@@ -341,40 +443,48 @@ int fs_remove(struct fs *fs, const char *path, char *err, size_t errlen)
 			break;
 		p = slash + 1;
 	}
-	if (!n || n->dir) {
+	struct gone *v = NULL;
+	size_t k = n && !n->dir ? chain_of(n, &v) : 0;
+	if (!k) {
 		pthread_rwlock_unlock(&fs->lock);
-		snprintf(err, errlen, n ? "'%s' is a directory" : "no file named '%s'", path);
+		if (n && !n->dir)
+			snprintf(err, errlen, "out of memory");
+		else
+			snprintf(err, errlen, n ? "'%s' is a directory" : "no file named '%s'", path);
 		return -1;
 	}
-	/* Unlink it, and the directories that only held it. */
-	struct node *gone = n, *parent = n->parent;
+	/* Unlink it, and the directories that only held it; free what the
+	 * kernel never looked up (or has forgotten already). */
 	struct stream *s = n->s;
 	n->s = NULL;
-	for (;;) {
-		struct node *d = gone->parent;
-		for (size_t i = 0; i < d->nkids; i++) {
-			if (d->kids[i] == gone) {
-				d->kids[i] = d->kids[--d->nkids];
+	for (size_t i = 0; i < k; i++) {
+		struct node *d = n->parent;
+		for (size_t j = 0; j < d->nkids; j++) {
+			if (d->kids[j] == n) {
+				d->kids[j] = d->kids[--d->nkids];
 				break;
 			}
 		}
-		gone->removed = true;
-		parent = d;
-		if (d->ino == FUSE_ROOT_ID || d->nkids > 0)
-			break;
-		gone = d;
+		n->removed = true;
+		n->parent = NULL;
+		node_release(fs, n);
+		n = d;
 	}
-	fuse_ino_t pino = parent->ino, gino = gone->ino;
-	char *gname = strdup(gone->name);
 	pthread_rwlock_unlock(&fs->lock);
 
 	stream_cancel(s, "removed"); /* parked readers get EIO */
 	stream_unref(s);             /* open handles keep theirs */
-	if (fs->mounted && gname) {
-		fuse_lowlevel_notify_delete(fs->se, pino, gino, gname, strlen(gname));
-		fuse_lowlevel_notify_inval_inode(fs->se, pino, 0, 0);
+	if (fs->mounted) {
+		/* Every level, deepest first: a directory dropped from the
+		 * kernel's cache while a file under it is open would leave that
+		 * file and the levels between cached (never forgotten, so their
+		 * nodes never freed) after the file is closed. */
+		for (size_t i = 0; i < k; i++)
+			fuse_lowlevel_notify_delete(fs->se, v[i].parent, v[i].ino, v[i].name,
+						    strlen(v[i].name));
+		fuse_lowlevel_notify_inval_inode(fs->se, v[k - 1].parent, 0, 0);
 	}
-	free(gname);
+	gone_free(v, k);
 	return 0;
 }
 
@@ -400,16 +510,11 @@ void fs_free(struct fs *fs)
 {
 	if (!fs)
 		return;
-	for (size_t i = 0; i < fs->nnodes; i++) {
-		struct node *n = fs->nodes[i];
-		if (n->s)
-			stream_unref(n->s);
-		free(n->kids);
-		free(n->name);
-		free(n->source);
-		free(n);
-	}
+	for (size_t i = 0; i < fs->nnodes; i++)
+		if (fs->nodes[i])
+			node_destroy(fs->nodes[i]);
 	free(fs->nodes);
+	free(fs->freeino);
 	while (fs->handles.next != &fs->handles) {
 		struct handle *h = fs->handles.next;
 		handle_unlink(fs, h);
@@ -460,15 +565,16 @@ static double fill_attr(struct fs *fs, const struct node *n, struct stream *s, s
 	return in.state == STREAM_COMPLETE ? DONE_ATTR_TIMEOUT : 0.0;
 }
 
-static void reply_entry(fuse_req_t req, struct fs *fs, const struct node *n, struct stream *s)
+/* Returns fuse_reply_entry's result: non-zero if the kernel did not get it. */
+static int reply_entry(fuse_req_t req, struct fs *fs, const struct node *n, struct stream *s)
 {
 	struct fuse_entry_param e;
 	memset(&e, 0, sizeof(e));
 	e.ino = n->ino;
-	e.generation = 1;
+	e.generation = n->gen + 1;
 	e.attr_timeout = fill_attr(fs, n, s, &e.attr);
 	e.entry_timeout = ENTRY_TIMEOUT;
-	fuse_reply_entry(req, &e);
+	return fuse_reply_entry(req, &e);
 }
 
 static void reply_attr(fuse_req_t req, struct fs *fs, const struct node *n, struct stream *s)
@@ -482,7 +588,8 @@ static void reply_attr(fuse_req_t req, struct fs *fs, const struct node *n, stru
 
 static int reply_errno(ssize_t r)
 {
-	if (r == -EINTR || r == -ENODATA) /* ENODATA: dropped by keep= */
+	/* EFBIG: past what the store can hold; ENODATA: dropped by keep= */
+	if (r == -EINTR || r == -EFBIG || r == -ENODATA)
 		return (int)-r;
 	return EIO; /* cancelled (unmount, rm) reads see EIO */
 }
@@ -571,6 +678,7 @@ static void reply_open(struct pending *p, ssize_t r)
 	}
 	h->n = p->n;
 	h->s = stream_ref(p->s);
+	__atomic_add_fetch(&h->n->nopen, 1, __ATOMIC_RELAXED);
 	handle_link(p->fs, h);
 	struct stream_info in;
 	stream_get_info(p->s, &in);
@@ -586,6 +694,7 @@ static void reply_open(struct pending *p, ssize_t r)
 		/* The opener is gone (interrupted): no release will come. */
 		handle_unlink(p->fs, h);
 		stream_unref(h->s);
+		node_close(p->fs, h->n);
 		free(h);
 	}
 }
@@ -684,14 +793,40 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	bool isdir = d && d->dir && !d->removed;
 	struct node *n = isdir ? child(d, name, strlen(name)) : NULL;
 	struct stream *s = n && n->s ? stream_ref(n->s) : NULL;
+	if (n) /* counted before the reply: the kernel may forget it at once */
+		__atomic_add_fetch(&n->nlookup, 1, __ATOMIC_RELAXED);
 	pthread_rwlock_unlock(&fs->lock);
 	if (!n) {
 		fuse_reply_err(req, isdir || !d ? ENOENT : ENOTDIR);
 		return;
 	}
-	reply_entry(req, fs, n, s); /* starts nothing: ls stays cheap */
+	fuse_ino_t ino = n->ino;
+	if (reply_entry(req, fs, n, s) != 0) { /* starts nothing: ls stays cheap */
+		pthread_rwlock_wrlock(&fs->lock);
+		node_forget(fs, ino, 1);
+		pthread_rwlock_unlock(&fs->lock);
+	}
 	if (s)
 		stream_unref(s);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	pthread_rwlock_wrlock(&fs->lock);
+	node_forget(fs, ino, nlookup);
+	pthread_rwlock_unlock(&fs->lock);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *forgets)
+{
+	struct fs *fs = fuse_req_userdata(req);
+	pthread_rwlock_wrlock(&fs->lock);
+	for (size_t i = 0; i < count; i++)
+		node_forget(fs, forgets[i].ino, forgets[i].nlookup);
+	pthread_rwlock_unlock(&fs->lock);
+	fuse_reply_none(req);
 }
 
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
@@ -771,6 +906,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
 	handle_unlink(fs, h);
 	stream_unref(h->s);
+	node_close(fs, h->n);
 	free(h);
 	fuse_reply_err(req, 0);
 }
@@ -902,6 +1038,38 @@ static ssize_t root_xattr(struct fs *fs, const char *key, char *buf, size_t size
 	return -ENODATA;
 }
 
+/*
+ * The value of @key of @n, malloc'ed in *@out; its length or -errno.
+ * Sized from the value's real length (a command can be 60 KB), asked
+ * again if it grew in between (stderr). The kernel carries at most
+ * XATTR_SIZE_MAX bytes: longer values are cut there, so getxattr still
+ * shows their start instead of failing with E2BIG.
+ */
+#define XATTR_VALUE_MAX 65536
+
+static ssize_t xattr_value(struct fs *fs, const struct node *n, struct stream *s,
+			   const char *key, char **out)
+{
+	size_t cap = 256;
+	for (;;) {
+		char *buf = req_alloc(cap);
+		if (!buf)
+			return -ENOMEM;
+		ssize_t len = n->dir ? root_xattr(fs, key, buf, cap) : file_xattr(n, s, key, buf, cap);
+		if (len >= 0 && (size_t)len >= cap) {
+			free(buf);
+			cap = (size_t)len + 1;
+			continue;
+		}
+		if (len < 0) {
+			free(buf);
+			return len;
+		}
+		*out = buf;
+		return len > XATTR_VALUE_MAX ? XATTR_VALUE_MAX : len;
+	}
+}
+
 static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
 {
 	struct fs *fs = fuse_req_userdata(req);
@@ -915,23 +1083,19 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 		return;
 	}
 	const char *key = name + strlen(XATTR_PREFIX);
-	char buf[4096];
-	ssize_t len = n->dir ? root_xattr(fs, key, buf, sizeof(buf))
-			     : file_xattr(n, s, key, buf, sizeof(buf));
+	char *buf = NULL;
+	ssize_t len = xattr_value(fs, n, s, key, &buf);
 	if (s)
 		stream_unref(s);
-	if (len < 0) {
+	if (len < 0)
 		fuse_reply_err(req, (int)-len);
-		return;
-	}
-	if ((size_t)len >= sizeof(buf))
-		len = sizeof(buf) - 1; /* values are cut at 4 KiB */
-	if (size == 0)
+	else if (size == 0)
 		fuse_reply_xattr(req, (size_t)len);
 	else if ((size_t)len > size)
 		fuse_reply_err(req, ERANGE);
 	else
 		fuse_reply_buf(req, buf, (size_t)len);
+	free(buf);
 }
 
 struct namebuf {
@@ -1008,6 +1172,8 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 static const struct fuse_lowlevel_ops ops = {
 	.init = op_init,
 	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
 	.getattr = op_getattr,
 	.setattr = op_setattr,
 	.open = op_open,
@@ -1062,6 +1228,11 @@ int fs_mount(struct fs *fs, const char *mountpoint, char *const *fuse_opts, char
 	for (size_t i = 0; fuse_opts && fuse_opts[i]; i++)
 		if (fuse_opt_add_arg(&args, "-o") || fuse_opt_add_arg(&args, fuse_opts[i]))
 			goto out;
+	/* Last, so that it wins: libfuse applies ro/rw in order, and mount(8)
+	 * passes "rw" for fstab's "defaults". A later "rw" is ignored, not
+	 * refused: the mount is read-only whatever -o says. */
+	if (fuse_opt_add_arg(&args, "-oro"))
+		goto out;
 	fs->se = fuse_session_new(&args, &ops, sizeof(ops), fs);
 	if (!fs->se) {
 		snprintf(err, errlen, "bad mount options: %s",

@@ -6,7 +6,7 @@
  * transfer at most). Callbacks run without any loop lock held; the only
  * lock guards the call queue.
  */
-#include "ioloop.h"
+#include "streamfs/ioloop.h"
 
 #include "log.h"
 

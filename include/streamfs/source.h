@@ -10,7 +10,7 @@
 #define STREAMFS_SOURCE_H
 
 #include "config.h"
-#include "ioloop.h"
+#include "streamfs/ioloop.h"
 #include "streamfs/stream.h"
 
 /* cmd:COMMAND - stdout of /bin/sh -c COMMAND, run in @cwd (NULL: as is)
@@ -18,9 +18,20 @@
 struct stream *source_cmd_new(struct ioloop *loop, const char *name, const char *command,
 			      const char *cwd, struct store *store);
 
-/* pipe:PATH - a FIFO or any file, read sequentially; opened at start. */
+/* pipe:PATH - a FIFO or any file, read sequentially; opened at start, off
+ * the loop thread (an open may block). A @path that leads into
+ * @mountpoint (canonical; NULL: no check) fails the stream instead. */
 struct stream *source_pipe_new(struct ioloop *loop, const char *name, const char *path,
-			       struct store *store);
+			       const char *mountpoint, struct store *store);
+
+/*
+ * Does the absolute @path lead to @mountpoint (canonical) or below it?
+ * pipe: paths there would have the daemon open its own files and wait on
+ * itself. Without @resolve this is by name only ("." and ".." resolved, no
+ * file system access: safe on the loop thread). With @resolve, symlinks in
+ * the existing part of @path are followed first, which may block.
+ */
+bool source_path_inside(const char *path, const char *mountpoint, bool resolve);
 
 /* "-" - an already open descriptor (streamfs's saved stdin). Takes @fd. */
 struct stream *source_stdin_new(struct ioloop *loop, const char *name, int fd,
@@ -34,9 +45,20 @@ struct stream *source_url_new(struct ioloop *loop, const char *name, const char 
  * string, or NULL (ENOMEM). */
 char *source_url_redact(const char *url);
 
+/* Do @a and @b have the same scheme, host and port (the port a scheme
+ * implies when none is given)? Credentials given for a file go only where
+ * this holds, as curl does. False if either does not parse. */
+bool source_url_same_origin(const char *a, const char *b);
+
 /* Daemon shutdown: SIGKILL every command process group still alive. Safe
  * from any thread; idempotent. */
 void source_cmd_kill_all(void);
+
+/* Start-up, before any command runs: the RLIMIT_NOFILE commands get back
+ * before exec (the one streamfs was started with; the daemon raises its
+ * own). Without it they inherit the daemon's. */
+struct rlimit;
+void source_cmd_set_nofile(const struct rlimit *rl);
 
 /* Process-wide setup/teardown of libcurl (call once each from main). */
 int source_url_global_init(void);

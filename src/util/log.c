@@ -2,8 +2,15 @@
  * log.c - see log.h. The level is an atomic so that any thread may read it
  * without a lock; a message is formatted into a local buffer and written in
  * one call so lines from different threads never interleave.
+ *
+ * Messages carry text from outside (a command's standard error, a
+ * server's ETag or redirect target, file names): it is escaped here, once
+ * for every caller, so no terminal escape or stray line break reaches a
+ * terminal or syslog as it is.
  */
 #include "log.h"
+
+#include "escape.h"
 
 #include <stdatomic.h>
 #include <stdio.h>
@@ -36,17 +43,18 @@ void log_vmsg(enum log_level lvl, const char *fmt, va_list ap)
 {
 	static const char *const names[] = {"error", "warning", "info", "debug"};
 	static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
-	char msg[2048];
+	char raw[2048], msg[4096];
 
 	if ((int)lvl > atomic_load_explicit(&cur_level, memory_order_relaxed))
 		return;
-	vsnprintf(msg, sizeof(msg), fmt, ap);
+	vsnprintf(raw, sizeof(raw), fmt, ap);
+	esc_text(msg, sizeof(msg), raw, strlen(raw));
 	if (atomic_load(&to_syslog)) {
 		syslog(prio[lvl], "%s", msg);
 		return;
 	}
 
-	char line[2200];
+	char line[4200];
 	struct timespec ts;
 	struct tm tm;
 	clock_gettime(CLOCK_REALTIME, &ts);

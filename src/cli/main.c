@@ -13,9 +13,9 @@
 #include "config.h"
 #include "control.h"
 #include "fs.h"
-#include "ioloop.h"
+#include "streamfs/ioloop.h"
 #include "log.h"
-#include "source.h"
+#include "streamfs/source.h"
 #include "status.h"
 #include "streamfs/cache.h"
 #include "streamfs/store.h"
@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,7 +69,10 @@ static const char usage[] =
 	"  --fill=all|ondemand    URLs: download everything (default) or only what is read\n"
 	"  --keep=BYTES           keep only the last BYTES received (endless streams)\n"
 	"  URL options: --header='N: v', --user=U:P, --insecure, --retries=N, --retry-time=S,\n"
-	"               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted\n"
+	"               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted,\n"
+	"               --netrc, --netrc-file=FILE\n"
+	"  Secrets: --user=@FILE and --header=@FILE read them from FILE (mode 0600), so they\n"
+	"  never show in ps; see 'Passing secrets' in streamfs(1).\n"
 	"\n"
 	"Unmount with 'fusermount3 -u MOUNTPOINT', or SIGINT/SIGTERM to the daemon.\n"
 	"Status: 'streamfs status MOUNTPOINT', or getfattr -d MOUNTPOINT/NAME.\n";
@@ -120,25 +124,91 @@ static int save_stdin(void)
 	return fd;
 }
 
+/*
+ * Every started stream holds a store descriptor, and a running command a
+ * few more: take the soft limit as far as the hard one allows. Commands
+ * get the original back (source_cmd_set_nofile()).
+ */
 static void raise_fd_limit(void)
 {
 	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	source_cmd_set_nofile(&rl);
+	if (rl.rlim_cur < rl.rlim_max) {
 		rl.rlim_cur = rl.rlim_max;
 		setrlimit(RLIMIT_NOFILE, &rl);
 	}
 }
 
-static struct stream *make_stream(const struct config *cfg, const struct file_spec *f,
-				  struct ioloop *loop, struct cache *ca, const char *cwd, int stdin_fd,
-				  char *err, size_t errlen)
+static const char *store_dir(const struct config *cfg)
 {
-	const char *dir = cfg->memory_store ? NULL : cfg->cache_dir ? cfg->cache_dir
-								     : DEFAULT_CACHE_DIR;
-	struct store *st = store_open(dir, f->name);
+	return cfg->memory_store ? NULL : cfg->cache_dir ? cfg->cache_dir : DEFAULT_CACHE_DIR;
+}
+
+/* pipe:PATH made absolute (from @cwd); malloc'ed, NULL without memory. */
+static char *pipe_path(const char *arg, const char *cwd)
+{
+	char *abs;
+	if (arg[0] == '/' || !cwd)
+		return strdup(arg);
+	return asprintf(&abs, "%s/%s", cwd, arg) < 0 ? NULL : abs;
+}
+
+/*
+ * Refuse a pipe: path that leads into the mount (@mnt, canonical): the
+ * daemon would open its own files and wait on itself. With @resolve,
+ * symlinks are followed (before mounting); without, by name only (add, on
+ * the loop thread, must not touch the file system). Returns 0 or -1 with
+ * @err set.
+ */
+static int check_pipe_path(const struct file_spec *f, const char *cwd, const char *mnt,
+			   bool resolve, char *err, size_t errlen)
+{
+	if (f->kind != SOURCE_PIPE || !mnt)
+		return 0;
+	char *abs = pipe_path(f->arg, cwd);
+	if (!abs) {
+		snprintf(err, errlen, "out of memory");
+		return -1;
+	}
+	bool inside = source_path_inside(abs, mnt, resolve);
+	free(abs);
+	if (!inside)
+		return 0;
+	snprintf(err, errlen, "pipe path '%s' for '%s' is inside the mount point '%s'", f->arg,
+		 f->name, mnt);
+	return -1;
+}
+
+/* What can only be checked on the file system, before mounting. Returns 0
+ * or -1 with @err set. */
+static int check_before_mount(const struct config *cfg, const char *cwd, const char *mnt,
+			      char *err, size_t errlen)
+{
+	/* Stores are created when their streams start: check the place now,
+	 * so a bad one is one line at mount time, not a failure per file. */
+	struct store *probe = store_open(store_dir(cfg), "streamfs");
+	if (!probe) {
+		snprintf(err, errlen, "cannot create a store in '%s': %s",
+			 cfg->memory_store ? "memory" : store_dir(cfg), strerror(errno));
+		return -1;
+	}
+	store_close(probe);
+	for (size_t i = 0; i < cfg->nfiles; i++)
+		if (check_pipe_path(&cfg->files[i], cwd, mnt, true, err, errlen) < 0)
+			return -1;
+	return 0;
+}
+
+/* The stream of @f. Its store is created when it starts. */
+static struct stream *make_stream(const struct config *cfg, const struct file_spec *f,
+				  struct ioloop *loop, struct cache *ca, const char *cwd,
+				  const char *mnt, int stdin_fd, char *err, size_t errlen)
+{
+	struct store *st = store_new(store_dir(cfg), f->name);
 	if (!st) {
-		snprintf(err, errlen, "cannot create a store in '%s': %s", dir ? dir : "memory",
-			 strerror(errno));
+		snprintf(err, errlen, "'%s': %s", f->name, strerror(errno));
 		return NULL;
 	}
 	struct stream *s = NULL;
@@ -148,9 +218,8 @@ static struct stream *make_stream(const struct config *cfg, const struct file_sp
 		s = source_cmd_new(loop, f->name, f->arg, cwd, st);
 		break;
 	case SOURCE_PIPE:
-		if (f->arg[0] != '/' && cwd && asprintf(&abs, "%s/%s", cwd, f->arg) < 0)
-			abs = NULL;
-		s = source_pipe_new(loop, f->name, abs ? abs : f->arg, st);
+		abs = pipe_path(f->arg, cwd);
+		s = source_pipe_new(loop, f->name, abs ? abs : f->arg, mnt, st);
 		free(abs);
 		break;
 	case SOURCE_STDIN:
@@ -179,6 +248,7 @@ struct live {
 	struct cache *cache;
 	struct fs *fs;
 	const char *cwd;
+	const char *mnt; /* the mount point, canonical */
 };
 
 static int live_add(void *ctx, const char *spec, char *const *opts, size_t nopts, char *err,
@@ -210,13 +280,20 @@ static int live_add(void *ctx, const char *spec, char *const *opts, size_t nopts
 		snprintf(err, errlen, "standard input can only be given when mounting");
 		r = -1;
 	}
+	if (r == 0)
+		r = check_pipe_path(&f, lv->cwd, lv->mnt, false, err, errlen);
 	struct stream *s = NULL;
-	if (r == 0 && !(s = make_stream(lv->cfg, &f, lv->loop, lv->cache, lv->cwd, -1, err, errlen)))
+	if (r == 0 && !(s = make_stream(lv->cfg, &f, lv->loop, lv->cache, lv->cwd, lv->mnt, -1,
+					err, errlen)))
 		r = -1;
 	if (r == 0) {
+		/* Status and the log show URLs without their credentials. */
 		char *shown = f.kind == SOURCE_URL ? source_url_redact(f.source) : NULL;
+		const char *src = f.kind != SOURCE_URL ? f.source : shown ? shown : "(URL)";
 		stream_ref(s);
-		r = fs_add_file(lv->fs, f.name, s, &f.opts, shown ? shown : f.source, err, errlen);
+		r = fs_add_file(lv->fs, f.name, s, &f.opts, src, err, errlen);
+		if (r == 0)
+			log_info("control: add %s=%s", f.name, src);
 		free(shown);
 		if (r == 0 && f.opts.start == START_MOUNT)
 			stream_start(s);
@@ -242,7 +319,7 @@ static int mount_main(int argc, char **argv)
 	struct control *ctl = NULL;
 	struct cache *cache = NULL;
 	int stdin_fd = -1;
-	char cwd[PATH_MAX];
+	char cwd[PATH_MAX], mnt[PATH_MAX];
 
 	memset(&cfg, 0, sizeof(cfg));
 	if (config_parse_args(&cfg, argc, argv, err, sizeof(err)) < 0) {
@@ -279,6 +356,10 @@ static int mount_main(int argc, char **argv)
 	}
 	if (!getcwd(cwd, sizeof(cwd)))
 		strcpy(cwd, "/");
+	if (!realpath(cfg.mountpoint, mnt)) {
+		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint, strerror(errno));
+		goto out;
+	}
 	/* The daemon works from "/": files added later must find the store. */
 	if (cfg.cache_dir && cfg.cache_dir[0] != '/') {
 		char *abs = realpath(cfg.cache_dir, NULL);
@@ -289,7 +370,14 @@ static int mount_main(int argc, char **argv)
 		free(cfg.cache_dir);
 		cfg.cache_dir = abs;
 	}
+	if (check_before_mount(&cfg, cwd, mnt, err, sizeof(err)) < 0) {
+		rc = die_usage("%s", err);
+		goto out;
+	}
 	raise_fd_limit();
+	/* Commands are waited for: a SIGCHLD ignored by whoever started us
+	 * would have the kernel reap them first, and no stream would end. */
+	signal(SIGCHLD, SIG_DFL);
 	for (size_t i = 0; i < cfg.nfiles; i++) {
 		if (cfg.files[i].kind == SOURCE_STDIN && (stdin_fd = save_stdin()) < 0) {
 			rc = die_usage("cannot keep standard input: %s", strerror(errno));
@@ -303,8 +391,8 @@ static int mount_main(int argc, char **argv)
 	}
 	loop = ioloop_new();
 	fs = fs_new();
-	cache = cache_new(cfg.memory_store ? NULL : cfg.cache_dir ? cfg.cache_dir : DEFAULT_CACHE_DIR,
-			  cfg.cache_size, cfg.cache_min_free, cfg.cache_min_free_pct);
+	cache = cache_new(store_dir(&cfg), cfg.cache_size, cfg.cache_min_free,
+			  cfg.cache_min_free_pct);
 	if (!loop || !fs || !cache) {
 		rc = die_usage("out of memory");
 		goto out;
@@ -320,14 +408,14 @@ static int mount_main(int argc, char **argv)
 			log_warn("%s: keep=%llu does not fit in --cache-size with room to fill: "
 				 "it will pause when the budget is full",
 				 f->name, (unsigned long long)f->opts.keep);
-		struct stream *s = make_stream(&cfg, f, loop, cache, cwd, stdin_fd, err, sizeof(err));
+		struct stream *s =
+			make_stream(&cfg, f, loop, cache, cwd, mnt, stdin_fd, err, sizeof(err));
 		if (f->kind == SOURCE_STDIN)
 			stdin_fd = -1; /* the stream owns it now, even on failure */
 		/* Status shows URLs without their credentials. */
 		char *shown = f->kind == SOURCE_URL ? source_url_redact(f->source) : NULL;
-		int r = s ? fs_add_file(fs, f->name, s, &f->opts, shown ? shown : f->source, err,
-					sizeof(err))
-			  : -1;
+		const char *src = f->kind != SOURCE_URL ? f->source : shown ? shown : "(URL)";
+		int r = s ? fs_add_file(fs, f->name, s, &f->opts, src, err, sizeof(err)) : -1;
 		free(shown);
 		if (r < 0) {
 			rc = die_usage("%s", err);
@@ -349,6 +437,10 @@ static int mount_main(int argc, char **argv)
 		}
 		log_use_syslog(true);
 	}
+	/* A store past RLIMIT_FSIZE must fail with EFBIG (that read, or the
+	 * stream at that byte), not kill the daemon with SIGXFSZ. Before any
+	 * thread writes to a store. */
+	signal(SIGXFSZ, SIG_IGN);
 	if (ioloop_start(loop) < 0) {
 		log_error("cannot start the I/O thread");
 		fs_shutdown(fs);
@@ -356,7 +448,8 @@ static int mount_main(int argc, char **argv)
 	}
 	if (cache_start_poll(cache, loop) < 0)
 		log_warn("cannot watch the cache for free space");
-	struct live lv = {.cfg = &cfg, .loop = loop, .cache = cache, .fs = fs, .cwd = cwd};
+	struct live lv = {
+		.cfg = &cfg, .loop = loop, .cache = cache, .fs = fs, .cwd = cwd, .mnt = mnt};
 	struct control_ops cops = {.add = live_add, .rm = live_rm, .ctx = &lv};
 	char ctlname[108];
 	ctl = control_open(loop, &cops, ctlname, sizeof(ctlname));
@@ -385,31 +478,6 @@ out:
 	return rc;
 }
 
-/* "streamfs add" OPTION=VALUE arguments are checked here too, so a bad
- * value is bad usage (exit 2) before the daemon is asked. */
-static int check_add_options(int n, char **opts)
-{
-	struct file_opts o;
-	char err[1024];
-	int r = 0;
-	config_file_opts_default(&o);
-	for (int i = 0; i < n && r == 0; i++) {
-		char *kv = strdup(opts[i]);
-		if (!kv)
-			break;
-		char *key = kv + (strncmp(kv, "--", 2) == 0 ? 2 : 0);
-		char *eq = strchr(key, '=');
-		if (eq)
-			*eq = '\0';
-		r = config_set_file_option(&o, key, eq ? eq + 1 : NULL, err, sizeof(err));
-		free(kv);
-	}
-	config_file_opts_free(&o);
-	if (r < 0)
-		fprintf(stderr, "streamfs: %s\n", err);
-	return r;
-}
-
 int main(int argc, char **argv)
 {
 	if (argc > 1 && strcmp(argv[1], "status") == 0)
@@ -420,13 +488,19 @@ int main(int argc, char **argv)
 					"[OPTION=VALUE...]\n");
 			return 2;
 		}
-		if (check_add_options(argc - 4, argv + 4) < 0)
+		char **f, err[1024];
+		size_t n;
+		/* Reads user=@FILE and header=@FILE, and wipes the secrets
+		 * from our own argv (ps shows it to every local user). */
+		if (config_add_request(argc - 3, argv + 3, &f, &n, err, sizeof(err)) < 0) {
+			fprintf(stderr, "streamfs: %s\n", err);
 			return 2;
-		const char *f[256] = {"add"};
-		size_t n = 1;
-		for (int i = 3; i < argc && n < 256; i++)
-			f[n++] = argv[i];
-		return control_client(argv[2], f, n);
+		}
+		int rc = n <= 256 ? control_client(argv[2], (const char *const *)f, n) : 2;
+		if (n > 256)
+			fprintf(stderr, "streamfs: too many options (at most 255)\n");
+		config_strv_free(f);
+		return rc;
 	}
 	if (argc > 1 && strcmp(argv[1], "rm") == 0) {
 		if (argc != 4) {

@@ -16,8 +16,10 @@
 
 
 struct store {
-	int fd;
+	int fd; /* -1 until store_create() */
 	int err; /* a failed fill lost bytes: every later fill fails (filler only) */
+	char *dir;   /* NULL: RAM */
+	char *label; /* RAM only */
 	bool no_falloc; /* the file system has no fallocate(): allocate by writing */
 	/* Bytes a fill read but could not write (ENOSPC, EDQUOT): written
 	 * first by the next fill, so a full disk never loses a byte. */
@@ -25,6 +27,9 @@ struct store {
 	size_t carry_len;
 	uint64_t carry_off;
 };
+
+/* memfd_create() refuses names over NAME_MAX - strlen("memfd:") bytes. */
+#define MEMFD_NAME_MAX 249
 
 static int open_in_dir(const char *dir)
 {
@@ -43,29 +48,71 @@ static int open_in_dir(const char *dir)
 	return fd;
 }
 
-struct store *store_open(const char *dir, const char *label)
+/* A memfd named @label, cut to what the kernel takes, at a UTF-8 boundary
+ * (the name is only shown in /proc/PID/fd). */
+static int open_in_memory(const char *label)
+{
+	char name[MEMFD_NAME_MAX + 1];
+	size_t n = strlen(label);
+	if (n > MEMFD_NAME_MAX) {
+		n = MEMFD_NAME_MAX;
+		while (n > 0 && ((unsigned char)label[n] & 0xc0) == 0x80)
+			n--;
+	}
+	memcpy(name, label, n);
+	name[n] = '\0';
+	return memfd_create(name, MFD_CLOEXEC);
+}
+
+struct store *store_new(const char *dir, const char *label)
 {
 	struct store *st = calloc(1, sizeof(*st));
 	if (!st)
 		return NULL;
-	if (dir)
-		st->fd = open_in_dir(dir);
-	else
-		st->fd = memfd_create(label ? label : "streamfs", MFD_CLOEXEC);
-	if (st->fd < 0) {
-		int e = errno;
+	st->fd = -1;
+	if (dir ? !(st->dir = strdup(dir)) : !(st->label = strdup(label ? label : "streamfs"))) {
 		free(st);
-		errno = e;
+		errno = ENOMEM;
 		return NULL;
 	}
 	return st;
+}
+
+int store_create(struct store *st)
+{
+	if (st->fd >= 0)
+		return 0;
+	st->fd = st->dir ? open_in_dir(st->dir) : open_in_memory(st->label);
+	return st->fd >= 0 ? 0 : -errno;
+}
+
+struct store *store_open(const char *dir, const char *label)
+{
+	struct store *st = store_new(dir, label);
+	if (!st)
+		return NULL;
+	int r = store_create(st);
+	if (r < 0) {
+		store_close(st);
+		errno = -r;
+		return NULL;
+	}
+	return st;
+}
+
+const char *store_where(const struct store *st)
+{
+	return st->dir ? st->dir : "memory";
 }
 
 void store_close(struct store *st)
 {
 	if (!st)
 		return;
-	close(st->fd);
+	if (st->fd >= 0)
+		close(st->fd);
+	free(st->dir);
+	free(st->label);
 	free(st->carry);
 	free(st);
 }
@@ -74,6 +121,8 @@ int store_alloc(struct store *st, uint64_t off, uint64_t len)
 {
 	if (st->no_falloc)
 		return 0;
+	if (st->fd < 0)
+		return -EBADF;
 	for (;;) {
 		if (fallocate(st->fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0)
 			return 0;
@@ -91,6 +140,8 @@ int store_alloc(struct store *st, uint64_t off, uint64_t len)
 
 int store_punch(struct store *st, uint64_t off, uint64_t len)
 {
+	if (st->fd < 0)
+		return 0; /* never created: nothing to give back */
 	while (fallocate(st->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
 			 (off_t)len) < 0) {
 		if (errno == EINTR)
