@@ -518,6 +518,8 @@ static int reserve_block(struct stream *s, uint64_t b, unsigned flags)
 		/* Allocating twice is harmless; holding twice is not: check
 		 * again under the lock after the allocation. */
 		int r = store_alloc(s->store, b * BLK, BLK);
+		if (r == -EFBIG)
+			r = 0; /* past the largest file: the write finds the exact byte */
 		if (r == 0) {
 			pthread_mutex_lock(&s->lock);
 			bool dup = blk_held(s, b);
