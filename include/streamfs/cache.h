@@ -132,13 +132,13 @@ uint64_t cache_window_max(const struct cache *ca);
 uint64_t cache_tick(struct cache *ca);
 
 struct cache_stats {
-	uint64_t limit;        /* 0: none */
-	uint64_t min_free;     /* bytes, as configured or from the percentage now */
-	double min_free_pct;   /* < 0 if given in bytes */
-	uint64_t used;         /* bytes reserved (blocks * CACHE_BLOCK) */
-	uint64_t evicted;      /* bytes evicted so far */
-	uint64_t evictions;    /* blocks evicted so far */
-	unsigned paused;       /* clients paused now */
+	uint64_t limit;      /* 0: none */
+	uint64_t min_free;   /* bytes, as configured or from the percentage now */
+	double min_free_pct; /* < 0 if given in bytes */
+	uint64_t used;       /* bytes reserved (blocks * CACHE_BLOCK) */
+	uint64_t evicted;    /* bytes evicted so far */
+	uint64_t evictions;  /* blocks evicted so far */
+	unsigned paused;     /* clients paused now */
 };
 void cache_get_stats(struct cache *ca, struct cache_stats *out);
 

@@ -28,9 +28,9 @@
 #include <sys/statvfs.h>
 
 #define POLL_MS 1000
-#define MEMINFO_MS 100      /* how long a /proc/meminfo reading is trusted */
-#define BATCH_MIN 4         /* blocks evicted at least per batch */
-#define BATCH_MAX 64        /* ... and at most, when making room on the disk */
+#define MEMINFO_MS 100 /* how long a /proc/meminfo reading is trusted */
+#define BATCH_MIN 4    /* blocks evicted at least per batch */
+#define BATCH_MAX 64   /* ... and at most, when making room on the disk */
 
 struct cache {
 	pthread_mutex_t lock;
@@ -160,9 +160,10 @@ static bool free_space(struct cache *ca, uint64_t *avail, uint64_t *total)
 			ca->mem_ms = now;
 			ca->mem_used_at = ca->used - ca->pending * CACHE_BLOCK;
 		}
-		int64_t grown = (int64_t)(ca->used - ca->pending * CACHE_BLOCK) -
-				(int64_t)ca->mem_used_at;
-		a = grown > 0 && (uint64_t)grown > ca->mem_avail ? 0 : ca->mem_avail - (uint64_t)grown;
+		int64_t grown =
+		    (int64_t)(ca->used - ca->pending * CACHE_BLOCK) - (int64_t)ca->mem_used_at;
+		a = grown > 0 && (uint64_t)grown > ca->mem_avail ? 0
+		                                                 : ca->mem_avail - (uint64_t)grown;
 		t = ca->mem_total;
 	}
 	uint64_t p = ca->pending * CACHE_BLOCK;

@@ -1150,12 +1150,6 @@ static int refused_from(struct stream *s, uint64_t off, uint64_t lim, bool seq)
 	return -EFBIG;
 }
 
-/*
- * Store the parts of [off, off+len) that are not present yet, then mark the
- * whole range present in one step: a byte a reader may have seen is never
- * rewritten (a reader may be copying it out at that moment), and readers
- * see the write all at once, as before.
- */
 static void unpin(struct stream *s, struct pin *p)
 {
 	pthread_mutex_lock(&s->lock);
@@ -1184,9 +1178,11 @@ static bool out_of_space(int err)
 
 /*
  * Reserve the blocks of [off, off+len) (all or nothing happens: -ENOBUFS
- * writes nothing), store the parts not present yet, mark it all present.
- * Pinned meanwhile, so no eviction punches a block between its
- * reservation and the write.
+ * writes nothing), then store the parts of it that are not present yet and
+ * mark the whole range present in one step: a byte a reader may have seen
+ * is never rewritten (a reader may be copying it out at that moment), and
+ * readers see the write all at once. Pinned meanwhile, so no eviction
+ * punches a block between its reservation and the write.
  */
 static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t len, bool seq,
 			 unsigned flags)

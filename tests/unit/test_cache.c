@@ -72,20 +72,20 @@ static void csrc_resume(struct stream *s, void *src)
 }
 
 static const struct stream_source_ops csrc_ops = {
-	.kind = "fake",
-	.start = csrc_start,
-	.cancel = csrc_cancel,
-	.destroy = csrc_destroy,
-	.fetch = csrc_fetch,
-	.resume = csrc_resume,
+    .kind = "fake",
+    .start = csrc_start,
+    .cancel = csrc_cancel,
+    .destroy = csrc_destroy,
+    .fetch = csrc_fetch,
+    .resume = csrc_resume,
 };
 
 static const struct stream_source_ops plain_ops = {
-	.kind = "fake",
-	.start = csrc_start,
-	.cancel = csrc_cancel,
-	.destroy = csrc_destroy,
-	.resume = csrc_resume,
+    .kind = "fake",
+    .start = csrc_start,
+    .cancel = csrc_cancel,
+    .destroy = csrc_destroy,
+    .resume = csrc_resume,
 };
 
 static struct stream *mk(struct cache *ca, struct csrc *c, bool evictable)
@@ -461,7 +461,8 @@ static void test_eviction_while_readers_wait(void)
 	struct reader r[N];
 	pthread_t t[N];
 	for (int i = 0; i < N; i++) {
-		r[i] = (struct reader){.s = s, .off = (uint64_t)i * 3 * MIB / 2 + 12345, .len = 200000};
+		r[i] = (struct reader){
+		    .s = s, .off = (uint64_t)i * 3 * MIB / 2 + 12345, .len = 200000};
 		pthread_create(&t[i], NULL, reader_main, &r[i]);
 	}
 	for (int i = 0; i < N; i++) {
