@@ -55,8 +55,8 @@ static const char usage[] =
 	"      --cache-dir DIR    keep stream bytes in unlinked files in DIR (default " DEFAULT_CACHE_DIR
 	")\n"
 	"      --cache-dir=memory keep them in RAM instead\n"
-	"      --cache-size=BYTES the store holds at most BYTES for all files (default: no limit)\n"
-	"      --cache-min-free=BYTES|N%%  keep this much of the cache file system free (default 5%%)\n"
+	"      --cache-size=BYTES at most BYTES in the store for all files (default: no limit)\n"
+	"      --cache-min-free=BYTES|N%  keep free on the cache file system (default 5%)\n"
 	"  -v, --verbose          debug log output\n"
 	"  -q, --quiet            errors only\n"
 	"      --version          print the version\n"
