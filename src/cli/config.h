@@ -7,7 +7,7 @@
  * system is touched only to read the manifest, the @FILE values of
  * --user/--header, and to check a --netrc-file.
  *
- * Syntax accepted (DESIGN.md section 4):
+ * Syntax accepted (README.md and man/streamfs.1 say it for users):
  *   streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...
  *   SOURCE: cmd:COMMAND | pipe:PATH | - | http://... https://... ftp://... ftps://...
  *   per-file options, given once on the command line for every file there:
@@ -38,9 +38,15 @@
 #ifndef STREAMFS_CONFIG_H
 #define STREAMFS_CONFIG_H
 
+#include "vector.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/* Strings owned by the vector. Once one is added, ptr[len] is NULL, so
+ * ptr can go where a NULL-terminated array is expected (fs_mount()). */
+DEFINE_VECTOR(config_strings, char *);
 
 enum size_policy { SIZE_AUTO, SIZE_WAIT, SIZE_FIXED };
 enum start_policy { START_ACCESS, START_MOUNT };
@@ -57,18 +63,17 @@ struct file_opts {
 	enum fill_policy fill; /* URL sources: download everything, or only what is read */
 
 	/* URL sources */
-	char **headers; /* "Name: value", NULL-terminated array or NULL; owned */
-	size_t nheaders;
-	bool insecure;          /* default false: TLS verification on */
-	bool location_trusted;  /* default false */
-	char *userpwd;          /* "user:password" or NULL; owned */
-	bool netrc;             /* default false: look the host up in ~/.netrc */
-	char *netrc_file;       /* absolute path of another netrc file, or NULL; owned */
-	int retries;            /* default 5 */
-	double retry_time;      /* seconds, default 60 */
-	double stall_timeout;   /* seconds without a byte, default 30 */
-	double connect_timeout; /* seconds, default 15 */
-	int max_redirs;         /* default 10 */
+	struct config_strings headers; /* "Name: value" */
+	bool insecure;                 /* default false: TLS verification on */
+	bool location_trusted;         /* default false */
+	char *userpwd;                 /* "user:password" or NULL; owned */
+	bool netrc;                    /* default false: look the host up in ~/.netrc */
+	char *netrc_file;              /* absolute path of another netrc file, or NULL; owned */
+	int retries;                   /* default 5 */
+	double retry_time;             /* seconds, default 60 */
+	double stall_timeout;          /* seconds without a byte, default 30 */
+	double connect_timeout;        /* seconds, default 15 */
+	int max_redirs;                /* default 10 */
 
 	uint64_t keep; /* keep only the last KEEP bytes (endless streams); 0: all */
 };
@@ -80,26 +85,26 @@ struct file_spec {
 	char *name;   /* validated relative path, e.g. "dir/a.bin"; owned */
 	char *source; /* as written, e.g. "cmd:ls -l"; owned */
 	enum source_kind kind;
-	char *arg;    /* the command, the path, or the URL; NULL for stdin; owned */
+	char *arg; /* the command, the path, or the URL; NULL for stdin; owned */
 	struct file_opts opts;
 };
 
+DEFINE_VECTOR(config_files, struct file_spec);
+
 struct config {
-	char *mountpoint;  /* as given; owned */
-	char *manifest;    /* -c FILE or NULL; owned */
-	bool foreground;   /* -f */
-	int verbosity;     /* 0 normal, -1 with -q, +1 per -v */
-	char *cache_dir;   /* --cache-dir DIR; NULL means the default */
-	bool memory_store; /* --cache-dir=memory: keep bytes in RAM (memfd) */
-	uint64_t cache_size;       /* --cache-size: bytes for all streams; 0 no limit */
-	uint64_t cache_min_free;   /* --cache-min-free=BYTES */
-	double cache_min_free_pct; /* --cache-min-free=N% (default 5), or -1 for BYTES */
-	char **fuse_opts;  /* each -o argument, NULL-terminated array; owned */
-	size_t nfuse_opts;
-	struct file_spec *files; /* owned */
-	size_t nfiles;
-	bool show_help;    /* -h/--help: caller prints usage, exits 0 */
-	bool show_version; /* --version */
+	char *mountpoint;                /* as given; owned */
+	char *manifest;                  /* -c FILE or NULL; owned */
+	bool foreground;                 /* -f */
+	int verbosity;                   /* 0 normal, -1 with -q, +1 per -v */
+	char *cache_dir;                 /* --cache-dir DIR; NULL means the default */
+	bool memory_store;               /* --cache-dir=memory: keep bytes in RAM (memfd) */
+	uint64_t cache_size;             /* --cache-size: bytes for all streams; 0 no limit */
+	uint64_t cache_min_free;         /* --cache-min-free=BYTES */
+	double cache_min_free_pct;       /* --cache-min-free=N% (default 5), or -1 for BYTES */
+	struct config_strings fuse_opts; /* each -o argument */
+	struct config_files files;       /* the manifest's first, then the command line's */
+	bool show_help;                  /* -h/--help: caller prints usage, exits 0 */
+	bool show_version;               /* --version */
 };
 
 /* Default per-file options. Can't fail. */
@@ -113,7 +118,7 @@ void config_file_opts_default(struct file_opts *o);
  * count". On failure @o is unchanged.
  */
 int config_set_file_option(struct file_opts *o, const char *key, const char *value, char *err,
-			   size_t errlen);
+                           size_t errlen);
 
 /*
  * Check a file name: a relative path of non-empty components separated by
@@ -131,7 +136,7 @@ int config_validate_name(const char *name, char *err, size_t errlen);
  * left empty (nothing to free).
  */
 int config_parse_file(const char *arg, const struct file_opts *defaults, struct file_spec *out,
-		      char *err, size_t errlen);
+                      char *err, size_t errlen);
 
 /*
  * Parse the mount command line (argv[0] is the program; no subcommand).
@@ -164,7 +169,7 @@ int config_load_manifest(struct config *cfg, const char *path, char *err, size_t
  * *@fields (free with config_strv_free()), or -1 with @err set.
  */
 int config_add_request(int argc, char **argv, char ***fields, size_t *nfields, char *err,
-		       size_t errlen);
+                       size_t errlen);
 void config_strv_free(char **v);
 
 /* Free everything @cfg owns and zero it. NULL is fine. */

@@ -1,10 +1,22 @@
 /*
- * control.c - see control.h.
+ * control.c - the control socket: the daemon's listener and connections,
+ * and the client side of "streamfs add" and "streamfs rm".
+ *
+ * Protocol and contract in control.h. What this file keeps true:
+ * - The daemon's side runs in the loop thread only, and never blocks: the
+ *   socket is non-blocking, a request is read as it comes (a vector that
+ *   grows up to REQ_MAX), and the one-line answer fits in the send buffer.
+ * - A connection ends in one of three ways, each through conn_close(): the
+ *   answer, CONN_TIMEOUT_MS without a whole request, or the daemon's end
+ *   (control_close()). At most CONN_MAX are open at once.
+ * - What the client prints of an answer goes through esc_text(): a name
+ *   or a source in it cannot send escapes to the terminal.
  */
 #include "control.h"
 
 #include "escape.h"
 #include "log.h"
+#include "vector.h"
 
 #include <errno.h>
 #include <poll.h>
@@ -12,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/queue.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/xattr.h>
@@ -27,39 +40,42 @@
 #define CONN_TIMEOUT_MS 5000
 #define CONN_MAX 32 /* connections at once; more are refused */
 
+DEFINE_VECTOR(bytes, char);
+
+/* A client, from accept() to the answer. */
 struct conn {
 	struct ioloop_watch w;
 	struct ioloop_timer timer;
 	struct control *c;
-	char *buf; /* grows with the request, up to REQ_MAX */
-	size_t len, cap;
-	struct conn *next;
+	struct bytes req; /* the request so far, up to REQ_MAX */
+	LIST_ENTRY(conn) link;
 };
 
 struct control {
 	struct ioloop *loop;
 	struct control_ops ops;
 	struct ioloop_watch listen;
-	struct conn *conns; /* loop thread only */
+	LIST_HEAD(, conn) conns; /* loop thread only */
 	unsigned nconns;
 	bool started;
 };
 
+/* Forget @k: timer, descriptor, memory. */
+static void conn_free(struct control *c, struct conn *k)
+{
+	ioloop_timer_disarm(c->loop, &k->timer);
+	close(k->w.fd);
+	bytes_free(&k->req);
+	free(k);
+}
+
 static void conn_close(struct conn *k)
 {
 	struct control *c = k->c;
-	for (struct conn **p = &c->conns; *p; p = &(*p)->next) {
-		if (*p == k) {
-			*p = k->next;
-			break;
-		}
-	}
+	LIST_REMOVE(k, link);
 	c->nconns--;
 	ioloop_del(c->loop, &k->w);
-	ioloop_timer_disarm(c->loop, &k->timer);
-	close(k->w.fd);
-	free(k->buf);
-	free(k);
+	conn_free(c, k);
 }
 
 static void conn_timeout(struct ioloop_timer *t)
@@ -83,9 +99,9 @@ static void handle(struct conn *k)
 	char err[1024] = "";
 	const char *f[256];
 	size_t nf = 0;
-	for (size_t i = 0; i < k->len && nf < 256;) {
-		f[nf++] = k->buf + i;
-		i += strlen(k->buf + i) + 1;
+	for (size_t i = 0; i < k->req.len && nf < 256;) {
+		f[nf++] = k->req.ptr + i;
+		i += strlen(k->req.ptr + i) + 1;
 	}
 	int r = -1;
 	if (nf >= 2 && strcmp(f[0], "add") == 0) {
@@ -103,42 +119,74 @@ static void handle(struct conn *k)
 	answer(k, line);
 }
 
-static void conn_event(struct ioloop_watch *w, uint32_t events)
+/* Read what is there of the request. Returns 1 once the client has sent
+ * all of it (EOF), 0 to wait for more, -1 after answering an error. */
+static int conn_read(struct conn *k)
 {
-	struct conn *k = w->data;
+	struct bytes *b = &k->req;
 	for (;;) {
-		if (k->len == REQ_MAX) {
+		if (b->len == REQ_MAX) {
 			answer(k, "error: request too long\n");
-			conn_close(k);
-			return;
+			return -1;
 		}
-		if (k->len == k->cap) {
-			size_t cap = k->cap * 4 > REQ_MAX ? REQ_MAX : k->cap * 4;
-			char *b = realloc(k->buf, cap + 1);
-			if (!b) {
-				answer(k, "error: out of memory\n");
-				conn_close(k);
-				return;
-			}
-			k->buf = b;
-			k->cap = cap;
+		if (b->len == b->cap && bytes_reserve(b, b->len < 4096 ? 4096 : b->len) < 0) {
+			answer(k, "error: out of memory\n");
+			return -1;
 		}
-		ssize_t n = recv(w->fd, k->buf + k->len, k->cap - k->len, MSG_DONTWAIT);
+		size_t room = (b->cap < REQ_MAX ? b->cap : REQ_MAX) - b->len;
+		ssize_t n = recv(k->w.fd, b->ptr + b->len, room, MSG_DONTWAIT);
 		if (n > 0) {
-			k->len += (size_t)n;
+			b->len += (size_t)n;
 			continue;
 		}
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && errno == EAGAIN)
-			return;
-		break; /* EOF: the whole request is here (or an error) */
+			return 0;
+		return 1; /* EOF: the whole request is here (or an error) */
 	}
-	if (k->len > 0 && k->buf[k->len - 1] == '\0')
+}
+
+static void conn_event(struct ioloop_watch *w, uint32_t events)
+{
+	struct conn *k = w->data;
+	int r = conn_read(k);
+	if (r == 0)
+		return;
+	if (r > 0 && k->req.len > 0 && k->req.ptr[k->req.len - 1] == '\0')
 		handle(k);
-	else
+	else if (r > 0)
 		answer(k, "error: bad request\n");
 	conn_close(k);
+}
+
+/* Answer a client we do not serve, and hang up. */
+static void refuse(int fd, const char *line)
+{
+	ssize_t n = send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+	(void)n;
+	close(fd);
+}
+
+/* Serve the client on @fd: watch it, and give it CONN_TIMEOUT_MS. */
+static void conn_new(struct control *c, int fd)
+{
+	struct conn *k = calloc(1, sizeof(*k));
+	if (!k) {
+		close(fd);
+		return;
+	}
+	k->c = c;
+	k->w = (struct ioloop_watch){.fd = fd, .cb = conn_event, .data = k};
+	if (ioloop_add(c->loop, &k->w, EPOLLIN) < 0) {
+		close(fd);
+		free(k);
+		return;
+	}
+	LIST_INSERT_HEAD(&c->conns, k, link);
+	c->nconns++;
+	k->timer = (struct ioloop_timer){.cb = conn_timeout, .data = k};
+	ioloop_timer_arm(c->loop, &k->timer, CONN_TIMEOUT_MS);
 }
 
 static void listen_event(struct ioloop_watch *w, uint32_t events)
@@ -151,44 +199,12 @@ static void listen_event(struct ioloop_watch *w, uint32_t events)
 		struct ucred cred;
 		socklen_t cl = sizeof(cred);
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0 ||
-		    (cred.uid != 0 && cred.uid != getuid())) {
-			static const char msg[] = "error: permission denied\n";
-			ssize_t n = send(fd, msg, sizeof(msg) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-			(void)n;
-			close(fd);
-			continue;
-		}
-		if (c->nconns >= CONN_MAX) {
-			static const char msg[] = "error: busy, try again\n";
-			ssize_t n = send(fd, msg, sizeof(msg) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-			(void)n;
-			close(fd);
-			continue;
-		}
-		struct conn *k = calloc(1, sizeof(*k));
-		if (k) {
-			k->cap = 4096;
-			k->buf = malloc(k->cap + 1);
-		}
-		if (!k || !k->buf) {
-			if (k)
-				free(k);
-			close(fd);
-			continue;
-		}
-		k->c = c;
-		k->w = (struct ioloop_watch){.fd = fd, .cb = conn_event, .data = k};
-		if (ioloop_add(c->loop, &k->w, EPOLLIN) < 0) {
-			close(fd);
-			free(k->buf);
-			free(k);
-			continue;
-		}
-		k->next = c->conns;
-		c->conns = k;
-		c->nconns++;
-		k->timer = (struct ioloop_timer){.cb = conn_timeout, .data = k};
-		ioloop_timer_arm(c->loop, &k->timer, CONN_TIMEOUT_MS);
+		    (cred.uid != 0 && cred.uid != getuid()))
+			refuse(fd, "error: permission denied\n");
+		else if (c->nconns >= CONN_MAX)
+			refuse(fd, "error: busy, try again\n");
+		else
+			conn_new(c, fd);
 	}
 }
 
@@ -201,6 +217,7 @@ struct control *control_open(struct ioloop *loop, const struct control_ops *ops,
 		return NULL;
 	c->loop = loop;
 	c->ops = *ops;
+	LIST_INIT(&c->conns);
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0) {
 		free(c);
@@ -238,13 +255,10 @@ void control_close(struct control *c)
 {
 	if (!c)
 		return;
-	while (c->conns) {
-		struct conn *k = c->conns;
-		c->conns = k->next;
-		ioloop_timer_disarm(c->loop, &k->timer);
-		close(k->w.fd);
-		free(k->buf);
-		free(k);
+	while (!LIST_EMPTY(&c->conns)) {
+		struct conn *k = LIST_FIRST(&c->conns);
+		LIST_REMOVE(k, link);
+		conn_free(c, k);
 	}
 	close(c->listen.fd);
 	free(c);
@@ -277,14 +291,15 @@ static bool peer_trusted(int fd, const char *mountpoint)
 	return false;
 }
 
-int control_client(const char *mountpoint, const char *const *fields, size_t nfields)
+/* A connection to the daemon behind @mountpoint, checked: or -1, said. */
+static int connect_daemon(const char *mountpoint)
 {
 	char name[128];
 	ssize_t nl = getxattr(mountpoint, "user.streamfs.control", name, sizeof(name) - 1);
 	if (nl <= 1 || name[0] != '@') {
 		fprintf(stderr, "streamfs: '%s' is not a streamfs mount with a control socket\n",
 			mountpoint);
-		return 1;
+		return -1;
 	}
 	name[nl] = '\0';
 	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -299,32 +314,48 @@ int control_client(const char *mountpoint, const char *const *fields, size_t nfi
 			strerror(errno));
 		if (fd >= 0)
 			close(fd);
-		return 1;
+		return -1;
 	}
 	if (!peer_trusted(fd, mountpoint)) {
 		close(fd);
-		return 1;
+		return -1;
 	}
+	return fd;
+}
+
+/* Send the request and read the answer into @reply (NUL-terminated). */
+static int exchange(int fd, const char *const *fields, size_t nfields, char *reply, size_t size)
+{
 	for (size_t i = 0; i < nfields; i++) {
 		size_t fl = strlen(fields[i]) + 1;
 		if (send(fd, fields[i], fl, MSG_NOSIGNAL) != (ssize_t)fl) {
 			fprintf(stderr, "streamfs: sending the request: %s\n", strerror(errno));
-			close(fd);
-			return 1;
+			return -1;
 		}
 	}
 	shutdown(fd, SHUT_WR);
-	char reply[2048], shown[8192];
 	size_t got = 0;
 	struct pollfd pfd = {.fd = fd, .events = POLLIN};
-	while (got < sizeof(reply) - 1 && poll(&pfd, 1, CLIENT_TIMEOUT_MS) > 0) {
-		ssize_t r = recv(fd, reply + got, sizeof(reply) - 1 - got, 0);
+	while (got < size - 1 && poll(&pfd, 1, CLIENT_TIMEOUT_MS) > 0) {
+		ssize_t r = recv(fd, reply + got, size - 1 - got, 0);
 		if (r <= 0)
 			break;
 		got += (size_t)r;
 	}
-	close(fd);
 	reply[got] = '\0';
+	return 0;
+}
+
+int control_client(const char *mountpoint, const char *const *fields, size_t nfields)
+{
+	char reply[2048], shown[8192];
+	int fd = connect_daemon(mountpoint);
+	if (fd < 0)
+		return 1;
+	int r = exchange(fd, fields, nfields, reply, sizeof(reply));
+	close(fd);
+	if (r < 0)
+		return 1;
 	if (strcmp(reply, "ok\n") == 0)
 		return 0;
 	if (strncmp(reply, "error: ", 7) == 0) {

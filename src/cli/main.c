@@ -5,13 +5,13 @@
  * one line, before anything is mounted); create the streams (nothing
  * runs yet); mount; daemonize (the parent exits 0 only once the mount is
  * there); start the I/O thread and the start=mount streams; serve until
- * unmounted or signalled; then wake every waiter, stop every source, kill
- * every command group, unmount.
+ * unmounted or signalled; then stop (stop_all()).
  */
 #define FUSE_USE_VERSION 312
 
 #include "config.h"
 #include "control.h"
+#include "files.h"
 #include "fs.h"
 #include "streamfs/ioloop.h"
 #include "log.h"
@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <limits.h>
+#include <mntent.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -32,8 +33,6 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#define DEFAULT_CACHE_DIR "/var/tmp"
 
 static const char usage[] =
 	"usage: streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...\n"
@@ -89,25 +88,25 @@ __attribute__((format(printf, 1, 2))) static int die_usage(const char *fmt, ...)
 	return 2;
 }
 
-/* Is @path already the mount point of a FUSE file system? */
+/*
+ * Is @path already the mount point of a FUSE file system? getmntent_r()
+ * decodes the octal escapes of the mount table (a blank in a mount
+ * point's name is written \040 there).
+ */
 static bool fuse_mounted_at(const char *path)
 {
 	char real[PATH_MAX];
 	if (!realpath(path, real))
 		return false;
-	FILE *f = fopen("/proc/self/mounts", "re");
+	FILE *f = setmntent("/proc/self/mounts", "re");
 	if (!f)
 		return false;
-	char line[4096];
+	struct mntent ent;
+	char buf[4 * PATH_MAX + 1024]; /* a mount point, each byte escaped, and the rest */
 	bool found = false;
-	while (!found && fgets(line, sizeof(line), f)) {
-		char dev[1024], dir[PATH_MAX], type[256];
-		if (sscanf(line, "%1023s %4095s %255s", dev, dir, type) != 3)
-			continue;
-		/* /proc/mounts escapes blanks as \040; compare only what can match. */
-		found = strcmp(dir, real) == 0 && strncmp(type, "fuse", 4) == 0;
-	}
-	fclose(f);
+	while (!found && getmntent_r(f, &ent, buf, sizeof(buf)))
+		found = strcmp(ent.mnt_dir, real) == 0 && strncmp(ent.mnt_type, "fuse", 4) == 0;
+	endmntent(f);
 	return found;
 }
 
@@ -141,46 +140,6 @@ static void raise_fd_limit(void)
 	}
 }
 
-static const char *store_dir(const struct config *cfg)
-{
-	return cfg->memory_store ? NULL : cfg->cache_dir ? cfg->cache_dir : DEFAULT_CACHE_DIR;
-}
-
-/* pipe:PATH made absolute (from @cwd); malloc'ed, NULL without memory. */
-static char *pipe_path(const char *arg, const char *cwd)
-{
-	char *abs;
-	if (arg[0] == '/' || !cwd)
-		return strdup(arg);
-	return asprintf(&abs, "%s/%s", cwd, arg) < 0 ? NULL : abs;
-}
-
-/*
- * Refuse a pipe: path that leads into the mount (@mnt, canonical): the
- * daemon would open its own files and wait on itself. With @resolve,
- * symlinks are followed (before mounting); without, by name only (add, on
- * the loop thread, must not touch the file system). Returns 0 or -1 with
- * @err set.
- */
-static int check_pipe_path(const struct file_spec *f, const char *cwd, const char *mnt,
-			   bool resolve, char *err, size_t errlen)
-{
-	if (f->kind != SOURCE_PIPE || !mnt)
-		return 0;
-	char *abs = pipe_path(f->arg, cwd);
-	if (!abs) {
-		snprintf(err, errlen, "out of memory");
-		return -1;
-	}
-	bool inside = source_path_inside(abs, mnt, resolve);
-	free(abs);
-	if (!inside)
-		return 0;
-	snprintf(err, errlen, "pipe path '%s' for '%s' is inside the mount point '%s'", f->arg,
-		 f->name, mnt);
-	return -1;
-}
-
 /* What can only be checked on the file system, before mounting. Returns 0
  * or -1 with @err set. */
 static int check_before_mount(const struct config *cfg, const char *cwd, const char *mnt,
@@ -188,252 +147,169 @@ static int check_before_mount(const struct config *cfg, const char *cwd, const c
 {
 	/* Stores are created when their streams start: check the place now,
 	 * so a bad one is one line at mount time, not a failure per file. */
-	struct store *probe = store_open(store_dir(cfg), "streamfs");
+	struct store *probe = store_open(files_store_dir(cfg), "streamfs");
 	if (!probe) {
 		snprintf(err, errlen, "cannot create a store in '%s': %s",
-			 cfg->memory_store ? "memory" : store_dir(cfg), strerror(errno));
+			 cfg->memory_store ? "memory" : files_store_dir(cfg), strerror(errno));
 		return -1;
 	}
 	store_close(probe);
-	for (size_t i = 0; i < cfg->nfiles; i++)
-		if (check_pipe_path(&cfg->files[i], cwd, mnt, true, err, errlen) < 0)
+	for (size_t i = 0; i < cfg->files.len; i++)
+		if (files_check_pipe_path(&cfg->files.ptr[i], cwd, mnt, true, err, errlen) < 0)
 			return -1;
 	return 0;
 }
 
-/* The stream of @f. Its store is created when it starts. */
-static struct stream *make_stream(const struct config *cfg, const struct file_spec *f,
-				  struct ioloop *loop, struct cache *ca, const char *cwd,
-				  const char *mnt, int stdin_fd, char *err, size_t errlen)
-{
-	struct store *st = store_new(store_dir(cfg), f->name);
-	if (!st) {
-		snprintf(err, errlen, "'%s': %s", f->name, strerror(errno));
-		return NULL;
-	}
-	struct stream *s = NULL;
-	char *abs = NULL;
-	switch (f->kind) {
-	case SOURCE_CMD:
-		s = source_cmd_new(loop, f->name, f->arg, cwd, st);
-		break;
-	case SOURCE_PIPE:
-		abs = pipe_path(f->arg, cwd);
-		s = source_pipe_new(loop, f->name, abs ? abs : f->arg, mnt, st);
-		free(abs);
-		break;
-	case SOURCE_STDIN:
-		s = source_stdin_new(loop, f->name, stdin_fd, st);
-		break;
-	case SOURCE_URL:
-		s = source_url_new(loop, f->name, f->arg, &f->opts, st);
-		break;
-	}
-	if (!s) {
-		snprintf(err, errlen, "'%s': %s", f->name, strerror(errno));
-		return NULL;
-	}
-	if (f->opts.size == SIZE_FIXED)
-		stream_set_length(s, f->opts.size_bytes);
-	if (f->opts.keep)
-		stream_set_keep(s, f->opts.keep);
-	stream_set_cache(s, ca);
-	return s;
-}
-
-/* What "streamfs add" and "streamfs rm" reach, in the loop thread. */
-struct live {
-	const struct config *cfg;
+/* A mount being set up, served and torn down: what mount_main()'s steps share. */
+struct mount {
+	struct config cfg;
+	char cwd[PATH_MAX]; /* where streamfs was started: commands run there */
+	char mnt[PATH_MAX]; /* the mount point, canonical */
+	int stdin_fd;       /* kept for a "-" source until its stream owns it */
 	struct ioloop *loop;
-	struct cache *cache;
 	struct fs *fs;
-	const char *cwd;
-	const char *mnt; /* the mount point, canonical */
+	struct cache *cache;
+	struct control *ctl;
+	struct files_env env; /* what every file shares; the control socket reaches it */
+	char err[1024];
 };
 
-static int live_add(void *ctx, const char *spec, char *const *opts, size_t nopts, char *err,
-		    size_t errlen)
+/*
+ * The steps of mount_main() return 0 to go on, or the exit code once they
+ * have said why on stderr (2 for anything before the mount exists).
+ */
+
+/* The mount point: an existing directory, with no FUSE file system on it. */
+static int check_mountpoint(struct mount *m)
 {
-	struct live *lv = ctx;
-	struct file_opts def;
-	struct file_spec f;
-	config_file_opts_default(&def);
-	int r = config_parse_file(spec, &def, &f, err, errlen);
-	config_file_opts_free(&def);
-	if (r < 0)
-		return -1;
-	for (size_t i = 0; i < nopts && r == 0; i++) {
-		char *kv = strdup(opts[i]);
-		if (!kv) {
-			snprintf(err, errlen, "out of memory");
-			r = -1;
-			break;
-		}
-		char *key = kv + (strncmp(kv, "--", 2) == 0 ? 2 : 0);
-		char *eq = strchr(key, '=');
-		if (eq)
-			*eq = '\0';
-		r = config_set_file_option(&f.opts, key, eq ? eq + 1 : NULL, err, errlen);
-		free(kv);
-	}
-	if (r == 0 && f.kind == SOURCE_STDIN) {
-		snprintf(err, errlen, "standard input can only be given when mounting");
-		r = -1;
-	}
-	if (r == 0)
-		r = check_pipe_path(&f, lv->cwd, lv->mnt, false, err, errlen);
-	struct stream *s = NULL;
-	if (r == 0 && !(s = make_stream(lv->cfg, &f, lv->loop, lv->cache, lv->cwd, lv->mnt, -1,
-					err, errlen)))
-		r = -1;
-	if (r == 0) {
-		/* Status and the log show URLs without their credentials. */
-		char *shown = f.kind == SOURCE_URL ? source_url_redact(f.source) : NULL;
-		const char *src = f.kind != SOURCE_URL ? f.source : shown ? shown : "(URL)";
-		stream_ref(s);
-		r = fs_add_file(lv->fs, f.name, s, &f.opts, src, err, errlen);
-		if (r == 0)
-			log_info("control: add %s=%s", f.name, src);
-		free(shown);
-		if (r == 0 && f.opts.start == START_MOUNT)
-			stream_start(s);
-		stream_unref(s);
-	}
-	config_file_spec_free(&f);
-	return r;
-}
-
-static int live_rm(void *ctx, const char *name, char *err, size_t errlen)
-{
-	struct live *lv = ctx;
-	return fs_remove(lv->fs, name, err, errlen);
-}
-
-static int mount_main(int argc, char **argv)
-{
-	struct config cfg;
-	char err[1024];
-	int rc = 1;
-	struct ioloop *loop = NULL;
-	struct fs *fs = NULL;
-	struct control *ctl = NULL;
-	struct cache *cache = NULL;
-	int stdin_fd = -1;
-	char cwd[PATH_MAX], mnt[PATH_MAX];
-
-	memset(&cfg, 0, sizeof(cfg));
-	if (config_parse_args(&cfg, argc, argv, err, sizeof(err)) < 0) {
-		rc = die_usage("%s", err);
-		goto out;
-	}
-	if (cfg.show_help) {
-		fputs(usage, stdout);
-		rc = 0;
-		goto out;
-	}
-	if (cfg.show_version) {
-		printf("streamfs %s\n", STREAMFS_VERSION);
-		rc = 0;
-		goto out;
-	}
-	log_set_level(cfg.verbosity < 0 ? LOG_LVL_ERROR
-		      : cfg.verbosity == 0 ? LOG_LVL_INFO
-					 : LOG_LVL_DEBUG);
-
+	const char *mp = m->cfg.mountpoint;
 	struct stat sb;
-	if (stat(cfg.mountpoint, &sb) < 0) {
-		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint, strerror(errno));
-		goto out;
-	}
-	if (!S_ISDIR(sb.st_mode)) {
-		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint, "not a directory");
-		goto out;
-	}
-	if (fuse_mounted_at(cfg.mountpoint)) {
-		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint,
-			       "a FUSE file system is already mounted there");
-		goto out;
-	}
-	if (!getcwd(cwd, sizeof(cwd)))
-		strcpy(cwd, "/");
-	if (!realpath(cfg.mountpoint, mnt)) {
-		rc = die_usage("mountpoint '%s': %s", cfg.mountpoint, strerror(errno));
-		goto out;
-	}
+	if (stat(mp, &sb) < 0)
+		return die_usage("mountpoint '%s': %s", mp, strerror(errno));
+	if (!S_ISDIR(sb.st_mode))
+		return die_usage("mountpoint '%s': %s", mp, "not a directory");
+	if (fuse_mounted_at(mp))
+		return die_usage("mountpoint '%s': %s", mp,
+				 "a FUSE file system is already mounted there");
+	if (!realpath(mp, m->mnt))
+		return die_usage("mountpoint '%s': %s", mp, strerror(errno));
+	return 0;
+}
+
+/* Everything outside the mount the files will need, checked and set up
+ * while errors can still be one line and exit 2. */
+static int prepare(struct mount *m)
+{
+	struct config *cfg = &m->cfg;
+	log_set_level(cfg->verbosity < 0    ? LOG_LVL_ERROR
+		      : cfg->verbosity == 0 ? LOG_LVL_INFO
+					    : LOG_LVL_DEBUG);
+	int rc = check_mountpoint(m);
+	if (rc)
+		return rc;
+	if (!getcwd(m->cwd, sizeof(m->cwd)))
+		strcpy(m->cwd, "/");
 	/* The daemon works from "/": files added later must find the store. */
-	if (cfg.cache_dir && cfg.cache_dir[0] != '/') {
-		char *abs = realpath(cfg.cache_dir, NULL);
-		if (!abs) {
-			rc = die_usage("cache directory '%s': %s", cfg.cache_dir, strerror(errno));
-			goto out;
-		}
-		free(cfg.cache_dir);
-		cfg.cache_dir = abs;
+	if (cfg->cache_dir && cfg->cache_dir[0] != '/') {
+		char *abs = realpath(cfg->cache_dir, NULL);
+		if (!abs)
+			return die_usage("cache directory '%s': %s", cfg->cache_dir,
+					 strerror(errno));
+		free(cfg->cache_dir);
+		cfg->cache_dir = abs;
 	}
-	if (check_before_mount(&cfg, cwd, mnt, err, sizeof(err)) < 0) {
-		rc = die_usage("%s", err);
-		goto out;
-	}
+	if (check_before_mount(cfg, m->cwd, m->mnt, m->err, sizeof(m->err)) < 0)
+		return die_usage("%s", m->err);
 	raise_fd_limit();
 	/* Commands are waited for: a SIGCHLD ignored by whoever started us
 	 * would have the kernel reap them first, and no stream would end. */
 	signal(SIGCHLD, SIG_DFL);
-	for (size_t i = 0; i < cfg.nfiles; i++) {
-		if (cfg.files[i].kind == SOURCE_STDIN && (stdin_fd = save_stdin()) < 0) {
-			rc = die_usage("cannot keep standard input: %s", strerror(errno));
-			goto out;
-		}
+	for (size_t i = 0; i < cfg->files.len; i++) {
+		if (cfg->files.ptr[i].kind == SOURCE_STDIN && (m->stdin_fd = save_stdin()) < 0)
+			return die_usage("cannot keep standard input: %s", strerror(errno));
 	}
+	return 0;
+}
 
-	if (source_url_global_init() < 0) {
-		rc = die_usage("cannot initialise libcurl");
-		goto out;
-	}
-	loop = ioloop_new();
-	fs = fs_new();
-	cache = cache_new(store_dir(&cfg), cfg.cache_size, cfg.cache_min_free,
-			  cfg.cache_min_free_pct);
-	if (!loop || !fs || !cache) {
-		rc = die_usage("out of memory");
-		goto out;
-	}
-	for (size_t i = 0; i < cfg.nfiles; i++) {
-		struct file_spec *f = &cfg.files[i];
+/* The I/O loop, the file system and a stream per file; nothing runs yet. */
+static int create_files(struct mount *m)
+{
+	if (source_url_global_init() < 0)
+		return die_usage("cannot initialise libcurl");
+	const struct config *cfg = &m->cfg;
+	m->loop = ioloop_new();
+	m->fs = fs_new();
+	m->cache = cache_new(files_store_dir(cfg), cfg->cache_size, cfg->cache_min_free,
+			     cfg->cache_min_free_pct);
+	if (!m->loop || !m->fs || !m->cache)
+		return die_usage("out of memory");
+	fs_set_cache(m->fs, m->cache);
+	m->env = (struct files_env){.cfg = cfg,
+				    .loop = m->loop,
+				    .fs = m->fs,
+				    .cache = m->cache,
+				    .cwd = m->cwd,
+				    .mnt = m->mnt};
+	for (size_t i = 0; i < m->cfg.files.len; i++) {
+		struct file_spec *f = &m->cfg.files.ptr[i];
 		/* Standard input is read from mount time on, whatever --start
 		 * says: its writer cannot wait for a reader, and nothing can ask
 		 * for its bytes again later. */
 		if (f->kind == SOURCE_STDIN)
 			f->opts.start = START_MOUNT;
-		if (cfg.cache_size && f->opts.keep && f->opts.keep + 2 * CACHE_BLOCK > cfg.cache_size)
+		if (cfg->cache_size && f->opts.keep && f->opts.keep + 2 * CACHE_BLOCK > cfg->cache_size)
 			log_warn("%s: keep=%llu does not fit in --cache-size with room to fill: "
 				 "it will pause when the budget is full",
 				 f->name, (unsigned long long)f->opts.keep);
-		struct stream *s =
-			make_stream(&cfg, f, loop, cache, cwd, mnt, stdin_fd, err, sizeof(err));
+		int r = files_add(&m->env, f, m->stdin_fd, false, m->err, sizeof(m->err));
 		if (f->kind == SOURCE_STDIN)
-			stdin_fd = -1; /* the stream owns it now, even on failure */
-		/* Status shows URLs without their credentials. */
-		char *shown = f->kind == SOURCE_URL ? source_url_redact(f->source) : NULL;
-		const char *src = f->kind != SOURCE_URL ? f->source : shown ? shown : "(URL)";
-		int r = s ? fs_add_file(fs, f->name, s, &f->opts, src, err, sizeof(err)) : -1;
-		free(shown);
-		if (r < 0) {
-			rc = die_usage("%s", err);
-			goto out;
-		}
+			m->stdin_fd = -1; /* the stream owns it now, even on failure */
+		if (r < 0)
+			return die_usage("%s", m->err);
 	}
-	fs_set_cache(fs, cache);
-	if (fs_mount(fs, cfg.mountpoint, cfg.fuse_opts, err, sizeof(err)) < 0) {
-		rc = die_usage("%s", err);
-		goto out;
-	}
+	return 0;
+}
 
+/* The control socket behind "streamfs add" and "streamfs rm"; the mount
+ * works without it. */
+static void open_control(struct mount *m)
+{
+	char name[108];
+	struct control_ops ops = {.add = files_live_add, .rm = files_live_rm, .ctx = &m->env};
+	m->ctl = control_open(m->loop, &ops, name, sizeof(name));
+	if (m->ctl && ioloop_call(m->loop, control_start, m->ctl) == 0)
+		fs_set_control_name(m->fs, name);
+	else
+		log_warn("no control socket (add/rm unavailable): %s", strerror(errno));
+}
+
+/*
+ * The shutdown sequence: the tree takes no more files, every parked
+ * request is answered (EIO) and the mount goes; then every stream is
+ * cancelled, every command process group killed, and the sources are
+ * given 5 s to let go. Before the I/O thread stops: sources finish there.
+ */
+static void stop_all(struct fs *fs)
+{
+	fs_shutdown(fs);
+	struct stream **v = fs_streams(fs);
+	if (!sources_shutdown(v, "streamfs is shutting down", 5000))
+		log_warn("some sources did not stop within 5 s");
+	fs_streams_free(v);
+}
+
+/* Mount, detach (unless -f), serve until unmounted or signalled, shut
+ * down. Returns the exit code: 0 once served. */
+static int serve(struct mount *m)
+{
+	if (fs_mount(m->fs, m->cfg.mountpoint, m->cfg.fuse_opts.ptr, m->err, sizeof(m->err)) < 0)
+		return die_usage("%s", m->err);
 	/* Fork now, before any thread exists. The parent returns once the
 	 * child is set up; the mount is already in place. */
-	if (!cfg.foreground) {
+	if (!m->cfg.foreground) {
 		if (fuse_daemonize(0) != 0) {
-			fs_shutdown(fs);
-			goto out;
+			stop_all(m->fs);
+			return 1;
 		}
 		log_use_syslog(true);
 	}
@@ -441,74 +317,89 @@ static int mount_main(int argc, char **argv)
 	 * stream at that byte), not kill the daemon with SIGXFSZ. Before any
 	 * thread writes to a store. */
 	signal(SIGXFSZ, SIG_IGN);
-	if (ioloop_start(loop) < 0) {
+	if (ioloop_start(m->loop) < 0) {
 		log_error("cannot start the I/O thread");
-		fs_shutdown(fs);
-		goto out;
+		stop_all(m->fs);
+		return 1;
 	}
-	if (cache_start_poll(cache, loop) < 0)
+	if (cache_start_poll(m->cache, m->loop) < 0)
 		log_warn("cannot watch the cache for free space");
-	struct live lv = {
-		.cfg = &cfg, .loop = loop, .cache = cache, .fs = fs, .cwd = cwd, .mnt = mnt};
-	struct control_ops cops = {.add = live_add, .rm = live_rm, .ctx = &lv};
-	char ctlname[108];
-	ctl = control_open(loop, &cops, ctlname, sizeof(ctlname));
-	if (ctl && ioloop_call(loop, control_start, ctl) == 0)
-		fs_set_control_name(fs, ctlname);
-	else
-		log_warn("no control socket (add/rm unavailable): %s", strerror(errno));
-	log_info("mounted %zu file%s on %s", cfg.nfiles, cfg.nfiles == 1 ? "" : "s",
-		 cfg.mountpoint);
-	fs_start_mount_streams(fs);
-	fs_loop(fs);
-	log_info("unmounting %s", cfg.mountpoint);
-	fs_shutdown(fs);
-	rc = 0;
-out:
-	if (loop)
-		ioloop_stop(loop);
-	control_close(ctl);
-	fs_free(fs);
-	ioloop_free(loop);
-	cache_free(cache); /* after the streams: they detach from it */
-	if (stdin_fd >= 0)
-		close(stdin_fd);
-	config_free(&cfg);
+	open_control(m);
+	log_info("mounted %zu file%s on %s", m->cfg.files.len, m->cfg.files.len == 1 ? "" : "s",
+		 m->cfg.mountpoint);
+	fs_start_mount_streams(m->fs);
+	fs_loop(m->fs);
+	log_info("unmounting %s", m->cfg.mountpoint);
+	stop_all(m->fs);
+	return 0;
+}
+
+/* Stop the loop (every source with it), free everything. */
+static void teardown(struct mount *m)
+{
+	if (m->loop)
+		ioloop_stop(m->loop);
+	control_close(m->ctl);
+	fs_free(m->fs);
+	ioloop_free(m->loop);
+	cache_free(m->cache); /* after the streams: they detach from it */
+	if (m->stdin_fd >= 0)
+		close(m->stdin_fd);
+	config_free(&m->cfg);
 	source_url_global_cleanup();
+}
+
+/* The steps in the order the comment at the top of this file gives. */
+static int mount_main(int argc, char **argv)
+{
+	struct mount m = {.stdin_fd = -1};
+	int rc = 0;
+	if (config_parse_args(&m.cfg, argc, argv, m.err, sizeof(m.err)) < 0)
+		rc = die_usage("%s", m.err);
+	else if (m.cfg.show_help)
+		fputs(usage, stdout);
+	else if (m.cfg.show_version)
+		printf("streamfs %s\n", STREAMFS_VERSION);
+	else if ((rc = prepare(&m)) == 0 && (rc = create_files(&m)) == 0)
+		rc = serve(&m);
+	teardown(&m);
 	return rc;
+}
+
+/* streamfs add MOUNTPOINT NAME=SOURCE [OPTION=VALUE...]; argv[0] is "add". */
+static int add_main(int argc, char **argv)
+{
+	if (argc < 3 || strchr(argv[2], '=') == NULL)
+		return die_usage("usage: streamfs add MOUNTPOINT NAME=SOURCE [OPTION=VALUE...]");
+	char **f, err[1024];
+	size_t n;
+	/* Reads user=@FILE and header=@FILE, and wipes the secrets from our
+	 * own argv (ps shows it to every local user). */
+	if (config_add_request(argc - 2, argv + 2, &f, &n, err, sizeof(err)) < 0)
+		return die_usage("%s", err);
+	int rc = n <= 256 ? control_client(argv[1], (const char *const *)f, n)
+			  : die_usage("too many options (at most 255)");
+	config_strv_free(f);
+	return rc;
+}
+
+/* streamfs rm MOUNTPOINT NAME; argv[0] is "rm". */
+static int rm_main(int argc, char **argv)
+{
+	if (argc != 3)
+		return die_usage("usage: streamfs rm MOUNTPOINT NAME");
+	const char *f[2] = {"rm", argv[2]};
+	return control_client(argv[1], f, 2);
 }
 
 int main(int argc, char **argv)
 {
-	if (argc > 1 && strcmp(argv[1], "status") == 0)
+	const char *sub = argc > 1 ? argv[1] : "";
+	if (strcmp(sub, "status") == 0)
 		return status_main(argc - 1, argv + 1);
-	if (argc > 1 && strcmp(argv[1], "add") == 0) {
-		if (argc < 4 || strchr(argv[3], '=') == NULL) {
-			fprintf(stderr, "streamfs: usage: streamfs add MOUNTPOINT NAME=SOURCE "
-					"[OPTION=VALUE...]\n");
-			return 2;
-		}
-		char **f, err[1024];
-		size_t n;
-		/* Reads user=@FILE and header=@FILE, and wipes the secrets
-		 * from our own argv (ps shows it to every local user). */
-		if (config_add_request(argc - 3, argv + 3, &f, &n, err, sizeof(err)) < 0) {
-			fprintf(stderr, "streamfs: %s\n", err);
-			return 2;
-		}
-		int rc = n <= 256 ? control_client(argv[2], (const char *const *)f, n) : 2;
-		if (n > 256)
-			fprintf(stderr, "streamfs: too many options (at most 255)\n");
-		config_strv_free(f);
-		return rc;
-	}
-	if (argc > 1 && strcmp(argv[1], "rm") == 0) {
-		if (argc != 4) {
-			fprintf(stderr, "streamfs: usage: streamfs rm MOUNTPOINT NAME\n");
-			return 2;
-		}
-		const char *f[2] = {"rm", argv[3]};
-		return control_client(argv[2], f, 2);
-	}
+	if (strcmp(sub, "add") == 0)
+		return add_main(argc - 1, argv + 1);
+	if (strcmp(sub, "rm") == 0)
+		return rm_main(argc - 1, argv + 1);
 	return mount_main(argc, argv);
 }

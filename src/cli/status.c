@@ -1,9 +1,19 @@
 /*
- * status.c - see status.h.
+ * status.c - "streamfs status": walk the mount, read each file's
+ * user.streamfs.* attributes, print a table or JSON.
+ *
+ * Contract in status.h. What this file keeps true:
+ * - Only getxattr() and directory reads touch the mount: no file is
+ *   opened or stat'ed, so no stream starts and nothing waits on one.
+ * - The walk keeps one directory open and resolves no long path, however
+ *   deep the names go (walk()).
+ * - Text from the daemon reaches the terminal escaped (esc_text), and
+ *   JSON is valid UTF-8 whatever the bytes (esc_json).
  */
 #include "status.h"
 
 #include "escape.h"
+#include "vector.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -18,22 +28,59 @@
 #include <time.h>
 #include <unistd.h>
 
-/* Every field is malloc'ed, "" when the attribute is absent. */
+/* The attributes a row shows, user.streamfs.KEY for each key below. */
+enum attr {
+	STATE,
+	BYTES,
+	SIZE,
+	SOURCE,
+	ERROR,
+	ERROR_OFFSET,
+	EXIT_STATUS,
+	HTTP_CODE,
+	HELD, /* the store budget's, from here on */
+	EVICTED,
+	DROPPED,
+	KEEP,
+	PAUSED,
+	NATTR
+};
+
+static const char *const attr_key[NATTR] = {
+	[STATE] = "state",
+	[BYTES] = "bytes",
+	[SIZE] = "size",
+	[SOURCE] = "source",
+	[ERROR] = "error",
+	[ERROR_OFFSET] = "error_offset",
+	[EXIT_STATUS] = "exit_status",
+	[HTTP_CODE] = "http_code",
+	[HELD] = "held",
+	[EVICTED] = "evicted",
+	[DROPPED] = "dropped",
+	[KEEP] = "keep",
+	[PAUSED] = "paused",
+};
+
+/* The root's budget attributes (user.streamfs.cache_KEY), shown as
+ * "cache": {KEY: ...} in JSON and as a line under the table. */
+enum cattr { C_SIZE, C_USED, C_MIN_FREE, C_EVICTIONS, C_PAUSED, NCATTR };
+
+static const char *const cattr_key[NCATTR] = {
+	[C_SIZE] = "size",
+	[C_USED] = "used",
+	[C_MIN_FREE] = "min_free",
+	[C_EVICTIONS] = "evictions",
+	[C_PAUSED] = "paused",
+};
+
+/* Every string is malloc'ed; a value is "" when the attribute is absent. */
 struct row {
 	char *name; /* relative to the mount point, as bytes */
-	char *state, *bytes, *size, *source, *error, *error_offset, *exit_status, *http_code;
-	char *held, *evicted, *dropped, *keep, *paused; /* the store budget */
+	char *v[NATTR];
 };
 
-/* The root's budget attributes, malloc'ed ("" when absent). */
-struct cache_row {
-	char *size, *used, *min_free, *evictions, *paused;
-};
-
-struct rows {
-	struct row *v;
-	size_t n, cap;
-};
+DEFINE_VECTOR(rows, struct row);
 
 /*
  * The value of user.streamfs.@key of @path, malloc'ed; "" when absent.
@@ -66,21 +113,6 @@ static char *get(const char *path, const char *key)
 	return strdup("");
 }
 
-static struct row *new_row(struct rows *rows)
-{
-	if (rows->n == rows->cap) {
-		size_t cap = rows->cap ? rows->cap * 2 : 32;
-		struct row *v = realloc(rows->v, cap * sizeof(*v));
-		if (!v)
-			return NULL;
-		rows->v = v;
-		rows->cap = cap;
-	}
-	struct row *r = &rows->v[rows->n++];
-	memset(r, 0, sizeof(*r));
-	return r;
-}
-
 /* The row of file @leaf in the directory @dirfd; @rel is its name in the
  * mount. Through /proc/self/fd the path stays short however deep the
  * file is (a name may be 4095 bytes, under a mount point of any length). */
@@ -88,46 +120,39 @@ static int add_row(struct rows *rows, int dirfd, const char *leaf, char *rel)
 {
 	char path[320];
 	snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", dirfd, leaf);
-	struct row *r = new_row(rows);
-	if (!r) {
+	if (rows_push(rows, (struct row){.name = rel}) < 0) {
 		free(rel);
 		return -ENOMEM;
 	}
-	r->name = rel;
-	r->state = get(path, "state");
-	r->bytes = get(path, "bytes");
-	r->size = get(path, "size");
-	r->source = get(path, "source");
-	r->error = get(path, "error");
-	r->error_offset = get(path, "error_offset");
-	r->exit_status = get(path, "exit_status");
-	r->http_code = get(path, "http_code");
-	r->held = get(path, "held");
-	r->evicted = get(path, "evicted");
-	r->dropped = get(path, "dropped");
-	r->keep = get(path, "keep");
-	r->paused = get(path, "paused");
-	if (!r->state || !r->bytes || !r->size || !r->source || !r->error || !r->error_offset ||
-	    !r->exit_status || !r->http_code || !r->held || !r->evicted || !r->dropped ||
-	    !r->keep || !r->paused)
-		return -ENOMEM;
+	struct row *r = &rows->ptr[rows->len - 1];
+	for (int a = 0; a < NATTR; a++) {
+		r->v[a] = get(path, attr_key[a]);
+		if (!r->v[a])
+			return -ENOMEM;
+	}
 	return 0;
 }
 
+/* An entry of a directory of the walk. */
+struct entry {
+	char *name;
+	bool isdir;
+};
+
+DEFINE_VECTOR(entries, struct entry);
+
 /* One directory of the walk: its entries, read at once, and the next. */
 struct level {
-	char **names;
-	bool *isdir;
-	size_t n, next;
+	struct entries e;
+	size_t next;
 	size_t rel_len; /* its name's length in the walk's path */
 };
 
 static void level_free(struct level *l)
 {
-	for (size_t i = 0; i < l->n; i++)
-		free(l->names[i]);
-	free(l->names);
-	free(l->isdir);
+	for (size_t i = 0; i < l->e.len; i++)
+		free(l->e.ptr[i].name);
+	entries_free(&l->e);
 }
 
 /* Read every entry of the directory @fd (which stays open) into @l. */
@@ -142,63 +167,59 @@ static int level_read(int fd, struct level *l)
 			close(dfd);
 		return -e;
 	}
-	size_t cap = 0;
 	struct dirent *de;
 	int r = 0;
-	while ((de = readdir(d))) {
+	while (r == 0 && (de = readdir(d))) {
 		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
 			continue;
-		if (l->n == cap) {
-			cap = cap ? cap * 2 : 16;
-			char **nv = realloc(l->names, cap * sizeof(*nv));
-			bool *dv = nv ? realloc(l->isdir, cap * sizeof(*dv)) : NULL;
-			if (nv)
-				l->names = nv;
-			if (!dv) {
-				r = -ENOMEM;
-				break;
-			}
-			l->isdir = dv;
-		}
-		if (!(l->names[l->n] = strdup(de->d_name))) {
+		struct entry en = {.name = strdup(de->d_name), .isdir = de->d_type == DT_DIR};
+		if (!en.name || entries_push(&l->e, en) < 0) {
+			free(en.name);
 			r = -ENOMEM;
-			break;
 		}
-		l->isdir[l->n++] = de->d_type == DT_DIR;
 	}
 	closedir(d);
 	return r;
 }
 
+DEFINE_VECTOR(levels, struct level);
+
 struct walk {
-	int fd;              /* the directory of the top level */
-	struct level *v;     /* the directories being walked, root first */
-	size_t depth, cap;
-	char rel[8192];      /* the top level's name in the mount */
+	int fd;               /* the directory of the top level */
+	struct levels levels; /* the directories being walked, root first */
+	char rel[8192];       /* the top level's name in the mount */
 };
+
+/* Start the walk: read the directory @fd into the first level. */
+static int walk_start(struct walk *w, int fd)
+{
+	struct level l;
+	w->fd = fd;
+	int r = level_read(fd, &l);
+	if (levels_push(&w->levels, l) < 0) {
+		level_free(&l);
+		return -ENOMEM;
+	}
+	return r;
+}
 
 /* Go down into @name of the top level; a directory that went away
  * meanwhile (streamfs rm) is skipped. */
 static int walk_down(struct walk *w, const char *name)
 {
+	struct level l;
 	int fd = openat(w->fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
 		return errno == ENOENT || errno == ENOTDIR ? 0 : -errno;
-	if (w->depth == w->cap) {
-		size_t cap = w->cap * 2;
-		struct level *v = realloc(w->v, cap * sizeof(*v));
-		if (!v) {
-			close(fd);
-			return -ENOMEM;
-		}
-		w->v = v;
-		w->cap = cap;
+	int r = level_read(fd, &l);
+	l.rel_len = strlen(w->rel);
+	if (levels_push(&w->levels, l) < 0) {
+		level_free(&l);
+		close(fd);
+		return -ENOMEM;
 	}
-	size_t len = strlen(w->rel);
-	snprintf(w->rel + len, sizeof(w->rel) - len, "%s%s", len ? "/" : "", name);
-	struct level *l = &w->v[w->depth++];
-	int r = level_read(fd, l);
-	l->rel_len = len;
+	snprintf(w->rel + l.rel_len, sizeof(w->rel) - l.rel_len, "%s%s", l.rel_len ? "/" : "",
+		 name);
 	close(w->fd);
 	w->fd = fd;
 	return r;
@@ -208,10 +229,10 @@ static int walk_down(struct walk *w, const char *name)
  * lookup by the daemon), so no path is ever resolved twice. */
 static int walk_up(struct walk *w)
 {
-	struct level *l = &w->v[--w->depth];
+	struct level *l = &w->levels.ptr[--w->levels.len];
 	w->rel[l->rel_len] = '\0';
 	level_free(l);
-	if (w->depth == 0)
+	if (w->levels.len == 0)
 		return 0;
 	int fd = openat(w->fd, "..", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	if (fd < 0)
@@ -228,34 +249,31 @@ static int walk_up(struct walk *w)
  */
 static int walk(const char *root, struct rows *rows)
 {
-	struct walk w = {.cap = 16};
-	w.fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (w.fd < 0)
+	struct walk w = {.levels = VECTOR_INIT};
+	int fd = open(root, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
 		return -errno;
-	w.v = malloc(w.cap * sizeof(*w.v));
-	int r = w.v ? level_read(w.fd, &w.v[0]) : -ENOMEM;
-	if (w.v)
-		w.depth = 1;
-	while (r == 0 && w.depth > 0) {
-		struct level *l = &w.v[w.depth - 1];
-		if (l->next == l->n) {
+	int r = walk_start(&w, fd);
+	while (r == 0 && w.levels.len > 0) {
+		struct level *l = &w.levels.ptr[w.levels.len - 1];
+		if (l->next == l->e.len) {
 			r = walk_up(&w);
 			continue;
 		}
-		size_t i = l->next++;
-		if (l->isdir[i]) {
-			r = walk_down(&w, l->names[i]);
+		const struct entry *en = &l->e.ptr[l->next++];
+		if (en->isdir) {
+			r = walk_down(&w, en->name);
 			continue;
 		}
 		char *sub;
-		if (asprintf(&sub, "%s%s%s", w.rel, w.rel[0] ? "/" : "", l->names[i]) < 0)
+		if (asprintf(&sub, "%s%s%s", w.rel, w.rel[0] ? "/" : "", en->name) < 0)
 			r = -ENOMEM;
 		else
-			r = add_row(rows, w.fd, l->names[i], sub);
+			r = add_row(rows, w.fd, en->name, sub);
 	}
-	while (w.depth > 0)
-		level_free(&w.v[--w.depth]);
-	free(w.v);
+	while (w.levels.len > 0)
+		level_free(&w.levels.ptr[--w.levels.len]);
+	levels_free(&w.levels);
 	close(w.fd);
 	return r;
 }
@@ -303,76 +321,55 @@ static void json_name(const char *name)
 	putchar('"');
 }
 
-static int get_cache(const char *mnt, struct cache_row *c)
+/* Attribute @a: a string, a string or null (error), or a number or null. */
+static void json_attr(int a, const char *v)
 {
-	c->size = get(mnt, "cache_size");
-	c->used = get(mnt, "cache_used");
-	c->min_free = get(mnt, "cache_min_free");
-	c->evictions = get(mnt, "cache_evictions");
-	c->paused = get(mnt, "cache_paused");
-	return c->size && c->used && c->min_free && c->evictions && c->paused ? 0 : -ENOMEM;
+	if (a == STATE || a == SOURCE)
+		json_str(v);
+	else if (a == ERROR || a == PAUSED)
+		json_str_or_null(v);
+	else
+		json_num_or_null(v);
 }
 
-static void free_cache(struct cache_row *c)
+/* The root's cache_* attributes, malloc'ed ("" when absent). */
+static int get_cache(const char *mnt, char **c)
 {
-	free(c->size);
-	free(c->used);
-	free(c->min_free);
-	free(c->evictions);
-	free(c->paused);
+	char key[64];
+	int r = 0;
+	for (int a = 0; a < NCATTR; a++) {
+		snprintf(key, sizeof(key), "cache_%s", cattr_key[a]);
+		c[a] = get(mnt, key);
+		if (!c[a])
+			r = -ENOMEM;
+	}
+	return r;
 }
 
-static void print_json(const char *mnt, const struct rows *rows, const struct cache_row *c)
+static void print_json(const char *mnt, const struct rows *rows, char *const *c)
 {
 	fputs("{\"mountpoint\": ", stdout);
 	json_str(mnt);
-	if (c->used[0]) {
-		fputs(", \"cache\": {\"size\": ", stdout);
-		json_num_or_null(c->size);
-		fputs(", \"used\": ", stdout);
-		json_num_or_null(c->used);
-		fputs(", \"min_free\": ", stdout);
-		json_num_or_null(c->min_free);
-		fputs(", \"evictions\": ", stdout);
-		json_num_or_null(c->evictions);
-		fputs(", \"paused\": ", stdout);
-		json_num_or_null(c->paused);
+	if (c[C_USED][0]) {
+		fputs(", \"cache\": {", stdout);
+		for (int a = 0; a < NCATTR; a++) {
+			printf("%s\"%s\": ", a ? ", " : "", cattr_key[a]);
+			json_num_or_null(c[a]);
+		}
 		putchar('}');
 	}
 	fputs(", \"files\": [", stdout);
-	for (size_t i = 0; i < rows->n; i++) {
-		const struct row *r = &rows->v[i];
+	for (size_t i = 0; i < rows->len; i++) {
+		const struct row *r = &rows->ptr[i];
 		fputs(i ? ",\n  {" : "\n  {", stdout);
 		json_name(r->name);
-		fputs(", \"state\": ", stdout);
-		json_str(r->state);
-		fputs(", \"bytes\": ", stdout);
-		json_num_or_null(r->bytes);
-		fputs(", \"size\": ", stdout);
-		json_num_or_null(r->size);
-		fputs(", \"source\": ", stdout);
-		json_str(r->source);
-		fputs(", \"error\": ", stdout);
-		json_str_or_null(r->error);
-		fputs(", \"error_offset\": ", stdout);
-		json_num_or_null(r->error_offset);
-		fputs(", \"exit_status\": ", stdout);
-		json_num_or_null(r->exit_status);
-		fputs(", \"http_code\": ", stdout);
-		json_num_or_null(r->http_code);
-		fputs(", \"held\": ", stdout);
-		json_num_or_null(r->held);
-		fputs(", \"evicted\": ", stdout);
-		json_num_or_null(r->evicted);
-		fputs(", \"dropped\": ", stdout);
-		json_num_or_null(r->dropped);
-		fputs(", \"keep\": ", stdout);
-		json_num_or_null(r->keep);
-		fputs(", \"paused\": ", stdout);
-		json_str_or_null(r->paused);
+		for (int a = 0; a < NATTR; a++) {
+			printf(", \"%s\": ", attr_key[a]);
+			json_attr(a, r->v[a]);
+		}
 		putchar('}');
 	}
-	fputs(rows->n ? "\n]}\n" : "]}\n", stdout);
+	fputs(rows->len ? "\n]}\n" : "]}\n", stdout);
 }
 
 /* The table's text of a row, escaped for a terminal (escape.h). */
@@ -406,13 +403,13 @@ static int width(const struct rows *rows, const struct shown *sh, int which, con
 		 int max)
 {
 	int w = (int)strlen(head);
-	for (size_t i = 0; i < rows->n; i++) {
-		const struct row *r = &rows->v[i];
+	for (size_t i = 0; i < rows->len; i++) {
+		const struct row *r = &rows->ptr[i];
 		const char *v = which == 0   ? sh[i].name
-				: which == 1 ? (r->paused[0] ? "paused" : r->state)
-				: which == 2 ? r->bytes
-				: which == 3 ? r->size
-				: which == 5 ? r->held
+				: which == 1 ? (r->v[PAUSED][0] ? "paused" : r->v[STATE])
+				: which == 2 ? r->v[BYTES]
+				: which == 3 ? r->v[SIZE]
+				: which == 5 ? r->v[HELD]
 					     : sh[i].source;
 		int l = chars(v);
 		if (l > w)
@@ -424,17 +421,17 @@ static int width(const struct rows *rows, const struct shown *sh, int which, con
 static int shown_fill(const struct row *r, struct shown *sh)
 {
 	sh->name = esc_text_dup(r->name);
-	sh->source = esc_text_dup(r->source);
-	if (!r->error[0] && r->paused[0]) {
-		if (asprintf(&sh->error, "(%s)", r->paused) < 0)
+	sh->source = esc_text_dup(r->v[SOURCE]);
+	if (!r->v[ERROR][0] && r->v[PAUSED][0]) {
+		if (asprintf(&sh->error, "(%s)", r->v[PAUSED]) < 0)
 			sh->error = NULL;
-	} else if (!r->error[0]) {
+	} else if (!r->v[ERROR][0]) {
 		sh->error = strdup("");
-	} else if (!r->error_offset[0]) {
-		sh->error = esc_text_dup(r->error);
+	} else if (!r->v[ERROR_OFFSET][0]) {
+		sh->error = esc_text_dup(r->v[ERROR]);
 	} else {
-		char *e = esc_text_dup(r->error);
-		if (!e || asprintf(&sh->error, "%s (at byte %s)", e, r->error_offset) < 0)
+		char *e = esc_text_dup(r->v[ERROR]);
+		if (!e || asprintf(&sh->error, "%s (at byte %s)", e, r->v[ERROR_OFFSET]) < 0)
 			sh->error = NULL;
 		free(e);
 	}
@@ -453,21 +450,23 @@ static void shown_free(struct shown *sh, size_t n)
 
 /* A budget, or a file that lost bytes (evicted, dropped) or waits for
  * room: worth a HELD column. Otherwise the table stays as it was. */
-static bool show_held(const struct rows *rows, const struct cache_row *c)
+static bool show_held(const struct rows *rows, char *const *c)
 {
-	if (c->size[0])
+	if (c[C_SIZE][0])
 		return true;
-	for (size_t i = 0; i < rows->n; i++)
-		if (rows->v[i].evicted[0] || rows->v[i].keep[0] || rows->v[i].paused[0])
+	for (size_t i = 0; i < rows->len; i++) {
+		char *const *v = rows->ptr[i].v;
+		if (v[EVICTED][0] || v[KEEP][0] || v[PAUSED][0])
 			return true;
+	}
 	return false;
 }
 
-static int print_table(const struct rows *rows, const struct cache_row *c)
+static int print_table(const struct rows *rows, char *const *c)
 {
-	struct shown *sh = calloc(rows->n + 1, sizeof(*sh));
-	for (size_t i = 0; sh && i < rows->n; i++) {
-		if (shown_fill(&rows->v[i], &sh[i]) < 0) {
+	struct shown *sh = calloc(rows->len + 1, sizeof(*sh));
+	for (size_t i = 0; sh && i < rows->len; i++) {
+		if (shown_fill(&rows->ptr[i], &sh[i]) < 0) {
 			shown_free(sh, i + 1);
 			sh = NULL;
 		}
@@ -485,49 +484,41 @@ static int print_table(const struct rows *rows, const struct cache_row *c)
 	if (held)
 		printf("%*s  ", wh, "HELD");
 	printf("%*s  %-*s  %s\n", wz, "SIZE", wo, "SOURCE", "ERROR");
-	for (size_t i = 0; i < rows->n; i++) {
-		const struct row *r = &rows->v[i];
+	for (size_t i = 0; i < rows->len; i++) {
+		const struct row *r = &rows->ptr[i];
 		cell(sh[i].name, wn);
-		/* A paused stream is running; "paused" is what a user wants
-		 * to see, and why is in the error column. */
-		printf("  %-*s  %*s  ", ws, r->paused[0] ? "paused" : r->state, wb, r->bytes);
+		/* A paused stream is running; "paused" is what a user wants to
+		 * see, and why is in the error column. */
+		printf("  %-*s  %*s  ", ws, r->v[PAUSED][0] ? "paused" : r->v[STATE], wb,
+		       r->v[BYTES]);
 		if (held)
-			printf("%*s  ", wh, r->held);
-		printf("%*s  ", wz, r->size[0] ? r->size : "-");
+			printf("%*s  ", wh, r->v[HELD]);
+		printf("%*s  ", wz, r->v[SIZE][0] ? r->v[SIZE] : "-");
 		cell(sh[i].source, wo);
 		printf("  %s\n", sh[i].error);
 	}
-	if (c->size[0] && c->used[0])
-		printf("cache: %s of %s bytes used, %s evictions\n", c->used, c->size,
-		       c->evictions[0] ? c->evictions : "0");
-	shown_free(sh, rows->n);
+	if (c[C_SIZE][0] && c[C_USED][0])
+		printf("cache: %s of %s bytes used, %s evictions\n", c[C_USED], c[C_SIZE],
+		       c[C_EVICTIONS][0] ? c[C_EVICTIONS] : "0");
+	shown_free(sh, rows->len);
 	return 0;
 }
 
 static void free_rows(struct rows *rows)
 {
-	for (size_t i = 0; i < rows->n; i++) {
-		struct row *r = &rows->v[i];
+	for (size_t i = 0; i < rows->len; i++) {
+		struct row *r = &rows->ptr[i];
 		free(r->name);
-		free(r->state);
-		free(r->bytes);
-		free(r->size);
-		free(r->source);
-		free(r->error);
-		free(r->error_offset);
-		free(r->exit_status);
-		free(r->http_code);
-		free(r->held);
-		free(r->evicted);
-		free(r->dropped);
-		free(r->keep);
-		free(r->paused);
+		for (int a = 0; a < NATTR; a++)
+			free(r->v[a]);
 	}
-	free(rows->v);
-	memset(rows, 0, sizeof(*rows));
+	rows_free(rows);
 }
 
-int status_main(int argc, char **argv)
+static const char status_usage[] = "usage: streamfs status [--json] [--watch] MOUNTPOINT";
+
+/* The options; returns -1 to go on, or the exit code (help, bad usage). */
+static int parse_status_args(int argc, char **argv, bool *json, bool *watch)
 {
 	static const struct option longopts[] = {
 		{"json", no_argument, NULL, 'j'},
@@ -535,29 +526,60 @@ int status_main(int argc, char **argv)
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0},
 	};
-	bool json = false, watch = false;
 	int c;
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "+jwh", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'j':
-			json = true;
+			*json = true;
 			break;
 		case 'w':
-			watch = true;
+			*watch = true;
 			break;
 		case 'h':
-			puts("usage: streamfs status [--json] [--watch] MOUNTPOINT");
+			puts(status_usage);
 			return 0;
 		default:
-			fprintf(stderr, "streamfs: usage: streamfs status [--json] [--watch] MOUNTPOINT\n");
+			fprintf(stderr, "streamfs: %s\n", status_usage);
 			return 2;
 		}
 	}
 	if (optind != argc - 1) {
-		fprintf(stderr, "streamfs: usage: streamfs status [--json] [--watch] MOUNTPOINT\n");
+		fprintf(stderr, "streamfs: %s\n", status_usage);
 		return 2;
 	}
+	return -1;
+}
+
+/* One table (or JSON document) of every file under @mnt. Returns 0 or a
+ * negative errno. */
+static int show(const char *mnt, bool json, bool clear)
+{
+	struct rows rows = VECTOR_INIT;
+	int r = walk(mnt, &rows);
+	if (r == 0 && rows.len)
+		qsort(rows.ptr, rows.len, sizeof(*rows.ptr), cmp_rows);
+	char *c[NCATTR] = {NULL};
+	if (r == 0)
+		r = get_cache(mnt, c);
+	if (r == 0 && clear)
+		fputs("\033[H\033[2J", stdout);
+	if (r == 0 && json)
+		print_json(mnt, &rows, c);
+	else if (r == 0)
+		r = print_table(&rows, c);
+	for (int a = 0; a < NCATTR; a++)
+		free(c[a]);
+	free_rows(&rows);
+	return r;
+}
+
+int status_main(int argc, char **argv)
+{
+	bool json = false, watch = false;
+	int rc = parse_status_args(argc, argv, &json, &watch);
+	if (rc >= 0)
+		return rc;
 	const char *mnt = argv[optind];
 	char pid[32];
 	if (getxattr(mnt, "user.streamfs.pid", pid, sizeof(pid)) < 0) {
@@ -566,30 +588,17 @@ int status_main(int argc, char **argv)
 							     : strerror(errno));
 		return 1;
 	}
+	/* --watch on a terminal: redraw in place; elsewhere, one block a second. */
+	bool tty = isatty(STDOUT_FILENO);
 	for (;;) {
-		struct rows rows = {0};
-		int r = walk(mnt, &rows);
-		if (r == 0 && rows.n)
-			qsort(rows.v, rows.n, sizeof(*rows.v), cmp_rows);
-		if (r == 0 && watch && !json && isatty(STDOUT_FILENO))
-			fputs("\033[H\033[2J", stdout);
-		struct cache_row cr = {0};
-		if (r == 0)
-			r = get_cache(mnt, &cr);
-		if (r == 0 && json)
-			print_json(mnt, &rows, &cr);
-		else if (r == 0)
-			r = print_table(&rows, &cr);
-		free_cache(&cr);
+		int r = show(mnt, json, watch && !json && tty);
 		if (r < 0) {
 			fprintf(stderr, "streamfs: cannot list '%s': %s\n", mnt, strerror(-r));
-			free_rows(&rows);
 			return 1;
 		}
-		free_rows(&rows);
 		if (!watch)
 			return 0;
-		if (!json && !isatty(STDOUT_FILENO))
+		if (!json && !tty)
 			putchar('\n');
 		fflush(stdout);
 		struct timespec ts = {1, 0};

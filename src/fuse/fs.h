@@ -20,12 +20,13 @@ struct fs *fs_new(void);
 
 /*
  * Add a file at @path (a validated name; parent directories are made as
- * needed), before or after mounting. Takes the caller's reference on @s in every case. @opts is
- * copied (size and read policies are used here). Returns 0, or -1 with
- * @err set ("'a/b' is both a file and a directory", duplicate names).
+ * needed), before or after mounting. Takes the caller's reference on @s
+ * in every case. @opts is copied (size, read and start policies are used
+ * here). Returns 0, or -1 with @err set ("'a/b' is both a file and a
+ * directory", duplicate names, "the file system is being unmounted").
  */
 int fs_add_file(struct fs *fs, const char *path, struct stream *s, const struct file_opts *opts,
-		const char *source, char *err, size_t errlen);
+                const char *source, char *err, size_t errlen);
 
 /*
  * Remove the file at @path while mounted: it disappears from the tree, its
@@ -42,10 +43,10 @@ void fs_set_cache(struct fs *fs, struct cache *ca);
 void fs_set_control_name(struct fs *fs, const char *name);
 
 /* Create the FUSE session and mount it at @mountpoint with the default
- * options (ro, auto_unmount) plus @fuse_opts (each a
- * -o argument). Returns 0, or -1 with @err set. */
+ * options (ro, auto_unmount) plus @fuse_opts (each a -o argument).
+ * Returns 0, or -1 with @err set. */
 int fs_mount(struct fs *fs, const char *mountpoint, char *const *fuse_opts, char *err,
-	     size_t errlen);
+             size_t errlen);
 
 /* Start every stream whose policy is start=mount. */
 void fs_start_mount_streams(struct fs *fs);
@@ -54,11 +55,24 @@ void fs_start_mount_streams(struct fs *fs);
  * the loop's error. */
 int fs_loop(struct fs *fs);
 
-/* Wake every parked request with EIO, stop every stream and its source
- * (killing command process groups), unmount. Idempotent. */
+/*
+ * The FUSE side of stopping: no file is added from now on, every parked
+ * request is answered with EIO, and the mount goes. Call it once the loop
+ * has returned (or was never run). The streams keep running: stopping
+ * them and their sources is the caller's (fs_streams(), then
+ * sources_shutdown()). Idempotent.
+ */
 void fs_shutdown(struct fs *fs);
 
-/* Free everything. The streams' sources must be done (fs_shutdown). */
+/* References on the stream of every file, for walking them without the
+ * tree's lock: a malloc'ed NULL-terminated array, or NULL without memory.
+ * Free it with fs_streams_free() (NULL is fine). */
+struct stream **fs_streams(struct fs *fs);
+void fs_streams_free(struct stream **v);
+
+/* Free everything. No source may still hold a stream of the tree's
+ * (fs_shutdown(), then sources_shutdown()), and the I/O loop must be
+ * stopped: every parked request has been answered. */
 void fs_free(struct fs *fs);
 
 #endif

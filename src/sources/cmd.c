@@ -1,5 +1,5 @@
 /*
- * source_cmd.c - cmd:COMMAND, the stdout of /bin/sh -c COMMAND.
+ * cmd.c - cmd:COMMAND, the stdout of /bin/sh -c COMMAND.
  *
  * The command runs in its own process group with stdin /dev/null, stdout
  * a pipe pumped into the stream, stderr a pipe whose tail we keep for
@@ -33,8 +33,10 @@
 #include "streamfs/source.h"
 
 #include "log.h"
+#include "sources.h"
 #include "streamfs/store.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -44,6 +46,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/queue.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -77,8 +80,8 @@ struct cmd_src {
 	char line[512]; /* the stderr line being assembled for the log */
 	size_t line_len;
 
-	struct cmd_src *next_live; /* protected by live_lock */
-	pid_t live_pgid;           /* protected by live_lock */
+	LIST_ENTRY(cmd_src) live_link; /* protected by live_lock; listed iff live_pgid > 0 */
+	pid_t live_pgid;               /* protected by live_lock */
 };
 
 /*
@@ -86,7 +89,7 @@ struct cmd_src {
  * source_cmd_kill_all(). A group leaves the list when it gets its SIGKILL.
  */
 static pthread_mutex_t live_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct cmd_src *live;
+static LIST_HEAD(, cmd_src) live = LIST_HEAD_INITIALIZER(live); /* protected by live_lock */
 
 /* What commands get back before exec (see source_cmd_set_nofile()). */
 static struct rlimit child_nofile;
@@ -100,22 +103,16 @@ void source_cmd_set_nofile(const struct rlimit *rl)
 
 static void live_add(struct cmd_src *c, pid_t pgid)
 {
-	pthread_mutex_lock(&live_lock);
+	source_mutex_lock(&live_lock);
 	c->live_pgid = pgid;
-	c->next_live = live;
-	live = c;
-	pthread_mutex_unlock(&live_lock);
+	LIST_INSERT_HEAD(&live, c, live_link);
+	source_mutex_unlock(&live_lock);
 }
 
-/* Unlink @c; live_lock held. */
+/* Unlink @c (listed); live_lock held. */
 static void live_unlink(struct cmd_src *c)
 {
-	for (struct cmd_src **p = &live; *p; p = &(*p)->next_live) {
-		if (*p == c) {
-			*p = c->next_live;
-			break;
-		}
-	}
+	LIST_REMOVE(c, live_link);
 	c->live_pgid = 0;
 }
 
@@ -125,32 +122,33 @@ static void live_unlink(struct cmd_src *c)
  */
 static bool live_signal(struct cmd_src *c, int sig)
 {
-	pthread_mutex_lock(&live_lock);
+	source_mutex_lock(&live_lock);
 	bool listed = c->live_pgid > 0;
 	if (listed && sig)
 		kill(-c->live_pgid, sig);
 	if (listed && (sig == SIGKILL || sig == 0))
 		live_unlink(c);
-	pthread_mutex_unlock(&live_lock);
+	source_mutex_unlock(&live_lock);
 	return listed;
 }
 
 static bool live_listed(struct cmd_src *c)
 {
-	pthread_mutex_lock(&live_lock);
+	source_mutex_lock(&live_lock);
 	bool listed = c->live_pgid > 0;
-	pthread_mutex_unlock(&live_lock);
+	source_mutex_unlock(&live_lock);
 	return listed;
 }
 
 void source_cmd_kill_all(void)
 {
-	pthread_mutex_lock(&live_lock);
-	while (live) {
-		kill(-live->live_pgid, SIGKILL);
-		live_unlink(live);
+	source_mutex_lock(&live_lock);
+	struct cmd_src *c;
+	while ((c = LIST_FIRST(&live))) {
+		kill(-c->live_pgid, SIGKILL);
+		live_unlink(c);
 	}
-	pthread_mutex_unlock(&live_lock);
+	source_mutex_unlock(&live_lock);
 }
 
 /* ---- stderr ----------------------------------------------------------- */
@@ -189,6 +187,7 @@ static void take_stderr(struct cmd_src *c, const char *buf, size_t n)
 
 static void drain_stderr(struct cmd_src *c)
 {
+	assert(ioloop_in_loop(c->loop));
 	char buf[4096];
 	for (;;) {
 		ssize_t n = read(c->errfd, buf, sizeof(buf));
@@ -232,6 +231,7 @@ static void last_line(const struct cmd_src *c, char *out, size_t size)
  * go of the stream. May free @c. */
 static void reap(struct cmd_src *c)
 {
+	assert(ioloop_in_loop(c->loop));
 	ioloop_timer_disarm(c->loop, &c->kill_timer);
 	if (c->pid > 0) {
 		while (waitpid(c->pid, NULL, 0) < 0 && errno == EINTR)
@@ -260,6 +260,7 @@ static void settle(struct cmd_src *c)
 
 static void finish(struct cmd_src *c)
 {
+	assert(ioloop_in_loop(c->loop));
 	if (!c->active || !c->out_done || !c->exited)
 		return;
 	c->active = false;
@@ -316,6 +317,7 @@ static void out_done(struct fd_pump *p, int err)
 static void pid_event(struct ioloop_watch *w, uint32_t events)
 {
 	struct cmd_src *c = w->data;
+	assert(ioloop_in_loop(c->loop));
 	memset(&c->status, 0, sizeof(c->status));
 	/* WNOWAIT: the keeper is reaped only after its group's SIGKILL. */
 	if (waitid(P_PID, (id_t)c->pid, &c->status, WEXITED | WNOHANG | WNOWAIT) < 0 ||
@@ -336,6 +338,7 @@ static void pid_event(struct ioloop_watch *w, uint32_t events)
 static void kill_timer_fired(struct ioloop_timer *t)
 {
 	struct cmd_src *c = t->data;
+	assert(ioloop_in_loop(c->loop));
 	if (!c->exited)
 		log_warn("%s: command ignored SIGTERM, sending SIGKILL", stream_name(c->s));
 	live_signal(c, SIGKILL);
@@ -442,6 +445,7 @@ static void child(struct cmd_src *c, int out_w, int err_w, pid_t parent)
 static void spawn(void *arg)
 {
 	struct cmd_src *c = arg;
+	assert(ioloop_in_loop(c->loop));
 	int out[2] = {-1, -1}, err[2] = {-1, -1};
 	const char *what = "pipe";
 
@@ -517,6 +521,7 @@ fail:;
 static void cancel_in_loop(void *arg)
 {
 	struct cmd_src *c = arg;
+	assert(ioloop_in_loop(c->loop));
 	struct stream *s = c->s;
 	if (c->active && !c->cancelled) {
 		c->cancelled = true;
@@ -541,22 +546,14 @@ static void cancel_in_loop(void *arg)
 static int cmd_start(struct stream *s, void *src)
 {
 	struct cmd_src *c = src;
-	source_take(s); /* until the command is reaped */
-	int r = ioloop_call(c->loop, spawn, c);
-	if (r < 0)
-		source_drop(s);
-	return r;
+	return source_start_in_loop(s, c->loop, spawn, c); /* taken until the keeper is reaped */
 }
 
 static void cmd_cancel(struct stream *s, void *src)
 {
 	struct cmd_src *c = src;
-	stream_ref(s);
-	if (ioloop_call(c->loop, cancel_in_loop, c) < 0) {
-		/* The loop is gone (shutdown): just make sure the group dies. */
-		live_signal(c, SIGKILL);
-		stream_unref(s);
-	}
+	if (source_call_in_loop(s, c->loop, cancel_in_loop, c) < 0)
+		live_signal(c, SIGKILL); /* the loop is gone (shutdown): just make sure the group dies */
 }
 
 static void resume_in_loop(void *arg)

@@ -1,9 +1,7 @@
 /*
- * source_fd.c - the fd pump (see source.h) and the two sources that are
- * nothing more than a pump: pipe:PATH and stdin ("-").
- *
- * Bytes move with read() into a buffer and pwrite() into the store (see
- * store_fill_fd() for why not splice).
+ * fd.c - the two sources that are nothing more than an fd pump (pump.c):
+ * pipe:PATH and stdin ("-"), and the check that keeps pipe: paths out of
+ * the mount (source_path_inside()).
  *
  * pipe:PATH is opened off the loop thread, by a short-lived thread: an
  * open() can block indefinitely (a file on another FUSE mount that waits
@@ -13,11 +11,12 @@
 #include "streamfs/source.h"
 
 #include "log.h"
+#include "sources.h"
 #include "streamfs/store.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -25,178 +24,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
-
-#define PUMP_CHUNK (1u << 20)   /* one read */
-#define PUMP_BUDGET (8u << 20)  /* per wake-up, so other streams get their turn */
-
-static void pump_finish(struct fd_pump *p, int err)
-{
-	fd_pump_stop(p);
-	if (p->on_done)
-		p->on_done(p, err);
-}
-
-/* Move what is there, up to the budget. Returns true if the pump should
- * be called again (stepped mode). */
-static bool pump_some(struct fd_pump *p)
-{
-	size_t moved = 0;
-	while (moved < PUMP_BUDGET) {
-		ssize_t n = stream_fill_fd(p->s, p->fd, PUMP_CHUNK);
-		if (n > 0) {
-			moved += (size_t)n;
-			if (!p->nonblock && p->polled)
-				return false; /* a blocking fd: once per readiness */
-			continue;
-		}
-		if (n == -EAGAIN)
-			return false;
-		if (n == -ENOBUFS) {
-			/* The store has no room: stop reading, so the producer
-			 * blocks on a full pipe, until the stream is resumed. */
-			p->paused = true;
-			if (p->polled)
-				ioloop_del(p->loop, &p->watch);
-			return false;
-		}
-		if (n == 0)
-			pump_finish(p, 0);
-		else if (n == -ECANCELED || n == -ENOSPC || n == -EFBIG)
-			pump_finish(p, ECANCELED);
-		else
-			pump_finish(p, (int)-n);
-		return false;
-	}
-	return true;
-}
-
-static void pump_event(struct ioloop_watch *w, uint32_t events)
-{
-	pump_some(w->data);
-}
-
-static void pump_step(void *arg)
-{
-	struct fd_pump *p = arg;
-	struct stream *s = p->s; /* the ref taken when this step was queued */
-	if (p->running && pump_some(p) && p->running) {
-		if (ioloop_call(p->loop, pump_step, p) == 0)
-			return; /* the ref moves to the next step */
-		pump_finish(p, ESHUTDOWN);
-	}
-	stream_unref(s);
-}
-
-int fd_pump_start(struct fd_pump *p, struct ioloop *loop, struct stream *s, int fd,
-		  void (*on_done)(struct fd_pump *p, int err), void *data)
-{
-	p->loop = loop;
-	p->s = s;
-	p->fd = fd;
-	p->on_done = on_done;
-	p->data = data;
-	p->running = true;
-	p->paused = false;
-	int fl = fcntl(fd, F_GETFL);
-	p->nonblock = fl >= 0 && (fl & O_NONBLOCK);
-	p->watch.fd = fd;
-	p->watch.cb = pump_event;
-	p->watch.data = p;
-	int r = ioloop_add(loop, &p->watch, EPOLLIN);
-	if (r == 0) {
-		p->polled = true;
-		return 0;
-	}
-	if (r != -EPERM)
-		goto err;
-	/* Not pollable (regular file, /dev/null): always "ready"; read it in
-	 * steps. A stepped pump reads with the fd's own blocking mode, which
-	 * for regular files never waits long. */
-	p->polled = false;
-	p->nonblock = true;
-	stream_ref(s);
-	r = ioloop_call(loop, pump_step, p);
-	if (r == 0)
-		return 0;
-	stream_unref(s);
-err:
-	p->running = false;
-	close(fd);
-	p->fd = -1;
-	return r;
-}
-
-void fd_pump_resume(struct fd_pump *p)
-{
-	if (!p->running || !p->paused)
-		return;
-	p->paused = false;
-	if (p->polled) {
-		if (ioloop_add(p->loop, &p->watch, EPOLLIN) < 0)
-			pump_finish(p, ENOMEM);
-		return;
-	}
-	stream_ref(p->s);
-	if (ioloop_call(p->loop, pump_step, p) < 0) {
-		stream_unref(p->s);
-		pump_finish(p, ESHUTDOWN);
-	}
-}
-
-void fd_pump_stop(struct fd_pump *p)
-{
-	if (!p->running)
-		return;
-	p->running = false;
-	if (p->polled && !p->paused)
-		ioloop_del(p->loop, &p->watch);
-	close(p->fd);
-	p->fd = -1;
-}
-
-/* ---- running sources ------------------------------------------------- */
-
-static pthread_mutex_t busy_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t busy_cond = PTHREAD_COND_INITIALIZER;
-static unsigned busy; /* protected by busy_lock */
-
-void source_take(struct stream *s)
-{
-	stream_ref(s);
-	pthread_mutex_lock(&busy_lock);
-	busy++;
-	pthread_mutex_unlock(&busy_lock);
-}
-
-void source_drop(struct stream *s)
-{
-	pthread_mutex_lock(&busy_lock);
-	if (--busy == 0)
-		pthread_cond_broadcast(&busy_cond);
-	pthread_mutex_unlock(&busy_lock);
-	stream_unref(s);
-}
-
-bool source_wait_all_done(unsigned timeout_ms)
-{
-	struct timespec dl;
-	clock_gettime(CLOCK_REALTIME, &dl);
-	dl.tv_sec += timeout_ms / 1000;
-	dl.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
-	if (dl.tv_nsec >= 1000000000) {
-		dl.tv_sec++;
-		dl.tv_nsec -= 1000000000;
-	}
-	pthread_mutex_lock(&busy_lock);
-	while (busy > 0 && pthread_cond_timedwait(&busy_cond, &busy_lock, &dl) == 0)
-		;
-	bool done = busy == 0;
-	pthread_mutex_unlock(&busy_lock);
-	return done;
-}
 
 /* ---- paths inside the mount ------------------------------------------ */
 
@@ -290,6 +118,7 @@ struct fd_src {
 static void fd_src_done(struct fd_pump *p, int err)
 {
 	struct fd_src *f = p->data;
+	assert(ioloop_in_loop(f->loop));
 	if (err == 0)
 		stream_end(f->s);
 	else if (err != ECANCELED)
@@ -303,7 +132,7 @@ static void fd_src_pump(struct fd_src *f, int fd)
 	int r = fd_pump_start(&f->pump, f->loop, f->s, fd, fd_src_done, f);
 	if (r < 0) {
 		stream_fail(f->s, -r, "cannot read %s: %s", f->path ? f->path : "stdin",
-			    strerror(-r));
+		            strerror(-r));
 		source_drop(f->s);
 	}
 }
@@ -377,14 +206,17 @@ static void close_opener(struct fd_src *f)
 static void fd_src_opened(struct ioloop_watch *w, uint32_t events)
 {
 	struct fd_src *f = w->data;
+	assert(ioloop_in_loop(f->loop));
 	struct open_result res = {.err = EIO};
 	union {
 		char buf[CMSG_SPACE(sizeof(int))];
 		struct cmsghdr align;
 	} u;
 	struct iovec iov = {.iov_base = &res, .iov_len = sizeof(res)};
-	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
-			    .msg_controllen = sizeof(u.buf)};
+	struct msghdr mh = {.msg_iov = &iov,
+	                    .msg_iovlen = 1,
+	                    .msg_control = u.buf,
+	                    .msg_controllen = sizeof(u.buf)};
 	ssize_t n = recvmsg(f->open_sock, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
@@ -400,10 +232,10 @@ static void fd_src_opened(struct ioloop_watch *w, uint32_t events)
 	if (fd < 0) {
 		if (res.inside)
 			stream_fail(f->s, ELOOP, "pipe path '%s' is inside the mount point '%s'",
-				    f->path, f->mountpoint);
+			            f->path, f->mountpoint);
 		else
 			stream_fail(f->s, res.err ? res.err : EIO, "%s: %s", f->path,
-				    strerror(res.err ? res.err : EIO));
+			            strerror(res.err ? res.err : EIO));
 		source_drop(f->s);
 		return;
 	}
@@ -416,6 +248,7 @@ static void fd_src_opened(struct ioloop_watch *w, uint32_t events)
 /* Open f->path in a thread of its own; loop thread. Returns 0 or -errno. */
 static int start_opener(struct fd_src *f)
 {
+	assert(ioloop_in_loop(f->loop));
 	int sv[2];
 	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
 		return -errno;
@@ -462,6 +295,7 @@ static int start_opener(struct fd_src *f)
 static void fd_src_begin(void *arg)
 {
 	struct fd_src *f = arg;
+	assert(ioloop_in_loop(f->loop));
 	if (f->path) {
 		int r = start_opener(f);
 		if (r < 0) {
@@ -478,6 +312,7 @@ static void fd_src_begin(void *arg)
 static void fd_src_cancel_in_loop(void *arg)
 {
 	struct fd_src *f = arg;
+	assert(ioloop_in_loop(f->loop));
 	struct stream *s = f->s;
 	if (f->open_sock >= 0) {
 		close_opener(f); /* the opener finds nobody to tell */
@@ -492,19 +327,14 @@ static void fd_src_cancel_in_loop(void *arg)
 static int fd_src_start(struct stream *s, void *src)
 {
 	struct fd_src *f = src;
-	source_take(s);
-	int r = ioloop_call(f->loop, fd_src_begin, f);
-	if (r < 0)
-		source_drop(s);
-	return r;
+	return source_start_in_loop(s, f->loop, fd_src_begin, f);
 }
 
 static void fd_src_cancel(struct stream *s, void *src)
 {
 	struct fd_src *f = src;
-	stream_ref(s);
-	if (ioloop_call(f->loop, fd_src_cancel_in_loop, f) < 0)
-		stream_unref(s); /* loop gone: nothing runs any more */
+	/* If the loop is gone, nothing runs any more: nothing to stop. */
+	source_call_in_loop(s, f->loop, fd_src_cancel_in_loop, f);
 }
 
 static void fd_src_resume_in_loop(void *arg)
@@ -537,23 +367,23 @@ static void fd_src_destroy(void *src)
 }
 
 static const struct stream_source_ops pipe_ops = {
-	.kind = "pipe",
-	.start = fd_src_start,
-	.cancel = fd_src_cancel,
-	.destroy = fd_src_destroy,
-	.resume = fd_src_resume,
+    .kind = "pipe",
+    .start = fd_src_start,
+    .cancel = fd_src_cancel,
+    .destroy = fd_src_destroy,
+    .resume = fd_src_resume,
 };
 
 static const struct stream_source_ops stdin_ops = {
-	.kind = "stdin",
-	.start = fd_src_start,
-	.cancel = fd_src_cancel,
-	.destroy = fd_src_destroy,
-	.resume = fd_src_resume,
+    .kind = "stdin",
+    .start = fd_src_start,
+    .cancel = fd_src_cancel,
+    .destroy = fd_src_destroy,
+    .resume = fd_src_resume,
 };
 
 static struct stream *fd_src_new(struct ioloop *loop, const char *name, const char *path,
-				 const char *mountpoint, int fd, struct store *store)
+                                 const char *mountpoint, int fd, struct store *store)
 {
 	struct fd_src *f = calloc(1, sizeof(*f));
 	if (!f || (path && !(f->path = strdup(path))) ||
@@ -579,7 +409,7 @@ static struct stream *fd_src_new(struct ioloop *loop, const char *name, const ch
 }
 
 struct stream *source_pipe_new(struct ioloop *loop, const char *name, const char *path,
-			       const char *mountpoint, struct store *store)
+                               const char *mountpoint, struct store *store)
 {
 	return fd_src_new(loop, name, path, mountpoint, -1, store);
 }

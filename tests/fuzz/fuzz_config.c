@@ -1,5 +1,5 @@
 /*
- * fuzz_config.c - libFuzzer target for config.c.
+ * fuzz_config.c - libFuzzer target for the configuration parser (config.h).
  *
  * Each input is used four ways:
  * - as one string: config_validate_name(), config_parse_file() and, split
@@ -50,23 +50,23 @@ static void check_spec(const struct file_spec *f)
 	REQUIRE(f->source);
 	REQUIRE((f->kind == SOURCE_STDIN) == !f->arg);
 	REQUIRE(f->kind != SOURCE_STDIN || !strcmp(f->source, "-"));
-	REQUIRE(!f->opts.nheaders || !f->opts.headers[f->opts.nheaders]);
+	REQUIRE(!f->opts.headers.len || !f->opts.headers.ptr[f->opts.headers.len]);
 }
 
 static void check_config(const struct config *cfg)
 {
 	size_t i, j, nstdin = 0;
 
-	REQUIRE(cfg->fuse_opts && !cfg->fuse_opts[cfg->nfuse_opts]);
+	REQUIRE(!cfg->fuse_opts.len || !cfg->fuse_opts.ptr[cfg->fuse_opts.len]);
 	if (cfg->show_help || cfg->show_version)
 		return;
 	REQUIRE(cfg->mountpoint && cfg->mountpoint[0]);
 	REQUIRE(!(cfg->memory_store && cfg->cache_dir));
-	for (i = 0; i < cfg->nfiles; i++) {
-		check_spec(&cfg->files[i]);
-		nstdin += cfg->files[i].kind == SOURCE_STDIN;
+	for (i = 0; i < cfg->files.len; i++) {
+		check_spec(&cfg->files.ptr[i]);
+		nstdin += cfg->files.ptr[i].kind == SOURCE_STDIN;
 		for (j = 0; j < i; j++)
-			REQUIRE(strcmp(cfg->files[i].name, cfg->files[j].name) != 0);
+			REQUIRE(strcmp(cfg->files.ptr[i].name, cfg->files.ptr[j].name) != 0);
 	}
 	REQUIRE(nstdin <= 1);
 }
@@ -107,7 +107,7 @@ static void fuzz_string(const char *s)
 		REQUIRE(!memcmp(&before, &o, sizeof(o)));
 	}
 	REQUIRE(config_file_opts_copy(&copy, &o) == 0);
-	REQUIRE(copy.nheaders == o.nheaders && copy.size_bytes == o.size_bytes);
+	REQUIRE(copy.headers.len == o.headers.len && copy.size_bytes == o.size_bytes);
 	config_file_opts_free(&copy);
 	config_file_opts_free(&o);
 	free(key);
@@ -168,9 +168,8 @@ static void fuzz_manifest(const uint8_t *data, size_t size)
 	err[0] = '\0';
 	if (config_load_manifest(&cfg, path, err, sizeof(err))) {
 		check_err(err);
-		REQUIRE(cfg.nfiles == 0);
+		REQUIRE(cfg.files.len == 0);
 	} else {
-		cfg.fuse_opts = calloc(1, sizeof(char *));
 		cfg.mountpoint = strdup("mnt");
 		check_config(&cfg);
 	}

@@ -151,7 +151,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	REQUIRE(accepted == (all_ok && !clash), "config %s the set (valid %d, clash %d): %s",
 	        accepted ? "accepted" : "refused", all_ok, clash, err);
 	if (accepted)
-		REQUIRE(cfg.nfiles == n, "%zu files from %zu names", cfg.nfiles, n);
+		REQUIRE(cfg.files.len == n, "%zu files from %zu names", cfg.files.len, n);
 	config_free(&cfg);
 	for (int i = 2; i < argc; i++)
 		free(argv[i]);

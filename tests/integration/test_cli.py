@@ -100,6 +100,16 @@ def test_busy_mountpoint(mount, mount_fail):
     assert call(read_all, m / "a.txt") == b"first\n"
 
 
+def test_busy_mountpoint_with_blanks_in_its_path(mount, mount_fail, tmp_path):
+    """The mount table writes ' ' as \\040 and a tab as \\011: a mount point
+    with blanks in its name is still recognised as already mounted."""
+    m = mount("a.txt=cmd:echo first", mountpoint=tmp_path / "my mnt\tdir")
+    r = mount_fail(m.path, "b.txt=cmd:echo second")
+    assert "already mounted" in one_error_line(r)
+    assert mount_count(m.path) == 1
+    assert call(read_all, m / "a.txt") == b"first\n"
+
+
 def test_version_and_help(streamfs_cli):
     r = streamfs_cli("--version")
     assert r.returncode == 0 and r.stdout.strip(), r

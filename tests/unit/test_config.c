@@ -1,5 +1,5 @@
 /*
- * test_config.c - unit tests for config.c: the command line, NAME=SOURCE
+ * test_config.c - unit tests for config.h: the command line, NAME=SOURCE
  * arguments, per-file options and manifests.
  *
  * Every failure is also checked for the message contract: one line, not
@@ -122,7 +122,7 @@ static void test_defaults(void)
 	config_file_opts_default(&o);
 	CHECK(o.size == SIZE_AUTO && o.size_bytes == 0);
 	CHECK(o.start == START_ACCESS && o.read == READ_FULL);
-	CHECK(!o.headers && o.nheaders == 0 && !o.userpwd);
+	CHECK(!o.headers.ptr && o.headers.len == 0 && !o.userpwd);
 	CHECK(!o.insecure && !o.location_trusted);
 	CHECK(o.retries == 5 && o.retry_time == 60 && o.stall_timeout == 30);
 	CHECK(o.connect_timeout == 15 && o.max_redirs == 10);
@@ -214,7 +214,7 @@ static void test_options(void)
 	CHECK(set(&o, "header", "X-A: b", err) == 0);
 	CHECK(set(&o, "header", "Accept:", err) == 0);
 	CHECK(set(&o, "header", "X-Empty;", err) == 0);
-	CHECK(o.nheaders == 3 && !strcmp(o.headers[0], "X-A: b") && !o.headers[3]);
+	CHECK(o.headers.len == 3 && !strcmp(o.headers.ptr[0], "X-A: b") && !o.headers.ptr[3]);
 	SET_FAILS("header", "NoColon", "bad --header value 'NoColon': expected 'Name: value'");
 	SET_FAILS("header", ": v", "bad --header");
 	SET_FAILS("header", "Bad Name: x", "bad --header");
@@ -269,12 +269,12 @@ static void test_options(void)
 
 	/* A deep copy. */
 	CHECK(config_file_opts_copy(&c, &o) == 0);
-	CHECK(c.nheaders == 3 && c.headers != o.headers && c.headers[0] != o.headers[0]);
-	CHECK(!strcmp(c.headers[2], "X-Empty;") && !c.headers[3]);
+	CHECK(c.headers.len == 3 && c.headers.ptr != o.headers.ptr && c.headers.ptr[0] != o.headers.ptr[0]);
+	CHECK(!strcmp(c.headers.ptr[2], "X-Empty;") && !c.headers.ptr[3]);
 	CHECK(c.userpwd != o.userpwd && !strcmp(c.userpwd, "x:hunter2"));
 	CHECK(c.max_redirs == 4 && c.retry_time == 3);
 	config_file_opts_free(&o);
-	CHECK(!o.headers && !o.nheaders && !o.userpwd);
+	CHECK(!o.headers.ptr && !o.headers.len && !o.userpwd);
 	config_file_opts_free(&c);
 	config_file_opts_free(NULL);
 }
@@ -415,7 +415,7 @@ static void test_parse_file(void)
 	CHECK(set(&def, "header", "X-A: 1", err) == 0 && set(&def, "size", "2K", err) == 0);
 	CHECK(pf("v=https://h/x", &def, &f, err) == 0);
 	CHECK(f.opts.size == SIZE_FIXED && f.opts.size_bytes == 2048);
-	CHECK(f.opts.nheaders == 1 && f.opts.headers != def.headers);
+	CHECK(f.opts.headers.len == 1 && f.opts.headers.ptr != def.headers.ptr);
 	config_file_spec_free(&f);
 	config_file_opts_free(&def);
 
@@ -454,12 +454,12 @@ static void test_args(void)
 	size_t i;
 
 	CHECK(PARSE(&cfg, err, "mnt") == 0);
-	CHECK(!strcmp(cfg.mountpoint, "mnt") && cfg.nfiles == 0 && !cfg.manifest);
-	CHECK(cfg.fuse_opts && !cfg.fuse_opts[0] && cfg.nfuse_opts == 0);
+	CHECK(!strcmp(cfg.mountpoint, "mnt") && cfg.files.len == 0 && !cfg.manifest);
+	CHECK(!cfg.fuse_opts.ptr && cfg.fuse_opts.len == 0);
 	CHECK(!cfg.foreground && cfg.verbosity == 0 && !cfg.cache_dir && !cfg.memory_store);
 	CHECK(!cfg.show_help && !cfg.show_version);
 	config_free(&cfg);
-	CHECK(!cfg.mountpoint && !cfg.files);
+	CHECK(!cfg.mountpoint && !cfg.files.ptr);
 	config_free(&cfg);
 	config_free(NULL);
 
@@ -469,20 +469,20 @@ static void test_args(void)
 	            "a=cmd:ls -l", "d/b.bin=https://h/x", "--insecure", "c=-", "--retries=2",
 	            "e=pipe:/p") == 0);
 	CHECK(!strcmp(cfg.mountpoint, "mnt") && cfg.foreground && cfg.verbosity == 2);
-	CHECK(cfg.nfuse_opts == 2 && !strcmp(cfg.fuse_opts[0], "allow_other"));
-	CHECK(!strcmp(cfg.fuse_opts[1], "ro,noatime") && !cfg.fuse_opts[2]);
+	CHECK(cfg.fuse_opts.len == 2 && !strcmp(cfg.fuse_opts.ptr[0], "allow_other"));
+	CHECK(!strcmp(cfg.fuse_opts.ptr[1], "ro,noatime") && !cfg.fuse_opts.ptr[2]);
 	CHECK(!strcmp(cfg.cache_dir, "/var/cache/x") && !cfg.memory_store);
-	CHECK(cfg.nfiles == 4);
-	for (i = 0; i < cfg.nfiles; i++) {
-		CHECK(cfg.files[i].opts.size == SIZE_FIXED);
-		CHECK(cfg.files[i].opts.size_bytes == 1 << 20);
-		CHECK(cfg.files[i].opts.insecure && cfg.files[i].opts.retries == 2);
-		CHECK(cfg.files[i].opts.nheaders == 1);
+	CHECK(cfg.files.len == 4);
+	for (i = 0; i < cfg.files.len; i++) {
+		CHECK(cfg.files.ptr[i].opts.size == SIZE_FIXED);
+		CHECK(cfg.files.ptr[i].opts.size_bytes == 1 << 20);
+		CHECK(cfg.files.ptr[i].opts.insecure && cfg.files.ptr[i].opts.retries == 2);
+		CHECK(cfg.files.ptr[i].opts.headers.len == 1);
 	}
-	CHECK(!strcmp(cfg.files[0].name, "a") && cfg.files[0].kind == SOURCE_CMD);
-	CHECK(!strcmp(cfg.files[1].name, "d/b.bin") && cfg.files[1].kind == SOURCE_URL);
-	CHECK(!strcmp(cfg.files[2].name, "c") && cfg.files[2].kind == SOURCE_STDIN);
-	CHECK(!strcmp(cfg.files[3].name, "e") && cfg.files[3].kind == SOURCE_PIPE);
+	CHECK(!strcmp(cfg.files.ptr[0].name, "a") && cfg.files.ptr[0].kind == SOURCE_CMD);
+	CHECK(!strcmp(cfg.files.ptr[1].name, "d/b.bin") && cfg.files.ptr[1].kind == SOURCE_URL);
+	CHECK(!strcmp(cfg.files.ptr[2].name, "c") && cfg.files.ptr[2].kind == SOURCE_STDIN);
+	CHECK(!strcmp(cfg.files.ptr[3].name, "e") && cfg.files.ptr[3].kind == SOURCE_PIPE);
 	config_free(&cfg);
 
 	CHECK(PARSE(&cfg, err, "--foreground", "--verbose", "-vv", "--quiet", "mnt") == 0);
@@ -500,12 +500,12 @@ static void test_args(void)
 	config_free(&cfg);
 	/* Long options may be abbreviated when unambiguous. */
 	CHECK(PARSE(&cfg, err, "--fore", "--stall=5", "mnt", "a=cmd:x") == 0);
-	CHECK(cfg.foreground && cfg.files[0].opts.stall_timeout == 5);
+	CHECK(cfg.foreground && cfg.files.ptr[0].opts.stall_timeout == 5);
 	config_free(&cfg);
 	/* After "--", everything is positional. */
 	CHECK(PARSE(&cfg, err, "-f", "--", "mnt", "-x=cmd:ls", "--y=-") == 0);
-	CHECK(cfg.nfiles == 2 && !strcmp(cfg.files[0].name, "-x"));
-	CHECK(!strcmp(cfg.files[1].name, "--y"));
+	CHECK(cfg.files.len == 2 && !strcmp(cfg.files.ptr[0].name, "-x"));
+	CHECK(!strcmp(cfg.files.ptr[1].name, "--y"));
 	config_free(&cfg);
 	/* A mountpoint that merely contains '=' is fine. */
 	CHECK(PARSE(&cfg, err, "/mnt/a=b") == 0 && !strcmp(cfg.mountpoint, "/mnt/a=b"));
@@ -580,7 +580,7 @@ static int load(struct config *cfg, const char *path, char *err)
 		CHECK(load(&c_, p_, e_) == -1);                                                    \
 		snprintf(w_, sizeof(w_), "%s:%s", p_, (want));                                     \
 		CHECK_ERR(e_, w_);                                                                 \
-		CHECK(c_.nfiles == 0 && !c_.files);                                                \
+		CHECK(c_.files.len == 0 && !c_.files.ptr);                                         \
 		config_free(&c_);                                                                  \
 	} while (0)
 
@@ -638,35 +638,35 @@ static void test_manifest(void)
 	CHECK(load(&cfg, path, err) == 0);
 	if (err[0])
 		fprintf(stderr, "good.ini: %s\n", err);
-	CHECK(cfg.nfiles == 5);
-	if (cfg.nfiles == 5) {
-		f = &cfg.files[0];
+	CHECK(cfg.files.len == 5);
+	if (cfg.files.len == 5) {
+		f = &cfg.files.ptr[0];
 		CHECK(!strcmp(f->name, "video.mp4") && f->kind == SOURCE_URL);
 		CHECK(!strcmp(f->arg, "https://host/v.mp4"));
 		CHECK(f->opts.size == SIZE_FIXED && f->opts.size_bytes == 1ull << 30);
-		CHECK(f->opts.nheaders == 2 &&
-		      !strcmp(f->opts.headers[0], "Authorization: Bearer x"));
+		CHECK(f->opts.headers.len == 2 &&
+		      !strcmp(f->opts.headers.ptr[0], "Authorization: Bearer x"));
 		CHECK(f->opts.insecure && f->opts.retries == 3 && f->opts.retry_time == 1.5);
 		CHECK(f->opts.stall_timeout == 4 && f->opts.connect_timeout == 5);
 		CHECK(f->opts.max_redirs == 6 && !strcmp(f->opts.userpwd, "u:p"));
 		CHECK(f->opts.location_trusted);
-		f = &cfg.files[1];
+		f = &cfg.files.ptr[1];
 		CHECK(!strcmp(f->name, "logs/today.txt") && f->kind == SOURCE_CMD);
 		/* ';' is not an inline comment: it belongs to the command. */
 		CHECK(!strcmp(f->arg, "journalctl -o short ; echo done"));
 		CHECK(f->opts.start == START_MOUNT && f->opts.read == READ_PARTIAL);
 		CHECK(f->opts.size == SIZE_AUTO && f->opts.retries == 5);
-		CHECK(!strcmp(cfg.files[2].name, "in.bin") && cfg.files[2].kind == SOURCE_STDIN);
-		CHECK(!strcmp(cfg.files[3].name, longname) && !strcmp(cfg.files[3].arg, longurl));
-		CHECK(cfg.files[4].kind == SOURCE_PIPE && !strcmp(cfg.files[4].arg, "/run/fifo"));
+		CHECK(!strcmp(cfg.files.ptr[2].name, "in.bin") && cfg.files.ptr[2].kind == SOURCE_STDIN);
+		CHECK(!strcmp(cfg.files.ptr[3].name, longname) && !strcmp(cfg.files.ptr[3].arg, longurl));
+		CHECK(cfg.files.ptr[4].kind == SOURCE_PIPE && !strcmp(cfg.files.ptr[4].arg, "/run/fifo"));
 	}
 	/* Loading more appends; a name already there is a duplicate. */
 	CHECK(load(&cfg, write_file("more.ini", "[more]\nsource=cmd:x\n"), err) == 0);
-	CHECK(cfg.nfiles == 6 && !strcmp(cfg.files[5].name, "more"));
+	CHECK(cfg.files.len == 6 && !strcmp(cfg.files.ptr[5].name, "more"));
 	path = write_file("dup.ini", "[x]\nsource=cmd:x\n\n[video.mp4]\nsource=-\n");
 	CHECK(load(&cfg, path, err) == -1);
 	CHECK_ERR(err, ":4: duplicate name [video.mp4]");
-	CHECK(cfg.nfiles == 6);
+	CHECK(cfg.files.len == 6);
 	path = write_file("dir.ini", "[video.mp4/x]\nsource=cmd:x\n");
 	CHECK(load(&cfg, path, err) == -1);
 	CHECK_ERR(err, ":1: [video.mp4] can't be both a file and the directory of [video.mp4/x]");
@@ -675,11 +675,11 @@ static void test_manifest(void)
 	free(longurl);
 
 	/* An empty manifest, or comments only, is fine. */
-	CHECK(load(&cfg, write_file("empty.ini", ""), err) == 0 && cfg.nfiles == 0);
-	CHECK(load(&cfg, write_file("comments.ini", "# x\n;y\n\n"), err) == 0 && !cfg.nfiles);
+	CHECK(load(&cfg, write_file("empty.ini", ""), err) == 0 && cfg.files.len == 0);
+	CHECK(load(&cfg, write_file("comments.ini", "# x\n;y\n\n"), err) == 0 && !cfg.files.len);
 	/* No newline at the end. */
 	CHECK(load(&cfg, write_file("nonl.ini", "[a]\nsource=cmd:x"), err) == 0);
-	CHECK(cfg.nfiles == 1 && !strcmp(cfg.files[0].arg, "x"));
+	CHECK(cfg.files.len == 1 && !strcmp(cfg.files.ptr[0].arg, "x"));
 	config_free(&cfg);
 
 	MANIFEST_FAILS("[video.mp4]\nsource = -\n\n\n\n\nsise = 1\n",
@@ -729,17 +729,17 @@ static void test_manifest(void)
 		CHECK(load(&cfg, path, err) == -1);
 		CHECK_ERR(err, "Permission denied");
 	}
-	CHECK(cfg.nfiles == 0);
+	CHECK(cfg.files.len == 0);
 	config_free(&cfg);
 
 	/* Through the command line: manifest first, command-line options not applied to it. */
 	path = write_file("cli.ini", "[m/one]\nsource=cmd:x\n[m/two]\nsource=-\nsize=wait\n");
 	CHECK(PARSE(&cfg, err, "--size=1K", "mnt", "c=cmd:y", "-c", path, "-o", "ro") == 0);
-	CHECK(cfg.nfiles == 3 && !strcmp(cfg.manifest, path));
-	if (cfg.nfiles == 3) {
-		CHECK(!strcmp(cfg.files[0].name, "m/one") && cfg.files[0].opts.size == SIZE_AUTO);
-		CHECK(!strcmp(cfg.files[1].name, "m/two") && cfg.files[1].opts.size == SIZE_WAIT);
-		CHECK(!strcmp(cfg.files[2].name, "c") && cfg.files[2].opts.size == SIZE_FIXED);
+	CHECK(cfg.files.len == 3 && !strcmp(cfg.manifest, path));
+	if (cfg.files.len == 3) {
+		CHECK(!strcmp(cfg.files.ptr[0].name, "m/one") && cfg.files.ptr[0].opts.size == SIZE_AUTO);
+		CHECK(!strcmp(cfg.files.ptr[1].name, "m/two") && cfg.files.ptr[1].opts.size == SIZE_WAIT);
+		CHECK(!strcmp(cfg.files.ptr[2].name, "c") && cfg.files.ptr[2].opts.size == SIZE_FIXED);
 	}
 	config_free(&cfg);
 	PARSE_FAILS("duplicate name 'm/one': in the manifest and on the command line", "-c", path,
@@ -779,17 +779,17 @@ static void test_secret_files(void)
 
 	struct config cfg;
 	CHECK(PARSE(&cfg, err, "--user", at, "mnt", "a=https://h/") == 0);
-	CHECK(cfg.nfiles == 1 && !strcmp(cfg.files[0].opts.userpwd, "alice:pw with spaces"));
+	CHECK(cfg.files.len == 1 && !strcmp(cfg.files.ptr[0].opts.userpwd, "alice:pw with spaces"));
 	config_free(&cfg);
 
 	p = write_mode("headers.txt", "Authorization: Bearer t0k\n\n  \nX-B: 2\r\n", 0400);
 	snprintf(at, sizeof(at), "--header=@%s", p);
 	CHECK(PARSE(&cfg, err, "--header=X-A: 1", at, "mnt", "a=https://h/") == 0);
-	CHECK(cfg.nfiles == 1 && cfg.files[0].opts.nheaders == 3);
-	if (cfg.nfiles == 1 && cfg.files[0].opts.nheaders == 3) {
-		CHECK(!strcmp(cfg.files[0].opts.headers[0], "X-A: 1"));
-		CHECK(!strcmp(cfg.files[0].opts.headers[1], "Authorization: Bearer t0k"));
-		CHECK(!strcmp(cfg.files[0].opts.headers[2], "X-B: 2"));
+	CHECK(cfg.files.len == 1 && cfg.files.ptr[0].opts.headers.len == 3);
+	if (cfg.files.len == 1 && cfg.files.ptr[0].opts.headers.len == 3) {
+		CHECK(!strcmp(cfg.files.ptr[0].opts.headers.ptr[0], "X-A: 1"));
+		CHECK(!strcmp(cfg.files.ptr[0].opts.headers.ptr[1], "Authorization: Bearer t0k"));
+		CHECK(!strcmp(cfg.files.ptr[0].opts.headers.ptr[2], "X-B: 2"));
 	}
 	config_free(&cfg);
 
@@ -825,11 +825,11 @@ static void test_secret_files(void)
 	cwd = getcwd(NULL, 0);
 	CHECK(cwd && chdir(tmpdir) == 0);
 	CHECK(PARSE(&cfg, err, "--netrc-file=netrc", "mnt", "a=https://h/") == 0);
-	CHECK(cfg.nfiles == 1 && cfg.files[0].opts.netrc_file &&
-	      !strcmp(cfg.files[0].opts.netrc_file, p));
+	CHECK(cfg.files.len == 1 && cfg.files.ptr[0].opts.netrc_file &&
+	      !strcmp(cfg.files.ptr[0].opts.netrc_file, p));
 	config_free(&cfg);
 	CHECK(PARSE(&cfg, err, "--netrc", "mnt", "a=https://h/") == 0);
-	CHECK(cfg.nfiles == 1 && cfg.files[0].opts.netrc && !cfg.files[0].opts.netrc_file);
+	CHECK(cfg.files.len == 1 && cfg.files.ptr[0].opts.netrc && !cfg.files.ptr[0].opts.netrc_file);
 	config_free(&cfg);
 	CHECK(chmod(p, 0604) == 0);
 	PARSE_FAILS("netrc file 'netrc' holds credentials but is accessible", "--netrc-file=netrc",
@@ -856,23 +856,23 @@ static void test_manifest_mode(void)
 		CHECK(load(&cfg, p, err) == -1);
 		CHECK_ERR(err,
 		          "holds credentials but is accessible by group or others (mode 0644)");
-		CHECK(cfg.nfiles == 0);
+		CHECK(cfg.files.len == 0);
 		CHECK(chmod(p, 0600) == 0);
-		CHECK(load(&cfg, p, err) == 0 && cfg.nfiles == 1);
+		CHECK(load(&cfg, p, err) == 0 && cfg.files.len == 1);
 		config_free(&cfg);
 	}
 	/* No credentials in it: any mode. A user name alone is no secret. */
 	p = write_mode("plain.ini", "[a]\nsource = https://u@h/\n[b]\nsource = cmd:true\n", 0644);
-	CHECK(load(&cfg, p, err) == 0 && cfg.nfiles == 2);
+	CHECK(load(&cfg, p, err) == 0 && cfg.files.len == 2);
 	config_free(&cfg);
 	/* Credentials in files it names: the manifest itself may be readable. */
 	u = write_mode("m-user.txt", "u:p\n", 0600);
 	snprintf(text, sizeof(text), "[a]\nsource = https://h/\nuser = @%s\nheader = @%s\n", u,
 	         write_mode("m-hdr.txt", "X-K: v\n", 0600));
 	p = write_mode("indirect.ini", text, 0644);
-	CHECK(load(&cfg, p, err) == 0 && cfg.nfiles == 1);
-	CHECK(cfg.nfiles == 1 && !strcmp(cfg.files[0].opts.userpwd, "u:p") &&
-	      cfg.files[0].opts.nheaders == 1);
+	CHECK(load(&cfg, p, err) == 0 && cfg.files.len == 1);
+	CHECK(cfg.files.len == 1 && !strcmp(cfg.files.ptr[0].opts.userpwd, "u:p") &&
+	      cfg.files.ptr[0].opts.headers.len == 1);
 	config_free(&cfg);
 }
 
@@ -919,10 +919,10 @@ static void test_scrub_argv(void)
 		free(argv[i]);
 	}
 	/* The parsed copies keep the real values (the last --user wins). */
-	CHECK(cfg.nfiles == 3 && !strcmp(cfg.files[0].opts.userpwd, "bob:pw4"));
-	CHECK(cfg.nfiles == 3 && !strcmp(cfg.files[0].arg, "https://carol:pw5@h:8443/p?q=1"));
-	CHECK(cfg.nfiles == 3 && cfg.files[0].opts.nheaders == 3 &&
-	      !strcmp(cfg.files[0].opts.headers[0], "Authorization: Bearer pw2"));
+	CHECK(cfg.files.len == 3 && !strcmp(cfg.files.ptr[0].opts.userpwd, "bob:pw4"));
+	CHECK(cfg.files.len == 3 && !strcmp(cfg.files.ptr[0].arg, "https://carol:pw5@h:8443/p?q=1"));
+	CHECK(cfg.files.len == 3 && cfg.files.ptr[0].opts.headers.len == 3 &&
+	      !strcmp(cfg.files.ptr[0].opts.headers.ptr[0], "Authorization: Bearer pw2"));
 	config_free(&cfg);
 }
 
@@ -995,7 +995,7 @@ static void test_cache_options(void)
 	CHECK(PARSE(&cfg, err, "--cache-size=256M", "--cache-min-free=2.5%", "--keep=64M", "mnt",
 	            "a=cmd:yes") == 0);
 	CHECK(cfg.cache_size == 256ULL << 20 && cfg.cache_min_free_pct == 2.5);
-	CHECK(cfg.nfiles == 1 && cfg.files[0].opts.keep == 64ULL << 20);
+	CHECK(cfg.files.len == 1 && cfg.files.ptr[0].opts.keep == 64ULL << 20);
 	config_free(&cfg);
 	CHECK(PARSE(&cfg, err, "--cache-min-free=1G", "--cache-size=1M", "mnt") == 0);
 	CHECK(cfg.cache_min_free == 1ULL << 30 && cfg.cache_min_free_pct < 0);

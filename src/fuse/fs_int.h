@@ -1,0 +1,227 @@
+/*
+ * fs_int.h - what the pieces of the FUSE layer share; private to src/fuse.
+ *
+ *   fs.c       the FUSE operations: translate each request to the engine
+ *   tree.c     the tree of nodes: add, remove, lookup, inode numbers and
+ *              their reuse, forget counting, open handles
+ *   park.c     requests that wait: park on a stream, the interrupt race,
+ *              the replies that answer them
+ *   attrs.c    status as extended attributes (user.streamfs.*)
+ *   session.c  the FUSE session: new/free, mount, loop, shutdown, and the
+ *              notifications that tell the kernel of add and rm
+ *
+ * Locks, in the order they are taken (none is held across a reply, a
+ * notification or a stream callback, except where said):
+ *   fs->lock        (read-write) the tree: node table, kids, node->s,
+ *                   node->removed. Every request reads, add/rm/forget write.
+ *   fs->plock       the list of parked requests
+ *   a stream's lock (in stream.c)
+ *   fs->hlock       the list of open handles (a leaf)
+ *   fs->mount_lock  fs->mounted and the session's device: held across a
+ *                   notification, so unmounting cannot close the device
+ *                   under it (a leaf: nothing else is taken under it)
+ * A libfuse request's own lock (taken by fuse_req_interrupt_func and held
+ * while an interrupt callback runs) comes before fs->plock.
+ */
+#ifndef STREAMFS_FS_INT_H
+#define STREAMFS_FS_INT_H
+
+#define FUSE_USE_VERSION 312
+
+#include "fs.h"
+#include "vector.h"
+
+#include <fuse_lowlevel.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+#include <sys/types.h>
+#include <time.h>
+
+#define BLKSIZE (1 << 20)
+#define ENTRY_TIMEOUT 1.0
+
+struct node;
+DEFINE_VECTOR(nodevec, struct node *);
+DEFINE_VECTOR(inovec, fuse_ino_t);
+
+struct node {
+	fuse_ino_t ino;
+	char *name;
+	struct node *parent; /* NULL once removed */
+	uint64_t gen;        /* the inode's generation: bumped when a number is reused */
+	uint64_t nlookup;    /* lookups the kernel holds; atomic, and only under fs->lock */
+	unsigned nopen;      /* open handles; atomic, and only under fs->lock */
+	bool dir;
+	bool removed;        /* protected by fs->lock */
+	struct nodevec kids; /* dir; protected by fs->lock */
+	struct stream *s;    /* file; protected by fs->lock (NULL once removed) */
+	/* Set when the node is made, then read-only. */
+	enum size_policy size;
+	enum read_policy read;
+	enum start_policy start;
+	char *source;
+};
+
+/* An open file. */
+struct handle {
+	struct node *n;
+	struct stream *s;         /* a reference */
+	TAILQ_ENTRY(handle) link; /* on fs->handles, under fs->hlock */
+	/* Read-ahead for random access (URL sources): reads that follow on
+	 * from the previous one double the window (1 MiB up to 64 MiB); a
+	 * jump starts it again. Updated with relaxed atomics: the kernel may
+	 * send reads of one file handle in parallel, and a lost update only
+	 * makes one window a little smaller. */
+	uint64_t next_off;
+	uint64_t window;
+};
+TAILQ_HEAD(handle_list, handle);
+
+enum pending_op { P_READ, P_OPEN, P_GETATTR };
+
+/* A request parked on a stream (park.c). */
+struct pending {
+	struct stream_waiter w;
+	fuse_req_t req;
+	struct fs *fs;
+	struct node *n;
+	struct stream *s; /* a reference */
+	enum pending_op op;
+	bool with_fh;              /* P_GETATTR: carried a file handle */
+	struct fuse_file_info fi;  /* P_OPEN */
+	TAILQ_ENTRY(pending) link; /* on fs->parked, under fs->plock */
+	atomic_bool answered;      /* claimed by the one party that answers */
+};
+TAILQ_HEAD(pending_list, pending);
+
+struct fs {
+	struct fuse_session *se; /* set by fs_mount, before any request */
+	pthread_rwlock_t lock;   /* the tree: see the top of this file */
+	struct nodevec nodes;    /* by inode number (NULL: free); [FUSE_ROOT_ID] is the root */
+	struct inovec freeino;   /* numbers of freed nodes, to reuse; cap >= nodes.len */
+	uint64_t reuses;         /* numbers reused so far: the next generation */
+	/* Set before the request loop starts, then read-only. */
+	struct timespec mtime;
+	uid_t uid;
+	gid_t gid;
+	char control[108]; /* the control socket's name (fs_set_control_name) */
+	struct cache *cache; /* the store budget, shown on the root (fs_set_cache); may be NULL */
+
+	atomic_bool shut; /* fs_shutdown() has begun: no file is added, no request parked */
+
+	pthread_mutex_t mount_lock;
+	bool mounted; /* protected by mount_lock */
+
+	/* Open handles, so those the kernel never released (the daemon stops
+	 * first) are freed with the file system. */
+	pthread_mutex_t hlock;
+	struct handle_list handles;
+
+	/* Parked requests, so fs_shutdown() can answer them and wait for
+	 * every reply on its way before it closes the device. */
+	pthread_mutex_t plock;
+	struct pending_list parked;
+	pthread_cond_t drained; /* signalled when parked becomes empty */
+};
+
+/* ---- fs.c ---- */
+
+extern const struct fuse_lowlevel_ops fs_ops;
+
+/* Every allocation a request makes goes through here (calloc), so tests
+ * can make them fail (STREAMFS_TEST_FAIL_ALLOC=N: every Nth one).
+ * req_alloc_init() reads the environment once, before any request. */
+void req_alloc_init(void);
+void *req_alloc(size_t n);
+
+/* Reply to @req with the attributes of @n (@s its stream, NULL for a
+ * directory). */
+void reply_attr(fuse_req_t req, struct fs *fs, const struct node *n, struct stream *s);
+
+/* The live node of @ino and in *@s a new reference on its stream (NULL
+ * for a directory); without one, replies ENOENT and returns NULL. */
+struct node *req_node(fuse_req_t req, struct fs *fs, fuse_ino_t ino, struct stream **s);
+
+/* ---- tree.c ---- */
+
+/* The root and inode 0 (invalid in FUSE). Returns 0, or -1 (ENOMEM). */
+int tree_init(struct fs *fs);
+/* Free every node. Nothing else may use the tree. */
+void tree_free(struct fs *fs);
+
+/* As req_node(), but without a reply: NULL if there is no such node or it
+ * was removed. */
+struct node *tree_get(struct fs *fs, fuse_ino_t ino, struct stream **s);
+
+/*
+ * The child @name of directory @parent, with one more lookup counted (the
+ * kernel's, given before the reply: it may forget it at once) and in *@s
+ * a new reference on its stream. NULL with *@err ENOENT or ENOTDIR.
+ */
+struct node *tree_lookup(struct fs *fs, fuse_ino_t parent, const char *name, struct stream **s,
+                         int *err);
+
+/* The kernel dropped @n lookups (FORGET), or a lookup reply did not reach
+ * it: removed nodes nothing names any more are freed. */
+void tree_forget(struct fs *fs, const struct fuse_forget_data *forgets, size_t n);
+
+/*
+ * Call @fn for the entries of directory @ino (".", "..", then the
+ * children; entry i is followed by offset i + 1) from @off on, until it
+ * returns false. Under the tree lock: @fn must not block. Returns 0, or
+ * -ENOTDIR if @ino is not a live directory.
+ */
+typedef bool (*tree_list_fn)(void *arg, const char *name, fuse_ino_t ino, bool dir, off_t next);
+int tree_list(struct fs *fs, fuse_ino_t ino, off_t off, tree_list_fn fn, void *arg);
+
+/* References on every file's stream (with @only >= 0: those of that start
+ * policy), for walking them without the lock: a NULL-terminated array, or
+ * NULL without memory. Free with fs_streams_free(). */
+struct stream **tree_streams(struct fs *fs, int only);
+
+/* A new open handle of @n on (a new reference of) @s, or NULL (ENOMEM). */
+struct handle *handle_new(struct fs *fs, struct node *n, struct stream *s);
+/* Close @h: the node may be freed if it was removed. */
+void handle_free(struct fs *fs, struct handle *h);
+/* Free the handles the kernel never released. */
+void handles_free_all(struct fs *fs);
+
+/* ---- park.c ---- */
+
+/* Park @req on @s (the stream of @n) until @kind/@off/@len holds, or
+ * answer now. @fi: P_OPEN's file info, or P_GETATTR's file handle. */
+void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s, enum pending_op op,
+          enum stream_wait_kind kind, uint64_t off, size_t len, const struct fuse_file_info *fi);
+
+/* Reply with the present bytes [off, off+len). Returns 0 when replied, or
+ * -ERANGE (not all present) / -errno without replying. */
+int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len);
+
+/* Answer every parked request with EIO, and wait until the replies of
+ * those being answered by others have been sent. After fs->shut is set,
+ * so none parks after. Returns how many were answered here. */
+size_t park_wake_all(struct fs *fs);
+
+/* ---- attrs.c ---- */
+
+void attrs_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size);
+void attrs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size);
+
+/* ---- session.c ---- */
+
+/* A removed node, as the kernel is told of it. */
+struct gone {
+	fuse_ino_t parent, ino;
+	char *name;
+};
+
+/* If mounted: directory @ino's cached listing is stale. */
+void session_inval_dir(struct fs *fs, fuse_ino_t ino);
+/* If mounted: the @k nodes of @v (deepest first) left their directories,
+ * and the listing of the last one's parent is stale. */
+void session_notify_gone(struct fs *fs, const struct gone *v, size_t k);
+
+#endif

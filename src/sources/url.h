@@ -1,0 +1,251 @@
+/*
+ * url.h - the parts of the URL source, private to src/sources:
+ *
+ *   url.c           the source itself: start, cancel, the end of it all
+ *   url_multi.c     the one curl multi handle, driven by the I/O loop
+ *   url_xfer.c      one request: its easy handle, the options every
+ *                   request shares, and what its response says
+ *   url_transfer.c  the sequential fill: retries, redirects, its checks
+ *   url_fetch.c     range fetches for readers ahead of the fill
+ *
+ * url.c says what a URL stream does; the rest say how. Everything here
+ * runs in the loop thread, unless a function says otherwise: no lock
+ * guards any of it.
+ */
+#ifndef STREAMFS_URL_H
+#define STREAMFS_URL_H
+
+#include "streamfs/ioloop.h"
+#include "streamfs/source.h"
+#include "streamfs/stream.h"
+
+#include <curl/curl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/queue.h>
+
+#define MAX_RANGES 4                /* range transfers per stream at once */
+#define RANGE_TRIES 3               /* tries of one range before it goes to the fill */
+#define ONDEMAND_FIRST (256u << 10) /* fill=ondemand: the first request's bytes */
+#define SKIP_MIN (1u << 20)         /* fill=all: jump over present runs this long */
+#define NEAR_MIN (256ull << 10)     /* fill=all: fetch only this far past the fill... */
+#define NEAR_TIME_MS 500            /* ...or half a second of download, if more */
+
+struct url_src;
+
+/*
+ * One request and its response: the sequential fill (url_src.fill, one
+ * request after another, each resuming where the last stopped) or a range
+ * fetch for a reader (allocated, in url_src.ranges). The fields marked
+ * "fill" or "range" mean something for that kind only.
+ */
+struct xfer {
+	struct url_src *u;
+	bool is_range;
+	CURL *easy; /* NULL while no request runs */
+	struct curl_slist *headers;
+	char errbuf[CURL_ERROR_SIZE];
+
+	/* what was asked */
+	uint64_t from;    /* range: the first byte asked for */
+	uint64_t pos;     /* the next byte of the resource expected */
+	uint64_t end;     /* range: bytes are wanted up to here (exclusive) */
+	bool range_asked; /* fill: this request asked for bytes from pos */
+	int tries;        /* range: earlier tries of this range */
+
+	/* what came back */
+	bool got_headers; /* the response's headers were checked */
+	long code;
+	int failure; /* the stream fails: positive errno, and failmsg says why */
+	char failmsg[256];
+	uint64_t skip;          /* fill: body bytes to drop (a 200 answering a range request) */
+	bool retry_now;         /* fill: a retryable status... */
+	int64_t retry_after_ms; /* ...to try again after this long (-1: the backoff) */
+	bool norange;           /* range: the server sent the whole body instead */
+	bool past_end;          /* range: a 416, nothing at pos... */
+	int64_t end_total;      /* ...and the total it gave, or -1 */
+	bool unstorable;        /* range: the store refused its bytes (EFBIG) */
+	bool paused;            /* waits for room in the store (CURL_WRITEFUNC_PAUSE) */
+
+	LIST_ENTRY(xfer) link; /* range: in url_src.ranges */
+};
+
+/* A range a reader waits for, queued until a range transfer is free. */
+struct fetch_req {
+	TAILQ_ENTRY(fetch_req) link;
+	struct url_src *u;
+	uint64_t off, end;
+	int tries;
+};
+
+struct url_src {
+	struct ioloop *loop;
+	struct stream *s;
+	char *url;     /* as given */
+	char *cur_url; /* after redirects: where the next request goes */
+	struct url_opts opts;
+
+	/* loop thread only (active is set in url_begin(), the first call) */
+	bool active;    /* started, and not done: holds the stream (source_take) */
+	bool cancelled; /* the stream was cancelled */
+	bool stopped;   /* the stream stopped taking bytes (cancelled, failed) */
+	bool is_http;
+	bool send_auth; /* headers/credentials still go to cur_url's host */
+	int redirects;
+
+	/* the resource, as the first response described it */
+	bool ready;     /* the first response was checked: validators known */
+	int64_t length; /* -1 if unknown */
+	char *etag;     /* strong validator, or NULL */
+	char *last_modified;
+	bool no_ranges; /* the server ignored a range request once */
+	bool evictable; /* told the stream its bytes may be evicted */
+	bool complete;  /* the stream is complete: only refetches of evicted bytes run */
+
+	/* the sequential fill (url_transfer.c) */
+	struct xfer fill;  /* fill.easy: a request runs; fill.pos: the next byte */
+	uint64_t head_end; /* ondemand: the first request asks for [0, head_end) */
+	uint64_t jump;     /* fill=all: continue the fill here */
+	int retries;
+	uint64_t first_retry_ms;
+	uint64_t backoff_ms;
+	struct ioloop_timer retry_timer;
+	uint64_t start_ms, rate_ms, rate_bytes;
+
+	/* random access (url_fetch.c) */
+	bool ondemand;            /* fill=ondemand, and the server takes ranges */
+	LIST_HEAD(, xfer) ranges; /* running range transfers */
+	unsigned nranges;
+	unsigned npaused; /* of them, waiting for room in the store */
+	TAILQ_HEAD(, fetch_req) queue; /* ranges waiting for a transfer, FIFO */
+	bool pump_queued;              /* a call to start queued ranges is pending */
+	uint64_t near;                 /* fill=all: reads nearer than this wait for the fill */
+	uint64_t seen_end;             /* the end of the furthest bytes any response brought */
+};
+
+/* ---- url.c: the source ---------------------------------------------- */
+
+/* The source is done (ended, failed or cancelled): stop every request and
+ * let go of the stream. Idempotent. */
+void url_done(struct url_src *u);
+
+/* Is everything there (whichever requests brought it)? Then the stream
+ * ends and the source is done, and true is returned. */
+bool url_all_present(struct url_src *u);
+
+/* Publish the download rate (at most once a second unless @force) and
+ * the fetch distance that follows from it. */
+void url_update_rate(struct url_src *u, bool force);
+
+/* ---- url_multi.c: the multi handle and the loop ---------------------- */
+
+/* Create the multi handle on first use, driven by @loop from then on;
+ * @done(easy, result) is called, in the loop thread, for each request
+ * that finishes. Returns 0 or -ENOMEM. */
+int url_multi_setup(struct ioloop *loop, void (*done)(CURL *easy, CURLcode rc));
+
+/* Add a request to the multi handle, or take it out (NULL is fine). */
+CURLMcode url_multi_add(CURL *easy);
+void url_multi_remove(CURL *easy);
+
+/* ---- url_xfer.c: one request ------------------------------------------ */
+
+/*
+ * A new easy handle for @x with every option its requests share (URL,
+ * timeouts, TLS, and the file's headers and credentials while they may
+ * go to this host), the body going to @write. Returns 0 or -ENOMEM.
+ */
+int xfer_open(struct xfer *x, curl_write_callback write);
+
+/* Add an If-Range header with the validator, so a changed resource
+ * answers 200 and is caught instead of mixed in. */
+void xfer_if_range(struct xfer *x);
+
+/* Send the request (headers set, into the multi handle). */
+CURLMcode xfer_send(struct xfer *x);
+
+/* Stop the request and free its handle and headers. Idempotent. */
+void xfer_close(struct xfer *x);
+
+/* Note that the stream must fail with @err: the callbacks cannot fail it
+ * from inside curl, the transfer's end does. */
+void xfer_fail(struct xfer *x, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* Store @n body bytes at x->pos and move on. Returns 0 or the
+ * stream_write() error (-ENOBUFS: no room, nothing stored: pause).
+ * @flags: STREAM_AHEAD for the fill of an evictable stream. */
+int xfer_store(struct xfer *x, const char *data, size_t n, unsigned flags);
+
+/* ---- url_xfer.c: what a response says ----------------------------------- */
+
+/* The value of response header @name, in @out. False if there is none. */
+bool url_header(struct xfer *x, const char *name, char *out, size_t size);
+
+/* The body's length (Content-Length, the FTP size), or -1. */
+int64_t url_content_length(struct xfer *x);
+
+/*
+ * Retry-After @v: delay seconds or an HTTP date. Sets *ms to the wait and
+ * returns 0; returns 1 if the server asks for more than @cap_ms (*ms =
+ * @cap_ms), -1 if @v is neither form.
+ */
+int url_parse_retry_after(const char *v, uint64_t cap_ms, int64_t *ms);
+
+/* The total in a 416's Content-Range, or -1. */
+int64_t url_total_of_416(struct xfer *x);
+
+/* Does the response carry the validator of the first response? If not,
+ * x->failmsg says why. Responses of a resource without one always do. */
+bool url_same_version(struct xfer *x);
+
+/* Is @total (-1: not known) the resource's known length? If not,
+ * x->failmsg says the resource changed. */
+bool url_same_length(struct xfer *x, int64_t total);
+
+/* A 416 at @at, inside a resource of known length: x->failmsg says what
+ * changed (@total: what the 416 gave, or -1). */
+void url_changed_416(struct xfer *x, int64_t total, uint64_t at);
+
+/*
+ * The one check of every 206, whichever request it answers: is it the
+ * part asked for, bytes @from to @to at most (inclusive; UINT64_MAX: to
+ * the end), with a body as long as its Content-Range says, of a resource
+ * of the announced length (if known)? Returns true, or false with the
+ * reason in x->failmsg. *total (if not NULL) gets the total, -1 for "*".
+ */
+bool url_check_206(struct xfer *x, uint64_t from, uint64_t to, int64_t *total);
+
+/* ---- url_transfer.c: the sequential fill ------------------------------- */
+
+/* Send the next request of the fill, from fill.pos. On failure the
+ * stream fails and the source is done. */
+void url_fill_start(struct url_src *u);
+
+/* Stop the fill's request, if one runs. */
+void url_fill_stop(struct url_src *u);
+
+/* The fill's request finished with @rc: go on, retry, end or fail. */
+void url_fill_done(struct url_src *u, CURLcode rc);
+
+/* The retry timer fired: the next request of the fill. */
+void url_retry_fired(struct ioloop_timer *t);
+
+/* ---- url_fetch.c: range fetches ----------------------------------------- */
+
+/* The stream's fetch operation (stream_source_ops.fetch): any thread. */
+void url_fetch(struct stream *s, void *src, uint64_t off, uint64_t len);
+
+/* The first response is in: start the queued ranges, on the next turn
+ * of the loop (not from inside a curl callback). */
+void url_fetch_kick(struct url_src *u);
+
+/* A range request finished with @rc. */
+void url_range_done(struct xfer *x, CURLcode rc);
+
+/* Stop every range request and drop the queue. */
+void url_fetch_stop(struct url_src *u);
+
+/* Room in the store again: go on with the range requests that paused. */
+void url_fetch_resume(struct url_src *u);
+
+#endif

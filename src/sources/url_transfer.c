@@ -1,0 +1,556 @@
+/*
+ * url_transfer.c - the sequential fill of a URL stream: one request after
+ * another, from byte 0 to the end, each resuming where the last stopped.
+ *
+ *  - The first response (url_src.ready false) teaches the length and the
+ *    validator (learn_resource()); the length is announced before any
+ *    body byte, so stat shows it at once.
+ *  - A drop, a stall, a body cut short or a retryable status (5xx, 408,
+ *    429) is retried from fill.pos with "Range: bytes=N-" and If-Range,
+ *    after a backoff (1 s doubling to 30 s, or Retry-After) while the
+ *    retry count and the total retry time allow (retry()). A Retry-After
+ *    longer than the retry time fails the stream at once.
+ *  - Every later response must be the same version (check_again()); a
+ *    200 to a range request is the whole body again: its first bytes are
+ *    skipped.
+ *  - Redirects are followed here, not by libcurl (follow_redirect()), so
+ *    that the file's headers and credentials stay behind when a redirect
+ *    leaves the original scheme, host or port (unless location_trusted),
+ *    and only http, https, ftp and ftps targets are taken.
+ *  - 4xx (but 408/429), DNS, TLS and connection errors on the first
+ *    request fail the stream at byte 0 with a message saying which.
+ *  - fill=all: the fill jumps over what range fetches brought or are
+ *    bringing (url_src.jump); fill=ondemand: the first request asks for
+ *    the head only, and the rest comes through url_fetch.c.
+ *
+ * Errors found inside a curl callback are noted in the xfer (xfer_fail(),
+ * retry_now) and acted on when the request is done (url_fill_done()).
+ */
+#include "url.h"
+
+#include "log.h"
+
+#include <assert.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define BACKOFF_FIRST_MS 1000
+#define BACKOFF_MAX_MS 30000
+
+/* ---- the response --------------------------------------------------- */
+
+/* A 206 to the first request: the total is in its Content-Range. A 200
+ * to fill=ondemand's head request: no ranges here, download it all.
+ * Returns false with the failure set. */
+static bool first_body(struct url_src *u, int64_t *length)
+{
+	struct xfer *x = &u->fill;
+	if (x->code == 206) {
+		/* fill=ondemand asked for the head, bytes 0-262143; a plain GET
+		 * takes a 206 only if it starts at byte 0. The total is in
+		 * Content-Range ("bytes 0-262143/52428800"; "*": unknown). */
+		if (!url_check_206(x, 0, u->ondemand ? ONDEMAND_FIRST - 1 : UINT64_MAX, length)) {
+			x->failure = EIO;
+			return false;
+		}
+	} else if (u->ondemand) {
+		u->ondemand = false;
+		u->no_ranges = true;
+		u->head_end = 0;
+		stream_set_fetch_distance(u->s, UINT64_MAX);
+		log_warn("%s: the server ignores Range requests; fill=ondemand falls back "
+		         "to downloading everything",
+		         stream_name(u->s));
+	}
+	return true;
+}
+
+/* The first response's validators, kept and shown. */
+static void learn_validators(struct url_src *u)
+{
+	char etag[512] = "", lm[256] = "";
+	bool has_etag = url_header(&u->fill, "ETag", etag, sizeof(etag));
+	bool has_lm = url_header(&u->fill, "Last-Modified", lm, sizeof(lm));
+	if (has_etag && strncmp(etag, "W/", 2) == 0)
+		has_etag = false; /* weak: not usable with If-Range */
+	if (has_etag && !(u->etag = strdup(etag)))
+		has_etag = false;
+	if (has_lm && !(u->last_modified = strdup(lm)))
+		has_lm = false;
+	if (has_etag)
+		stream_set_attr(u->s, "etag", "%s", etag);
+	if (has_lm) {
+		stream_set_attr(u->s, "last_modified", "%s", lm);
+		/* The file's mtime, as curl -R would set it. */
+		time_t t = curl_getdate(lm, NULL);
+		if (t > 0)
+			stream_set_attr(u->s, "mtime", "%lld", (long long)t);
+	}
+}
+
+/* The first response of the resource (2xx): learn its length and
+ * validators. Returns false to abort the transfer (failure set). */
+static bool learn_resource(struct url_src *u)
+{
+	int64_t length = url_content_length(&u->fill);
+	if (!first_body(u, &length))
+		return false;
+	u->ready = true;
+	url_fetch_kick(u);
+	learn_validators(u);
+	if (length >= 0 && u->length < 0) {
+		u->length = length;
+		if (stream_set_length(u->s, (uint64_t)length) < 0) {
+			xfer_fail(&u->fill, EIO, "the length changed to %" PRId64, length);
+			return false;
+		}
+	}
+	/* Bytes that can be fetched again, and checked to be the same
+	 * version, may be evicted from the store. */
+	char ar[64] = "";
+	bool ranges = u->fill.code == 206 ||
+	              (url_header(&u->fill, "Accept-Ranges", ar, sizeof(ar)) &&
+	               strcasecmp(ar, "bytes") == 0);
+	if (ranges && !u->no_ranges && (u->etag || u->last_modified)) {
+		u->evictable = true;
+		stream_set_evictable(u->s, true);
+	}
+	return true;
+}
+
+/* A later response (a resumed or repeated request, 2xx): same version,
+ * same length, the part asked for? Returns false with failure set if not. */
+static bool check_again(struct url_src *u)
+{
+	struct xfer *x = &u->fill;
+	if (!url_same_version(x)) {
+		x->failure = EIO;
+		return false;
+	}
+	if (x->code == 206) {
+		uint64_t to = u->ondemand && u->head_end > x->pos ? u->head_end - 1 : UINT64_MAX;
+		if (!url_check_206(x, x->pos, to, NULL)) {
+			x->failure = EIO;
+			return false;
+		}
+		return true;
+	}
+	/* A 200: the whole body again. */
+	if (x->range_asked && !u->no_ranges) {
+		u->no_ranges = true;
+		log_warn("%s: the server ignores Range requests; skipping %" PRIu64
+		         " bytes of a full response",
+		         stream_name(u->s), x->pos);
+	}
+	if (!url_same_length(x, url_content_length(x))) {
+		x->failure = EIO;
+		return false;
+	}
+	x->skip = x->pos;
+	return true;
+}
+
+static bool retryable_code(long code)
+{
+	return code == 408 || code == 429 || (code >= 500 && code <= 599);
+}
+
+/* A retryable status: when to try again. Returns false (retry or failure
+ * set). */
+static bool retry_later(struct url_src *u)
+{
+	struct xfer *x = &u->fill;
+	char v[128];
+	uint64_t budget = (uint64_t)(u->opts.retry_time * 1000);
+	snprintf(x->failmsg, sizeof(x->failmsg), "HTTP %ld", x->code);
+	x->retry_now = true;
+	x->retry_after_ms = -1;
+	if (url_header(x, "Retry-After", v, sizeof(v)) &&
+	    url_parse_retry_after(v, budget, &x->retry_after_ms) > 0) {
+		/* Waiting that long would outlast the retries: give up now. */
+		x->retry_now = false;
+		xfer_fail(x, EIO,
+		          "HTTP %ld with Retry-After: %.40s, longer than the retry time (%g s)",
+		          x->code, v, u->opts.retry_time);
+	}
+	return false;
+}
+
+/* FTP: the size, if the first request tells it. */
+static bool check_ftp(struct url_src *u)
+{
+	if (u->length < 0) {
+		int64_t cl = url_content_length(&u->fill);
+		if (cl >= 0 && u->fill.pos == 0) {
+			u->length = cl;
+			stream_set_length(u->s, (uint64_t)cl);
+		}
+	}
+	return true;
+}
+
+/*
+ * The headers of the final response of this request are in: decide what
+ * its body is. Returns false to abort the transfer (failure or retry set).
+ */
+static bool check_response(struct url_src *u)
+{
+	struct xfer *x = &u->fill;
+	x->got_headers = true;
+	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->code);
+	if (!u->is_http)
+		return check_ftp(u);
+	stream_set_attr(u->s, "http_code", "%ld", x->code);
+	if (x->code >= 300 && x->code < 400)
+		return true; /* a redirect: followed when the transfer is done */
+	if (x->code == 416 && u->ondemand && !u->ready) {
+		/* An empty resource cannot serve bytes 0-N: ask for all of it. */
+		u->ondemand = false;
+		u->head_end = 0;
+		x->retry_now = true;
+		x->retry_after_ms = 0;
+		snprintf(x->failmsg, sizeof(x->failmsg), "HTTP 416");
+		return false;
+	}
+	if (x->code == 416 && u->ready && u->length >= 0 && x->pos < (uint64_t)u->length) {
+		url_changed_416(x, url_total_of_416(x), x->pos);
+		x->failure = EIO;
+		return false;
+	}
+	if (x->code >= 400) {
+		if (retryable_code(x->code))
+			return retry_later(u);
+		xfer_fail(x, EIO, "HTTP %ld", x->code);
+		return false;
+	}
+	return u->ready ? check_again(u) : learn_resource(u);
+}
+
+/* ---- the body ------------------------------------------------------- */
+
+/* fill=all: range fetches got to fill.pos first. Where the fill should
+ * go on instead: after what they brought, and after what one of them is
+ * still bringing from there on; 0 to go on here. */
+static uint64_t jump_target(struct url_src *u)
+{
+	uint64_t pos = u->fill.pos;
+	uint64_t re = stream_run_end(u->s, pos);
+	uint64_t to = re - pos >= SKIP_MIN ? re : 0;
+	struct xfer *r;
+	for (r = LIST_FIRST(&u->ranges); r; r = LIST_NEXT(r, link))
+		if (r->pos <= re && r->end > re && r->pos >= pos && r->end > to)
+			to = r->end;
+	return to;
+}
+
+static size_t fill_write_cb(char *data, size_t size, size_t nmemb, void *userp)
+{
+	struct xfer *x = userp;
+	struct url_src *u = x->u;
+	size_t n = size * nmemb, total = n;
+	if (u->cancelled)
+		return 0;
+	if (!x->got_headers && !check_response(u))
+		return 0;
+	if (u->is_http && x->code >= 300 && x->code < 400)
+		return n; /* body of a redirect */
+	size_t k = 0;
+	if (x->skip) {
+		k = x->skip < n ? (size_t)x->skip : n;
+		data += k;
+		n -= k;
+	}
+	if (n == 0) {
+		x->skip -= k;
+		return total;
+	}
+	/* Ahead of every reader: only as far as the budget allows. */
+	int r = xfer_store(x, data, n, u->evictable && !u->ondemand ? STREAM_AHEAD : 0);
+	if (r == -ENOBUFS) {
+		/* No room: curl keeps these bytes and delivers them again
+		 * (skip included) once resumed. */
+		x->paused = true;
+		return CURL_WRITEFUNC_PAUSE;
+	}
+	x->skip -= k;
+	if (r < 0) {
+		/* The store's limit (EFBIG) leaves the stream running, but the
+		 * sequential fill cannot go past it: a failure at that byte. */
+		if (r == -EFBIG)
+			stream_fail(u->s, EFBIG, "store: %s", strerror(EFBIG));
+		u->stopped = true; /* cancelled, or failed by the store: nothing to retry */
+		return 0;
+	}
+	u->backoff_ms = 0; /* progress: the next failure starts a fresh backoff */
+	url_update_rate(u, false);
+	if (!u->ondemand && !u->no_ranges) {
+		u->jump = jump_target(u);
+		if (u->jump)
+			return 0; /* url_fill_done() goes on there */
+	}
+	return total;
+}
+
+/* ---- requests ------------------------------------------------------- */
+
+/* The Range of the next request: fill=ondemand's head, or a resume. */
+static void ask_range(struct url_src *u)
+{
+	struct xfer *x = &u->fill;
+	char range[64];
+	if (u->ondemand && !u->ready) {
+		u->head_end = ONDEMAND_FIRST;
+		snprintf(range, sizeof(range), "0-%u", ONDEMAND_FIRST - 1);
+		curl_easy_setopt(x->easy, CURLOPT_RANGE, range);
+	}
+	if (!x->range_asked)
+		return;
+	snprintf(range, sizeof(range), "%" PRIu64 "-", x->pos);
+	if (u->ondemand && u->head_end > x->pos)
+		snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, x->pos, u->head_end - 1);
+	if (u->is_http) {
+		curl_easy_setopt(x->easy, CURLOPT_RANGE, range);
+		xfer_if_range(x);
+	} else {
+		curl_easy_setopt(x->easy, CURLOPT_RESUME_FROM_LARGE, (curl_off_t)x->pos);
+	}
+}
+
+void url_fill_start(struct url_src *u)
+{
+	assert(ioloop_in_loop(u->loop));
+	struct xfer *x = &u->fill;
+	assert(!x->easy); /* one request of the fill at a time */
+	x->failure = 0;
+	x->retry_now = false;
+	x->retry_after_ms = -1;
+	x->got_headers = false;
+	x->code = 0;
+	x->skip = 0;
+	x->range_asked = x->pos > 0;
+	if (xfer_open(x, fill_write_cb) < 0) {
+		stream_fail(u->s, ENOMEM, "cannot create a transfer");
+		url_done(u);
+		return;
+	}
+	ask_range(u);
+	if (log_get_level() >= LOG_LVL_DEBUG)
+		log_debug("%s: GET from byte %" PRIu64, stream_name(u->s), x->pos);
+	CURLMcode mc = xfer_send(x);
+	if (mc != CURLM_OK) {
+		stream_fail(u->s, EIO, "curl: %s", curl_multi_strerror(mc));
+		url_done(u);
+	}
+}
+
+void url_fill_stop(struct url_src *u)
+{
+	xfer_close(&u->fill);
+}
+
+void url_retry_fired(struct ioloop_timer *t)
+{
+	struct url_src *u = t->data;
+	assert(ioloop_in_loop(u->loop));
+	if (u->active && !u->cancelled)
+		url_fill_start(u);
+}
+
+/* Schedule another request from fill.pos, or fail if out of retries. */
+static void retry(struct url_src *u, const char *why, int64_t after_ms)
+{
+	uint64_t now = ioloop_now_ms();
+	if (u->retries == 0 || u->first_retry_ms == 0)
+		u->first_retry_ms = now;
+	uint64_t spent = now - u->first_retry_ms;
+	uint64_t limit = (uint64_t)(u->opts.retry_time * 1000);
+	u->backoff_ms = u->backoff_ms ? u->backoff_ms * 2 : BACKOFF_FIRST_MS;
+	if (u->backoff_ms > BACKOFF_MAX_MS)
+		u->backoff_ms = BACKOFF_MAX_MS;
+	uint64_t delay = after_ms >= 0 ? (uint64_t)after_ms : u->backoff_ms;
+	if (u->retries >= u->opts.retries || spent + delay > limit) {
+		stream_fail(u->s, EIO, "%s (gave up after %d retr%s)", why, u->retries,
+		            u->retries == 1 ? "y" : "ies");
+		url_done(u);
+		return;
+	}
+	u->retries++;
+	stream_set_attr(u->s, "retries", "%d", u->retries);
+	log_warn("%s: %s at byte %" PRIu64 "; retry %d of %d in %" PRIu64 " ms", stream_name(u->s),
+	         why, u->fill.pos, u->retries, u->opts.retries, delay);
+	url_fill_stop(u);
+	ioloop_timer_arm(u->loop, &u->retry_timer, delay);
+}
+
+/* Fail the stream with @err and the message; the source is done. */
+static void fill_fail(struct url_src *u, int err, const char *msg)
+{
+	stream_fail(u->s, err, "%s", msg);
+	url_done(u);
+}
+
+static bool redirect_allowed(const char *target)
+{
+	return !strncasecmp(target, "http://", 7) || !strncasecmp(target, "https://", 8) ||
+	       !strncasecmp(target, "ftp://", 6) || !strncasecmp(target, "ftps://", 7);
+}
+
+/* Follow a 3xx. Returns true if a new request was sent or the stream
+ * failed; false if this was not a redirect. */
+static bool follow_redirect(struct url_src *u)
+{
+	struct xfer *x = &u->fill;
+	char msg[128];
+	if (!u->is_http || x->code < 300 || x->code >= 400)
+		return false;
+	char *target = NULL;
+	curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &target);
+	if (!target) {
+		snprintf(msg, sizeof(msg), "HTTP %ld without a Location", x->code);
+		fill_fail(u, EIO, msg);
+	} else if (++u->redirects > u->opts.max_redirs) {
+		snprintf(msg, sizeof(msg), "more than %d redirects", u->opts.max_redirs);
+		fill_fail(u, EIO, msg);
+	} else if (!redirect_allowed(target)) {
+		snprintf(msg, sizeof(msg), "redirect to a refused protocol: %.64s", target);
+		fill_fail(u, EIO, msg);
+	} else {
+		char *next = strdup(target);
+		if (!next) {
+			fill_fail(u, ENOMEM, "out of memory");
+			return true;
+		}
+		/* Another scheme is another origin too: https -> http on the
+		 * same host and port would send the credentials in clear. */
+		if (!source_url_same_origin(u->cur_url, target))
+			u->send_auth = u->send_auth && u->opts.location_trusted;
+		free(u->cur_url);
+		u->cur_url = next;
+		char *shown = source_url_redact(next);
+		stream_set_attr(u->s, "url", "%s", shown ? shown : "");
+		log_debug("%s: redirected (%ld) to %s", stream_name(u->s), x->code, shown);
+		free(shown);
+		url_fill_stop(u);
+		url_fill_start(u);
+	}
+	return true;
+}
+
+/* ---- the end of a request ------------------------------------------- */
+
+/* The write callback stopped at bytes that range fetches brought or are
+ * bringing: go on after them (not a retry). If a range fetch gives up,
+ * url_range_done() brings the fill back. */
+static void fill_jump(struct url_src *u)
+{
+	u->fill.pos = u->jump;
+	u->jump = 0;
+	url_fill_stop(u);
+	if (!url_all_present(u) && (u->length < 0 || u->fill.pos < (uint64_t)u->length))
+		url_fill_start(u);
+}
+
+/* The request ended well: follow a redirect, resume a body cut short, or
+ * the stream (fill=all) or its head (fill=ondemand) is in. */
+static void fill_complete(struct url_src *u)
+{
+	if (follow_redirect(u))
+		return;
+	uint64_t want = u->length >= 0 ? (uint64_t)u->length : 0;
+	if (u->ondemand && u->head_end && u->head_end < want)
+		want = u->head_end;
+	if (u->length >= 0 && u->fill.pos < want) {
+		retry(u, "the body ended early", -1);
+		return;
+	}
+	if (u->ondemand) {
+		/* The head is in; the rest comes as readers ask. */
+		url_fill_stop(u);
+		url_all_present(u);
+		return;
+	}
+	uint64_t fr = stream_frontier(u->s);
+	if (u->length >= 0 && fr < (uint64_t)u->length) {
+		/* The fill jumped over bytes range fetches brought, and some
+		 * were evicted before the frontier got there. */
+		url_fill_stop(u);
+		u->fill.pos = fr;
+		url_fill_start(u);
+		return;
+	}
+	u->complete = true;
+	stream_end(u->s);
+	url_done(u);
+}
+
+static bool connection_error(CURLcode rc)
+{
+	return rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ||
+	       rc == CURLE_COULDNT_RESOLVE_PROXY;
+}
+
+static bool tls_error(CURLcode rc)
+{
+	return rc == CURLE_SSL_CONNECT_ERROR || rc == CURLE_PEER_FAILED_VERIFICATION ||
+	       rc == CURLE_SSL_CERTPROBLEM || rc == CURLE_SSL_CIPHER ||
+	       rc == CURLE_SSL_CACERT_BADFILE || rc == CURLE_SSL_ISSUER_ERROR ||
+	       rc == CURLE_SSL_CRL_BADFILE || rc == CURLE_SSL_PINNEDPUBKEYNOTMATCH;
+}
+
+/* Errors that another try would only repeat. */
+static bool final_error(CURLcode rc)
+{
+	return rc == CURLE_COULDNT_RESOLVE_HOST || rc == CURLE_COULDNT_RESOLVE_PROXY ||
+	       rc == CURLE_REMOTE_FILE_NOT_FOUND || rc == CURLE_REMOTE_ACCESS_DENIED ||
+	       rc == CURLE_LOGIN_DENIED || rc == CURLE_UNSUPPORTED_PROTOCOL ||
+	       rc == CURLE_URL_MALFORMAT || rc == CURLE_TOO_MANY_REDIRECTS;
+}
+
+/* curl gave up on the request: fail the stream, or resume where we are. */
+static void fill_error(struct url_src *u, CURLcode rc)
+{
+	struct xfer *x = &u->fill;
+	const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
+	char why[CURL_ERROR_SIZE + 32];
+	if (tls_error(rc)) {
+		snprintf(why, sizeof(why), "TLS: %s", detail);
+		fill_fail(u, EIO, why);
+	} else if (final_error(rc) || (connection_error(rc) && x->pos == 0 && u->retries == 0)) {
+		fill_fail(u, EIO, detail);
+	} else {
+		/* Dropped, stalled, cut short: resume where we are. */
+		snprintf(why, sizeof(why), "%s",
+		         rc == CURLE_OPERATION_TIMEDOUT ? "stalled" : detail);
+		retry(u, why, -1);
+	}
+}
+
+void url_fill_done(struct url_src *u, CURLcode rc)
+{
+	struct xfer *x = &u->fill;
+	if (u->cancelled || u->stopped) {
+		url_done(u);
+	} else if (u->jump) {
+		fill_jump(u);
+	} else {
+		if (rc == CURLE_OK && !x->got_headers)
+			check_response(u); /* an empty body: no write callback ran */
+		if (x->failure) {
+			fill_fail(u, x->failure, x->failmsg);
+		} else if (x->retry_now) {
+			char why[sizeof(x->failmsg)];
+			x->retry_now = false;
+			snprintf(why, sizeof(why), "%s", x->failmsg);
+			retry(u, why, x->retry_after_ms);
+		} else if (rc == CURLE_OK) {
+			fill_complete(u);
+		} else {
+			fill_error(u, rc);
+		}
+	}
+}
