@@ -88,7 +88,8 @@ The request log (srv.log, or JSONL with --log) has one entry per request,
 appended when its response ends: t (start, epoch seconds), method, path,
 query, n (request number for this URL), range, if_range, headers (all the
 request's headers), status, sent (body bytes written), dropped (the server
-cut it on purpose), client_gone (the client closed first).
+cut it on purpose), client_gone (the client closed first), stalled (the
+body paused for stall_secs).
 """
 
 import argparse
@@ -101,7 +102,6 @@ import json
 import os
 import signal
 import socket
-import socketserver
 import struct
 import sys
 import threading
@@ -267,6 +267,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             "sent": 0,
             "dropped": False,
             "client_gone": False,
+            "stalled": False,
         }
         self._entry = entry
         self._cut = False
@@ -541,6 +542,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         while sent < count:
             if stall_after is not None and sent >= stall_after:
                 stall_after = None
+                entry["stalled"] = True
                 if self._sleep(stall_secs):
                     raise _ClientGone()
                 t0, paced = time.monotonic(), 0

@@ -4,10 +4,10 @@
  *
  * The input is split at newlines into up to MAX_NAMES names. Three things
  * must agree, or the target aborts:
- *  1. config_validate_name() and the rules of DESIGN.md section 4 and
- *     config.h, written out again here: a relative path of non-empty
- *     components separated by '/', none "." or "..", no control bytes, at
- *     most 4095 bytes in all and 255 per component.
+ *  1. config_validate_name() and the rules of config.h, written out
+ *     again here: a relative path of non-empty components separated by
+ *     '/', none "." or "..", no control bytes, at most 4095 bytes in all
+ *     and 255 per component.
  *  2. config_parse_args() on "streamfs MNT NAME=cmd:true ...": it accepts
  *     the set exactly when every name is valid, no name repeats, and no
  *     name is the directory of another ("a" and "a/b").

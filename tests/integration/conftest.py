@@ -10,62 +10,96 @@ Rules this file keeps, and every test keeps by using it:
   - Every mount is unmounted and its daemon reaped at teardown (unmount,
     SIGTERM, SIGKILL as the last resort, which fails the test); the daemon's
     stderr is scanned for sanitizer reports.
-  - A watchdog (pytest-timeout is not installed; Debian has it as
-    python3-pytest-timeout) gives every phase a deadline: a test function
-    that overruns fails with DeadlineExceeded (SIGALRM). If a phase is
-    stuck inside the kernel (a FUSE request nobody answers), the watchdog
-    dumps all stacks and SIGKILLs the daemons this run started, which
-    aborts their FUSE connections so the call returns; as a last resort it
-    exits the run. See helpers._Watchdog.
+  - Every test has a timeout (pytest-timeout, Debian python3-pytest-timeout:
+    `timeout` in pytest.ini, @pytest.mark.timeout(N) for a slow test; it
+    covers setup, call and teardown). It fails the test with SIGALRM
+    wherever it is, and the fixtures then clean up as after any failure.
+    The `leftovers` fixture runs after every other fixture's cleanup: a
+    daemon or mount that is still there (a timeout cut a teardown short)
+    is SIGKILLed or unmounted, and the test fails saying so. A test stuck
+    in the kernel (a FUSE request nobody answers) never sees the signal:
+    helpers.Rescue SIGKILLs the daemons of this run 15 s after the timeout,
+    which aborts their FUSE connections so the call returns; as a last
+    resort it exits the run.
 
-Environment: STREAMFS_BIN (default <repo>/build/streamfs),
-STREAMFS_TEST_TIMEOUT (seconds per test phase, default 90).
+Environment: STREAMFS_BIN (default <repo>/build/streamfs); PYTEST_TIMEOUT
+(or --timeout) sets the timeout of the tests that have no marker.
 """
 import itertools
 import os
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from helpers import (DEADLINE, Fifo, MountFactory, REPO, _Watchdog, _phase_timeout,
-                     fusermount_u, mounted, register_pid, run, unregister_pid)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from httpserver import TestHTTPServer  # noqa: E402
 
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_setup(item):
-    with _Watchdog(f"{item.nodeid} (setup)", _phase_timeout(item)):
-        yield
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item):
-    # The alarm is armed in a frame of ours directly around the test
-    # function, so that an alarm that fires while a failing call unwinds is
-    # handled here and not inside pluggy (which would swallow it).
-    wd = _Watchdog(item.nodeid, _phase_timeout(item))
-    testfunction = item.obj
-
-    def armed(*args, **kwargs):
-        return wd.arm(lambda: testfunction(*args, **kwargs))
-
-    item.obj = armed
-    try:
-        with wd:
-            yield
-    finally:
-        item.obj = testfunction
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_teardown(item):
-    with _Watchdog(f"{item.nodeid} (teardown)", _phase_timeout(item)):
-        yield
+from helpers import (DEADLINE, Fifo, MountFactory, REPO, Rescue, clean_up_leftovers,
+                     fusermount_u, mounted, register_pid, run, unregister_pid)  # noqa: E402
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "deadline(seconds): per-phase watchdog deadline for this test")
-    _Watchdog.install()
+    if not config.pluginmanager.hasplugin("timeout"):
+        pytest.exit("the integration tests need pytest-timeout "
+                    "(apt-get install python3-pytest-timeout)", returncode=4)
+    config.addinivalue_line(
+        "markers", "deadline(seconds): the old name of timeout(seconds); still honoured")
+
+
+def pytest_collection_modifyitems(items):
+    # deadline(N), the watchdog marker of older tests, is timeout(N).
+    for item in items:
+        d = item.get_closest_marker("deadline")
+        if d and d.args and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(float(d.args[0])))
+
+
+def pytest_timeout_set_timer(item, settings):
+    # Alongside pytest-timeout's own timer (this returns None, so it runs).
+    item.streamfs_rescue = Rescue(item.nodeid, settings.timeout)
+
+
+def pytest_timeout_cancel_timer(item):
+    rescue = getattr(item, "streamfs_rescue", None)
+    if rescue is not None:
+        rescue.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    rep = (yield).get_result()
+    if rep.failed:
+        item.streamfs_failed = True  # for `leftovers`
+
+
+@pytest.fixture(autouse=True)
+def leftovers(request):
+    """Set up before, so torn down after, every other fixture of a test:
+    what their cleanup left (a timeout can cut it short) is killed and
+    unmounted here, and the test fails saying what it was. So does a test
+    that ran past its timeout but did not fail: the failure raised by the
+    timeout's signal handler is lost when the handler runs while pytest's
+    hook machinery handles another exception (pluggy returns from a finally
+    block), as after a call stuck in the kernel that fails once the rescue
+    has killed its daemon."""
+    yield
+    # This cleanup must run to its end: the test's timer is done with.
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    item = request.node
+    problems = clean_up_leftovers()
+    rescue = getattr(item, "streamfs_rescue", None)
+    if rescue is not None and rescue.overran() and not getattr(item, "streamfs_failed", False):
+        problems.insert(0, f"ran past its {rescue.timeout:g} s timeout"
+                        + (" stuck in the kernel (the rescue SIGKILLed the daemons)"
+                           if rescue.fired else ""))
+    if problems:
+        # A section of the report: shown even when an earlier teardown
+        # error is the one pytest reports.
+        item.add_report_section("teardown", "leftovers", "\n".join(problems))
+        pytest.fail("; ".join(problems), pytrace=False)
 
 
 @pytest.fixture
@@ -164,3 +198,18 @@ def streamfs_cli(streamfs_bin):
     return runner
 
 
+@pytest.fixture
+def www(tmp_path):
+    """The directory the `srv` fixture serves (helpers.put() adds files)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def srv(www):
+    """tests/httpserver.py serving `www`, stopped at teardown; faults are
+    query parameters of its URLs: srv.url("f", drop_after=1000)."""
+    s = TestHTTPServer(www).start()
+    yield s
+    s.stop()

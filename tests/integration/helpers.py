@@ -1,9 +1,9 @@
 """
 Helpers for the streamfs integration tests: deadlines (wait_until,
 Background, call), FIFOs that feed streams and gates, process and mount
-inspection, and the Mount object behind the `mount` fixture. conftest.py
-holds the fixtures and the per-phase watchdog hooks; its comment lists the
-rules these helpers exist to keep.
+inspection, the Mount object behind the `mount` fixture, and the rescue
+from a test stuck past its timeout. conftest.py holds the fixtures and
+the timeout hooks; its comment lists the rules these helpers exist to keep.
 """
 import errno
 import faulthandler
@@ -36,84 +36,113 @@ SANITIZER_PATTERNS = (
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGTRAP}
 STATES = {"idle", "running", "complete", "failed", "cancelled"}
 
-# PIDs of daemons (and helper processes) started by this run and not yet
-# reaped; the watchdog SIGKILLs them when a test is stuck in the kernel.
-_live_pids = set()
+# Daemons (and helper processes) and mount points made by the running test
+# and not yet cleaned up. After each test the `leftovers` fixture (see
+# conftest.py) kills and unmounts what is still here; the rescue thread
+# SIGKILLs the daemons when a test is stuck in the kernel past its timeout.
+# A PID is kept with its start time, so that a PID reused by another
+# process after ours was reaped is never killed.
+_live_pids = {}  # pid -> start time (field 22 of /proc/PID/stat)
+_live_mounts = set()
 _live_lock = threading.Lock()
+
+
+def _start_time(pid):
+    try:
+        s = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return s[s.rindex(")") + 2:].split()[19]
 
 
 def register_pid(pid):
     with _live_lock:
-        _live_pids.add(pid)
+        _live_pids[pid] = _start_time(pid)
 
 
 def unregister_pid(pid):
     with _live_lock:
-        _live_pids.discard(pid)
+        _live_pids.pop(pid, None)
+
+
+def _same_process(pid, start):
+    return start is not None and _start_time(pid) == start
+
+
+def register_mount(path):
+    with _live_lock:
+        _live_mounts.add(str(path))
+
+
+def unregister_mount(path):
+    with _live_lock:
+        _live_mounts.discard(str(path))
+
+
+def clean_up_leftovers():
+    """SIGKILL the registered processes still alive and lazily unmount the
+    registered mount points still mounted; forget both. Returns what it
+    had to do, one line each (empty after a clean test)."""
+    with _live_lock:
+        pids, mounts = sorted(_live_pids.items()), sorted(_live_mounts)
+        _live_pids.clear()
+        _live_mounts.clear()
+    done = []
+    for pid, start in pids:
+        if pid_alive(pid) and _same_process(pid, start):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                done.append(f"SIGKILLed process {pid}")
+            except OSError:
+                pass
+    for path in mounts:
+        if mounted(path):
+            run(["fusermount3", "-uz", path], timeout=DEADLINE)
+            done.append(f"unmounted {path}" + (" (still mounted!)" if mounted(path) else ""))
+    return done
 
 
 # --------------------------------------------------------------------------
-# Watchdog: a per-phase deadline (see the module comment).
+# Timeouts: pytest-timeout (python3-pytest-timeout) gives every test a
+# timeout (pytest.ini; @pytest.mark.timeout(N) per test) and, with
+# timeout_method = signal, fails the test with SIGALRM wherever it is, so
+# the fixtures' cleanup runs. A signal is only handled when the main thread
+# returns to Python: a test stuck in the kernel on a FUSE request that
+# nobody answers never sees it. The rescue thread covers that case.
 
-class DeadlineExceeded(Exception):
-    """A test phase overran its deadline."""
-
-
-def _phase_timeout(item):
-    m = item.get_closest_marker("deadline")
-    if m and m.args:
-        return float(m.args[0])
-    return float(os.environ.get("STREAMFS_TEST_TIMEOUT", "90"))
-
-
-class _Watchdog:
-    """Two stages. (1) Only around the test function itself (arm()):
-    SIGALRM raises DeadlineExceeded in the test's own frames. It is not
-    used around fixture setup/teardown: an exception raised asynchronously
-    inside pytest's hook machinery can be swallowed (pluggy returns from a
-    finally block), and that code is bounded by its own deadlines anyway.
-    (2) For every phase, a thread: GRACE s after the deadline it dumps all
-    stacks and SIGKILLs the daemons this run started, which aborts their
-    FUSE connections so a call stuck in the kernel returns; LAST s after
-    it, it exits the run."""
+class Rescue:
+    """Started with a test's timeout: GRACE s after it, dumps all stacks and
+    SIGKILLs the daemons this run started, which aborts their FUSE
+    connections so a call stuck in the kernel returns (and the pending
+    SIGALRM then fails the test); LAST s after it, exits the run."""
 
     GRACE = 15.0
     LAST = 45.0
-    armed = None  # the _Watchdog whose alarm may raise, or None
 
     def __init__(self, what, timeout):
         self.what = what
         self.timeout = timeout
+        self.start = time.monotonic()
+        self.fired = False
         self.stopped = threading.Event()
+        threading.Thread(target=self._watch, daemon=True, name="rescue").start()
 
-    @staticmethod
-    def install():
-        """Install the SIGALRM handler once; a late alarm is ignored."""
-        signal.signal(signal.SIGALRM, _Watchdog._on_alarm)
+    def stop(self):
+        self.stopped.set()
 
-    @staticmethod
-    def _on_alarm(signum, frame):
-        wd = _Watchdog.armed
-        if wd is not None:
-            raise DeadlineExceeded(f"{wd.what}: exceeded its {wd.timeout:g} s deadline")
-
-    def arm(self, fn):
-        """Run fn() with the alarm armed."""
-        _Watchdog.armed = self
-        signal.setitimer(signal.ITIMER_REAL, self.timeout)
-        try:
-            return fn()
-        finally:
-            _Watchdog.armed = None
-            signal.setitimer(signal.ITIMER_REAL, 0)
+    def overran(self):
+        """True once the test has run past its timeout."""
+        return time.monotonic() - self.start > self.timeout
 
     def _watch(self):
         if self.stopped.wait(self.timeout + self.GRACE):
             return
+        self.fired = True
         with _live_lock:
-            pids = sorted(_live_pids)
-        sys.__stderr__.write(f"\nwatchdog: {self.what} stuck for {self.timeout + self.GRACE:g} s; "
-                             f"stacks follow; SIGKILLing daemons {pids}\n")
+            pids = [p for p, start in sorted(_live_pids.items()) if _same_process(p, start)]
+        sys.__stderr__.write(f"\nrescue: {self.what} stuck {self.GRACE:g} s past its "
+                             f"{self.timeout:g} s timeout; stacks follow; SIGKILLing "
+                             f"daemons {pids}\n")
         faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
         for pid in pids:
             try:
@@ -122,18 +151,10 @@ class _Watchdog:
                 pass
         if self.stopped.wait(self.LAST - self.GRACE):
             return
-        sys.__stderr__.write(f"\nwatchdog: {self.what} still stuck; exiting the test run\n")
+        sys.__stderr__.write(f"\nrescue: {self.what} still stuck; exiting the test run\n")
         faulthandler.dump_traceback(file=sys.__stderr__, all_threads=True)
         sys.__stderr__.flush()
         os._exit(3)
-
-    def __enter__(self):
-        threading.Thread(target=self._watch, daemon=True, name="watchdog").start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stopped.set()
-        return False
 
 
 # --------------------------------------------------------------------------
@@ -223,6 +244,20 @@ def assert_blocked(bg, for_seconds=0.3, what=None):
             f"{_short(bg.value())!r} / raised {bg._exc!r}")
 
 
+def assert_unchanged(fn, for_seconds, what="value"):
+    """A negative check: fn() keeps its first value for @for_seconds (polled;
+    fails as soon as it changes). Like assert_blocked, it can only be made
+    over a window; a correct daemon never fails it."""
+    first = fn()
+    end = time.monotonic() + for_seconds
+    while time.monotonic() < end:
+        now = fn()
+        if now != first:
+            raise AssertionError(f"{what} changed from {first!r} to {now!r}")
+        time.sleep(0.05)
+    return first
+
+
 def _short(v):
     if isinstance(v, (bytes, bytearray)) and len(v) > 40:
         return f"<{len(v)} bytes>"
@@ -278,6 +313,138 @@ def pread_path(path, n, off):
         os.close(fd)
 
 
+# --------------------------------------------------------------------------
+# Readers in a subprocess (reader.py): a read that hangs fails the test that
+# waits for it with a deadline, and a read can be interrupted or killed.
+
+READER = Path(__file__).resolve().with_name("reader.py")
+
+
+def reader_argv(path, ops, exit_on_sigint=None):
+    """The command line of a reader.py that opens @path and runs @ops (see
+    reader.py), for a test that runs it itself (Popen)."""
+    argv = [sys.executable, str(READER), "ops"]
+    if exit_on_sigint is not None:
+        argv += ["--exit-on-sigint", str(exit_on_sigint)]
+    return argv + [str(path), json.dumps(ops)]
+
+
+def reader_results(out):
+    """reader.py's output (str or bytes) as (open_errno, results): results
+    is a list of dicts, one per operation finished (a read's "data" made
+    bytes), None if the open failed."""
+    if isinstance(out, bytes):
+        out = out.decode()
+    lines = [json.loads(x) for x in out.splitlines() if x.strip()]
+    if not lines or "open" not in lines[0]:
+        raise AssertionError(f"reader.py printed no open result: {out[:500]!r}")
+    if lines[0]["open"]:
+        return lines[0]["open"], None
+    res = []
+    for r in lines[1:]:
+        if "data" in r:
+            r["data"] = bytes.fromhex(r["data"])
+        res.append(r)
+    return 0, res
+
+
+def _run_reader(path, ops, timeout):
+    p = subprocess.run(reader_argv(path, ops), capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"reader.py {path} {ops}: exit {p.returncode}: {p.stderr}"
+    return reader_results(p.stdout)
+
+
+def open_errno(path, timeout=60):
+    """Open @path in a subprocess: 0, or the errno the open failed with."""
+    return _run_reader(path, [], timeout)[0]
+
+
+def read_ops(path, ops, timeout=60):
+    """Open @path in a subprocess and run @ops: ("pread", off, len), ("seq",
+    off, total, chunk), ("fstat",), ("seek_end",). Returns a dict per op:
+    n, sha, data (bytes; pread only) and t for a read, size or off, or
+    errno if it failed. The open must succeed."""
+    e, res = _run_reader(path, ops, timeout)
+    assert e == 0, f"open {path}: {os.strerror(e)}"
+    return res
+
+
+def read_values(path, ops, timeout=60):
+    """read_ops() with each result as one value: a pread's bytes, fstat's
+    size, seek_end's offset, or the errno (int) of an op that failed (a
+    seq stays a dict)."""
+    out = []
+    for r in read_ops(path, ops, timeout):
+        if "errno" in r:
+            out.append(r["errno"])
+        elif "data" in r:
+            out.append(r["data"])
+        elif "size" in r or "off" in r:
+            out.append(r.get("size", r.get("off")))
+        else:  # seq: n and sha
+            out.append(r)
+    return out
+
+
+def preads(path, ranges, timeout=60):
+    """read_values() of preads [(off, len), ...]: bytes, or an errno."""
+    return read_values(path, [("pread", off, n) for off, n in ranges], timeout)
+
+
+class Reader:
+    """reader.py running in the background, for a test that acts while it
+    reads (interrupts it, kills it, removes its file). Registered like a
+    daemon: stop() it in a finally; the `leftovers` fixture kills one that
+    was forgotten."""
+
+    def __init__(self, path, ops, exit_on_sigint=None):
+        self.proc = subprocess.Popen(reader_argv(path, ops, exit_on_sigint),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.pid = self.proc.pid
+        register_pid(self.pid)
+        self.lines = []  # the JSON objects read so far by next()
+
+    def next(self, timeout=DEADLINE):
+        """The next object it prints (the open's result first, then one per
+        operation), waiting at most @timeout for it."""
+        line = call(self.proc.stdout.readline, timeout=timeout,
+                    what=f"reader.py {self.pid}: its next result")
+        if not line:
+            raise AssertionError(f"reader.py {self.pid} ended: "
+                                 f"{self.proc.stderr.read().decode(errors='replace')}")
+        obj = json.loads(line)
+        self.lines.append(obj)
+        return obj
+
+    def wait_open(self, timeout=DEADLINE):
+        """Wait for the open to succeed: the reads are under way."""
+        o = self.next(timeout)
+        assert o.get("open") == 0, f"reader.py: open failed: {o}"
+
+    def finish(self, timeout=DEADLINE):
+        """Wait for it to exit 0; (open_errno, results) as reader_results()."""
+        rest = call(self.proc.stdout.read, timeout=timeout, what=f"reader.py {self.pid} to end")
+        rc = self.proc.wait(DEADLINE)
+        unregister_pid(self.pid)
+        err = self.proc.stderr.read().decode(errors="replace")
+        assert rc == 0, f"reader.py exited {rc}: {err}"
+        done = "".join(json.dumps(x) + "\n" for x in self.lines)
+        return reader_results(done + rest.decode())
+
+    def stop(self):
+        """Kill it if it still runs, and reap it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(DEADLINE)
+        unregister_pid(self.pid)
+
+
+def storm_argv(root, go, seed, iters, specs):
+    """The command line of a reader.py storm (see reader.py)."""
+    return [sys.executable, str(READER), "storm", str(root), str(go), str(seed), str(iters),
+            *[str(x) for x in specs]]
+
+
 def sha256(data):
     return hashlib.sha256(data).hexdigest()
 
@@ -287,6 +454,12 @@ def make_data(path, n):
     data = os.urandom(n)
     Path(path).write_bytes(data)
     return data
+
+
+def put(www, name, size):
+    """A file of @size random bytes (no two offsets alike by chance) named
+    @name in the served directory @www; returns the bytes."""
+    return make_data(Path(www) / name, size)
 
 
 def q(s):
@@ -445,6 +618,8 @@ def in_fuse_wait(pid):
 
 
 def wait_in_fuse(pid, timeout=DEADLINE):
+    """Wait until @pid sleeps on a FUSE request. Not proof that the daemon
+    has the request, let alone parked it: Mount.wait_waiters() is."""
     wait_until(lambda: in_fuse_wait(pid), timeout, f"pid {pid} to wait on a FUSE request")
 
 
@@ -640,6 +815,8 @@ class Mount:
             run(["fusermount3", "-uz", self.path], timeout=DEADLINE)
             if mounted(self.path):
                 problems.append(f"{self.path} still mounted after teardown")
+        if not mounted(self.path):
+            unregister_mount(self.path)
         text = self.stderr_text()
         found = sanitizer_reports(text)
         if found:
@@ -677,6 +854,7 @@ class MountFactory:
             full_env.update(env)
         m = Mount(self.binary, mnt, argv, errf, foreground)
         self.mounts.append(m)
+        register_mount(mnt)
         with open(errf, "wb") as err, open(self.tmp_path / f"streamfs{n}.stdout", "wb") as out:
             m.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL if stdin is None else stdin,
                                       stdout=out, stderr=err, env=full_env,

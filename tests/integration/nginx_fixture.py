@@ -6,7 +6,6 @@ private directory, on a free port, serving ROOT. Optionally also HTTPS with
 a self-signed certificate made by openssl. Stopped by PID.
 """
 
-import os
 import shutil
 import signal
 import socket

@@ -141,7 +141,7 @@ def blocked_writing(pid):
 
 # ---------------------------------------------------------------- URLs: eviction
 
-@pytest.mark.deadline(120)
+@pytest.mark.timeout(120)
 def test_url_several_times_the_budget_read_twice(mount, cache_fs, srv):
     blob = put(srv.www, "big.bin", 48 * MiB)
     cdir = cache_fs(64)
@@ -190,7 +190,7 @@ def test_url_changed_on_the_server_fails_instead_of_mixing(mount, cache_fs, srv)
     assert tail == first[-4096:]
 
 
-@pytest.mark.deadline(120)
+@pytest.mark.timeout(120)
 def test_eviction_while_many_readers_wait(mount, cache_fs, srv):
     blob = put(srv.www, "r.bin", 32 * MiB)
     cdir = cache_fs(64)
@@ -285,7 +285,7 @@ def check_records(data, off):
         assert int(data[k:k + 15]) == (off + k) // 4096, f"wrong bytes at {off + k}"
 
 
-@pytest.mark.deadline(180)
+@pytest.mark.timeout(180)
 def test_keep_endless_command_over_500mb(mount, cache_fs, tmp_path):
     gen = tmp_path / "gen.py"
     gen.write_text(GEN)

@@ -1,7 +1,7 @@
 """
-The command line and the daemon's life cycle (DESIGN.md section 4): bad
-input fails before mounting with one clear line; background mode returns
-only once the mount is usable; stdin survives daemonizing; the manifest.
+The command line and the daemon's life cycle: bad input fails before
+mounting with one clear line; background mode returns only once the mount
+is usable; stdin survives daemonizing; the manifest.
 """
 import json
 import os

@@ -1,5 +1,5 @@
 """
-The stream contract (DESIGN.md section 2, S1-S7) seen through the mounted
+The stream contract (S1-S7 of docs/DESIGN.md) seen through the mounted
 file system, for command, FIFO and stdin sources.
 
 Streams fed from a Fifo let each test decide exactly how many bytes have

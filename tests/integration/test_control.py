@@ -1,16 +1,15 @@
 """
-streamfs add / streamfs rm on a live mount (DESIGN.md section 4): files
-appear and disappear without remounting, bad requests are refused with one
-line, and removing a stream wakes its readers and stops its command.
+streamfs add / streamfs rm on a live mount: files appear and disappear
+without remounting, bad requests are refused with one line, and removing a
+stream wakes its readers and stops its command.
 """
 import errno
 import os
-import subprocess
 
 import pytest
 
 from helpers import (Background, call, make_data, pid_alive, q, read_all, run, sha256,
-                     wait_until, xattr)
+                     wait_until)
 
 
 def add(bin_, mnt, *args):

@@ -1,5 +1,5 @@
 """
-Delayed errors (DESIGN.md S4, S5): a source that fails after E bytes keeps
+Delayed errors (S4, S5 of docs/DESIGN.md): a source that fails after E bytes keeps
 bytes before E readable, gives EIO exactly at E, and shows the failure in
 status at once, before any reader reaches it.
 """

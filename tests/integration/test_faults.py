@@ -1,8 +1,8 @@
 """
-Faults and shutdown (issue 5, items 3 and 4): the store's disk fills up, a
-command is SIGKILLed from outside, the daemon itself is SIGKILLed, and the
-two clean stops (fusermount3 -u with idle files, SIGTERM with readers of
-every kind waiting).
+Faults and shutdown: the store's disk fills up, a command is SIGKILLed
+from outside, the daemon itself is SIGKILLed, and the two clean stops
+(fusermount3 -u with idle files, SIGTERM with readers of every kind
+waiting).
 
 Already covered elsewhere, so not repeated here: a FIFO writer closing
 early (test_errors), a command exiting non-zero or killed by its own
@@ -73,10 +73,10 @@ def small_tmpfs(tmp_path):
                 run(["umount", "-l", d], timeout=DEADLINE)
 
 
-@pytest.mark.deadline(120)
+@pytest.mark.timeout(120)
 def test_store_full_pauses_the_stream_instead_of_failing(small_tmpfs, mount, tmp_path,
                                                           streamfs_bin):
-    """A full store is not a failure (issue 10): the stream that needs room
+    """A full store is not a failure: the stream that needs room
     pauses where it is, with every byte it has readable and right; reads
     past it wait; a stream started meanwhile waits too; room freed (here
     by removing the big file) lets them go on. Nothing is lost, nothing
@@ -217,7 +217,7 @@ def test_fusermount_u_with_only_idle_files(mount, tmp_path):
     assert "did not stop" not in text and "warn" not in text.lower(), text
 
 
-@pytest.mark.deadline(120)
+@pytest.mark.timeout(120)
 def test_sigterm_with_20_waiters_of_every_kind(mount, tmp_path, fifo, fusectl):
     """20 requests parked on three streams (counted by the kernel): reads
     past the frontier, lseek(SEEK_END) (waits for the end), opens of a

@@ -1,6 +1,5 @@
 """
-What the daemon hands to the processes and files it opens (issue 8, items
-3, 11, 12, 16 and 17):
+What the daemon hands to the processes and files it opens:
 
 - background jobs that ignore SIGTERM die with their stream's process group:
   SIGKILL after the grace period once the stream is over, and at `rm`,
@@ -193,7 +192,7 @@ def daemon_nofile(pid):
     raise AssertionError("no 'Max open files' in /proc/PID/limits")
 
 
-@pytest.mark.deadline(120)
+@pytest.mark.timeout(120)
 def test_2000_files_mount_under_a_1024_fd_limit(mount, tmp_path):
     """ulimit -n 1024 (soft and hard): idle files hold no descriptor."""
     ini = tmp_path / "many.ini"

@@ -1,5 +1,5 @@
-"""Random access ahead of the download (issue 4): Range fetches into the
-sparse store, read-ahead around a jump, fill=all|ondemand.
+"""Random access ahead of the download: Range fetches into the sparse
+store, read-ahead around a jump, fill=all|ondemand.
 
 The test server (tests/httpserver.py) is throttled with rate=BPS, so a
 sequential download of the test files takes many seconds; the tests check
@@ -20,20 +20,13 @@ import os
 import shutil
 import sqlite3
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from httpserver import TestHTTPServer  # noqa: E402
+from helpers import DEADLINE, Reader, assert_unchanged, pid_alive, read_ops, wait_until
+from helpers import xattr as _xattr
 
-from helpers import pid_alive, wait_in_fuse, wait_until  # noqa: E402
-from helpers import xattr as _xattr  # noqa: E402
-
-PY = "/usr/bin/python3"
 MiB = 1 << 20
 KiB = 1 << 10
 BIG = 64 * MiB  # the "large remote file"
@@ -111,58 +104,7 @@ def www(tmp_path_factory):
     return root
 
 
-@pytest.fixture
-def srv(www):
-    s = TestHTTPServer(www).start()
-    yield s
-    s.stop()
-
-
 # ---------------------------------------------------------------- helpers
-
-READER = r"""
-import hashlib, json, os, sys, time
-path, ops = sys.argv[1], json.loads(sys.argv[2])
-t0 = time.monotonic()
-try:
-    fd = os.open(path, os.O_RDONLY)
-except OSError as e:
-    print(json.dumps({"open": e.errno})); sys.exit(0)
-out = []
-for op in ops:
-    t = time.monotonic()
-    try:
-        if op[0] == "pread":
-            b = os.pread(fd, op[2], op[1])
-            out.append({"n": len(b), "sha": hashlib.sha256(b).hexdigest(),
-                        "hex": b.hex() if op[2] <= 4096 else None})
-        elif op[0] == "seq":  # ("seq", off, total, chunk): read on from off
-            h = hashlib.sha256(); n = 0; off = op[1]
-            while n < op[2]:
-                b = os.pread(fd, min(op[3], op[2] - n), off + n)
-                if not b:
-                    break
-                h.update(b); n += len(b)
-            out.append({"n": n, "sha": h.hexdigest()})
-    except OSError as e:
-        out.append({"errno": e.errno})
-    out[-1]["t"] = time.monotonic() - t
-os.close(fd)
-print(json.dumps({"open": 0, "t_open": t - t0 if ops else 0, "res": out}))
-"""
-
-
-def reader(path, ops, timeout=60):
-    """Open @path in a subprocess and run @ops: ("pread", off, len) and
-    ("seq", off, total, chunk). Returns the list of results: dicts with n,
-    sha (sha256 hex of the bytes), t (seconds), or errno."""
-    p = subprocess.run([PY, "-c", READER, str(path), json.dumps(ops)],
-                       capture_output=True, text=True, timeout=timeout)
-    assert p.returncode == 0, p.stderr
-    r = json.loads(p.stdout)
-    assert r["open"] == 0, "open failed: %s" % os.strerror(r["open"])
-    return r["res"]
-
 
 def sha(b):
     return hashlib.sha256(b).hexdigest()
@@ -229,13 +171,13 @@ def test_tail_read_one_round_trip(srv, www, mount):
     rate = 2_000_000
     m = mount("big.bin=" + srv.url("big.bin", rate=rate))
     p = m / "big.bin"
-    res = reader(p, [("pread", BIG - 64 * KiB, 64 * KiB), ("pread", BIG - 100, 1000),
+    res = read_ops(p, [("pread", BIG - 64 * KiB, 64 * KiB), ("pread", BIG - 100, 1000),
                      ("pread", 0, 4096)], timeout=60)
     tail, last, first = res
     assert "errno" not in tail, tail
     assert tail["n"] == 64 * KiB and tail["sha"] == sha(blob[-64 * KiB:])
-    assert last["n"] == 100 and bytes.fromhex(last["hex"]) == blob[-100:]
-    assert first["n"] == 4096 and bytes.fromhex(first["hex"]) == blob[:4096]
+    assert last["n"] == 100 and last["data"] == blob[-100:]
+    assert first["n"] == 4096 and first["data"] == blob[:4096]
     print("tail read %.3f s" % tail["t"])
     assert tail["t"] < 5.0, "tail read took %.1f s (sequential: %.0f s)" % (tail["t"], BIG / rate)
     # The sequential fill goes on, far from the end.
@@ -260,9 +202,9 @@ def test_tail_then_whole_file_correct(srv, www, mount):
     blob = (www / "big.bin").read_bytes()
     m = mount("big.bin=" + srv.url("big.bin", rate=40_000_000))
     p = m / "big.bin"
-    res = reader(p, [("pread", BIG - 8 * MiB, 8 * MiB)], timeout=60)
+    res = read_ops(p, [("pread", BIG - 8 * MiB, 8 * MiB)], timeout=60)
     assert res[0]["n"] == 8 * MiB and res[0]["sha"] == sha(blob[-8 * MiB:])
-    res = reader(p, [("seq", 0, BIG + 1, MiB)], timeout=120)
+    res = read_ops(p, [("seq", 0, BIG + 1, MiB)], timeout=120)
     assert res[0]["n"] == BIG and res[0]["sha"] == sha(blob)
     m.wait_state("big.bin", "complete", timeout=30)
     # Each byte about once: the 8 MiB tail was not sent again in full by
@@ -373,40 +315,24 @@ def test_etag_change_between_fill_and_range_fails(srv, www, mount, ignore_if_ran
     m = mount("big.bin=" + srv.url("big.bin", rate=2_000_000, etag="change",
                                    ignore_if_range=ignore_if_range), opts=FAST_FAIL)
     p = m / "big.bin"
-    READ_TAIL = r"""
-import os, sys
-fd = os.open(sys.argv[1], os.O_RDONLY)
-try:
-    b = os.pread(fd, 65536, int(sys.argv[2]))
-    sys.stdout.buffer.write(b"D" + b)
-except OSError as e:
-    sys.stdout.buffer.write(b"E%d" % e.errno)
-"""
-    out = subprocess.run([PY, "-c", READ_TAIL, str(p), str(BIG - 64 * KiB)],
-                         capture_output=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    if out.stdout.startswith(b"D"):
-        data = out.stdout[1:]
+    tail = read_ops(p, [("pread", BIG - 64 * KiB, 64 * KiB)])[0]
+    if "errno" not in tail:
         # Correct data: the whole read from one version of the resource.
-        assert len(data) == 64 * KiB and _one_version(data, blob, BIG - 64 * KiB)
+        assert tail["n"] == 64 * KiB and _one_version(tail["data"], blob, BIG - 64 * KiB)
     else:
-        assert out.stdout == b"E%d" % errno.EIO, out.stdout
+        assert tail["errno"] == errno.EIO, tail
     m.wait_state("big.bin", "failed", timeout=20)
     err = m.xattr("big.bin", "error")
     assert err and "changed" in err, err
     # What was kept before the failure is one version, the first one.
     eo = int(m.xattr("big.bin", "error_offset"))
-    res = subprocess.run([PY, "-c", "import os,sys;fd=os.open(sys.argv[1],os.O_RDONLY);"
-                          "sys.stdout.buffer.write(os.pread(fd,%d,0))" % eo, str(p)],
-                         capture_output=True, timeout=60)
-    assert res.returncode == 0, res.stderr
-    head = res.stdout
+    head = read_ops(p, [("pread", 0, eo)])[0]["data"]
     assert len(head) == eo
     assert _one_version(head, blob, 0)
     if head:
         assert head[0] == blob[0] ^ 2, "the first response is version 1 (XOR 2)"
     # A read at the tail still fails: nothing of another version was kept.
-    tail = reader(p, [("pread", BIG - 64 * KiB, 64 * KiB)])[0]
+    tail = read_ops(p, [("pread", BIG - 64 * KiB, 64 * KiB)])[0]
     if "errno" not in tail:
         pytest.fail("tail read after the failure returned %d bytes" % tail["n"])
     assert tail["errno"] == errno.EIO
@@ -421,12 +347,12 @@ def test_server_without_ranges(srv, www, mount):
     blob = (www / "big.bin").read_bytes()
     m = mount("big.bin=" + srv.url("big.bin", rate=16_000_000, norange=1))
     p = m / "big.bin"
-    res = reader(p, [("pread", BIG - 64 * KiB, 64 * KiB), ("pread", BIG - 3 * MiB, 1 * MiB),
+    res = read_ops(p, [("pread", BIG - 64 * KiB, 64 * KiB), ("pread", BIG - 3 * MiB, 1 * MiB),
                      ("pread", BIG // 2, 1 * MiB)], timeout=90)
     assert res[0]["n"] == 64 * KiB and res[0]["sha"] == sha(blob[-64 * KiB:])
     assert res[1]["n"] == MiB and res[1]["sha"] == sha(blob[-3 * MiB:-2 * MiB])
     assert res[2]["n"] == MiB and res[2]["sha"] == sha(blob[BIG // 2:BIG // 2 + MiB])
-    res = reader(p, [("seq", 0, BIG + 1, MiB)], timeout=90)
+    res = read_ops(p, [("seq", 0, BIG + 1, MiB)], timeout=90)
     assert res[0]["n"] == BIG and res[0]["sha"] == sha(blob)
     m.wait_state("big.bin", "complete", timeout=30)
     rs = [e for e in srv.requests("/big.bin", method="GET") if e["range"]]
@@ -444,7 +370,7 @@ def test_server_without_ranges_ondemand(srv, www, mount):
     blob = (www / "v.mp4").read_bytes()
     m = mount("v.mp4=" + srv.url("v.mp4", norange=1), opts=["--fill=ondemand"])
     p = m / "v.mp4"
-    res = reader(p, [("pread", len(blob) - 5000, 5000), ("seq", 0, len(blob) + 1, MiB)],
+    res = read_ops(p, [("pread", len(blob) - 5000, 5000), ("seq", 0, len(blob) + 1, MiB)],
                  timeout=60)
     assert res[0]["n"] == 5000 and res[0]["sha"] == sha(blob[-5000:])
     assert res[1]["n"] == len(blob) and res[1]["sha"] == sha(blob)
@@ -477,13 +403,13 @@ def test_ondemand_sends_no_more_without_readers(srv, www, mount):
     blob = (www / "big.bin").read_bytes()
     m = mount("big.bin=" + srv.url("big.bin"), opts=["--fill=ondemand"])
     p = m / "big.bin"
-    res = reader(p, [("pread", BIG - 64 * KiB, 64 * KiB)])
+    res = read_ops(p, [("pread", BIG - 64 * KiB, 64 * KiB)])
     assert res[0]["n"] == 64 * KiB and res[0]["sha"] == sha(blob[-64 * KiB:])
     wait_until(lambda: all(e["status"] for e in srv.requests("/big.bin"))
                and len(srv.requests("/big.bin")) >= 2, 10, "the server to log both requests")
     b0 = m.nbytes("big.bin")
     assert b0 <= 2 * MiB, status_line(m, "big.bin")
-    time.sleep(1.0)  # a negative check needs a window: nothing more comes
+    assert_unchanged(lambda: m.nbytes("big.bin"), 1.0, "the bytes of big.bin")  # nothing more
     assert m.nbytes("big.bin") == b0
     assert m.state("big.bin") == "running"
     assert sent_total(srv, "big.bin") <= 2 * MiB
@@ -496,7 +422,7 @@ def test_ondemand_all_read_becomes_complete(srv, www, mount):
     m = mount("v.mp4=" + srv.url("v.mp4"), opts=["--fill=ondemand"])
     p = m / "v.mp4"
     # Out of order: the tail first, then the middle, then all of it.
-    res = reader(p, [("pread", len(blob) - 100000, 100000), ("pread", len(blob) // 2, 2 * MiB),
+    res = read_ops(p, [("pread", len(blob) - 100000, 100000), ("pread", len(blob) // 2, 2 * MiB),
                      ("seq", 0, len(blob) + 1, 128 * KiB)], timeout=60)
     assert res[0]["sha"] == sha(blob[-100000:])
     assert res[1]["sha"] == sha(blob[len(blob) // 2:len(blob) // 2 + 2 * MiB])
@@ -506,8 +432,8 @@ def test_ondemand_all_read_becomes_complete(srv, www, mount):
     assert os.stat(p).st_size == len(blob)
     # Complete: re-reads need no transfer at all.
     n = len(srv.requests("/v.mp4"))
-    res = reader(p, [("pread", 12345, 4096)])
-    assert bytes.fromhex(res[0]["hex"]) == blob[12345:12345 + 4096]
+    res = read_ops(p, [("pread", 12345, 4096)])
+    assert res[0]["data"] == blob[12345:12345 + 4096]
     assert len(srv.requests("/v.mp4")) == n
     assert sent_total(srv, "v.mp4") < len(blob) + len(blob) // 4
 
@@ -524,7 +450,7 @@ def test_readahead_after_jump(srv, www, mount, fill):
     m = mount("big.bin=" + srv.url("big.bin", rate=rate), opts=["--fill=" + fill])
     p = m / "big.bin"
     off, total = 24 * MiB, 16 * MiB
-    res = reader(p, [("seq", off, total, 128 * KiB)], timeout=60)
+    res = read_ops(p, [("seq", off, total, 128 * KiB)], timeout=60)
     assert res[0]["n"] == total and res[0]["sha"] == sha(blob[off:off + total])
     seq_time = (off + total) / rate
     assert res[0]["t"] < seq_time / 2, "reading on after a jump took %.1f s (sequential fill: " \
@@ -546,7 +472,7 @@ def test_range_validated_by_last_modified(srv, www, mount):
     """Without an ETag the Range requests carry If-Range: Last-Modified."""
     blob = (www / "big.bin").read_bytes()
     m = mount("big.bin=" + srv.url("big.bin", rate=2_000_000, noetag=1))
-    res = reader(m / "big.bin", [("pread", BIG - 64 * KiB, 64 * KiB)], timeout=30)
+    res = read_ops(m / "big.bin", [("pread", BIG - 64 * KiB, 64 * KiB)], timeout=30)
     assert res[0]["n"] == 64 * KiB and res[0]["sha"] == sha(blob[-64 * KiB:])
     assert res[0]["t"] < 5.0
     rs = ranges(srv, "big.bin")
@@ -560,7 +486,7 @@ def test_range_after_redirect_goes_to_final_url(srv, www, mount, fill):
     blob = (www / "big.bin").read_bytes()
     m = mount("big.bin=" + srv.url("big.bin", redirect=1, rate=2_000_000),
               opts=["--fill=" + fill])
-    res = reader(m / "big.bin", [("pread", BIG - 64 * KiB, 64 * KiB)], timeout=30)
+    res = read_ops(m / "big.bin", [("pread", BIG - 64 * KiB, 64 * KiB)], timeout=30)
     assert res[0]["n"] == 64 * KiB and res[0]["sha"] == sha(blob[-64 * KiB:])
     assert res[0]["t"] < 5.0
     rs = ranges(srv, "big.bin")
@@ -579,19 +505,15 @@ def test_many_far_readers_each_byte_once(srv, www, mount):
     m = mount("big.bin=" + srv.url("big.bin", rate=2_000_000))
     p = m / "big.bin"
     offs = [8 * MiB * k + 5 * MiB for k in range(1, 8)] + [BIG - 256 * KiB]
-    procs = [subprocess.Popen([PY, "-c", READER, str(p), json.dumps([("pread", o, 256 * KiB)])],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for o in offs]
+    readers = [Reader(p, [("pread", o, 256 * KiB)]) for o in offs]
     try:
-        outs = [pr.communicate(timeout=60) for pr in procs]
+        outs = [rd.finish(timeout=60) for rd in readers]
     finally:
-        for pr in procs:
-            if pr.poll() is None:
-                pr.kill()
-                pr.wait(10)
-    for o, (out, err) in zip(offs, outs):
-        r = json.loads(out)["res"][0]
-        assert r.get("n") == 256 * KiB and r["sha"] == sha(blob[o:o + 256 * KiB]), (o, r, err)
+        for rd in readers:
+            rd.stop()
+    for o, (_, res) in zip(offs, outs):
+        r = res[0]
+        assert r.get("n") == 256 * KiB and r["sha"] == sha(blob[o:o + 256 * KiB]), (o, r)
         assert r["t"] < 8.0, (o, r["t"])
     assert m.state("big.bin") == "running"
     m.teardown()
@@ -608,20 +530,17 @@ def test_interrupted_read_of_a_range(srv, www, mount):
     blob = (www / "big.bin").read_bytes()
     m = mount("big.bin=" + srv.url("big.bin", rate=300_000))
     p = m / "big.bin"
-    pr = subprocess.Popen([PY, "-c", READER, str(p), json.dumps([("pread", BIG - MiB, MiB)])],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    rd = Reader(p, [("pread", BIG - MiB, MiB)])
     try:
-        wait_in_fuse(pr.pid)
-        time.sleep(0.2)  # likely parked in the read by now (in open is fine too)
-        pr.kill()
-        pr.wait(5)
+        rd.wait_open()
+        m.wait_waiters("big.bin", 1)  # the read is parked on the stream
+        rd.proc.kill()
+        rd.proc.wait(DEADLINE)
     finally:
-        if pr.poll() is None:
-            pr.kill()
-            pr.wait(5)
-    assert not pid_alive(pr.pid)
+        rd.stop()
+    assert not pid_alive(rd.pid)
     # The range goes on: another reader gets the last 64 KiB of it.
-    res = reader(p, [("pread", BIG - 64 * KiB, 64 * KiB)], timeout=30)
+    res = read_ops(p, [("pread", BIG - 64 * KiB, 64 * KiB)], timeout=30)
     assert res[0]["n"] == 64 * KiB and res[0]["sha"] == sha(blob[-64 * KiB:])
     assert m.state("big.bin") == "running"
 
@@ -632,21 +551,16 @@ def test_rm_with_range_transfers_in_flight(srv, www, mount, streamfs_bin):
     m = mount("big.bin=" + srv.url("big.bin", rate=100_000), "other=cmd:echo other",
               opts=["--fill=ondemand"])
     p = m / "big.bin"
-    pr = subprocess.Popen([PY, "-c", READER, str(p),
-                           json.dumps([("pread", BIG // 2, MiB), ("pread", BIG - MiB, MiB)])],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    rd = Reader(p, [("pread", BIG // 2, MiB), ("pread", BIG - MiB, MiB)])
     try:
-        wait_in_fuse(pr.pid)
-        time.sleep(0.3)
+        rd.wait_open()
+        m.wait_waiters("big.bin", 1)  # the first read is parked on the stream
         r = subprocess.run([str(streamfs_bin), "rm", str(m.path), "big.bin"],
                            capture_output=True, text=True, timeout=10)
         assert r.returncode == 0, r.stderr
-        out, err = pr.communicate(timeout=10)
+        _, res = rd.finish()
     finally:
-        if pr.poll() is None:
-            pr.kill()
-            pr.wait(5)
-    res = json.loads(out)["res"]
+        rd.stop()
     # The read waited for [32 MiB, 33 MiB), of which a part had come: it
     # must fail (S4: a short count only at the end or the failure point,
     # which is the frontier, far below), not return a short count that a
@@ -667,7 +581,7 @@ def test_failure_with_partial_range_is_eio_not_short(srv, www, mount):
     m = mount("big.bin=" + srv.url("big.bin", drop_after=200_000, drop_always=1, rate=4_000_000),
               opts=FAST_FAIL)
     p = m / "big.bin"
-    res = reader(p, [("pread", BIG // 2, MiB)], timeout=60)
+    res = read_ops(p, [("pread", BIG // 2, MiB)], timeout=60)
     st = status_line(m, "big.bin")
     assert m.state("big.bin") == "failed", st
     eo = int(m.xattr("big.bin", "error_offset"))
@@ -679,14 +593,14 @@ def test_inflight_range_not_downloaded_twice(srv, www, mount):
     """fill=all: read on after a jump (the read-ahead window grows to a
     Range request running to the end of the file), then read everything.
     When the sequential fill reaches bytes that a Range transfer is still
-    bringing, it must not download them again (S7, each byte fetched once;
-    issue 4: in-flight ranges are not requested twice)."""
+    bringing, it must not download them again (S7, each byte fetched once:
+    in-flight ranges are not requested twice)."""
     blob = (www / "big.bin").read_bytes()
     m = mount("big.bin=" + srv.url("big.bin", rate=4_000_000))
     p = m / "big.bin"
-    res = reader(p, [("seq", 16 * MiB, 32 * MiB, 128 * KiB)], timeout=60)
+    res = read_ops(p, [("seq", 16 * MiB, 32 * MiB, 128 * KiB)], timeout=60)
     assert res[0]["n"] == 32 * MiB and res[0]["sha"] == sha(blob[16 * MiB:48 * MiB])
-    res = reader(p, [("seq", 0, BIG + 1, MiB)], timeout=60)
+    res = read_ops(p, [("seq", 0, BIG + 1, MiB)], timeout=60)
     assert res[0]["n"] == BIG and res[0]["sha"] == sha(blob)
     m.wait_state("big.bin", "complete", timeout=30)
     m.teardown()

@@ -1,6 +1,6 @@
 """
-Interrupts, many waiting readers, and stopping the daemon (DESIGN.md S8,
-S9, and "FUSE worker threads never sleep on data").
+Interrupts, many waiting readers, and stopping the daemon (S8, S9 of
+docs/DESIGN.md, and "FUSE worker threads never sleep on data").
 
 The time limits here are hang checks, not benchmarks: generous deadlines
 that a working daemon meets by orders of magnitude.
@@ -13,9 +13,9 @@ import sys
 
 import pytest
 
-from helpers import (DEADLINE, Background, call, kill_if_alive, make_data, mounted, pid_alive,
-                     in_fuse_wait, pread_path, proc_state, q, read_all, register_pid, run, sha256,
-                     unregister_pid, wait_blocked_in_read, wait_until)
+from helpers import (DEADLINE, Background, Reader, call, kill_if_alive, make_data, mounted,
+                     pid_alive, in_fuse_wait, pread_path, proc_state, q, read_all, register_pid,
+                     run, sha256, unregister_pid, wait_blocked_in_read, wait_until)
 
 PROMPT = 5.0  # "promptly"
 
@@ -71,34 +71,27 @@ def test_sigint_to_a_waiting_reader_returns_eintr(mount, fifo):
     """The waiting pread returns to user space (EINTR, so the handler runs)."""
     f = fifo()
     m = mount(f"s.bin=cmd:{f.cat}")
-    prog = (
-        "import os, signal, sys\n"
-        "signal.signal(signal.SIGINT, lambda *a: (print('interrupted', flush=True), os._exit(7)))\n"
-        "fd = os.open(sys.argv[1], os.O_RDONLY)\n"
-        "print(len(os.pread(fd, 100, 0)), flush=True)\n"
-        "os.pread(fd, 100, 50_000)\n"
-        "print('read returned', flush=True)\n"
-    )
-    reader = start_reader([sys.executable, "-c", prog, str(m / "s.bin")])
+    rd = Reader(m / "s.bin", [("pread", 0, 100), ("pread", 50_000, 100)], exit_on_sigint=7)
     try:
         f.write(b"a" * 1000)
-        assert call(reader.stdout.readline) == b"100\n"
-        wait_blocked_in_read(reader.pid)
-        reader.send_signal(signal.SIGINT)
+        rd.wait_open()
+        assert rd.next()["n"] == 100
+        m.wait_waiters("s.bin", 1)  # the second pread is parked on the stream
+        rd.proc.send_signal(signal.SIGINT)
         try:
-            rc = reader.wait(PROMPT)
+            rc = rd.proc.wait(PROMPT)
         except subprocess.TimeoutExpired:
             raise AssertionError("pread waiting on a stalled stream ignored SIGINT")
-        assert rc == 7 and reader.stdout.read() == b"interrupted\n"
+        assert rc == 7 and rd.next() == {"interrupted": True}
         assert m.state("s.bin") == "running"
     finally:
-        stop_reader(reader)
+        rd.stop()
     f.write(b"b" * 60_000)
     f.close()
     assert call(read_all, m / "s.bin") == b"a" * 1000 + b"b" * 60_000
 
 
-@pytest.mark.deadline(120)
+@pytest.mark.timeout(120)
 def test_64_waiting_readers_do_not_starve_the_mount(mount, fifo, tmp_path, streamfs_bin):
     f = fifo()
     done_data = make_data(tmp_path / "done", 2_000_000)
@@ -301,7 +294,7 @@ def test_sigint_to_a_waiting_stat_or_open(mount, fifo, op, opts):
     m.wait_state("s.bin", "complete")
 
 
-@pytest.mark.deadline(120)
+@pytest.mark.timeout(120)
 def test_interrupts_racing_with_data(mount, fifo, tmp_path):
     """Interrupts that arrive together with the data a read waits for: each
     request gets exactly one reply (the daemon survives, teardown checks it

@@ -19,7 +19,7 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
 from httpserver import TestHTTPServer  # noqa: E402
 
-from helpers import DEADLINE, register_pid, run, unregister_pid, wait_until  # noqa: E402
+from helpers import DEADLINE, register_pid, run, unregister_pid  # noqa: E402
 
 # ESC [ 2 J clears the screen; ESC ] 0 ; ... BEL sets the window title;
 # U+009B (C2 9B in UTF-8) is the 8-bit CSI.
@@ -166,7 +166,7 @@ def test_name_that_is_not_utf8(mount, streamfs_bin):
 DEEP_TIMEOUT = 120
 
 
-@pytest.mark.deadline(3 * DEEP_TIMEOUT)
+@pytest.mark.timeout(3 * DEEP_TIMEOUT)
 def test_status_of_a_name_1000_directories_deep(mount, streamfs_bin):
     deep = "/".join(["d"] * 1000) + "/leaf.txt"
     assert len(deep) < 4095

@@ -1,4 +1,4 @@
-"""The store's largest file (issue 8, item 8).
+"""The store's largest file.
 
 A store cannot hold bytes past the largest file its file system allows
 (16 TiB on ext4) or past the daemon's RLIMIT_FSIZE; writing there fails

@@ -3,7 +3,7 @@ Real tools on streams: each tool's output on a mounted stream must equal its
 output on the same local file. Sources are mostly slow (the file arrives in
 chunks 0.3 s apart), so the tools really run on data still arriving.
 
-Which size policy each case uses follows DESIGN.md section 3:
+Which size policy each case uses (--size, README.md):
   - ffprobe learns the size from fstat; unzip from stat(). With size=auto a
     running stream shows the bytes so far, so those tools get --size=wait
     or a declared size (--size=N) when the stream is slow. ffprobe on a
@@ -23,7 +23,7 @@ import pytest
 
 from helpers import call, q, run, slow_cmd
 
-pytestmark = pytest.mark.deadline(180)
+pytestmark = pytest.mark.timeout(180)
 
 
 @pytest.fixture(scope="session")

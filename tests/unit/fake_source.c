@@ -3,70 +3,10 @@
  */
 #include "fake_source.h"
 
-#include "log.h"
 #include "streamfs/store.h"
 
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
-
-atomic_int t_passed, t_failed;
-_Atomic(const char *) t_current = "setup";
-
-static void on_alarm(int sig)
-{
-	/* Only async-signal-safe calls here. */
-	const char *name = atomic_load(&t_current);
-	static const char a[] = "WATCHDOG: test '";
-	static const char b[] = "' hung for 60 s\n";
-	ssize_t w = write(STDERR_FILENO, a, sizeof(a) - 1);
-	w = write(STDERR_FILENO, name, strlen(name));
-	w = write(STDERR_FILENO, b, sizeof(b) - 1);
-	(void)w;
-	(void)sig;
-	_exit(1);
-}
-
-void t_init(void)
-{
-	struct sigaction sa;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = on_alarm;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGALRM, &sa, NULL);
-	/* Failure paths are tested on purpose; their log lines are noise.
-	 * A threshold below "error" filters every message. */
-	if (!getenv("STREAMFS_TEST_LOG"))
-		log_set_level((enum log_level) - 1);
-	setvbuf(stdout, NULL, _IOLBF, 0);
-}
-
-void t_begin(const char *name)
-{
-	atomic_store(&t_current, name);
-	alarm(60);
-	if (getenv("STREAMFS_TEST_VERBOSE"))
-		fprintf(stderr, "-- %s\n", name);
-}
-
-int t_finish(const char *prog)
-{
-	alarm(0);
-	int p = atomic_load(&t_passed), f = atomic_load(&t_failed);
-	printf("%s: %d passed, %d failed\n", prog, p, f);
-	return f ? 1 : 0;
-}
-
-char *t_tmpdir(const char *tag)
-{
-	char *path;
-	if (asprintf(&path, "/tmp/streamfs-%s.XXXXXX", tag) < 0 || !mkdtemp(path)) {
-		perror("mkdtemp");
-		abort();
-	}
-	return path;
-}
 
 void pat_fill(unsigned char *buf, uint64_t off, size_t len)
 {
@@ -80,6 +20,24 @@ bool pat_ok(const unsigned char *buf, uint64_t off, size_t len)
 		if (buf[i] != pat(off + i))
 			return false;
 	return true;
+}
+
+int pat_append(struct stream *s, uint64_t off, size_t len)
+{
+	unsigned char *b = malloc(len ? len : 1);
+	pat_fill(b, off, len);
+	int r = stream_append(s, b, len);
+	free(b);
+	return r;
+}
+
+int pat_write(struct stream *s, uint64_t off, size_t len)
+{
+	unsigned char *b = malloc(len ? len : 1);
+	pat_fill(b, off, len);
+	int r = stream_write(s, off, b, len);
+	free(b);
+	return r;
 }
 
 /* ---- fake source ------------------------------------------------------ */

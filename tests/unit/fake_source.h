@@ -1,10 +1,9 @@
 /*
- * fake_source.h - the unit tests' harness and scripted stream source.
+ * fake_source.h - a scripted stream source and the test data of the engine's
+ * unit tests. It includes harness.h (CHECK, RUN, ...), which every unit
+ * test uses.
  *
- * Harness: CHECK()/CHECK_EQ() count passes and failures from any thread and
- * print file:line and the running test on a failure; t_begin() names the
- * test and re-arms a 60 s watchdog (SIGALRM) that prints the test that hung
- * and _exit(1)s, so an engine bug fails the run instead of hanging it.
+ * Test data: pat(off) is the byte at @off of every test stream.
  *
  * Fake source: kind "fake". start()/cancel()/destroy() only record that
  * they were called (destroy does not free: the test owns the struct), and
@@ -19,6 +18,7 @@
 #ifndef STREAMFS_TEST_FAKE_SOURCE_H
 #define STREAMFS_TEST_FAKE_SOURCE_H
 
+#include "harness.h"
 #include "streamfs/stream.h"
 
 #include <pthread.h>
@@ -27,50 +27,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-/* ---- harness ---------------------------------------------------------- */
-
-extern atomic_int t_passed, t_failed;
-extern _Atomic(const char *) t_current;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (cond) {                                                                        \
-			atomic_fetch_add(&t_passed, 1);                                            \
-		} else {                                                                           \
-			atomic_fetch_add(&t_failed, 1);                                            \
-			fprintf(stderr, "%s:%d: [%s] CHECK(%s) failed\n", __FILE__, __LINE__,      \
-			        atomic_load(&t_current), #cond);                                   \
-		}                                                                                  \
-	} while (0)
-
-#define CHECK_EQ(a, b)                                                                             \
-	do {                                                                                       \
-		long long ca_ = (long long)(a), cb_ = (long long)(b);                              \
-		if (ca_ == cb_) {                                                                  \
-			atomic_fetch_add(&t_passed, 1);                                            \
-		} else {                                                                           \
-			atomic_fetch_add(&t_failed, 1);                                            \
-			fprintf(stderr, "%s:%d: [%s] CHECK_EQ(%s, %s) failed: %lld != %lld\n",     \
-			        __FILE__, __LINE__, atomic_load(&t_current), #a, #b, ca_, cb_);    \
-		}                                                                                  \
-	} while (0)
-
-/* Install the watchdog handler; silences the engine's log unless
- * STREAMFS_TEST_LOG is set (failure paths log by design). */
-void t_init(void);
-/* Name the running test and give it 60 s. */
-void t_begin(const char *name);
-/* Print "@prog: N passed, M failed" and return the exit status. */
-int t_finish(const char *prog);
-
-#define RUN(fn)                                                                                    \
-	do {                                                                                       \
-		t_begin(#fn);                                                                      \
-		fn();                                                                              \
-	} while (0)
-
-/* mkdtemp() under /tmp; the caller rmdir()s it. Aborts on failure. */
-char *t_tmpdir(const char *tag);
+/* ---- test data ------------------------------------------------------- */
 
 /* The deterministic byte at offset @off of every test stream. */
 static inline unsigned char pat(uint64_t off)
@@ -81,6 +38,10 @@ static inline unsigned char pat(uint64_t off)
 void pat_fill(unsigned char *buf, uint64_t off, size_t len);
 /* True if @buf holds pat() for [off, off+len). */
 bool pat_ok(const unsigned char *buf, uint64_t off, size_t len);
+/* stream_append() of pat() for [off, off+len) (@off must be the frontier). */
+int pat_append(struct stream *s, uint64_t off, size_t len);
+/* stream_write() of pat() for [off, off+len). */
+int pat_write(struct stream *s, uint64_t off, size_t len);
 
 /* ---- fake source ------------------------------------------------------ */
 

@@ -7,6 +7,7 @@
  * to a mkdtemp() directory that is removed at the end.
  */
 #include "config.h"
+#include "harness.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -16,29 +17,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static int passed, failed;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (cond) {                                                                        \
-			passed++;                                                                  \
-		} else {                                                                           \
-			failed++;                                                                  \
-			fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);   \
-		}                                                                                  \
-	} while (0)
-
 /* The error contract, plus: @err contains @want. */
 #define CHECK_ERR(err, want)                                                                       \
 	do {                                                                                       \
 		CHECK(err_ok(err));                                                                \
-		if (!strstr((err), (want))) {                                                      \
-			failed++;                                                                  \
-			fprintf(stderr, "%s:%d: error '%s' lacks '%s'\n", __FILE__, __LINE__,      \
-			        (err), (want));                                                    \
-		} else {                                                                           \
-			passed++;                                                                  \
-		}                                                                                  \
+		CHECK_MSG(strstr((err), (want)), "error '%s' lacks '%s'", (err), (want));          \
 	} while (0)
 
 static bool err_ok(const char *err)
@@ -1026,28 +1009,28 @@ int main(void)
 {
 	int i;
 
+	t_init();
 	if (!mkdtemp(tmpdir)) {
 		perror("mkdtemp");
 		return 2;
 	}
-	test_defaults();
-	test_sizes();
-	test_options();
-	test_names();
-	test_parse_file();
-	test_args();
-	test_manifest();
-	test_secret_files();
-	test_manifest_mode();
-	test_scrub_argv();
-	test_add_request();
-	test_cache_options();
+	RUN(test_defaults);
+	RUN(test_sizes);
+	RUN(test_options);
+	RUN(test_names);
+	RUN(test_parse_file);
+	RUN(test_args);
+	RUN(test_manifest);
+	RUN(test_secret_files);
+	RUN(test_manifest_mode);
+	RUN(test_scrub_argv);
+	RUN(test_add_request);
+	RUN(test_cache_options);
 	for (i = 0; i < ntmpfiles; i++) {
 		unlink(tmpfiles[i]);
 		free(tmpfiles[i]);
 	}
 	if (rmdir(tmpdir))
 		fprintf(stderr, "rmdir %s: %s\n", tmpdir, strerror(errno));
-	printf("config: %d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	return t_finish("config");
 }

@@ -9,33 +9,11 @@
  * result cut to a small buffer is a prefix of the whole one.
  */
 #include "escape.h"
+#include "harness.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int passed, failed;
-
-#define CHECK(cond)                                                                                \
-	do {                                                                                       \
-		if (cond) {                                                                        \
-			passed++;                                                                  \
-		} else {                                                                           \
-			failed++;                                                                  \
-			fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);   \
-		}                                                                                  \
-	} while (0)
-
-#define CHECK_STR(got, want)                                                                       \
-	do {                                                                                       \
-		if (strcmp((got), (want)) == 0) {                                                  \
-			passed++;                                                                  \
-		} else {                                                                           \
-			failed++;                                                                  \
-			fprintf(stderr, "%s:%d: got '%s', want '%s'\n", __FILE__, __LINE__, (got), \
-			        (want));                                                           \
-		}                                                                                  \
-	} while (0)
 
 static char *text(const char *s)
 {
@@ -173,22 +151,17 @@ static void check_one(const char *in, size_t n)
 	size_t (*fns[2])(char *, size_t, const char *, size_t) = {esc_text, esc_json};
 	for (int f = 0; f < 2; f++) {
 		size_t len = fns[f](out, sizeof(out), in, n);
-		if (len >= sizeof(out) || strlen(out) != len || !safe(out, len)) {
-			failed++;
-			fprintf(stderr, "unsafe or wrong length (%s) for input of %zu bytes\n",
-			        f ? "json" : "text", n);
+		bool ok = len < sizeof(out) && strlen(out) == len && safe(out, len);
+		CHECK_MSG(ok, "unsafe or wrong length (%s) for input of %zu bytes",
+		          f ? "json" : "text", n);
+		if (!ok)
 			return;
-		}
 		size_t room = 1 + (size_t)rand() % (len + 1);
 		fns[f](cut, room, in, n);
-		if (strncmp(cut, out, strlen(cut)) != 0 || strlen(cut) >= room ||
-		    !safe(cut, strlen(cut))) {
-			failed++;
-			fprintf(stderr, "bad cut (%s) at %zu\n", f ? "json" : "text", room);
-			return;
-		}
+		CHECK_MSG(strncmp(cut, out, strlen(cut)) == 0 && strlen(cut) < room &&
+		              safe(cut, strlen(cut)),
+		          "bad cut (%s) at %zu", f ? "json" : "text", room);
 	}
-	passed++;
 }
 
 static void test_properties(void)
@@ -219,11 +192,11 @@ static void test_properties(void)
 
 int main(void)
 {
-	test_utf8();
-	test_text();
-	test_json();
-	test_sizes();
-	test_properties();
-	printf("escape: %d passed, %d failed\n", passed, failed);
-	return failed ? 1 : 0;
+	t_init();
+	RUN(test_utf8);
+	RUN(test_text);
+	RUN(test_json);
+	RUN(test_sizes);
+	RUN(test_properties);
+	return t_finish("escape");
 }

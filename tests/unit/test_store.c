@@ -1,15 +1,11 @@
 /*
- * test_store.c - unit tests for store.c: pwrite/map round trips in RAM and
- * on disk, a read across the 1 GiB mapping-window boundary of a sparse
- * store, fill_fd from a pipe (data, EAGAIN, EOF), and store errors
- * (ENOSPC) told apart from pipe errors, directly and through a stream;
+ * test_store.c - unit tests for store.c: pwrite/pread round trips in RAM
+ * and on disk, bytes far out (past 1 GiB) in a sparse store, fill_fd from
+ * a pipe (data, EAGAIN, EOF), store errors told apart from pipe errors;
  * stores described by store_new() hold no descriptor until created, and
  * RAM stores take labels longer than memfd_create() does.
  *
- * The ENOSPC cases use a 1 MiB tmpfs mounted under a mkdtemp() directory.
- * It is lazily unmounted (MNT_DETACH) as soon as the stores are open, so
- * nothing stays mounted even if the test dies; without permission to mount
- * those sub-cases are skipped and say so.
+ * A full store (ENOSPC) needs a mount: test_store_full.c.
  */
 #include "fake_source.h"
 #include "streamfs/store.h"
@@ -18,7 +14,6 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -75,7 +70,9 @@ static void test_round_trip_disk(void)
 	free(dir);
 }
 
-static void window_boundary(const char *dir)
+/* Bytes on both sides of 1 GiB, nothing before them: read back, and the
+ * store stays sparse. */
+static void sparse_far_out(const char *dir)
 {
 	struct store *st = open_or_die(dir);
 	unsigned char buf[16];
@@ -95,17 +92,17 @@ static void window_boundary(const char *dir)
 	store_close(st);
 }
 
-static void test_window_boundary_disk(void)
+static void test_sparse_far_out_disk(void)
 {
 	char *dir = t_tmpdir("store");
-	window_boundary(dir);
+	sparse_far_out(dir);
 	rmdir(dir);
 	free(dir);
 }
 
-static void test_window_boundary_ram(void)
+static void test_sparse_far_out_ram(void)
 {
-	window_boundary(NULL);
+	sparse_far_out(NULL);
 }
 
 static void fill_fd(const char *dir)
@@ -162,118 +159,6 @@ static void test_error_helpers(void)
 	CHECK_EQ(store_error_errno(-EIO), EIO);
 	CHECK(store_error_is_store(-(STORE_ERR_BIAS + ENOSPC)));
 	CHECK_EQ(store_error_errno(-(STORE_ERR_BIAS + ENOSPC)), ENOSPC);
-}
-
-/* Fill @st (on the 1 MiB tmpfs) until the store reports an error. */
-static int fill_until_error(struct store *st, uint64_t *off)
-{
-	static unsigned char buf[64 * 1024];
-	for (int i = 0; i < 64; i++) {
-		int r = store_pwrite(st, buf, sizeof(buf), *off);
-		if (r < 0)
-			return r;
-		*off += sizeof(buf);
-	}
-	return 0;
-}
-
-static void test_store_full(void)
-{
-	char *dir = t_tmpdir("tmpfs");
-	if (mount("streamfs-test", dir, "tmpfs", 0, "size=1m") != 0) {
-		printf("store: SKIP test_store_full: cannot mount a tmpfs (%s)\n", strerror(errno));
-		rmdir(dir);
-		free(dir);
-		return;
-	}
-	struct store *a = store_open(dir, "a");
-	struct store *b = store_open(dir, "b");
-	struct store *c = store_open(dir, "c");
-	/* From here the mount lives only as long as the stores' descriptors. */
-	CHECK_EQ(umount2(dir, MNT_DETACH), 0);
-	CHECK_EQ(rmdir(dir), 0);
-	free(dir);
-	CHECK(a && b && c);
-	if (!a || !b || !c) {
-		store_close(a);
-		store_close(b);
-		store_close(c);
-		return;
-	}
-
-	/* A plain write error. */
-	uint64_t off = 0;
-	CHECK_EQ(fill_until_error(a, &off), -ENOSPC);
-
-	/* fill_fd: the pipe is fine, the store is full: a store error. */
-	int p[2];
-	CHECK_EQ(pipe(p), 0);
-	static unsigned char buf[32 * 1024];
-	CHECK_EQ(write(p[1], buf, sizeof(buf)), (ssize_t)sizeof(buf));
-	ssize_t r;
-	do
-		r = store_fill_fd(a, p[0], sizeof(buf), off);
-	while (r > 0 && (off += (uint64_t)r, true));
-	CHECK(store_error_is_store(r));
-	CHECK_EQ(store_error_errno(r), ENOSPC);
-	close(p[0]);
-	close(p[1]);
-	store_close(a); /* give its space back */
-
-	/* Through a stream: the append fails with the store's error, and the
-	 * stream is FAILED at its frontier with a message naming the store. */
-	struct fake_src f;
-	fake_init(&f);
-	struct stream *s = stream_new("full", b, &fake_ops, &f);
-	CHECK(s != NULL);
-	CHECK_EQ(stream_start(s), 0);
-	int ar = 0;
-	uint64_t appended = 0;
-	while (ar == 0) {
-		ar = stream_append(s, buf, sizeof(buf));
-		if (ar == 0)
-			appended += sizeof(buf);
-	}
-	CHECK_EQ(ar, -ENOSPC);
-	CHECK(appended > 0);
-	struct stream_info info;
-	stream_get_info(s, &info);
-	CHECK_EQ(info.state, STREAM_FAILED);
-	CHECK_EQ(info.error, ENOSPC);
-	CHECK_EQ(info.error_offset, appended);
-	CHECK(strstr(info.error_msg, "store") != NULL);
-	CHECK_EQ(stream_read(s, buf, 10, appended, false), -EIO);
-	stream_unref(s);
-	CHECK_EQ(atomic_load(&f.destroys), 1);
-	fake_fini(&f);
-
-	/* stream_fill_fd: a store error fails the stream, reported as its errno. */
-	fake_init(&f);
-	s = stream_new("full-splice", c, &fake_ops, &f);
-	CHECK_EQ(stream_start(s), 0);
-	CHECK_EQ(pipe(p), 0);
-	CHECK_EQ(fcntl(p[1], F_SETFL, O_NONBLOCK), 0);
-	ssize_t sr = 0;
-	uint64_t spliced = 0;
-	for (int i = 0; i < 1000 && sr >= 0; i++) {
-		if (write(p[1], buf, sizeof(buf)) < 0 && errno != EAGAIN)
-			break;
-		sr = stream_fill_fd(s, p[0], sizeof(buf));
-		if (sr > 0)
-			spliced += (uint64_t)sr;
-		if (sr == -EAGAIN)
-			sr = 0;
-	}
-	CHECK_EQ(sr, -ENOSPC);
-	CHECK(spliced > 0);
-	stream_get_info(s, &info);
-	CHECK_EQ(info.state, STREAM_FAILED);
-	CHECK_EQ(info.error, ENOSPC);
-	CHECK_EQ(info.error_offset, spliced);
-	close(p[0]);
-	close(p[1]);
-	stream_unref(s);
-	fake_fini(&f);
 }
 
 /* store_new(): nothing exists until store_create(), which is idempotent
@@ -347,12 +232,11 @@ int main(void)
 	t_init();
 	RUN(test_round_trip_ram);
 	RUN(test_round_trip_disk);
-	RUN(test_window_boundary_disk);
-	RUN(test_window_boundary_ram);
+	RUN(test_sparse_far_out_disk);
+	RUN(test_sparse_far_out_ram);
 	RUN(test_fill_fd_ram);
 	RUN(test_fill_fd_disk);
 	RUN(test_error_helpers);
-	RUN(test_store_full);
 	RUN(test_created_lazily);
 	RUN(test_long_memory_label);
 	return t_finish("store");

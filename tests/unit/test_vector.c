@@ -3,6 +3,7 @@
  * insert/remove move the rest, and a growth that would overflow fails
  * with ENOMEM and leaves the vector as it was.
  */
+#include "harness.h"
 #include "vector.h"
 
 #include <stdint.h>
@@ -14,16 +15,6 @@ struct big {
 	char bytes[1 << 20];
 };
 DEFINE_VECTOR(bigvec, struct big);
-
-static int failed;
-
-#define CHECK(cond)                                                                        \
-	do {                                                                               \
-		if (!(cond)) {                                                             \
-			failed++;                                                          \
-			fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-		}                                                                          \
-	} while (0)
 
 static void test_push_and_grow(void)
 {
@@ -76,13 +67,9 @@ static void test_overflow_leaves_vector_unchanged(void)
 
 int main(void)
 {
-	test_push_and_grow();
-	test_insert_remove();
-	test_overflow_leaves_vector_unchanged();
-	if (failed) {
-		fprintf(stderr, "test_vector: %d checks failed\n", failed);
-		return 1;
-	}
-	printf("test_vector: ok\n");
-	return 0;
+	t_init();
+	RUN(test_push_and_grow);
+	RUN(test_insert_remove);
+	RUN(test_overflow_leaves_vector_unchanged);
+	return t_finish("vector");
 }

@@ -185,24 +185,6 @@ static uint64_t asked_in(struct fsrc *f, uint64_t off, uint64_t end)
 	return t;
 }
 
-static int put(struct stream *s, uint64_t off, size_t len)
-{
-	unsigned char *b = malloc(len ? len : 1);
-	pat_fill(b, off, len);
-	int r = stream_write(s, off, b, len);
-	free(b);
-	return r;
-}
-
-static int app(struct stream *s, uint64_t off, size_t len)
-{
-	unsigned char *b = malloc(len ? len : 1);
-	pat_fill(b, off, len);
-	int r = stream_append(s, b, len);
-	free(b);
-	return r;
-}
-
 /* ---- tests ------------------------------------------------------------ */
 
 /* A range with nothing present or asked: one fetch() for exactly it; the
@@ -228,8 +210,8 @@ static void test_present_not_asked(void)
 {
 	struct fsrc f;
 	struct stream *s = fsrc_stream(&f, true);
-	CHECK_EQ(app(s, 0, 256 * KIB), 0);
-	CHECK_EQ(put(s, 8 * MIB, 512 * KIB), 0);
+	CHECK_EQ(pat_append(s, 0, 256 * KIB), 0);
+	CHECK_EQ(pat_write(s, 8 * MIB, 512 * KIB), 0);
 	stream_want(s, 0, 256 * KIB);
 	stream_want(s, 100, 4096);
 	stream_want(s, 8 * MIB, 512 * KIB);
@@ -247,12 +229,12 @@ static void test_skip_present_head(void)
 {
 	struct fsrc f;
 	struct stream *s = fsrc_stream(&f, true);
-	CHECK_EQ(put(s, 8 * MIB, 512 * KIB), 0);
+	CHECK_EQ(pat_write(s, 8 * MIB, 512 * KIB), 0);
 	stream_want(s, 8 * MIB + 100, 1 * MIB);
 	CHECK_EQ(ncalls(&f), 1);
 	CHECK(called_once(&f, 8 * MIB + 512 * KIB, 1 * MIB + 100 - 512 * KIB));
 	/* Starting at the frontier's present run as well. */
-	CHECK_EQ(app(s, 0, 64 * KIB), 0);
+	CHECK_EQ(pat_append(s, 0, 64 * KIB), 0);
 	clear_calls(&f);
 	stream_want(s, 0, 128 * KIB);
 	CHECK_EQ(ncalls(&f), 1);
@@ -274,7 +256,7 @@ static void test_skip_wanted_head(void)
 	CHECK(called_once(&f, 5 * MIB, 1 * MIB + 10));
 	/* present [8,9) MiB, then in flight [9,10) MiB: a want from 8 MiB
 	 * asks from 10 MiB. */
-	CHECK_EQ(put(s, 8 * MIB, 1 * MIB), 0);
+	CHECK_EQ(pat_write(s, 8 * MIB, 1 * MIB), 0);
 	stream_want(s, 9 * MIB, 1 * MIB);
 	clear_calls(&f);
 	stream_want(s, 8 * MIB + 1, 3 * MIB);
@@ -289,7 +271,7 @@ static void test_cut_before_present_or_wanted(void)
 {
 	struct fsrc f;
 	struct stream *s = fsrc_stream(&f, true);
-	CHECK_EQ(put(s, 8 * MIB, 1 * MIB), 0);
+	CHECK_EQ(pat_write(s, 8 * MIB, 1 * MIB), 0);
 	stream_want(s, 7 * MIB, 2 * MIB);
 	CHECK_EQ(ncalls(&f), 1);
 	CHECK(called_once(&f, 7 * MIB, 1 * MIB));
@@ -308,7 +290,7 @@ static void test_split_around_parts(void)
 	struct fsrc f;
 	struct stream *s = fsrc_stream(&f, true);
 	/* [0,1) hole, [1,2) present, [2,3) hole, [3,4) asked, [4,6) hole (MiB) */
-	CHECK_EQ(put(s, 1 * MIB, 1 * MIB), 0);
+	CHECK_EQ(pat_write(s, 1 * MIB, 1 * MIB), 0);
 	stream_want(s, 3 * MIB, 1 * MIB);
 	clear_calls(&f);
 	stream_want(s, 0, 6 * MIB);
@@ -346,7 +328,7 @@ static void test_fetch_distance(void)
 	struct fsrc f;
 	struct stream *s = fsrc_stream(&f, true);
 	stream_set_fetch_distance(s, 4 * MIB);
-	CHECK_EQ(app(s, 0, 1 * MIB), 0); /* frontier 1 MiB */
+	CHECK_EQ(pat_append(s, 0, 1 * MIB), 0); /* frontier 1 MiB */
 	stream_want(s, 1 * MIB, 64 * KIB);
 	stream_want(s, 2 * MIB, 1 * MIB);
 	stream_want(s, 5 * MIB - 1, 1);
@@ -361,7 +343,7 @@ static void test_fetch_distance(void)
 	stream_want(s, 100 * MIB, 1 * MIB);
 	CHECK(called_once(&f, 100 * MIB, 1 * MIB));
 	/* The frontier moves on: what was near becomes nearer still. */
-	CHECK_EQ(app(s, 1 * MIB, 1 * MIB), 0); /* frontier 2 MiB */
+	CHECK_EQ(pat_append(s, 1 * MIB, 1 * MIB), 0); /* frontier 2 MiB */
 	clear_calls(&f);
 	stream_want(s, 5 * MIB + 512 * KIB, 64 * KIB); /* 3.5 MiB ahead: near */
 	CHECK_EQ(ncalls(&f), 0);
@@ -477,7 +459,7 @@ static void test_not_running(void)
 	fsrc_finish(s, &f);
 
 	s = fsrc_stream(&f, true);
-	CHECK_EQ(app(s, 0, 4096), 0);
+	CHECK_EQ(pat_append(s, 0, 4096), 0);
 	stream_end(s);
 	stream_want(s, 0, 1 * MIB);
 	stream_want(s, 10 * MIB, 1 * MIB);
@@ -485,7 +467,7 @@ static void test_not_running(void)
 	fsrc_finish(s, &f);
 
 	s = fsrc_stream(&f, true);
-	CHECK_EQ(app(s, 0, 4096), 0);
+	CHECK_EQ(pat_append(s, 0, 4096), 0);
 	stream_fail(s, EIO, "test failure");
 	stream_want(s, 10 * MIB, 1 * MIB);
 	CHECK_EQ(ncalls(&f), 0);
@@ -512,7 +494,7 @@ static void test_no_fetch_op(void)
 	stream_want(s, 0, 1 * MIB);
 	stream_want(s, 100 * MIB, 1 * MIB);
 	stream_unwant(s, 100 * MIB, 1 * MIB);
-	CHECK_EQ(app(s, 0, 8192), 0);
+	CHECK_EQ(pat_append(s, 0, 8192), 0);
 	unsigned char b[8192];
 	CHECK_EQ(stream_read(s, b, sizeof(b), 0, false), 8192);
 	CHECK(pat_ok(b, 0, sizeof(b)));
