@@ -55,8 +55,10 @@ int store_pwrite(struct store *st, const void *buf, size_t len, uint64_t off);
  * Move up to @len bytes (at most 1 MiB) from the descriptor @fd to @off,
  * through a per-thread buffer (faster than splice into ext4, see store.c).
  * Returns bytes moved, 0 at EOF, -EAGAIN if @fd (O_NONBLOCK; a blocking
- * @fd waits) has nothing now, or -errno. Errors of the store
- * itself come back as -(STORE_ERR_BIAS + errno) so the caller can tell them from
+ * @fd waits) has nothing now, or -errno. When the store is out of space
+ * (ENOSPC, EDQUOT) the bytes read are kept and written first by the next
+ * call at the same @off (which then reads nothing new): nothing is lost.
+ * Errors of the store itself come back as -(STORE_ERR_BIAS + errno) so the caller can tell them from
  * errors of @fd; use store_error_is_store() / store_error_errno().
  */
 ssize_t store_fill_fd(struct store *st, int fd, size_t len, uint64_t off);
@@ -69,6 +71,17 @@ static inline int store_error_errno(ssize_t r)
 {
 	return r <= -STORE_ERR_BIAS ? (int)(-r - STORE_ERR_BIAS) : (int)-r;
 }
+
+/*
+ * Allocate [off, off+len) on disk (fallocate, size unchanged), so writes
+ * there cannot fail for lack of space. Returns 0, or -ENOSPC / -EDQUOT /
+ * -errno. On file systems without fallocate it returns 0 and does nothing.
+ */
+int store_alloc(struct store *st, uint64_t off, uint64_t len);
+
+/* Give [off, off+len) back to the file system (a hole reads as zeros;
+ * the stream's map says it is gone). Returns 0 or -errno. */
+int store_punch(struct store *st, uint64_t off, uint64_t len);
 
 /* Copy [off, off+len) (which must have been written) into @buf with
  * pread. Returns 0 or -errno. */

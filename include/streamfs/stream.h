@@ -21,7 +21,22 @@
  *
  * States: IDLE -> RUNNING -> COMPLETE | FAILED | CANCELLED. The last three
  * are terminal; once there a stream never changes state again (a CANCELLED
- * stream was stopped by us, not by its source).
+ * stream was stopped by us, not by its source), with one exception: a
+ * COMPLETE stream whose evicted bytes cannot be fetched again (the
+ * resource changed) becomes FAILED, and one that is cancelled while bytes
+ * are evicted becomes CANCELLED.
+ *
+ * The store budget (cache.h): with stream_set_cache(), every block the
+ * stream writes into is reserved first. No room means the write returns
+ * -ENOBUFS and the stream is *paused*: the source stops producing (the
+ * bytes it has stay where they are: nothing is lost) until its resume()
+ * is called. Bytes of an evictable stream (stream_set_evictable) may be
+ * evicted by the budget, whole blocks, never those a parked waiter or a
+ * copy in progress needs; a read of them waits while the source fetches
+ * them again. With stream_set_keep(), whole blocks older than the last
+ * KEEP bytes are dropped as the stream fills; reads there fail with
+ * -ENODATA. The *frontier* (bytes filled in order from 0) never moves
+ * back: eviction and drops shrink what is present, not the frontier.
  *
  * Threads: every function here is thread-safe. done() callbacks run in the
  * thread that made the progress (usually the I/O thread) or in the thread
@@ -78,6 +93,12 @@ struct stream_source_ops {
 	 * will be there sooner); the reader waits for the bytes either way.
 	 */
 	void (*fetch)(struct stream *s, void *src, uint64_t off, uint64_t len);
+	/*
+	 * Optional: the stream was paused (a write returned -ENOBUFS) and room
+	 * may be there now: produce again. Called from any thread without
+	 * locks; must not block. A source that never sees -ENOBUFS needs none.
+	 */
+	void (*resume)(struct stream *s, void *src);
 };
 
 /*
@@ -122,6 +143,20 @@ int stream_start(struct stream *s);
  */
 void stream_cancel(struct stream *s, const char *msg);
 
+/* ---- the store budget ------------------------------------------------- */
+
+struct cache;
+
+/* Account this stream's store in @ca (before stream_start). */
+void stream_set_cache(struct stream *s, struct cache *ca);
+
+/* Keep only the last @bytes (0: everything): see above. Before start. */
+void stream_set_keep(struct stream *s, uint64_t bytes);
+
+/* The source can fetch any range again, and tells versions apart: its
+ * bytes may be evicted (not with keep). */
+void stream_set_evictable(struct stream *s, bool on);
+
 /* ---- producer side ---------------------------------------------------- */
 
 /*
@@ -137,6 +172,17 @@ void stream_cancel(struct stream *s, const char *msg);
  * with stream_write() cannot go on after that and should stream_fail().
  */
 int stream_write(struct stream *s, uint64_t off, const void *buf, size_t len);
+
+/*
+ * stream_write() with @flags: STREAM_AHEAD for a speculative fill (a
+ * download ahead of every reader): it may only evict bytes readers have
+ * used, unless a parked reader waits for these bytes. Either may return
+ * -ENOBUFS: no room, nothing was written, the stream is paused until the
+ * source's resume() (stream_fill_fd too).
+ */
+#define STREAM_AHEAD 1u
+int stream_write_flags(struct stream *s, uint64_t off, const void *buf, size_t len,
+		       unsigned flags);
 
 /*
  * Move up to @max bytes from the descriptor @fd (a pipe, FIFO, tty or
@@ -205,8 +251,9 @@ enum stream_wait_kind {
  *  RANGE/ANY: bytes readable at off (> 0), 0 at or past the end, -EIO if
  *             the stream failed at or before off, -ECANCELED if cancelled,
  *             -EFBIG if the store cannot hold the byte at off (see
- *             stream_write). A RANGE result is len, except at the end, the
- *             failure point or the store's limit.
+ *             stream_write), -ENODATA if off was dropped (keep). A RANGE
+ *             result is len, except at the end, the failure point or the
+ *             store's limit.
  *  END:       0 complete, -EIO failed, -ECANCELED cancelled.
  *  SIZE:      0, or -EIO/-ECANCELED if the stream stopped with no byte at 0
  *             (a source that failed at once).
@@ -224,6 +271,7 @@ struct stream_waiter {
 	uint64_t need;  /* first byte this waiter still misses */
 	ssize_t result; /* handed to done() */
 	int wstate;
+	bool held; /* its blocks are reserved in the budget: they are pinned */
 };
 
 void stream_waiter_init(struct stream_waiter *w);
@@ -282,12 +330,28 @@ void stream_unwant(struct stream *s, uint64_t off, uint64_t len);
  * at @off is missing). */
 uint64_t stream_run_end(struct stream *s, uint64_t off);
 
+/* Bytes filled in order from 0 (never decreases). */
+uint64_t stream_frontier(struct stream *s);
+
+/*
+ * A fetch of [off, off+len) for a COMPLETE stream (its bytes had been
+ * evicted) failed for now: forget it was asked for, and answer the
+ * waiters that need bytes in it with -EIO.
+ */
+void stream_fetch_failed(struct stream *s, uint64_t off, uint64_t len);
+
 /* ---- status ----------------------------------------------------------- */
 
 struct stream_info {
 	enum stream_state state;
-	uint64_t bytes;        /* bytes present in the store */
-	uint64_t frontier;     /* contiguous bytes from offset 0 */
+	uint64_t bytes;        /* bytes received (each byte counted once) */
+	uint64_t held;         /* bytes present in the store now */
+	uint64_t store;        /* store blocks held, in bytes (what the budget counts) */
+	uint64_t evicted;      /* bytes evicted so far (counted each time) */
+	uint64_t dropped;      /* bytes dropped by keep */
+	uint64_t keep;         /* keep setting, 0 if none */
+	int paused;            /* enum cache_pause: why the source waits, 0 if not */
+	uint64_t frontier;     /* contiguous bytes from offset 0, filled in order */
 	int64_t length;        /* exact size when COMPLETE, else the announced length, else -1 */
 	uint64_t error_offset; /* FAILED/CANCELLED: where the fill stopped */
 	int error;             /* FAILED/CANCELLED: positive errno */

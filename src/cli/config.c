@@ -76,6 +76,8 @@ const char *cfg_esc(char *buf, size_t size, const char *s)
 enum {
 	OPT_CACHE_DIR = 256,
 	OPT_SIZE_UNKNOWN,
+	OPT_CACHE_SIZE,
+	OPT_CACHE_MIN_FREE,
 	OPT_VERSION,
 	OPT_FILE = 512, /* + enum fopt_id */
 };
@@ -85,6 +87,8 @@ static const struct option long_opts[] = {
     {"config", required_argument, NULL, 'c'},
     {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
     {"size-unknown", required_argument, NULL, OPT_SIZE_UNKNOWN},
+    {"cache-size", required_argument, NULL, OPT_CACHE_SIZE},
+    {"cache-min-free", required_argument, NULL, OPT_CACHE_MIN_FREE},
     {"verbose", no_argument, NULL, 'v'},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
@@ -104,6 +108,7 @@ static const struct option long_opts[] = {
     {"location-trusted", optional_argument, NULL, OPT_FILE + FO_LOCATION_TRUSTED},
     {"netrc", optional_argument, NULL, OPT_FILE + FO_NETRC},
     {"netrc-file", required_argument, NULL, OPT_FILE + FO_NETRC_FILE},
+    {"keep", required_argument, NULL, OPT_FILE + FO_KEEP},
     {NULL, 0, NULL, 0},
 };
 
@@ -149,6 +154,69 @@ static int set_string(char **dst, const char *s)
 	free(*dst);
 	*dst = dup;
 	return 0;
+}
+
+/* --cache-size=BYTES: at least one block (smaller could hold nothing). */
+static int parse_cache_size(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+	char q[ESC_LEN];
+	uint64_t bytes;
+	int rc = config_parse_bytes(v, &bytes);
+
+	if (rc == -ERANGE)
+		return cfg_fail(err, errlen, "bad --cache-size value '%s': too large",
+		                cfg_esc(q, sizeof(q), v));
+	if (rc)
+		return cfg_fail(err, errlen,
+		                "bad --cache-size value '%s': expected a byte count (e.g. 256M, 10GiB)",
+		                cfg_esc(q, sizeof(q), v));
+	if (bytes < CONFIG_CACHE_BLOCK)
+		return cfg_fail(err, errlen,
+		                "bad --cache-size value '%s': at least 1M (one block of the store)",
+		                cfg_esc(q, sizeof(q), v));
+	cfg->cache_size = bytes;
+	return 0;
+}
+
+/* --cache-min-free=BYTES|N%: N from 0 to 100, decimals allowed. */
+static int parse_min_free(struct config *cfg, const char *v, char *err, size_t errlen)
+{
+	char q[ESC_LEN];
+	size_t len = strlen(v);
+	uint64_t bytes;
+	int rc;
+
+	if (len > 1 && v[len - 1] == '%') {
+		char *end;
+		double pct;
+
+		if (!isdigit((unsigned char)v[0]))
+			goto bad;
+		errno = 0;
+		pct = strtod(v, &end);
+		if (errno || end != v + len - 1 || pct < 0)
+			goto bad;
+		if (pct > 100)
+			return cfg_fail(err, errlen, "bad --cache-min-free value '%s': over 100%%",
+			                cfg_esc(q, sizeof(q), v));
+		cfg->cache_min_free_pct = pct;
+		cfg->cache_min_free = 0;
+		return 0;
+	}
+	rc = config_parse_bytes(v, &bytes);
+	if (rc == -ERANGE)
+		return cfg_fail(err, errlen, "bad --cache-min-free value '%s': too large",
+		                cfg_esc(q, sizeof(q), v));
+	if (rc)
+		goto bad;
+	cfg->cache_min_free = bytes;
+	cfg->cache_min_free_pct = -1;
+	return 0;
+bad:
+	return cfg_fail(err, errlen,
+	                "bad --cache-min-free value '%s': expected a byte count (e.g. 2G) or a "
+	                "percentage (e.g. 5%%)",
+	                cfg_esc(q, sizeof(q), v));
 }
 
 /* --cache-dir DIR, or --cache-dir=memory. */
@@ -210,6 +278,10 @@ static int set_option(struct config *cfg, struct file_opts *cli, int c, char *ar
 		return set_cache_dir(cfg, arg, err, errlen);
 	case OPT_SIZE_UNKNOWN:
 		return set_size_unknown(cfg, arg, err, errlen);
+	case OPT_CACHE_SIZE:
+		return parse_cache_size(cfg, arg, err, errlen);
+	case OPT_CACHE_MIN_FREE:
+		return parse_min_free(cfg, arg, err, errlen);
 	}
 	if (fopt_set_arg(cli, c - OPT_FILE, arg, "--", err, errlen))
 		return -1;
@@ -220,7 +292,8 @@ static int set_option(struct config *cfg, struct file_opts *cli, int c, char *ar
 static bool known_option(int c)
 {
 	return c == 'f' || c == 'c' || c == 'o' || c == 'v' || c == 'q' || c == OPT_CACHE_DIR ||
-	       c == OPT_SIZE_UNKNOWN || (c >= OPT_FILE && c < OPT_FILE + FO_COUNT);
+	       c == OPT_SIZE_UNKNOWN || c == OPT_CACHE_SIZE || c == OPT_CACHE_MIN_FREE ||
+	       (c >= OPT_FILE && c < OPT_FILE + FO_COUNT);
 }
 
 /* Parse the options; positionals are collected in @pos in order. */
@@ -385,6 +458,7 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
 	int result = -1;
 
 	memset(cfg, 0, sizeof(*cfg));
+	cfg->cache_min_free_pct = 5;
 	config_file_opts_default(&cli);
 	if (argc < 1 || !argv) {
 		argc = 1;
@@ -499,6 +573,11 @@ static int add_option(struct config_strings *v, char *arg, char *err, size_t err
 		rc = add_kv(v, "netrc-file", o.netrc_file);
 		config_file_opts_free(&o);
 	} else {
+		/* A bad value is bad usage: refused here (exit 2), before
+		 * the daemon is asked. */
+		if (id >= 0 && fopt_set(&o, id, value, "", err, errlen))
+			return -1;
+		config_file_opts_free(&o);
 		rc = strings_add(v, key);
 		if (id >= 0)
 			scrub_arg(id, key + klen + (value ? 1 : 0));

@@ -19,7 +19,9 @@
  *     --retries=N, --retry-time=SECONDS, --stall-timeout=SECONDS,
  *     --connect-timeout=SECONDS, --max-redirs=N, --user=USER:PASSWORD,
  *     --location-trusted (send credentials/headers after redirects to
- *     other hosts), --netrc, --netrc-file=FILE
+ *     other hosts), --netrc, --netrc-file=FILE, --keep=BYTES (keep only
+ *     the last BYTES: endless streams)
+ *   store budget: --cache-size=BYTES, --cache-min-free=BYTES|N% (default 5%)
  *   secrets: on the command line and in a manifest, --user=@FILE reads
  *     USER:PASSWORD from FILE's one line, --header=@FILE one header per
  *     line; such a FILE, a netrc file, and a manifest holding a user,
@@ -82,7 +84,12 @@ struct file_opts {
 	double stall_timeout;          /* seconds without a byte, default 30 */
 	double connect_timeout;        /* seconds, default 15 */
 	int max_redirs;                /* default 10 */
+
+	uint64_t keep; /* keep only the last KEEP bytes (endless streams); 0: all */
 };
+
+/* The store's accounting block (cache.h's CACHE_BLOCK). */
+#define CONFIG_CACHE_BLOCK (1u << 20)
 
 struct file_spec {
 	char *name;   /* validated relative path, e.g. "dir/a.bin"; owned */
@@ -104,6 +111,9 @@ struct config {
 	bool size_unknown_wait;          /* --size-unknown=wait: files without --size wait
 	                                  * in stat for the end of a stream with no
 	                                  * announced length */
+	uint64_t cache_size;             /* --cache-size: bytes for all streams; 0 no limit */
+	uint64_t cache_min_free;         /* --cache-min-free=BYTES */
+	double cache_min_free_pct;       /* --cache-min-free=N% (default 5), or -1 for BYTES */
 	struct config_strings fuse_opts; /* each -o argument */
 	struct config_files files;       /* the manifest's first, then the command line's */
 	bool show_help;                  /* -h/--help: caller prints usage, exits 0 */

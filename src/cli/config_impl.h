@@ -62,6 +62,7 @@ enum fopt_id {
 	FO_LOCATION_TRUSTED,
 	FO_NETRC,
 	FO_NETRC_FILE,
+	FO_KEEP,
 	FO_COUNT
 };
 
@@ -100,6 +101,10 @@ struct fopt {
 };
 
 extern const struct fopt fopts[FO_COUNT];
+
+/* BYTES (digits, then K, M, G or T, binary, and "B" or "iB"). Returns 0,
+ * -EINVAL or -ERANGE (beyond INT64_MAX). */
+int config_parse_bytes(const char *s, uint64_t *out);
 
 /* The id of option @key (case-insensitive, '_' for '-'), or -1. */
 int fopt_find(const char *key);

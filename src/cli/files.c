@@ -108,6 +108,9 @@ static struct stream *make_stream(const struct files_env *env, const struct file
 	}
 	if (f->opts.size == SIZE_FIXED)
 		stream_set_length(s, f->opts.size_bytes);
+	if (f->opts.keep)
+		stream_set_keep(s, f->opts.keep);
+	stream_set_cache(s, env->cache);
 	return s;
 }
 

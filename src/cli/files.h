@@ -25,6 +25,7 @@ struct files_env {
 	const struct config *cfg;
 	struct ioloop *loop;
 	struct fs *fs;
+	struct cache *cache; /* the store budget every stream is accounted in */
 	const char *cwd; /* where relative pipe: paths start */
 	const char *mnt; /* the mount point, canonical */
 };

@@ -17,6 +17,7 @@
 #include "log.h"
 #include "streamfs/source.h"
 #include "status.h"
+#include "streamfs/cache.h"
 #include "streamfs/store.h"
 #include "wait.h"
 
@@ -58,6 +59,8 @@ static const char usage[] =
 	"      --size-unknown=auto|wait  files without --size: while a stream with no\n"
 	"                         announced length runs, stat shows the bytes so far\n"
 	"                         (default) or waits for the end (whole sendfile copies)\n"
+	"      --cache-size=BYTES at most BYTES in the store for all files (default: no limit)\n"
+	"      --cache-min-free=BYTES|N%  keep free on the cache file system (default 5%)\n"
 	"  -v, --verbose          debug log output\n"
 	"  -q, --quiet            errors only\n"
 	"      --version          print the version\n"
@@ -68,6 +71,7 @@ static const char usage[] =
 	"  --start=access|mount   start on first open/stat (default) or at mount\n"
 	"  --read=full|partial    reads wait for the whole range (default) or return what is there\n"
 	"  --fill=all|ondemand    URLs: download everything (default) or only what is read\n"
+	"  --keep=BYTES           keep only the last BYTES received (endless streams)\n"
 	"  URL options: --header='N: v', --user=U:P, --insecure, --retries=N, --retry-time=S,\n"
 	"               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted,\n"
 	"               --netrc, --netrc-file=FILE\n"
@@ -169,6 +173,7 @@ struct mount {
 	int stdin_fd;       /* kept for a "-" source until its stream owns it */
 	struct ioloop *loop;
 	struct fs *fs;
+	struct cache *cache;
 	struct control *ctl;
 	struct files_env env; /* what every file shares; the control socket reaches it */
 	char err[1024];
@@ -236,12 +241,20 @@ static int create_files(struct mount *m)
 {
 	if (source_url_global_init() < 0)
 		return die_usage("cannot initialise libcurl");
+	const struct config *cfg = &m->cfg;
 	m->loop = ioloop_new();
 	m->fs = fs_new();
-	if (!m->loop || !m->fs)
+	m->cache = cache_new(files_store_dir(cfg), cfg->cache_size, cfg->cache_min_free,
+			     cfg->cache_min_free_pct);
+	if (!m->loop || !m->fs || !m->cache)
 		return die_usage("out of memory");
-	m->env = (struct files_env){
-		.cfg = &m->cfg, .loop = m->loop, .fs = m->fs, .cwd = m->cwd, .mnt = m->mnt};
+	fs_set_cache(m->fs, m->cache);
+	m->env = (struct files_env){.cfg = cfg,
+				    .loop = m->loop,
+				    .fs = m->fs,
+				    .cache = m->cache,
+				    .cwd = m->cwd,
+				    .mnt = m->mnt};
 	for (size_t i = 0; i < m->cfg.files.len; i++) {
 		struct file_spec *f = &m->cfg.files.ptr[i];
 		/* Standard input is read from mount time on, whatever --start
@@ -249,6 +262,10 @@ static int create_files(struct mount *m)
 		 * for its bytes again later. */
 		if (f->kind == SOURCE_STDIN)
 			f->opts.start = START_MOUNT;
+		if (cfg->cache_size && f->opts.keep && f->opts.keep + 2 * CACHE_BLOCK > cfg->cache_size)
+			log_warn("%s: keep=%llu does not fit in --cache-size with room to fill: "
+				 "it will pause when the budget is full",
+				 f->name, (unsigned long long)f->opts.keep);
 		int r = files_add(&m->env, f, m->stdin_fd, false, m->err, sizeof(m->err));
 		if (f->kind == SOURCE_STDIN)
 			m->stdin_fd = -1; /* the stream owns it now, even on failure */
@@ -310,6 +327,8 @@ static int serve(struct mount *m)
 		stop_all(m->fs);
 		return 1;
 	}
+	if (cache_start_poll(m->cache, m->loop) < 0)
+		log_warn("cannot watch the cache for free space");
 	open_control(m);
 	log_info("mounted %zu file%s on %s", m->cfg.files.len, m->cfg.files.len == 1 ? "" : "s",
 		 m->cfg.mountpoint);
@@ -328,6 +347,7 @@ static void teardown(struct mount *m)
 	control_close(m->ctl);
 	fs_free(m->fs);
 	ioloop_free(m->loop);
+	cache_free(m->cache); /* after the streams: they detach from it */
 	if (m->stdin_fd >= 0)
 		close(m->stdin_fd);
 	config_free(&m->cfg);

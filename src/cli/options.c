@@ -139,6 +139,26 @@ static int parse_bytes(const char *s, uint64_t *out)
 	return 0;
 }
 
+int config_parse_bytes(const char *s, uint64_t *out)
+{
+	return parse_bytes(s, out);
+}
+
+/* keep=BYTES: more than nothing (keep=0 would drop every byte). */
+static enum fopt_result parse_keep(struct file_opts *o, const struct fopt *d, const char *value,
+                                   char *err, size_t errlen)
+{
+	uint64_t bytes;
+	int rc = parse_bytes(value, &bytes);
+
+	if (rc)
+		return rc == -ERANGE ? FOPT_TOO_LARGE : FOPT_BAD;
+	if (bytes == 0)
+		return FOPT_BAD;
+	o->keep = bytes;
+	return FOPT_OK;
+}
+
 static enum fopt_result parse_size(struct file_opts *o, const struct fopt *d, const char *value,
                                    char *err, size_t errlen)
 {
@@ -380,6 +400,9 @@ const struct fopt fopts[FO_COUNT] = {
                   .words = bool_words,
                   .flag = true},
     [FO_NETRC_FILE] = {.name = "netrc-file", .parse = parse_netrc_file, .path = true},
+    [FO_KEEP] = {.name = "keep",
+                 .expect = "a byte count above 0 (e.g. 64M, 1GiB)",
+                 .parse = parse_keep},
 };
 
 /* Case-insensitive, and '_' matches '-': manifests often say retry_time. */

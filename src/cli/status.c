@@ -29,7 +29,22 @@
 #include <unistd.h>
 
 /* The attributes a row shows, user.streamfs.KEY for each key below. */
-enum attr { STATE, BYTES, SIZE, SOURCE, ERROR, ERROR_OFFSET, EXIT_STATUS, HTTP_CODE, NATTR };
+enum attr {
+	STATE,
+	BYTES,
+	SIZE,
+	SOURCE,
+	ERROR,
+	ERROR_OFFSET,
+	EXIT_STATUS,
+	HTTP_CODE,
+	HELD, /* the store budget's, from here on */
+	EVICTED,
+	DROPPED,
+	KEEP,
+	PAUSED,
+	NATTR
+};
 
 static const char *const attr_key[NATTR] = {
 	[STATE] = "state",
@@ -40,6 +55,23 @@ static const char *const attr_key[NATTR] = {
 	[ERROR_OFFSET] = "error_offset",
 	[EXIT_STATUS] = "exit_status",
 	[HTTP_CODE] = "http_code",
+	[HELD] = "held",
+	[EVICTED] = "evicted",
+	[DROPPED] = "dropped",
+	[KEEP] = "keep",
+	[PAUSED] = "paused",
+};
+
+/* The root's budget attributes (user.streamfs.cache_KEY), shown as
+ * "cache": {KEY: ...} in JSON and as a line under the table. */
+enum cattr { C_SIZE, C_USED, C_MIN_FREE, C_EVICTIONS, C_PAUSED, NCATTR };
+
+static const char *const cattr_key[NCATTR] = {
+	[C_SIZE] = "size",
+	[C_USED] = "used",
+	[C_MIN_FREE] = "min_free",
+	[C_EVICTIONS] = "evictions",
+	[C_PAUSED] = "paused",
 };
 
 /* Every string is malloc'ed; a value is "" when the attribute is absent. */
@@ -294,16 +326,38 @@ static void json_attr(int a, const char *v)
 {
 	if (a == STATE || a == SOURCE)
 		json_str(v);
-	else if (a == ERROR)
+	else if (a == ERROR || a == PAUSED)
 		json_str_or_null(v);
 	else
 		json_num_or_null(v);
 }
 
-static void print_json(const char *mnt, const struct rows *rows)
+/* The root's cache_* attributes, malloc'ed ("" when absent). */
+static int get_cache(const char *mnt, char **c)
+{
+	char key[64];
+	int r = 0;
+	for (int a = 0; a < NCATTR; a++) {
+		snprintf(key, sizeof(key), "cache_%s", cattr_key[a]);
+		c[a] = get(mnt, key);
+		if (!c[a])
+			r = -ENOMEM;
+	}
+	return r;
+}
+
+static void print_json(const char *mnt, const struct rows *rows, char *const *c)
 {
 	fputs("{\"mountpoint\": ", stdout);
 	json_str(mnt);
+	if (c[C_USED][0]) {
+		fputs(", \"cache\": {", stdout);
+		for (int a = 0; a < NCATTR; a++) {
+			printf("%s\"%s\": ", a ? ", " : "", cattr_key[a]);
+			json_num_or_null(c[a]);
+		}
+		putchar('}');
+	}
 	fputs(", \"files\": [", stdout);
 	for (size_t i = 0; i < rows->len; i++) {
 		const struct row *r = &rows->ptr[i];
@@ -352,9 +406,10 @@ static int width(const struct rows *rows, const struct shown *sh, int which, con
 	for (size_t i = 0; i < rows->len; i++) {
 		const struct row *r = &rows->ptr[i];
 		const char *v = which == 0   ? sh[i].name
-				: which == 1 ? r->v[STATE]
+				: which == 1 ? (r->v[PAUSED][0] ? "paused" : r->v[STATE])
 				: which == 2 ? r->v[BYTES]
 				: which == 3 ? r->v[SIZE]
+				: which == 5 ? r->v[HELD]
 					     : sh[i].source;
 		int l = chars(v);
 		if (l > w)
@@ -367,7 +422,10 @@ static int shown_fill(const struct row *r, struct shown *sh)
 {
 	sh->name = esc_text_dup(r->name);
 	sh->source = esc_text_dup(r->v[SOURCE]);
-	if (!r->v[ERROR][0]) {
+	if (!r->v[ERROR][0] && r->v[PAUSED][0]) {
+		if (asprintf(&sh->error, "(%s)", r->v[PAUSED]) < 0)
+			sh->error = NULL;
+	} else if (!r->v[ERROR][0]) {
 		sh->error = strdup("");
 	} else if (!r->v[ERROR_OFFSET][0]) {
 		sh->error = esc_text_dup(r->v[ERROR]);
@@ -390,7 +448,21 @@ static void shown_free(struct shown *sh, size_t n)
 	free(sh);
 }
 
-static int print_table(const struct rows *rows)
+/* A budget, or a file that lost bytes (evicted, dropped) or waits for
+ * room: worth a HELD column. Otherwise the table stays as it was. */
+static bool show_held(const struct rows *rows, char *const *c)
+{
+	if (c[C_SIZE][0])
+		return true;
+	for (size_t i = 0; i < rows->len; i++) {
+		char *const *v = rows->ptr[i].v;
+		if (v[EVICTED][0] || v[KEEP][0] || v[PAUSED][0])
+			return true;
+	}
+	return false;
+}
+
+static int print_table(const struct rows *rows, char *const *c)
 {
 	struct shown *sh = calloc(rows->len + 1, sizeof(*sh));
 	for (size_t i = 0; sh && i < rows->len; i++) {
@@ -406,16 +478,28 @@ static int print_table(const struct rows *rows)
 	int wb = width(rows, sh, 2, "BYTES", 20);
 	int wz = width(rows, sh, 3, "SIZE", 20);
 	int wo = width(rows, sh, 4, "SOURCE", 40);
-	printf("%-*s  %-*s  %*s  %*s  %-*s  %s\n", wn, "NAME", ws, "STATE", wb, "BYTES", wz, "SIZE",
-	       wo, "SOURCE", "ERROR");
+	bool held = show_held(rows, c);
+	int wh = held ? width(rows, sh, 5, "HELD", 20) : 0;
+	printf("%-*s  %-*s  %*s  ", wn, "NAME", ws, "STATE", wb, "BYTES");
+	if (held)
+		printf("%*s  ", wh, "HELD");
+	printf("%*s  %-*s  %s\n", wz, "SIZE", wo, "SOURCE", "ERROR");
 	for (size_t i = 0; i < rows->len; i++) {
 		const struct row *r = &rows->ptr[i];
 		cell(sh[i].name, wn);
-		printf("  %-*s  %*s  %*s  ", ws, r->v[STATE], wb, r->v[BYTES], wz,
-		       r->v[SIZE][0] ? r->v[SIZE] : "-");
+		/* A paused stream is running; "paused" is what a user wants to
+		 * see, and why is in the error column. */
+		printf("  %-*s  %*s  ", ws, r->v[PAUSED][0] ? "paused" : r->v[STATE], wb,
+		       r->v[BYTES]);
+		if (held)
+			printf("%*s  ", wh, r->v[HELD]);
+		printf("%*s  ", wz, r->v[SIZE][0] ? r->v[SIZE] : "-");
 		cell(sh[i].source, wo);
 		printf("  %s\n", sh[i].error);
 	}
+	if (c[C_SIZE][0] && c[C_USED][0])
+		printf("cache: %s of %s bytes used, %s evictions\n", c[C_USED], c[C_SIZE],
+		       c[C_EVICTIONS][0] ? c[C_EVICTIONS] : "0");
 	shown_free(sh, rows->len);
 	return 0;
 }
@@ -475,12 +559,17 @@ static int show(const char *mnt, bool json, bool clear)
 	int r = walk(mnt, &rows);
 	if (r == 0 && rows.len)
 		qsort(rows.ptr, rows.len, sizeof(*rows.ptr), cmp_rows);
+	char *c[NCATTR] = {NULL};
+	if (r == 0)
+		r = get_cache(mnt, c);
 	if (r == 0 && clear)
 		fputs("\033[H\033[2J", stdout);
 	if (r == 0 && json)
-		print_json(mnt, &rows);
+		print_json(mnt, &rows, c);
 	else if (r == 0)
-		r = print_table(&rows);
+		r = print_table(&rows, c);
+	for (int a = 0; a < NCATTR; a++)
+		free(c[a]);
 	free_rows(&rows);
 	return r;
 }

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +20,12 @@ struct store {
 	int err; /* a failed fill lost bytes: every later fill fails (filler only) */
 	char *dir;   /* NULL: RAM */
 	char *label; /* RAM only */
+	bool no_falloc; /* the file system has no fallocate(): allocate by writing */
+	/* Bytes a fill read but could not write (ENOSPC, EDQUOT): written
+	 * first by the next fill, so a full disk never loses a byte. */
+	char *carry;
+	size_t carry_len;
+	uint64_t carry_off;
 };
 
 /* memfd_create() refuses names over NAME_MAX - strlen("memfd:") bytes. */
@@ -106,7 +113,97 @@ void store_close(struct store *st)
 		close(st->fd);
 	free(st->dir);
 	free(st->label);
+	free(st->carry);
 	free(st);
+}
+
+int store_alloc(struct store *st, uint64_t off, uint64_t len)
+{
+	if (st->no_falloc)
+		return 0;
+	if (st->fd < 0)
+		return -EBADF;
+	for (;;) {
+		if (fallocate(st->fd, FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len) == 0)
+			return 0;
+		if (errno == EINTR)
+			continue;
+		if (errno == EOPNOTSUPP) {
+			/* Accounting still holds; a write may then meet ENOSPC,
+			 * which pauses the stream instead of failing it. */
+			st->no_falloc = true;
+			return 0;
+		}
+		return -errno;
+	}
+}
+
+int store_punch(struct store *st, uint64_t off, uint64_t len)
+{
+	if (st->fd < 0)
+		return 0; /* never created: nothing to give back */
+	while (fallocate(st->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
+			 (off_t)len) < 0) {
+		if (errno == EINTR)
+			continue;
+		return -errno;
+	}
+	return 0;
+}
+
+static bool out_of_space(int e)
+{
+	return e == ENOSPC || e == EDQUOT;
+}
+
+/* Keep what a fill could not write, for the next one. */
+static ssize_t keep_carry(struct store *st, const char *p, size_t n, uint64_t off, int e)
+{
+	char *c = malloc(n);
+	if (!c) {
+		st->err = e;
+		return -(STORE_ERR_BIAS + e);
+	}
+	memcpy(c, p, n);
+	free(st->carry);
+	st->carry = c;
+	st->carry_len = n;
+	st->carry_off = off;
+	return -(STORE_ERR_BIAS + e);
+}
+
+/* Write the carried bytes at @off. Returns bytes written (all of them),
+ * or a store error (they stay carried). */
+static ssize_t flush_carry(struct store *st, uint64_t off)
+{
+	if (st->carry_off != off) {
+		st->err = EIO; /* the caller moved on: bytes would be lost */
+		return -(STORE_ERR_BIAS + EIO);
+	}
+	size_t done = 0;
+	while (done < st->carry_len) {
+		ssize_t w = pwrite(st->fd, st->carry + done, st->carry_len - done,
+				   (off_t)(off + done));
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			int e = w < 0 ? errno : EIO;
+			if (done) {
+				memmove(st->carry, st->carry + done, st->carry_len - done);
+				st->carry_len -= done;
+				st->carry_off += done;
+				return (ssize_t)done;
+			}
+			if (!out_of_space(e))
+				st->err = e;
+			return -(STORE_ERR_BIAS + e);
+		}
+		done += (size_t)w;
+	}
+	free(st->carry);
+	st->carry = NULL;
+	st->carry_len = 0;
+	return (ssize_t)done;
 }
 
 int store_fd(const struct store *st)
@@ -180,6 +277,10 @@ ssize_t store_fill_fd(struct store *st, int fd, size_t len, uint64_t off)
 			return -(STORE_ERR_BIAS + ENOMEM);
 		}
 	}
+	if (st->err)
+		return -(STORE_ERR_BIAS + st->err);
+	if (st->carry_len)
+		return flush_carry(st, off);
 	ssize_t n;
 	do
 		n = read(fd, buf, len < COPY_BUF ? len : COPY_BUF);
@@ -188,18 +289,22 @@ ssize_t store_fill_fd(struct store *st, int fd, size_t len, uint64_t off)
 		return errno == EAGAIN ? -EAGAIN : -errno;
 	if (n == 0)
 		return 0;
-	if (st->err)
-		return -(STORE_ERR_BIAS + st->err);
-	/* Report what reached the store, to the byte: when it fills midway
-	 * the stream must fail exactly there. The rest of the buffer is lost,
-	 * so the error sticks and every later fill reports it. */
+	/* Report what reached the store, to the byte. Out of space, the rest
+	 * is carried to the next fill (the stream pauses meanwhile); any
+	 * other error loses it, so the error sticks and every later fill
+	 * reports it (the stream fails exactly there). */
 	size_t done = 0;
 	while (done < (size_t)n) {
 		ssize_t w = pwrite(st->fd, buf + done, (size_t)n - done, (off_t)(off + done));
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0) {
-			st->err = w < 0 ? errno : EIO;
+			int e = w < 0 ? errno : EIO;
+			if (out_of_space(e)) {
+				ssize_t r = keep_carry(st, buf + done, (size_t)n - done, off + done, e);
+				return done ? (ssize_t)done : r;
+			}
+			st->err = e;
 			return done ? (ssize_t)done : -(STORE_ERR_BIAS + st->err);
 		}
 		done += (size_t)w;

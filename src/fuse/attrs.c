@@ -9,6 +9,7 @@
  * that have a value now (no error before a failure).
  */
 #include "fs_int.h"
+#include "streamfs/cache.h"
 
 #include "streamfs/stream.h"
 
@@ -28,8 +29,15 @@
  */
 #define XATTR_VALUE_MAX 65536
 
-static const char *const file_keys[] = {"state", "bytes",        "size",    "source", "kind",
-                                        "error", "error_offset", "waiters", NULL};
+static const char *const file_keys[] = {"state",   "bytes",   "size",    "source",
+                                        "kind",    "error",   "error_offset",
+                                        "waiters", "held",    "evicted", "dropped",
+                                        "keep",    "paused",  NULL};
+
+void fs_set_cache(struct fs *fs, struct cache *ca)
+{
+	fs->cache = ca;
+}
 
 void fs_set_control_name(struct fs *fs, const char *name)
 {
@@ -59,11 +67,44 @@ static ssize_t file_xattr(const struct node *n, struct stream *s, const char *ke
 		return failed ? snprintf(buf, size, "%" PRIu64, in.error_offset) : -ENODATA;
 	if (strcmp(key, "waiters") == 0) /* parked reads, opens and stats */
 		return snprintf(buf, size, "%u", in.waiters);
+	if (strcmp(key, "held") == 0) /* bytes in the store now */
+		return snprintf(buf, size, "%" PRIu64, in.held);
+	if (strcmp(key, "evicted") == 0)
+		return in.evicted ? snprintf(buf, size, "%" PRIu64, in.evicted) : -ENODATA;
+	if (strcmp(key, "dropped") == 0)
+		return in.keep ? snprintf(buf, size, "%" PRIu64, in.dropped) : -ENODATA;
+	if (strcmp(key, "keep") == 0)
+		return in.keep ? snprintf(buf, size, "%" PRIu64, in.keep) : -ENODATA;
+	if (strcmp(key, "paused") == 0)
+		return in.paused ? snprintf(buf, size, "%s", cache_pause_text(in.paused))
+		                 : -ENODATA;
 	return stream_get_attr(s, key, buf, size);
+}
+
+/* The store budget's attributes of the root (cache_*). */
+static ssize_t cache_xattr(struct fs *fs, const char *key, char *buf, size_t size)
+{
+	struct cache_stats st;
+	if (!fs->cache)
+		return -ENODATA;
+	cache_get_stats(fs->cache, &st);
+	if (strcmp(key, "cache_size") == 0)
+		return st.limit ? snprintf(buf, size, "%" PRIu64, st.limit) : -ENODATA;
+	if (strcmp(key, "cache_used") == 0)
+		return snprintf(buf, size, "%" PRIu64, st.used);
+	if (strcmp(key, "cache_min_free") == 0)
+		return snprintf(buf, size, "%" PRIu64, st.min_free);
+	if (strcmp(key, "cache_evictions") == 0)
+		return snprintf(buf, size, "%" PRIu64, st.evictions);
+	if (strcmp(key, "cache_paused") == 0)
+		return snprintf(buf, size, "%u", st.paused);
+	return -ENODATA;
 }
 
 static ssize_t root_xattr(struct fs *fs, const char *key, char *buf, size_t size)
 {
+	if (strncmp(key, "cache_", 6) == 0)
+		return cache_xattr(fs, key, buf, size);
 	if (strcmp(key, "pid") == 0)
 		return snprintf(buf, size, "%d", (int)getpid());
 	if (strcmp(key, "control") == 0 && fs->control[0])
@@ -161,6 +202,11 @@ void attrs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		add_name("version", &nb);
 		if (fs->control[0])
 			add_name("control", &nb);
+		static const char *const ck[] = {"cache_size", "cache_used", "cache_min_free",
+		                                 "cache_evictions", "cache_paused", NULL};
+		for (int i = 0; ck[i]; i++)
+			if (cache_xattr(fs, ck[i], tmp, sizeof(tmp)) >= 0)
+				add_name(ck[i], &nb);
 	} else if (s) {
 		for (int i = 0; file_keys[i]; i++)
 			if (file_xattr(n, s, file_keys[i], tmp, sizeof(tmp)) >= 0)

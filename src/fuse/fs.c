@@ -335,7 +335,7 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 	for (size_t i = 0; v && v[i]; i++, files++) {
 		struct stream_info in;
 		stream_get_info(v[i], &in);
-		bytes += in.bytes;
+		bytes += in.held;
 	}
 	fs_streams_free(v);
 	sv.f_bsize = BLKSIZE;

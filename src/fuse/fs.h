@@ -35,6 +35,10 @@ int fs_add_file(struct fs *fs, const char *path, struct stream *s, const struct 
  */
 int fs_remove(struct fs *fs, const char *path, char *err, size_t errlen);
 
+struct cache;
+/* The store budget, shown on the root (user.streamfs.cache_*). */
+void fs_set_cache(struct fs *fs, struct cache *ca);
+
 /* The control socket's name, shown on the root as user.streamfs.control. */
 void fs_set_control_name(struct fs *fs, const char *name);
 

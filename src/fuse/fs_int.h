@@ -108,6 +108,7 @@ struct fs {
 	uid_t uid;
 	gid_t gid;
 	char control[108]; /* the control socket's name (fs_set_control_name) */
+	struct cache *cache; /* the store budget, shown on the root (fs_set_cache); may be NULL */
 
 	atomic_bool shut; /* fs_shutdown() has begun: no file is added, no request parked */
 

@@ -46,7 +46,8 @@
 
 static int reply_errno(ssize_t r)
 {
-	if (r == -EINTR || r == -EFBIG) /* EFBIG: past what the store can hold */
+	/* EFBIG: past what the store can hold; ENODATA: dropped by keep= */
+	if (r == -EINTR || r == -EFBIG || r == -ENODATA)
 		return (int)-r;
 	return EIO; /* cancelled (unmount, rm) reads see EIO */
 }
@@ -91,8 +92,11 @@ int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len)
 	return r;
 }
 
-static void reply_read(fuse_req_t req, struct stream *s, uint64_t off, ssize_t r)
+static void reply_read(struct pending *p, ssize_t r)
 {
+	fuse_req_t req = p->req;
+	struct stream *s = p->s;
+	uint64_t off = p->w.off;
 	if (r < 0) {
 		fuse_reply_err(req, reply_errno(r));
 		return;
@@ -102,7 +106,11 @@ static void reply_read(fuse_req_t req, struct stream *s, uint64_t off, ssize_t r
 		return;
 	}
 	int e = reply_present(req, s, off, (size_t)r);
-	if (e == -ENOMEM) {
+	if (e == -ERANGE) {
+		/* Evicted between the wake-up and this copy: wait again (the
+		 * stream fetches it again). */
+		park(req, p->fs, p->n, s, P_READ, p->w.kind, off, p->w.len, NULL);
+	} else if (e == -ENOMEM) {
 		fuse_reply_err(req, ENOMEM);
 	} else if (e < 0) {
 		log_error("%s: read of present bytes at %" PRIu64 " failed: %s", stream_name(s),
@@ -203,7 +211,7 @@ static void answer(struct pending *p, ssize_t r, bool listed)
 	fuse_req_interrupt_func(p->req, NULL, NULL);
 	switch (p->op) {
 	case P_READ:
-		reply_read(p->req, p->s, p->w.off, r);
+		reply_read(p, r);
 		break;
 	case P_OPEN:
 		reply_open(p, r);

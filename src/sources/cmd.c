@@ -556,6 +556,24 @@ static void cmd_cancel(struct stream *s, void *src)
 		live_signal(c, SIGKILL); /* the loop is gone (shutdown): just make sure the group dies */
 }
 
+static void resume_in_loop(void *arg)
+{
+	struct cmd_src *c = arg;
+	struct stream *s = c->s;
+	if (c->active && !c->out_done)
+		fd_pump_resume(&c->out);
+	stream_unref(s); /* the ref of this call */
+}
+
+/* Room in the store again after a pause: read the command's output. */
+static void cmd_resume(struct stream *s, void *src)
+{
+	struct cmd_src *c = src;
+	stream_ref(s);
+	if (ioloop_call(c->loop, resume_in_loop, c) < 0)
+		stream_unref(s);
+}
+
 static void cmd_destroy(void *src)
 {
 	struct cmd_src *c = src;
@@ -570,6 +588,7 @@ static const struct stream_source_ops cmd_ops = {
 	.start = cmd_start,
 	.cancel = cmd_cancel,
 	.destroy = cmd_destroy,
+	.resume = cmd_resume,
 };
 
 struct stream *source_cmd_new(struct ioloop *loop, const char *name, const char *command,

@@ -337,6 +337,23 @@ static void fd_src_cancel(struct stream *s, void *src)
 	source_call_in_loop(s, f->loop, fd_src_cancel_in_loop, f);
 }
 
+static void fd_src_resume_in_loop(void *arg)
+{
+	struct fd_src *f = arg;
+	struct stream *s = f->s;
+	fd_pump_resume(&f->pump);
+	stream_unref(s); /* the ref of this call */
+}
+
+/* Room in the store again after a pause: read on. */
+static void fd_src_resume(struct stream *s, void *src)
+{
+	struct fd_src *f = src;
+	stream_ref(s);
+	if (ioloop_call(f->loop, fd_src_resume_in_loop, f) < 0)
+		stream_unref(s);
+}
+
 static void fd_src_destroy(void *src)
 {
 	struct fd_src *f = src;
@@ -354,6 +371,7 @@ static const struct stream_source_ops pipe_ops = {
     .start = fd_src_start,
     .cancel = fd_src_cancel,
     .destroy = fd_src_destroy,
+    .resume = fd_src_resume,
 };
 
 static const struct stream_source_ops stdin_ops = {
@@ -361,6 +379,7 @@ static const struct stream_source_ops stdin_ops = {
     .start = fd_src_start,
     .cancel = fd_src_cancel,
     .destroy = fd_src_destroy,
+    .resume = fd_src_resume,
 };
 
 static struct stream *fd_src_new(struct ioloop *loop, const char *name, const char *path,

@@ -42,6 +42,14 @@ static bool pump_some(struct fd_pump *p)
 		}
 		if (n == -EAGAIN)
 			return false;
+		if (n == -ENOBUFS) {
+			/* The store has no room: stop reading, so the producer
+			 * blocks on a full pipe, until the stream is resumed. */
+			p->paused = true;
+			if (p->polled)
+				ioloop_del(p->loop, &p->watch);
+			return false;
+		}
 		if (n == 0)
 			pump_finish(p, 0);
 		else if (n == -ECANCELED || n == -ENOSPC || n == -EFBIG)
@@ -81,6 +89,7 @@ int fd_pump_start(struct fd_pump *p, struct ioloop *loop, struct stream *s, int 
 	p->on_done = on_done;
 	p->data = data;
 	p->running = true;
+	p->paused = false;
 	int fl = fcntl(fd, F_GETFL);
 	p->nonblock = fl >= 0 && (fl & O_NONBLOCK);
 	p->watch.fd = fd;
@@ -110,13 +119,31 @@ err:
 	return r;
 }
 
+void fd_pump_resume(struct fd_pump *p)
+{
+	if (!p->running || !p->paused)
+		return;
+	assert(ioloop_in_loop(p->loop));
+	p->paused = false;
+	if (p->polled) {
+		if (ioloop_add(p->loop, &p->watch, EPOLLIN) < 0)
+			pump_finish(p, ENOMEM);
+		return;
+	}
+	stream_ref(p->s);
+	if (ioloop_call(p->loop, pump_step, p) < 0) {
+		stream_unref(p->s);
+		pump_finish(p, ESHUTDOWN);
+	}
+}
+
 void fd_pump_stop(struct fd_pump *p)
 {
 	if (!p->running)
 		return;
 	assert(ioloop_in_loop(p->loop));
 	p->running = false;
-	if (p->polled)
+	if (p->polled && !p->paused)
 		ioloop_del(p->loop, &p->watch);
 	close(p->fd);
 	p->fd = -1;

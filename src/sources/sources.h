@@ -37,6 +37,7 @@ struct fd_pump {
 	bool nonblock; /* fd is O_NONBLOCK: read until EAGAIN, else once per event */
 	bool polled;   /* in epoll (else stepped) */
 	bool running;
+	bool paused;   /* no room in the store: not reading until resumed */
 	void (*on_done)(struct fd_pump *p, int err);
 	void *data;
 };
@@ -49,6 +50,10 @@ int fd_pump_start(struct fd_pump *p, struct ioloop *loop, struct stream *s, int 
 /* Stop without calling on_done and close the fd. Loop thread only;
  * idempotent. */
 void fd_pump_stop(struct fd_pump *p);
+
+/* The stream got room again after a pause (stream_fill_fd said
+ * -ENOBUFS): read again. Loop thread only; a no-op if not paused. */
+void fd_pump_resume(struct fd_pump *p);
 
 /*
  * Running sources (registry.c): source_take() is stream_ref() for a

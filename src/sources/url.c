@@ -70,8 +70,10 @@ void url_done(struct url_src *u)
 
 bool url_all_present(struct url_src *u)
 {
-	if (u->length < 0 || stream_run_end(u->s, 0) < (uint64_t)u->length)
+	/* The frontier, not what is present: bytes may be evicted by now. */
+	if (u->length < 0 || stream_frontier(u->s) < (uint64_t)u->length)
 		return false;
+	u->complete = true;
 	stream_end(u->s);
 	url_done(u);
 	return true;
@@ -116,11 +118,34 @@ static void url_cancel_in_loop(void *arg)
 	struct url_src *u = arg;
 	struct stream *s = u->s;
 	assert(ioloop_in_loop(u->loop));
-	if (u->active) {
-		u->cancelled = true;
+	bool was = u->active;
+	u->cancelled = true; /* a complete stream: no refetch from now on */
+	if (was)
 		url_done(u);
+	stream_unref(s); /* the ref of this call */
+}
+
+/* Room in the store again: go on with the transfers that waited for it.
+ * A transfer may pause again at once (from inside curl_easy_pause). */
+static void url_resume_in_loop(void *arg)
+{
+	struct url_src *u = arg;
+	struct stream *s = u->s;
+	assert(ioloop_in_loop(u->loop));
+	if (u->active && !u->cancelled) {
+		if (u->fill.easy && u->fill.paused) {
+			u->fill.paused = false;
+			curl_easy_pause(u->fill.easy, CURLPAUSE_CONT);
+		}
+		url_fetch_resume(u);
 	}
 	stream_unref(s); /* the ref of this call */
+}
+
+static void url_resume(struct stream *s, void *src)
+{
+	struct url_src *u = src;
+	source_call_in_loop(s, u->loop, url_resume_in_loop, u);
 }
 
 static int url_start(struct stream *s, void *src)
@@ -153,6 +178,7 @@ static const struct stream_source_ops url_ops = {
     .cancel = url_cancel,
     .destroy = url_destroy,
     .fetch = url_fetch,
+    .resume = url_resume,
 };
 
 struct stream *source_url_new(struct ioloop *loop, const char *name, const char *url,

@@ -65,6 +65,7 @@ struct xfer {
 	bool past_end;          /* range: a 416, nothing at pos... */
 	int64_t end_total;      /* ...and the total it gave, or -1 */
 	bool unstorable;        /* range: the store refused its bytes (EFBIG) */
+	bool paused;            /* waits for room in the store (CURL_WRITEFUNC_PAUSE) */
 
 	LIST_ENTRY(xfer) link; /* range: in url_src.ranges */
 };
@@ -98,6 +99,8 @@ struct url_src {
 	char *etag;     /* strong validator, or NULL */
 	char *last_modified;
 	bool no_ranges; /* the server ignored a range request once */
+	bool evictable; /* told the stream its bytes may be evicted */
+	bool complete;  /* the stream is complete: only refetches of evicted bytes run */
 
 	/* the sequential fill (url_transfer.c) */
 	struct xfer fill;  /* fill.easy: a request runs; fill.pos: the next byte */
@@ -113,6 +116,7 @@ struct url_src {
 	bool ondemand;            /* fill=ondemand, and the server takes ranges */
 	LIST_HEAD(, xfer) ranges; /* running range transfers */
 	unsigned nranges;
+	unsigned npaused; /* of them, waiting for room in the store */
 	TAILQ_HEAD(, fetch_req) queue; /* ranges waiting for a transfer, FIFO */
 	bool pump_queued;              /* a call to start queued ranges is pending */
 	uint64_t near;                 /* fill=all: reads nearer than this wait for the fill */
@@ -168,8 +172,9 @@ void xfer_close(struct xfer *x);
 void xfer_fail(struct xfer *x, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* Store @n body bytes at x->pos and move on. Returns 0 or the
- * stream_write() error. */
-int xfer_store(struct xfer *x, const char *data, size_t n);
+ * stream_write() error (-ENOBUFS: no room, nothing stored: pause).
+ * @flags: STREAM_AHEAD for the fill of an evictable stream. */
+int xfer_store(struct xfer *x, const char *data, size_t n, unsigned flags);
 
 /* ---- url_xfer.c: what a response says ----------------------------------- */
 
@@ -239,5 +244,8 @@ void url_range_done(struct xfer *x, CURLcode rc);
 
 /* Stop every range request and drop the queue. */
 void url_fetch_stop(struct url_src *u);
+
+/* Room in the store again: go on with the range requests that paused. */
+void url_fetch_resume(struct url_src *u);
 
 #endif

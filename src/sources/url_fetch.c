@@ -84,7 +84,16 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	if (!x->got_headers && !range_check(x))
 		return 0;
 	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n;
-	int r = xfer_store(x, data, take);
+	int r = xfer_store(x, data, take, 0);
+	if (r == -ENOBUFS) {
+		/* A paused transfer leaves its slot to the next request: that
+		 * one may be for a reader whose room is already reserved, and
+		 * its bytes are what frees room for this one. */
+		x->paused = true;
+		x->u->npaused++;
+		url_fetch_kick(x->u);
+		return CURL_WRITEFUNC_PAUSE;
+	}
 	if (r < 0) {
 		x->unstorable = r == -EFBIG;
 		return 0;
@@ -126,6 +135,8 @@ static void range_free(struct xfer *x)
 {
 	LIST_REMOVE(x, link);
 	x->u->nranges--;
+	if (x->paused)
+		x->u->npaused--;
 	xfer_close(x);
 	free(x);
 }
@@ -157,7 +168,8 @@ static void enqueue(struct url_src *u, uint64_t off, uint64_t end, int tries)
 static void pump_queue(struct url_src *u)
 {
 	struct fetch_req *q;
-	while (u->active && u->ready && u->nranges < MAX_RANGES && (q = TAILQ_FIRST(&u->queue))) {
+	while (u->active && u->ready && u->nranges - u->npaused < MAX_RANGES &&
+	       (q = TAILQ_FIRST(&u->queue))) {
 		TAILQ_REMOVE(&u->queue, q, link);
 		start_range(u, q);
 		free(q);
@@ -202,6 +214,19 @@ void url_fetch_stop(struct url_src *u)
 	drop_queue(u, false);
 }
 
+void url_fetch_resume(struct url_src *u)
+{
+	struct xfer *x, *next;
+	for (x = LIST_FIRST(&u->ranges); x; x = next) {
+		next = LIST_NEXT(x, link);
+		if (x->paused) {
+			x->paused = false;
+			u->npaused--;
+			curl_easy_pause(x->easy, CURLPAUSE_CONT);
+		}
+	}
+}
+
 /* ---- when a range does not come ------------------------------------- */
 
 /* fill=all: the sequential fill must bring [pos, ...) after all (a range
@@ -224,6 +249,8 @@ static void no_ranges(struct url_src *u)
 		         "sequential download",
 		         stream_name(u->s));
 	u->no_ranges = true;
+	u->evictable = false;
+	stream_set_evictable(u->s, false);
 	stream_set_fetch_distance(u->s, UINT64_MAX);
 	drop_queue(u, true);
 	u->ondemand = false;
@@ -357,6 +384,31 @@ static bool range_short(struct url_src *u, const struct range_outcome *o)
 	return true;
 }
 
+/* The stream is complete, a range of evicted bytes came back (or not):
+ * retry, or tell the readers; the source rests when no transfer is left. */
+static void refetch_done(struct url_src *u, const struct range_outcome *o)
+{
+	if (o->norange || o->unstorable || o->past_end) {
+		/* Nothing comes back from this server any more. */
+		u->evictable = false;
+		stream_set_evictable(u->s, false);
+		stream_fetch_failed(u->s, o->pos, o->end - o->pos);
+	} else if (o->pos < o->end) {
+		if (o->tries + 1 < RANGE_TRIES) {
+			log_warn("%s: fetching evicted bytes at %" PRIu64 " failed (%s); trying again",
+			         stream_name(u->s), o->pos, o->msg);
+			enqueue(u, o->pos, o->end, o->tries + 1);
+		} else {
+			log_warn("%s: fetching evicted bytes at %" PRIu64 " failed: %s",
+			         stream_name(u->s), o->pos, o->msg);
+			stream_fetch_failed(u->s, o->pos, o->end - o->pos);
+		}
+	}
+	pump_queue(u);
+	if (LIST_EMPTY(&u->ranges) && TAILQ_EMPTY(&u->queue))
+		url_done(u); /* woken again by the next fetch */
+}
+
 void url_range_done(struct xfer *x, CURLcode rc)
 {
 	struct url_src *u = x->u;
@@ -371,6 +423,10 @@ void url_range_done(struct xfer *x, CURLcode rc)
 	if (o.failure) {
 		stream_fail(u->s, o.failure, "%s", o.msg);
 		url_done(u);
+		return;
+	}
+	if (u->complete) {
+		refetch_done(u, &o);
 		return;
 	}
 	if (u->length >= 0 && o.end > (uint64_t)u->length) /* the end was found meanwhile */
@@ -406,6 +462,12 @@ static void fetch_in_loop(void *arg)
 	struct url_src *u = q->u;
 	struct stream *s = u->s;
 	assert(ioloop_in_loop(u->loop));
+	if (!u->active && u->complete && u->evictable && !u->cancelled) {
+		/* Evicted bytes of a complete stream: wake the source for as
+		 * long as range transfers run. */
+		source_take(s);
+		u->active = true;
+	}
 	if (!u->active || u->cancelled) {
 		free(q);
 	} else if (u->no_ranges || !u->is_http || fill_brings(u, q->off, q->end)) {

@@ -110,6 +110,16 @@ static bool learn_resource(struct url_src *u)
 			return false;
 		}
 	}
+	/* Bytes that can be fetched again, and checked to be the same
+	 * version, may be evicted from the store. */
+	char ar[64] = "";
+	bool ranges = u->fill.code == 206 ||
+	              (url_header(&u->fill, "Accept-Ranges", ar, sizeof(ar)) &&
+	               strcasecmp(ar, "bytes") == 0);
+	if (ranges && !u->no_ranges && (u->etag || u->last_modified)) {
+		u->evictable = true;
+		stream_set_evictable(u->s, true);
+	}
 	return true;
 }
 
@@ -249,15 +259,25 @@ static size_t fill_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		return 0;
 	if (u->is_http && x->code >= 300 && x->code < 400)
 		return n; /* body of a redirect */
+	size_t k = 0;
 	if (x->skip) {
-		size_t k = x->skip < n ? (size_t)x->skip : n;
-		x->skip -= k;
+		k = x->skip < n ? (size_t)x->skip : n;
 		data += k;
 		n -= k;
 	}
-	if (n == 0)
+	if (n == 0) {
+		x->skip -= k;
 		return total;
-	int r = xfer_store(x, data, n);
+	}
+	/* Ahead of every reader: only as far as the budget allows. */
+	int r = xfer_store(x, data, n, u->evictable && !u->ondemand ? STREAM_AHEAD : 0);
+	if (r == -ENOBUFS) {
+		/* No room: curl keeps these bytes and delivers them again
+		 * (skip included) once resumed. */
+		x->paused = true;
+		return CURL_WRITEFUNC_PAUSE;
+	}
+	x->skip -= k;
 	if (r < 0) {
 		/* The store's limit (EFBIG) leaves the stream running, but the
 		 * sequential fill cannot go past it: a failure at that byte. */
@@ -454,6 +474,16 @@ static void fill_complete(struct url_src *u)
 		url_all_present(u);
 		return;
 	}
+	uint64_t fr = stream_frontier(u->s);
+	if (u->length >= 0 && fr < (uint64_t)u->length) {
+		/* The fill jumped over bytes range fetches brought, and some
+		 * were evicted before the frontier got there. */
+		url_fill_stop(u);
+		u->fill.pos = fr;
+		url_fill_start(u);
+		return;
+	}
+	u->complete = true;
 	stream_end(u->s);
 	url_done(u);
 }

@@ -116,10 +116,10 @@ void xfer_fail(struct xfer *x, int err, const char *fmt, ...)
 	x->failure = err;
 }
 
-int xfer_store(struct xfer *x, const char *data, size_t n)
+int xfer_store(struct xfer *x, const char *data, size_t n, unsigned flags)
 {
 	struct url_src *u = x->u;
-	int r = n ? stream_write(u->s, x->pos, data, n) : 0;
+	int r = n ? stream_write_flags(u->s, x->pos, data, n, flags) : 0;
 	if (r < 0)
 		return r;
 	x->pos += n;

@@ -1005,6 +1005,47 @@ static void test_size_unknown(void)
 	CHECK(config_parse_seconds("99999999999", &sec) == -1);
 }
 
+/* The store budget and keep= (issue 10): values, defaults, refusals. */
+static void test_cache_options(void)
+{
+	struct config cfg;
+	char err[512];
+	char **f = NULL;
+	size_t n = 0;
+
+	CHECK(PARSE(&cfg, err, "mnt") == 0);
+	CHECK(cfg.cache_size == 0 && cfg.cache_min_free_pct == 5);
+	config_free(&cfg);
+	CHECK(PARSE(&cfg, err, "--cache-size=256M", "--cache-min-free=2.5%", "--keep=64M", "mnt",
+	            "a=cmd:yes") == 0);
+	CHECK(cfg.cache_size == 256ULL << 20 && cfg.cache_min_free_pct == 2.5);
+	CHECK(cfg.files.len == 1 && cfg.files.ptr[0].opts.keep == 64ULL << 20);
+	config_free(&cfg);
+	CHECK(PARSE(&cfg, err, "--cache-min-free=1G", "--cache-size=1M", "mnt") == 0);
+	CHECK(cfg.cache_min_free == 1ULL << 30 && cfg.cache_min_free_pct < 0);
+	CHECK(cfg.cache_size == 1ULL << 20);
+	config_free(&cfg);
+	PARSE_FAILS("at least 1M", "--cache-size=1023K", "mnt");
+	PARSE_FAILS("bad --cache-size value 'x'", "--cache-size=x", "mnt");
+	PARSE_FAILS("over 100%", "--cache-min-free=100.5%", "mnt");
+	PARSE_FAILS("bad --cache-min-free value", "--cache-min-free=%", "mnt");
+	PARSE_FAILS("bad --cache-min-free value", "--cache-min-free=-1%", "mnt");
+	PARSE_FAILS("bad --keep value '0'", "--keep=0", "mnt");
+	PARSE_FAILS("bad --keep value", "--keep=", "mnt");
+	/* add: a bad value is refused before the daemon is asked */
+	char *bad[] = {strdup("x=cmd:yes"), strdup("keep=0")};
+	CHECK(config_add_request(2, bad, &f, &n, err, sizeof(err)) == -1);
+	CHECK_ERR(err, "bad keep value '0'");
+	free(bad[0]);
+	free(bad[1]);
+	char *good[] = {strdup("x=cmd:yes"), strdup("--keep=1G")};
+	CHECK(config_add_request(2, good, &f, &n, err, sizeof(err)) == 0);
+	CHECK(n == 3 && !strcmp(f[2], "keep=1G"));
+	config_strv_free(f);
+	free(good[0]);
+	free(good[1]);
+}
+
 int main(void)
 {
 	int i;
@@ -1026,6 +1067,7 @@ int main(void)
 	RUN(test_manifest_mode);
 	RUN(test_scrub_argv);
 	RUN(test_add_request);
+	RUN(test_cache_options);
 	for (i = 0; i < ntmpfiles; i++) {
 		unlink(tmpfiles[i]);
 		free(tmpfiles[i]);
