@@ -242,7 +242,7 @@ static void wait_all(struct target *t, size_t n, double timeout)
  * Returns the exit code. Under the lock. */
 static int report(struct target *t, size_t n, double timeout)
 {
-	char q[300], bytes[32];
+	char q[300], bytes[32], paused[100];
 	int rc = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (!t[i].done || !t[i].failed)
@@ -256,8 +256,9 @@ static int report(struct target *t, size_t n, double timeout)
 			continue;
 		esc_text(q, sizeof(q), t[i].name, strlen(t[i].name));
 		attr(t[i].path, "bytes", bytes, sizeof(bytes));
-		fprintf(stderr, "streamfs: %s: still running after %g s (%s bytes so far)\n", q,
-		        timeout, bytes[0] ? bytes : "0");
+		attr(t[i].path, "paused", paused, sizeof(paused)); /* the store budget */
+		fprintf(stderr, "streamfs: %s: still running after %g s (%s bytes so far%s%s)\n", q,
+		        timeout, bytes[0] ? bytes : "0", paused[0] ? "; paused: " : "", paused);
 		rc = EXIT_TIMEOUT;
 	}
 	return rc;
