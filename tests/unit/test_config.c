@@ -964,7 +964,7 @@ static void test_add_request(void)
 	free(bad[1]);
 }
 
-/* The store budget and keep= (issue 10): values, defaults, refusals. */
+/* The store budget and keep=: values, defaults, refusals. */
 static void test_cache_options(void)
 {
 	struct config cfg;
