@@ -18,7 +18,7 @@
 #   unzip -l                                                          (zip)
 # Systems: streamfs --fill=all (the default), streamfs --fill=ondemand,
 # each also with a warm-up `tail -c 262144 FILE >/dev/null` right after the
-# mount (what fetching the tail at open would do; issue 4, item 6: the
+# mount (what fetching the tail at open would do: the
 # "warm s" column is that warm-up's time, "tool s" the tool's after it),
 # and, when installed: httpdirfs --single-file-mode (no cache), httpfs2,
 # and rclone mount (http backend, --vfs-cache-mode off).

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Responsiveness under load (issue 5): latency of metadata calls while
+# Responsiveness under load: latency of metadata calls while
 #   - nothing waits (baseline, same run),
 #   - 256 readers (dd processes) wait on one stalled stream,
 #   - 64 streams fill at once (each 16 MiB, produced in 256 KiB steps),

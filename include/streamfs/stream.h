@@ -8,7 +8,7 @@
  * a parked read is a struct stream_waiter whose done() callback the FUSE
  * layer turns into a reply.
  *
- * The contract (DESIGN.md section 2), as this module keeps it:
+ * The contract (docs/DESIGN.md, section 2), as this module keeps it:
  *  - A read whose whole range is present is answered at once, whatever the
  *    producer is doing (S2).
  *  - A read whose range is not present waits until it is, or until the

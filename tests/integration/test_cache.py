@@ -1,4 +1,4 @@
-"""The store budget (issue 10): --cache-size, --cache-min-free, eviction of
+"""The store budget: --cache-size, --cache-min-free, eviction of
 URL bytes and their refetch, pausing of sources that cannot be refetched,
 keep= for endless streams, ENOSPC, status.
 

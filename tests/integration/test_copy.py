@@ -1,6 +1,6 @@
 """
-Copying a running stream of unknown length (issue 14; README "Copying and
-serving files").
+Copying a running stream of unknown length (README "Copying and serving
+files").
 
 Every stream here is a command that sends PART1, waits at a gate the test
 opens, then sends PART2: while the gate is closed the stream is running,

@@ -1005,7 +1005,7 @@ static void test_size_unknown(void)
 	CHECK(config_parse_seconds("99999999999", &sec) == -1);
 }
 
-/* The store budget and keep= (issue 10): values, defaults, refusals. */
+/* The store budget and keep=: values, defaults, refusals. */
 static void test_cache_options(void)
 {
 	struct config cfg;
