@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 static const char stdin_hint[] = "to read standard input, write NAME=-";
 
@@ -74,6 +75,7 @@ const char *cfg_esc(char *buf, size_t size, const char *s)
 
 enum {
 	OPT_CACHE_DIR = 256,
+	OPT_SIZE_UNKNOWN,
 	OPT_CACHE_SIZE,
 	OPT_CACHE_MIN_FREE,
 	OPT_VERSION,
@@ -84,6 +86,7 @@ static const struct option long_opts[] = {
     {"foreground", no_argument, NULL, 'f'},
     {"config", required_argument, NULL, 'c'},
     {"cache-dir", required_argument, NULL, OPT_CACHE_DIR},
+    {"size-unknown", required_argument, NULL, OPT_SIZE_UNKNOWN},
     {"cache-size", required_argument, NULL, OPT_CACHE_SIZE},
     {"cache-min-free", required_argument, NULL, OPT_CACHE_MIN_FREE},
     {"verbose", no_argument, NULL, 'v'},
@@ -229,6 +232,18 @@ static int set_cache_dir(struct config *cfg, const char *arg, char *err, size_t 
 	return 0;
 }
 
+/* --size-unknown=auto|wait: for the whole mount. */
+static int set_size_unknown(struct config *cfg, const char *arg, char *err, size_t errlen)
+{
+	char q[ESC_LEN];
+
+	if (strcasecmp(arg, "auto") && strcasecmp(arg, "wait"))
+		return cfg_fail(err, errlen, "bad --size-unknown value '%s': expected auto or wait",
+		                cfg_esc(q, sizeof(q), arg));
+	cfg->size_unknown_wait = !strcasecmp(arg, "wait");
+	return 0;
+}
+
 /*
  * Option @c (from getopt, with its @arg) into @cfg, or into @cli, the
  * per-file options of the files on the command line. @arg points into the
@@ -261,6 +276,8 @@ static int set_option(struct config *cfg, struct file_opts *cli, int c, char *ar
 		return 0;
 	case OPT_CACHE_DIR:
 		return set_cache_dir(cfg, arg, err, errlen);
+	case OPT_SIZE_UNKNOWN:
+		return set_size_unknown(cfg, arg, err, errlen);
 	case OPT_CACHE_SIZE:
 		return parse_cache_size(cfg, arg, err, errlen);
 	case OPT_CACHE_MIN_FREE:
@@ -275,7 +292,7 @@ static int set_option(struct config *cfg, struct file_opts *cli, int c, char *ar
 static bool known_option(int c)
 {
 	return c == 'f' || c == 'c' || c == 'o' || c == 'v' || c == 'q' || c == OPT_CACHE_DIR ||
-	       c == OPT_CACHE_SIZE || c == OPT_CACHE_MIN_FREE ||
+	       c == OPT_SIZE_UNKNOWN || c == OPT_CACHE_SIZE || c == OPT_CACHE_MIN_FREE ||
 	       (c >= OPT_FILE && c < OPT_FILE + FO_COUNT);
 }
 

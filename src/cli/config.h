@@ -10,6 +10,8 @@
  * Syntax accepted (README.md and man/streamfs.1 say it for users):
  *   streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...
  *   SOURCE: cmd:COMMAND | pipe:PATH | - | http://... https://... ftp://... ftps://...
+ *   mount-wide: --size-unknown=auto|wait (what stat shows, for files whose
+ *     --size is not given, while a stream with no announced length runs)
  *   per-file options, given once on the command line for every file there:
  *     --size=auto|wait|BYTES (BYTES may carry K/M/G/T binary suffixes)
  *     --start=access|mount   --read=full|partial   --fill=all|ondemand
@@ -48,7 +50,13 @@
  * ptr can go where a NULL-terminated array is expected (fs_mount()). */
 DEFINE_VECTOR(config_strings, char *);
 
-enum size_policy { SIZE_AUTO, SIZE_WAIT, SIZE_FIXED };
+/*
+ * What stat shows while a stream runs. SIZE_WAIT_UNKNOWN is never parsed:
+ * files_add() gives it to a file whose own --size was not given when the
+ * mount says --size-unknown=wait (an announced length at once, else wait
+ * for the end).
+ */
+enum size_policy { SIZE_AUTO, SIZE_WAIT, SIZE_FIXED, SIZE_WAIT_UNKNOWN };
 enum start_policy { START_ACCESS, START_MOUNT };
 enum read_policy { READ_FULL, READ_PARTIAL };
 enum fill_policy { FILL_ALL, FILL_ONDEMAND };
@@ -58,6 +66,8 @@ enum source_kind { SOURCE_CMD, SOURCE_PIPE, SOURCE_STDIN, SOURCE_URL };
 struct file_opts {
 	enum size_policy size;
 	uint64_t size_bytes; /* SIZE_FIXED */
+	bool size_given;     /* --size was given for this file: the mount's
+	                      * --size-unknown does not apply to it */
 	enum start_policy start;
 	enum read_policy read;
 	enum fill_policy fill; /* URL sources: download everything, or only what is read */
@@ -98,6 +108,9 @@ struct config {
 	int verbosity;                   /* 0 normal, -1 with -q, +1 per -v */
 	char *cache_dir;                 /* --cache-dir DIR; NULL means the default */
 	bool memory_store;               /* --cache-dir=memory: keep bytes in RAM (memfd) */
+	bool size_unknown_wait;          /* --size-unknown=wait: files without --size wait
+	                                  * in stat for the end of a stream with no
+	                                  * announced length */
 	uint64_t cache_size;             /* --cache-size: bytes for all streams; 0 no limit */
 	uint64_t cache_min_free;         /* --cache-min-free=BYTES */
 	double cache_min_free_pct;       /* --cache-min-free=N% (default 5), or -1 for BYTES */
@@ -106,6 +119,12 @@ struct config {
 	bool show_help;                  /* -h/--help: caller prints usage, exits 0 */
 	bool show_version;               /* --version */
 };
+
+/*
+ * Seconds as the options take them: "30", "2.5", ".5", at most about 31
+ * years, parsed without the locale. Returns 0 with *@out set, or -1.
+ */
+int config_parse_seconds(const char *s, double *out);
 
 /* Default per-file options. Can't fail. */
 void config_file_opts_default(struct file_opts *o);

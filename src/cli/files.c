@@ -120,11 +120,17 @@ int files_add(const struct files_env *env, const struct file_spec *f, int stdin_
 	struct stream *s = make_stream(env, f, stdin_fd, err, errlen);
 	if (!s)
 		return -1;
+	/* The mount's --size-unknown=wait, for a file that did not choose
+	 * its own size (also one added later: it is the mount's default).
+	 * The tree reads only the policies: a shallow copy is enough. */
+	struct file_opts opts = f->opts;
+	if (!opts.size_given && env->cfg->size_unknown_wait)
+		opts.size = SIZE_WAIT_UNKNOWN;
 	/* Status and the log show URLs without their credentials. */
 	char *shown = f->kind == SOURCE_URL ? source_url_redact(f->source) : NULL;
 	const char *src = f->kind != SOURCE_URL ? f->source : shown ? shown : "(URL)";
 	stream_ref(s); /* ours, for the start below: the tree takes the other */
-	int r = fs_add_file(env->fs, f->name, s, &f->opts, src, err, errlen);
+	int r = fs_add_file(env->fs, f->name, s, &opts, src, err, errlen);
 	if (r == 0 && mounted) {
 		log_info("control: add %s=%s", f->name, src);
 		if (f->opts.start == START_MOUNT)

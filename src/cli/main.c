@@ -19,6 +19,7 @@
 #include "status.h"
 #include "streamfs/cache.h"
 #include "streamfs/store.h"
+#include "wait.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -39,6 +40,7 @@ static const char usage[] =
 	"       streamfs status [--json] [--watch] MOUNTPOINT\n"
 	"       streamfs add MOUNTPOINT NAME=SOURCE [OPTION=VALUE...]\n"
 	"       streamfs rm MOUNTPOINT NAME\n"
+	"       streamfs wait [--timeout SECONDS] MOUNTPOINT NAME...\n"
 	"\n"
 	"Mount streams as ordinary read-only, seekable files. SOURCE is one of:\n"
 	"  cmd:COMMAND        standard output of /bin/sh -c COMMAND\n"
@@ -54,6 +56,9 @@ static const char usage[] =
 	"      --cache-dir DIR    keep stream bytes in unlinked files in DIR (default " DEFAULT_CACHE_DIR
 	")\n"
 	"      --cache-dir=memory keep them in RAM instead\n"
+	"      --size-unknown=auto|wait  files without --size: while a stream with no\n"
+	"                         announced length runs, stat shows the bytes so far\n"
+	"                         (default) or waits for the end (whole sendfile copies)\n"
 	"      --cache-size=BYTES at most BYTES in the store for all files (default: no limit)\n"
 	"      --cache-min-free=BYTES|N%  keep free on the cache file system (default 5%)\n"
 	"  -v, --verbose          debug log output\n"
@@ -401,5 +406,7 @@ int main(int argc, char **argv)
 		return add_main(argc - 1, argv + 1);
 	if (strcmp(sub, "rm") == 0)
 		return rm_main(argc - 1, argv + 1);
+	if (strcmp(sub, "wait") == 0)
+		return wait_main(argc - 1, argv + 1);
 	return mount_main(argc, argv);
 }

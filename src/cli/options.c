@@ -178,6 +178,7 @@ static enum fopt_result parse_size(struct file_opts *o, const struct fopt *d, co
 	}
 	o->size = size;
 	o->size_bytes = bytes;
+	o->size_given = true;
 	return FOPT_OK;
 }
 
@@ -244,9 +245,7 @@ static enum fopt_result parse_count(struct file_opts *o, const struct fopt *d, c
 	return FOPT_OK;
 }
 
-/* A double field of seconds: "30", "2.5", ".5", at most SECONDS_MAX. */
-static enum fopt_result parse_seconds(struct file_opts *o, const struct fopt *d, const char *value,
-                                      char *err, size_t errlen)
+int config_parse_seconds(const char *value, double *out)
 {
 	double v = 0, scale = 1;
 	bool digits = false;
@@ -255,7 +254,7 @@ static enum fopt_result parse_seconds(struct file_opts *o, const struct fopt *d,
 	for (; isdigit((unsigned char)*s); s++, digits = true) {
 		v = v * 10 + (*s - '0');
 		if (v > SECONDS_MAX)
-			return FOPT_BAD;
+			return -1;
 	}
 	if (*s == '.') {
 		for (s++; isdigit((unsigned char)*s); s++, digits = true) {
@@ -264,6 +263,18 @@ static enum fopt_result parse_seconds(struct file_opts *o, const struct fopt *d,
 		}
 	}
 	if (!digits || *s || v > SECONDS_MAX)
+		return -1;
+	*out = v;
+	return 0;
+}
+
+/* A double field of seconds: "30", "2.5", ".5", at most SECONDS_MAX. */
+static enum fopt_result parse_seconds(struct file_opts *o, const struct fopt *d, const char *value,
+                                      char *err, size_t errlen)
+{
+	double v;
+
+	if (config_parse_seconds(value, &v))
 		return FOPT_BAD;
 	*(double *)((char *)o + d->field) = v;
 	return FOPT_OK;

@@ -18,6 +18,13 @@
  *    is read-only, so there is nothing for the kernel to check.
  *  - GETATTR with a file handle means lseek(SEEK_END) (or a read past
  *    i_size in page-cache mode): it waits for the end of the stream (S6).
+ *  - sendfile() and splice() read through the page cache even of a
+ *    direct_io file, and stop at the inode's size with no request
+ *    reaching us (measured; copy_file_range() to another file system is
+ *    refused): only a final size in stat makes them copy a whole running
+ *    stream. --size=wait, and --size-unknown=wait for streams with no
+ *    announced length, give one (SIZE_WAIT_UNKNOWN: a size first, then
+ *    the end if no length came; park.c).
  *  - Lookups and listings start nothing: ls stays cheap.
  * What must wait is parked (park.c); no worker ever sleeps on data.
  */

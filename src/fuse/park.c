@@ -143,8 +143,28 @@ static void reply_open(struct pending *p, ssize_t r)
 		handle_free(p->fs, h); /* the opener is gone (interrupted): no release will come */
 }
 
+/*
+ * Under --size-unknown=wait a stat first waits for a size worth showing;
+ * if that came without an announced length (a command's first bytes, a
+ * URL without Content-Length), it goes on waiting, for the end: the size
+ * it shows must be final, or sendfile() copies stop at it (see fs.c).
+ */
+static bool wait_on_for_end(const struct pending *p, ssize_t r)
+{
+	if (r != 0 || p->n->size != SIZE_WAIT_UNKNOWN || p->w.kind != STREAM_WAIT_SIZE)
+		return false;
+	struct stream_info in;
+	stream_get_info(p->s, &in);
+	return in.length < 0 && (in.state == STREAM_IDLE || in.state == STREAM_RUNNING);
+}
+
 static void reply_getattr(struct pending *p, ssize_t r)
 {
+	/* The request moves to a new pending; @p is released as usual. */
+	if (wait_on_for_end(p, r)) {
+		park(p->req, p->fs, p->n, p->s, P_GETATTR, STREAM_WAIT_END, 0, 0, NULL);
+		return;
+	}
 	/* A stat of a failed stream still works; one woken by unmount or rm
 	 * (cancelled) fails like every other waiter, and so does a GETATTR
 	 * with a file handle (lseek(SEEK_END)) on a failed stream. */

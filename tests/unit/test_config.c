@@ -964,6 +964,47 @@ static void test_add_request(void)
 	free(bad[1]);
 }
 
+/* --size-unknown is the mount's; a file's own --size (command line,
+ * manifest) is marked as given, so the mount's default spares it. */
+static void test_size_unknown(void)
+{
+	struct config cfg;
+	struct file_opts o;
+	char err[512];
+	double sec;
+
+	CHECK(PARSE(&cfg, err, "mnt", "a=cmd:true") == 0);
+	CHECK(!cfg.size_unknown_wait && !cfg.files.ptr[0].opts.size_given);
+	config_free(&cfg);
+	CHECK(PARSE(&cfg, err, "--size-unknown=wait", "mnt", "a=cmd:true") == 0);
+	CHECK(cfg.size_unknown_wait && !cfg.files.ptr[0].opts.size_given);
+	CHECK(cfg.files.ptr[0].opts.size == SIZE_AUTO);
+	config_free(&cfg);
+	CHECK(PARSE(&cfg, err, "mnt", "--size-unknown", "WAIT", "--size=auto", "a=cmd:true") == 0);
+	CHECK(cfg.size_unknown_wait && cfg.files.ptr[0].opts.size_given);
+	config_free(&cfg);
+	CHECK(PARSE(&cfg, err, "--size-unknown=wait", "--size-unknown=auto", "mnt") == 0);
+	CHECK(!cfg.size_unknown_wait);
+	config_free(&cfg);
+	PARSE_FAILS("bad --size-unknown value 'grow': expected auto or wait", "--size-unknown=grow",
+	            "mnt");
+	PARSE_FAILS("bad --size-unknown value '': expected auto or wait", "--size-unknown=", "mnt");
+	PARSE_FAILS("option '--size-unknown' needs a value", "mnt", "--size-unknown");
+
+	config_file_opts_default(&o);
+	CHECK(!o.size_given);
+	CHECK(set(&o, "size", "bogus", err) == -1 && !o.size_given);
+	CHECK(set(&o, "size", "auto", err) == 0 && o.size_given && o.size == SIZE_AUTO);
+	config_file_opts_free(&o);
+
+	CHECK(config_parse_seconds("2.5", &sec) == 0 && sec == 2.5);
+	CHECK(config_parse_seconds(".5", &sec) == 0 && sec == 0.5);
+	CHECK(config_parse_seconds("0", &sec) == 0 && sec == 0);
+	CHECK(config_parse_seconds("", &sec) == -1 && config_parse_seconds("1e3", &sec) == -1);
+	CHECK(config_parse_seconds("-1", &sec) == -1 && config_parse_seconds("5s", &sec) == -1);
+	CHECK(config_parse_seconds("99999999999", &sec) == -1);
+}
+
 /* The store budget and keep=: values, defaults, refusals. */
 static void test_cache_options(void)
 {
@@ -1020,6 +1061,7 @@ int main(void)
 	RUN(test_names);
 	RUN(test_parse_file);
 	RUN(test_args);
+	RUN(test_size_unknown);
 	RUN(test_manifest);
 	RUN(test_secret_files);
 	RUN(test_manifest_mode);
