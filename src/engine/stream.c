@@ -584,7 +584,7 @@ ssize_t stream_read(struct stream *s, void *buf, size_t len, uint64_t off, bool 
 	return r;
 }
 
-/* ---- attributes and status ----------------------------------------------------------- */
+/* ---- attributes and status -------------------------------------------- */
 
 int stream_set_attr(struct stream *s, const char *key, const char *fmt, ...)
 {
