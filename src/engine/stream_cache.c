@@ -76,7 +76,9 @@ static int blk_grow(struct stream *s, uint64_t b)
 static void blk_compact(struct stream *s)
 {
 	uint64_t first = s->drop_to / BLK;
-	if (first <= s->blk_base || first - s->blk_base < s->blk_n / 2)
+	/* No table yet (nothing ever held): nothing to move, and memmove()
+	 * must not see its NULL. */
+	if (!s->blk_n || first <= s->blk_base || first - s->blk_base < s->blk_n / 2)
 		return;
 	uint64_t k = first - s->blk_base;
 	if (k > s->blk_n)
