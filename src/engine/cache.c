@@ -317,9 +317,21 @@ void cache_poll(struct cache *ca)
 		resume_paused(ca);
 }
 
+/*
+ * A block was read to its end, so it may be evicted now. Under the lock,
+ * not with the lock-free count: a reservation that scanned for victims
+ * before the block was marked read pauses inside the same locked section,
+ * so either it saw the block (and evicted it) or we see its pause here.
+ * Reading the count without the lock could miss a pause made between the
+ * scan and now, and nobody would ever resume that client.
+ */
 void cache_note_read(struct cache *ca)
 {
-	cache_poll(ca);
+	pthread_mutex_lock(&ca->lock);
+	bool wake = ca->npaused > 0;
+	pthread_mutex_unlock(&ca->lock);
+	if (wake)
+		resume_paused(ca);
 }
 
 static void poll_fired(struct ioloop_timer *t)

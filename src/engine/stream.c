@@ -291,11 +291,13 @@ ssize_t stream_wait(struct stream *s, struct stream_waiter *w)
 	 * what it pins then can always be filled (see blk_pinned). */
 	pthread_mutex_lock(&s->lock);
 	uint64_t room = room_needed(s, w);
+	unsigned seen = s->resumes;
 	pthread_mutex_unlock(&s->lock);
 	if (room > off) {
 		int64_t got = hold_range(s, off, room, 0);
 		w->held = got >= (int64_t)room;
 	}
+	bool admit = false;
 	pthread_mutex_lock(&s->lock);
 	if (w->wstate == W_CANCELLED) {
 		pthread_mutex_unlock(&s->lock);
@@ -315,8 +317,14 @@ ssize_t stream_wait(struct stream *s, struct stream_waiter *w)
 		        w->kind != STREAM_WAIT_SIZE &&
 		        (w->need < s->frontier || s->state == STREAM_COMPLETE);
 		kick = s->paused != CACHE_RUN;
+		/* A resume between our failed reservation and now ran
+		 * admit_waiters() before we were on the list: admit again, or
+		 * nothing would ever reserve our blocks. */
+		admit = !w->held && s->resumes != seen;
 	}
 	pthread_mutex_unlock(&s->lock);
+	if (admit)
+		admit_waiters(s);
 	/* @w may be answered and freed by now: use the copies. */
 	if (fetch)
 		stream_want(s, off, len);

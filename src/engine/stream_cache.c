@@ -211,7 +211,6 @@ static void cc_put(struct cache_client *c)
 	stream_unref(cc_stream(c));
 }
 
-static void admit_waiters(struct stream *s);
 
 static void cc_resume(struct cache_client *c)
 {
@@ -461,15 +460,19 @@ uint64_t room_needed(struct stream *s, const struct stream_waiter *w)
 /*
  * Reserve the blocks of parked readers that have none yet (they got no
  * room when they parked), and ask the source for what they miss: their
- * bytes may have been evicted meanwhile. After a resume.
+ * bytes may have been evicted meanwhile. After a resume, and by a reader
+ * that a resume passed by while it was parking.
  */
-static void admit_waiters(struct stream *s)
+void admit_waiters(struct stream *s)
 {
 	struct range todo[16];
 	int n = 0;
 	pthread_mutex_lock(&s->lock);
 	for (struct stream_waiter *w = s->waiters.next; w != &s->waiters && n < 16; w = w->next) {
-		uint64_t end = w->held ? w->off : room_needed(s, w);
+		/* Not only those that got no room when they parked: a block
+		 * reserved before its reader was on the list (so not pinned
+		 * yet) may have been evicted since, and its fetch given up. */
+		uint64_t end = room_needed(s, w);
 		if (end > w->off)
 			todo[n++] = (struct range){w->off, end};
 	}
@@ -480,7 +483,7 @@ static void admit_waiters(struct stream *s)
 			break; /* no room: paused again */
 		pthread_mutex_lock(&s->lock);
 		for (struct stream_waiter *w = s->waiters.next; w != &s->waiters; w = w->next)
-			if (!w->held && w->off == todo[i].start && room_needed(s, w) == todo[i].end)
+			if (w->off == todo[i].start && room_needed(s, w) == todo[i].end)
 				w->held = true;
 		pthread_mutex_unlock(&s->lock);
 		stream_want(s, todo[i].start, todo[i].end - todo[i].start);

@@ -129,6 +129,8 @@ void unpin(struct stream *s, struct pin *p);
  * of the first block that could not be had if some could, or -ENOBUFS /
  * a store error if the first one could not. Takes the lock. */
 int64_t hold_range(struct stream *s, uint64_t off, uint64_t end, unsigned flags);
+/* Reserve the blocks of parked readers that have none yet (see stream_cache.c). */
+void admit_waiters(struct stream *s);
 
 /* The count of resumes so far, and the pause to show unless one came
  * since @seen. Take the lock. */

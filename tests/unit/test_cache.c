@@ -28,14 +28,25 @@
 #include "streamfs/store.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define MIB (1024ULL * 1024)
 
+/* Ranges whose fetch found no room: paused transfers, which go on at the
+ * next resume() and keep their claim (they stay asked for) meanwhile, as
+ * the URL source's paused range transfers do. */
+struct held_range {
+	uint64_t off, len;
+};
+
 struct csrc {
 	atomic_int resumes, fetches, destroys;
 	atomic_bool fetch_off; /* fetch() records only */
+	pthread_mutex_t lock;  /* guards paused, npaused */
+	struct held_range paused[64];
+	int npaused;
 };
 
 static int csrc_start(struct stream *s, void *src)
@@ -53,29 +64,63 @@ static void csrc_destroy(void *src)
 	atomic_fetch_add(&c->destroys, 1);
 }
 
+/* Write [off, off+len) of the pattern. Returns false if there was no
+ * room: the caller keeps the range as a paused transfer. */
+static bool csrc_write(struct stream *s, uint64_t off, uint64_t len)
+{
+	unsigned char *b = malloc(len);
+	pat_fill(b, off, len);
+	int r = stream_write(s, off, b, len);
+	free(b);
+	if (r != -ENOBUFS && r != -ECANCELED)
+		CHECK_EQ(r, 0);
+	return r != -ENOBUFS;
+}
+
+static void csrc_pause(struct csrc *c, uint64_t off, uint64_t len)
+{
+	pthread_mutex_lock(&c->lock);
+	CHECK(c->npaused < 64);
+	if (c->npaused < 64)
+		c->paused[c->npaused++] = (struct held_range){off, len};
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* The paused transfers go on: each writes, or pauses again. */
+static void csrc_go_on(struct stream *s, struct csrc *c)
+{
+	pthread_mutex_lock(&c->lock);
+	int n = c->npaused;
+	struct held_range todo[64];
+	memcpy(todo, c->paused, (size_t)n * sizeof(todo[0]));
+	c->npaused = 0;
+	pthread_mutex_unlock(&c->lock);
+	for (int i = 0; i < n; i++)
+		if (!csrc_write(s, todo[i].off, todo[i].len))
+			csrc_pause(c, todo[i].off, todo[i].len);
+}
+
 static void csrc_fetch(struct stream *s, void *src, uint64_t off, uint64_t len)
 {
 	struct csrc *c = src;
 	atomic_fetch_add(&c->fetches, 1);
 	if (atomic_load(&c->fetch_off))
 		return;
-	unsigned char *b = malloc(len);
-	pat_fill(b, off, len);
-	int r = stream_write(s, off, b, len);
-	/* No room (a reader without its blocks reserved): give the range
-	 * back; the stream asks again once that reader gets its room, as a
-	 * real source's paused transfer would go on. */
-	if (r == -ENOBUFS)
-		stream_unwant(s, off, len);
-	else
-		CHECK_EQ(r, 0);
-	free(b);
+	int seen = atomic_load(&c->resumes);
+	if (!csrc_write(s, off, len)) {
+		csrc_pause(c, off, len);
+		/* A resume that came before we were on the paused list did not
+		 * see us: go on at once, as a transfer resumed then would. */
+		if (atomic_load(&c->resumes) != seen)
+			csrc_go_on(s, c);
+	}
 }
 
 static void csrc_resume(struct stream *s, void *src)
 {
 	struct csrc *c = src;
 	atomic_fetch_add(&c->resumes, 1);
+	csrc_go_on(s, c);
 }
 
 static const struct stream_source_ops csrc_ops = {
@@ -98,6 +143,7 @@ static const struct stream_source_ops plain_ops = {
 static struct stream *mk(struct cache *ca, struct csrc *c, bool evictable)
 {
 	memset(c, 0, sizeof(*c));
+	pthread_mutex_init(&c->lock, NULL);
 	struct store *st = store_open(NULL, "t");
 	struct stream *s = stream_new("c", st, evictable ? &csrc_ops : &plain_ops, c);
 	if (!s)
