@@ -58,8 +58,8 @@ int store_pwrite(struct store *st, const void *buf, size_t len, uint64_t off);
  * @fd waits) has nothing now, or -errno. When the store is out of space
  * (ENOSPC, EDQUOT) the bytes read are kept and written first by the next
  * call at the same @off (which then reads nothing new): nothing is lost.
- * Errors of the store itself come back as -(STORE_ERR_BIAS + errno) so the caller can tell them from
- * errors of @fd; use store_error_is_store() / store_error_errno().
+ * Errors of the store itself come back as -(STORE_ERR_BIAS + errno) so the caller can tell them
+ * from errors of @fd; use store_error_is_store() / store_error_errno().
  */
 ssize_t store_fill_fd(struct store *st, int fd, size_t len, uint64_t off);
 #define STORE_ERR_BIAS 4096

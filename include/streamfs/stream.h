@@ -109,7 +109,7 @@ struct stream_source_ops {
  * reference, or NULL with errno set.
  */
 struct stream *stream_new(const char *name, struct store *store,
-			  const struct stream_source_ops *ops, void *src);
+                          const struct stream_source_ops *ops, void *src);
 
 /* References. The stream is freed (store closed, source destroyed) when the
  * last one goes; it must be terminal or idle by then. */
@@ -181,8 +181,7 @@ int stream_write(struct stream *s, uint64_t off, const void *buf, size_t len);
  * source's resume() (stream_fill_fd too).
  */
 #define STREAM_AHEAD 1u
-int stream_write_flags(struct stream *s, uint64_t off, const void *buf, size_t len,
-		       unsigned flags);
+int stream_write_flags(struct stream *s, uint64_t off, const void *buf, size_t len, unsigned flags);
 
 /*
  * Move up to @max bytes from the descriptor @fd (a pipe, FIFO, tty or
@@ -219,7 +218,7 @@ void stream_end(struct stream *s);
  * No-op on a terminal stream.
  */
 void stream_fail(struct stream *s, int err, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 /*
  * Source-specific status (e.g. "exit_status", "http_code"), shown as
@@ -227,7 +226,7 @@ void stream_fail(struct stream *s, int err, const char *fmt, ...)
  * or -ENOMEM.
  */
 int stream_set_attr(struct stream *s, const char *key, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 /* ---- reader side ------------------------------------------------------ */
 

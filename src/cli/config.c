@@ -167,9 +167,10 @@ static int parse_cache_size(struct config *cfg, const char *v, char *err, size_t
 		return cfg_fail(err, errlen, "bad --cache-size value '%s': too large",
 		                cfg_esc(q, sizeof(q), v));
 	if (rc)
-		return cfg_fail(err, errlen,
-		                "bad --cache-size value '%s': expected a byte count (e.g. 256M, 10GiB)",
-		                cfg_esc(q, sizeof(q), v));
+		return cfg_fail(
+		    err, errlen,
+		    "bad --cache-size value '%s': expected a byte count (e.g. 256M, 10GiB)",
+		    cfg_esc(q, sizeof(q), v));
 	if (bytes < CONFIG_CACHE_BLOCK)
 		return cfg_fail(err, errlen,
 		                "bad --cache-size value '%s': at least 1M (one block of the store)",

@@ -82,7 +82,7 @@ static void conn_timeout(struct ioloop_timer *t)
 {
 	struct conn *k = t->data;
 	log_debug("control: dropping a client that sent no whole request in %d ms",
-		  CONN_TIMEOUT_MS);
+	          CONN_TIMEOUT_MS);
 	conn_close(k);
 }
 
@@ -209,7 +209,7 @@ static void listen_event(struct ioloop_watch *w, uint32_t events)
 }
 
 struct control *control_open(struct ioloop *loop, const struct control_ops *ops, char *name,
-			     size_t namelen)
+                             size_t namelen)
 {
 	static unsigned seq;
 	struct control *c = calloc(1, sizeof(*c));
@@ -228,7 +228,7 @@ struct control *control_open(struct ioloop *loop, const struct control_ops *ops,
 	clock_gettime(CLOCK_REALTIME, &ts);
 	/* Abstract: sun_path[0] == 0. The name is unique per daemon. */
 	int n = snprintf(sa.sun_path + 1, sizeof(sa.sun_path) - 1, "streamfs-%d-%u-%ld",
-			 (int)getpid(), seq++, (long)ts.tv_nsec);
+	                 (int)getpid(), seq++, (long)ts.tv_nsec);
 	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
 	if (bind(fd, (struct sockaddr *)&sa, len) < 0 || listen(fd, 16) < 0) {
 		int e = errno;
@@ -279,15 +279,15 @@ static bool peer_trusted(int fd, const char *mountpoint)
 	socklen_t cl = sizeof(cred);
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) < 0) {
 		fprintf(stderr, "streamfs: cannot check the daemon of '%s': %s\n", mountpoint,
-			strerror(errno));
+		        strerror(errno));
 		return false;
 	}
 	if (cred.uid == 0 || cred.uid == geteuid() || cred.uid == getuid())
 		return true;
 	fprintf(stderr,
-		"streamfs: the control socket of '%s' belongs to uid %u, not to root or you: "
-		"nothing sent\n",
-		mountpoint, (unsigned)cred.uid);
+	        "streamfs: the control socket of '%s' belongs to uid %u, not to root or you: "
+	        "nothing sent\n",
+	        mountpoint, (unsigned)cred.uid);
 	return false;
 }
 
@@ -298,7 +298,7 @@ static int connect_daemon(const char *mountpoint)
 	ssize_t nl = getxattr(mountpoint, "user.streamfs.control", name, sizeof(name) - 1);
 	if (nl <= 1 || name[0] != '@') {
 		fprintf(stderr, "streamfs: '%s' is not a streamfs mount with a control socket\n",
-			mountpoint);
+		        mountpoint);
 		return -1;
 	}
 	name[nl] = '\0';
@@ -311,7 +311,7 @@ static int connect_daemon(const char *mountpoint)
 	socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&sa, len) < 0) {
 		fprintf(stderr, "streamfs: cannot reach the daemon of '%s': %s\n", mountpoint,
-			strerror(errno));
+		        strerror(errno));
 		if (fd >= 0)
 			close(fd);
 		return -1;

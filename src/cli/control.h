@@ -28,7 +28,7 @@ struct control;
 /* What a request does; both return 0 or -1 with @err set. */
 struct control_ops {
 	int (*add)(void *ctx, const char *spec, char *const *opts, size_t nopts, char *err,
-		   size_t errlen);
+	           size_t errlen);
 	int (*rm)(void *ctx, const char *name, char *err, size_t errlen);
 	void *ctx;
 };
@@ -37,7 +37,7 @@ struct control_ops {
  * socket's printable name ("@streamfs-PID-N") to @name. Returns NULL with
  * errno set. */
 struct control *control_open(struct ioloop *loop, const struct control_ops *ops, char *name,
-			     size_t namelen);
+                             size_t namelen);
 
 /* Start serving: registers with the loop. Loop thread only. */
 void control_start(void *c);

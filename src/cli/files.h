@@ -26,8 +26,8 @@ struct files_env {
 	struct ioloop *loop;
 	struct fs *fs;
 	struct cache *cache; /* the store budget every stream is accounted in */
-	const char *cwd; /* where relative pipe: paths start */
-	const char *mnt; /* the mount point, canonical */
+	const char *cwd;     /* where relative pipe: paths start */
+	const char *mnt;     /* the mount point, canonical */
 };
 
 /* The directory the stores go into; NULL: memory. */

@@ -36,50 +36,50 @@
 #include <unistd.h>
 
 static const char usage[] =
-	"usage: streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...\n"
-	"       streamfs status [--json] [--watch] MOUNTPOINT\n"
-	"       streamfs add MOUNTPOINT NAME=SOURCE [OPTION=VALUE...]\n"
-	"       streamfs rm MOUNTPOINT NAME\n"
-	"       streamfs wait [--timeout SECONDS] MOUNTPOINT NAME...\n"
-	"\n"
-	"Mount streams as ordinary read-only, seekable files. SOURCE is one of:\n"
-	"  cmd:COMMAND        standard output of /bin/sh -c COMMAND\n"
-	"  pipe:PATH          a FIFO (or any file), read sequentially\n"
-	"  -                  streamfs's own standard input\n"
-	"  http://... https://... ftp://... ftps://...   a URL\n"
-	"NAME may contain '/' to make subdirectories.\n"
-	"\n"
-	"Options:\n"
-	"  -f, --foreground       stay in the foreground (default: daemonize once mounted)\n"
-	"  -c, --config FILE      manifest: one [NAME] section per file, with source= and options\n"
-	"  -o OPT[,OPT...]        FUSE mount options (allow_other, ...)\n"
-	"      --cache-dir DIR    keep stream bytes in unlinked files in DIR (default " DEFAULT_CACHE_DIR
-	")\n"
-	"      --cache-dir=memory keep them in RAM instead\n"
-	"      --size-unknown=auto|wait  files without --size: while a stream with no\n"
-	"                         announced length runs, stat shows the bytes so far\n"
-	"                         (default) or waits for the end (whole sendfile copies)\n"
-	"      --cache-size=BYTES at most BYTES in the store for all files (default: no limit)\n"
-	"      --cache-min-free=BYTES|N%  keep free on the cache file system (default 5%)\n"
-	"  -v, --verbose          debug log output\n"
-	"  -q, --quiet            errors only\n"
-	"      --version          print the version\n"
-	"  -h, --help             this text\n"
-	"\n"
-	"Per-file options (for every NAME=SOURCE on the command line):\n"
-	"  --size=auto|wait|BYTES what stat shows while a stream runs (default auto)\n"
-	"  --start=access|mount   start on first open/stat (default) or at mount\n"
-	"  --read=full|partial    reads wait for the whole range (default) or return what is there\n"
-	"  --fill=all|ondemand    URLs: download everything (default) or only what is read\n"
-	"  --keep=BYTES           keep only the last BYTES received (endless streams)\n"
-	"  URL options: --header='N: v', --user=U:P, --insecure, --retries=N, --retry-time=S,\n"
-	"               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted,\n"
-	"               --netrc, --netrc-file=FILE\n"
-	"  Secrets: --user=@FILE and --header=@FILE read them from FILE (mode 0600), so they\n"
-	"  never show in ps; see 'Passing secrets' in streamfs(1).\n"
-	"\n"
-	"Unmount with 'fusermount3 -u MOUNTPOINT', or SIGINT/SIGTERM to the daemon.\n"
-	"Status: 'streamfs status MOUNTPOINT', or getfattr -d MOUNTPOINT/NAME.\n";
+    "usage: streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...\n"
+    "       streamfs status [--json] [--watch] MOUNTPOINT\n"
+    "       streamfs add MOUNTPOINT NAME=SOURCE [OPTION=VALUE...]\n"
+    "       streamfs rm MOUNTPOINT NAME\n"
+    "       streamfs wait [--timeout SECONDS] MOUNTPOINT NAME...\n"
+    "\n"
+    "Mount streams as ordinary read-only, seekable files. SOURCE is one of:\n"
+    "  cmd:COMMAND        standard output of /bin/sh -c COMMAND\n"
+    "  pipe:PATH          a FIFO (or any file), read sequentially\n"
+    "  -                  streamfs's own standard input\n"
+    "  http://... https://... ftp://... ftps://...   a URL\n"
+    "NAME may contain '/' to make subdirectories.\n"
+    "\n"
+    "Options:\n"
+    "  -f, --foreground       stay in the foreground (default: daemonize once mounted)\n"
+    "  -c, --config FILE      manifest: one [NAME] section per file, with source= and options\n"
+    "  -o OPT[,OPT...]        FUSE mount options (allow_other, ...)\n"
+    "      --cache-dir DIR    keep stream bytes in unlinked files in DIR "
+    "(default " DEFAULT_CACHE_DIR ")\n"
+    "      --cache-dir=memory keep them in RAM instead\n"
+    "      --size-unknown=auto|wait  files without --size: while a stream with no\n"
+    "                         announced length runs, stat shows the bytes so far\n"
+    "                         (default) or waits for the end (whole sendfile copies)\n"
+    "      --cache-size=BYTES at most BYTES in the store for all files (default: no limit)\n"
+    "      --cache-min-free=BYTES|N%  keep free on the cache file system (default 5%)\n"
+    "  -v, --verbose          debug log output\n"
+    "  -q, --quiet            errors only\n"
+    "      --version          print the version\n"
+    "  -h, --help             this text\n"
+    "\n"
+    "Per-file options (for every NAME=SOURCE on the command line):\n"
+    "  --size=auto|wait|BYTES what stat shows while a stream runs (default auto)\n"
+    "  --start=access|mount   start on first open/stat (default) or at mount\n"
+    "  --read=full|partial    reads wait for the whole range (default) or return what is there\n"
+    "  --fill=all|ondemand    URLs: download everything (default) or only what is read\n"
+    "  --keep=BYTES           keep only the last BYTES received (endless streams)\n"
+    "  URL options: --header='N: v', --user=U:P, --insecure, --retries=N, --retry-time=S,\n"
+    "               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted,\n"
+    "               --netrc, --netrc-file=FILE\n"
+    "  Secrets: --user=@FILE and --header=@FILE read them from FILE (mode 0600), so they\n"
+    "  never show in ps; see 'Passing secrets' in streamfs(1).\n"
+    "\n"
+    "Unmount with 'fusermount3 -u MOUNTPOINT', or SIGINT/SIGTERM to the daemon.\n"
+    "Status: 'streamfs status MOUNTPOINT', or getfattr -d MOUNTPOINT/NAME.\n";
 
 /* One line on stderr; returns the exit code for bad input. */
 __attribute__((format(printf, 1, 2))) static int die_usage(const char *fmt, ...)
@@ -147,15 +147,15 @@ static void raise_fd_limit(void)
 
 /* What can only be checked on the file system, before mounting. Returns 0
  * or -1 with @err set. */
-static int check_before_mount(const struct config *cfg, const char *cwd, const char *mnt,
-			      char *err, size_t errlen)
+static int check_before_mount(const struct config *cfg, const char *cwd, const char *mnt, char *err,
+                              size_t errlen)
 {
 	/* Stores are created when their streams start: check the place now,
 	 * so a bad one is one line at mount time, not a failure per file. */
 	struct store *probe = store_open(files_store_dir(cfg), "streamfs");
 	if (!probe) {
 		snprintf(err, errlen, "cannot create a store in '%s': %s",
-			 cfg->memory_store ? "memory" : files_store_dir(cfg), strerror(errno));
+		         cfg->memory_store ? "memory" : files_store_dir(cfg), strerror(errno));
 		return -1;
 	}
 	store_close(probe);
@@ -195,7 +195,7 @@ static int check_mountpoint(struct mount *m)
 		return die_usage("mountpoint '%s': %s", mp, "not a directory");
 	if (fuse_mounted_at(mp))
 		return die_usage("mountpoint '%s': %s", mp,
-				 "a FUSE file system is already mounted there");
+		                 "a FUSE file system is already mounted there");
 	if (!realpath(mp, m->mnt))
 		return die_usage("mountpoint '%s': %s", mp, strerror(errno));
 	return 0;
@@ -207,8 +207,8 @@ static int prepare(struct mount *m)
 {
 	struct config *cfg = &m->cfg;
 	log_set_level(cfg->verbosity < 0    ? LOG_LVL_ERROR
-		      : cfg->verbosity == 0 ? LOG_LVL_INFO
-					    : LOG_LVL_DEBUG);
+	              : cfg->verbosity == 0 ? LOG_LVL_INFO
+	                                    : LOG_LVL_DEBUG);
 	int rc = check_mountpoint(m);
 	if (rc)
 		return rc;
@@ -219,7 +219,7 @@ static int prepare(struct mount *m)
 		char *abs = realpath(cfg->cache_dir, NULL);
 		if (!abs)
 			return die_usage("cache directory '%s': %s", cfg->cache_dir,
-					 strerror(errno));
+			                 strerror(errno));
 		free(cfg->cache_dir);
 		cfg->cache_dir = abs;
 	}
@@ -245,16 +245,16 @@ static int create_files(struct mount *m)
 	m->loop = ioloop_new();
 	m->fs = fs_new();
 	m->cache = cache_new(files_store_dir(cfg), cfg->cache_size, cfg->cache_min_free,
-			     cfg->cache_min_free_pct);
+	                     cfg->cache_min_free_pct);
 	if (!m->loop || !m->fs || !m->cache)
 		return die_usage("out of memory");
 	fs_set_cache(m->fs, m->cache);
 	m->env = (struct files_env){.cfg = cfg,
-				    .loop = m->loop,
-				    .fs = m->fs,
-				    .cache = m->cache,
-				    .cwd = m->cwd,
-				    .mnt = m->mnt};
+	                            .loop = m->loop,
+	                            .fs = m->fs,
+	                            .cache = m->cache,
+	                            .cwd = m->cwd,
+	                            .mnt = m->mnt};
 	for (size_t i = 0; i < m->cfg.files.len; i++) {
 		struct file_spec *f = &m->cfg.files.ptr[i];
 		/* Standard input is read from mount time on, whatever --start
@@ -262,10 +262,11 @@ static int create_files(struct mount *m)
 		 * for its bytes again later. */
 		if (f->kind == SOURCE_STDIN)
 			f->opts.start = START_MOUNT;
-		if (cfg->cache_size && f->opts.keep && f->opts.keep + 2 * CACHE_BLOCK > cfg->cache_size)
+		if (cfg->cache_size && f->opts.keep &&
+		    f->opts.keep + 2 * CACHE_BLOCK > cfg->cache_size)
 			log_warn("%s: keep=%llu does not fit in --cache-size with room to fill: "
-				 "it will pause when the budget is full",
-				 f->name, (unsigned long long)f->opts.keep);
+			         "it will pause when the budget is full",
+			         f->name, (unsigned long long)f->opts.keep);
 		int r = files_add(&m->env, f, m->stdin_fd, false, m->err, sizeof(m->err));
 		if (f->kind == SOURCE_STDIN)
 			m->stdin_fd = -1; /* the stream owns it now, even on failure */
@@ -331,7 +332,7 @@ static int serve(struct mount *m)
 		log_warn("cannot watch the cache for free space");
 	open_control(m);
 	log_info("mounted %zu file%s on %s", m->cfg.files.len, m->cfg.files.len == 1 ? "" : "s",
-		 m->cfg.mountpoint);
+	         m->cfg.mountpoint);
 	fs_start_mount_streams(m->fs);
 	fs_loop(m->fs);
 	log_info("unmounting %s", m->cfg.mountpoint);
@@ -383,7 +384,7 @@ static int add_main(int argc, char **argv)
 	if (config_add_request(argc - 2, argv + 2, &f, &n, err, sizeof(err)) < 0)
 		return die_usage("%s", err);
 	int rc = n <= 256 ? control_client(argv[1], (const char *const *)f, n)
-			  : die_usage("too many options (at most 255)");
+	                  : die_usage("too many options (at most 255)");
 	config_strv_free(f);
 	return rc;
 }

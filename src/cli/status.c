@@ -47,19 +47,19 @@ enum attr {
 };
 
 static const char *const attr_key[NATTR] = {
-	[STATE] = "state",
-	[BYTES] = "bytes",
-	[SIZE] = "size",
-	[SOURCE] = "source",
-	[ERROR] = "error",
-	[ERROR_OFFSET] = "error_offset",
-	[EXIT_STATUS] = "exit_status",
-	[HTTP_CODE] = "http_code",
-	[HELD] = "held",
-	[EVICTED] = "evicted",
-	[DROPPED] = "dropped",
-	[KEEP] = "keep",
-	[PAUSED] = "paused",
+    [STATE] = "state",
+    [BYTES] = "bytes",
+    [SIZE] = "size",
+    [SOURCE] = "source",
+    [ERROR] = "error",
+    [ERROR_OFFSET] = "error_offset",
+    [EXIT_STATUS] = "exit_status",
+    [HTTP_CODE] = "http_code",
+    [HELD] = "held",
+    [EVICTED] = "evicted",
+    [DROPPED] = "dropped",
+    [KEEP] = "keep",
+    [PAUSED] = "paused",
 };
 
 /* The root's budget attributes (user.streamfs.cache_KEY), shown as
@@ -67,11 +67,8 @@ static const char *const attr_key[NATTR] = {
 enum cattr { C_SIZE, C_USED, C_MIN_FREE, C_EVICTIONS, C_PAUSED, NCATTR };
 
 static const char *const cattr_key[NCATTR] = {
-	[C_SIZE] = "size",
-	[C_USED] = "used",
-	[C_MIN_FREE] = "min_free",
-	[C_EVICTIONS] = "evictions",
-	[C_PAUSED] = "paused",
+    [C_SIZE] = "size",           [C_USED] = "used",     [C_MIN_FREE] = "min_free",
+    [C_EVICTIONS] = "evictions", [C_PAUSED] = "paused",
 };
 
 /* Every string is malloc'ed; a value is "" when the attribute is absent. */
@@ -219,7 +216,7 @@ static int walk_down(struct walk *w, const char *name)
 		return -ENOMEM;
 	}
 	snprintf(w->rel + l.rel_len, sizeof(w->rel) - l.rel_len, "%s%s", l.rel_len ? "/" : "",
-		 name);
+	         name);
 	close(w->fd);
 	w->fd = fd;
 	return r;
@@ -400,17 +397,17 @@ static void cell(const char *s, int w)
 }
 
 static int width(const struct rows *rows, const struct shown *sh, int which, const char *head,
-		 int max)
+                 int max)
 {
 	int w = (int)strlen(head);
 	for (size_t i = 0; i < rows->len; i++) {
 		const struct row *r = &rows->ptr[i];
 		const char *v = which == 0   ? sh[i].name
-				: which == 1 ? (r->v[PAUSED][0] ? "paused" : r->v[STATE])
-				: which == 2 ? r->v[BYTES]
-				: which == 3 ? r->v[SIZE]
-				: which == 5 ? r->v[HELD]
-					     : sh[i].source;
+		                : which == 1 ? (r->v[PAUSED][0] ? "paused" : r->v[STATE])
+		                : which == 2 ? r->v[BYTES]
+		                : which == 3 ? r->v[SIZE]
+		                : which == 5 ? r->v[HELD]
+		                             : sh[i].source;
 		int l = chars(v);
 		if (l > w)
 			w = l;
@@ -521,10 +518,10 @@ static const char status_usage[] = "usage: streamfs status [--json] [--watch] MO
 static int parse_status_args(int argc, char **argv, bool *json, bool *watch)
 {
 	static const struct option longopts[] = {
-		{"json", no_argument, NULL, 'j'},
-		{"watch", no_argument, NULL, 'w'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+	    {"json", no_argument, NULL, 'j'},
+	    {"watch", no_argument, NULL, 'w'},
+	    {"help", no_argument, NULL, 'h'},
+	    {NULL, 0, NULL, 0},
 	};
 	int c;
 	optind = 1;
@@ -584,8 +581,8 @@ int status_main(int argc, char **argv)
 	char pid[32];
 	if (getxattr(mnt, "user.streamfs.pid", pid, sizeof(pid)) < 0) {
 		fprintf(stderr, "streamfs: '%s' is not a streamfs mount: %s\n", mnt,
-			errno == ENODATA || errno == ENOTSUP ? "no streamfs attributes"
-							     : strerror(errno));
+		        errno == ENODATA || errno == ENOTSUP ? "no streamfs attributes"
+		                                             : strerror(errno));
 		return 1;
 	}
 	/* --watch on a terminal: redraw in place; elsewhere, one block a second. */

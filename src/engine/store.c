@@ -14,12 +14,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-
 struct store {
-	int fd; /* -1 until store_create() */
-	int err; /* a failed fill lost bytes: every later fill fails (filler only) */
-	char *dir;   /* NULL: RAM */
-	char *label; /* RAM only */
+	int fd;         /* -1 until store_create() */
+	int err;        /* a failed fill lost bytes: every later fill fails (filler only) */
+	char *dir;      /* NULL: RAM */
+	char *label;    /* RAM only */
 	bool no_falloc; /* the file system has no fallocate(): allocate by writing */
 	/* Bytes a fill read but could not write (ENOSPC, EDQUOT): written
 	 * first by the next fill, so a full disk never loses a byte. */
@@ -143,7 +142,7 @@ int store_punch(struct store *st, uint64_t off, uint64_t len)
 	if (st->fd < 0)
 		return 0; /* never created: nothing to give back */
 	while (fallocate(st->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off,
-			 (off_t)len) < 0) {
+	                 (off_t)len) < 0) {
 		if (errno == EINTR)
 			continue;
 		return -errno;
@@ -182,8 +181,8 @@ static ssize_t flush_carry(struct store *st, uint64_t off)
 	}
 	size_t done = 0;
 	while (done < st->carry_len) {
-		ssize_t w = pwrite(st->fd, st->carry + done, st->carry_len - done,
-				   (off_t)(off + done));
+		ssize_t w =
+		    pwrite(st->fd, st->carry + done, st->carry_len - done, (off_t)(off + done));
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w <= 0) {
@@ -301,7 +300,8 @@ ssize_t store_fill_fd(struct store *st, int fd, size_t len, uint64_t off)
 		if (w <= 0) {
 			int e = w < 0 ? errno : EIO;
 			if (out_of_space(e)) {
-				ssize_t r = keep_carry(st, buf + done, (size_t)n - done, off + done, e);
+				ssize_t r =
+				    keep_carry(st, buf + done, (size_t)n - done, off + done, e);
 				return done ? (ssize_t)done : r;
 			}
 			st->err = e;

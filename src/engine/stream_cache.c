@@ -211,7 +211,6 @@ static void cc_put(struct cache_client *c)
 	stream_unref(cc_stream(c));
 }
 
-
 static void cc_resume(struct cache_client *c)
 {
 	struct stream *s = cc_stream(c);

@@ -29,10 +29,9 @@
  */
 #define XATTR_VALUE_MAX 65536
 
-static const char *const file_keys[] = {"state",   "bytes",   "size",    "source",
-                                        "kind",    "error",   "error_offset",
-                                        "waiters", "held",    "evicted", "dropped",
-                                        "keep",    "paused",  NULL};
+static const char *const file_keys[] = {"state",   "bytes",        "size",    "source", "kind",
+                                        "error",   "error_offset", "waiters", "held",   "evicted",
+                                        "dropped", "keep",         "paused",  NULL};
 
 void fs_set_cache(struct fs *fs, struct cache *ca)
 {
@@ -202,8 +201,9 @@ void attrs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 		add_name("version", &nb);
 		if (fs->control[0])
 			add_name("control", &nb);
-		static const char *const ck[] = {"cache_size", "cache_used", "cache_min_free",
-		                                 "cache_evictions", "cache_paused", NULL};
+		static const char *const ck[] = {"cache_size",     "cache_used",
+		                                 "cache_min_free", "cache_evictions",
+		                                 "cache_paused",   NULL};
 		for (int i = 0; ck[i]; i++)
 			if (cache_xattr(fs, ck[i], tmp, sizeof(tmp)) >= 0)
 				add_name(ck[i], &nb);

@@ -107,7 +107,7 @@ struct fs {
 	struct timespec mtime;
 	uid_t uid;
 	gid_t gid;
-	char control[108]; /* the control socket's name (fs_set_control_name) */
+	char control[108];   /* the control socket's name (fs_set_control_name) */
 	struct cache *cache; /* the store budget, shown on the root (fs_set_cache); may be NULL */
 
 	atomic_bool shut; /* fs_shutdown() has begun: no file is added, no request parked */

@@ -53,8 +53,8 @@
 #include <unistd.h>
 
 #define KILL_GRACE_MS 2000 /* from SIGTERM to SIGKILL of a command's group */
-#define ERR_TAIL 2048     /* bytes of stderr kept */
-#define ERR_LOG_LINES 50  /* stderr lines logged per command, then silence */
+#define ERR_TAIL 2048      /* bytes of stderr kept */
+#define ERR_LOG_LINES 50   /* stderr lines logged per command, then silence */
 
 struct cmd_src {
 	struct ioloop *loop;
@@ -291,7 +291,7 @@ static void finish(struct cmd_src *c)
 			; /* the stream is CANCELLED already */
 		else if (c->out_err)
 			stream_fail(c->s, c->out_err, "reading the command's output: %s",
-				    strerror(c->out_err));
+			            strerror(c->out_err));
 		else if (code == 0)
 			stream_end(c->s);
 		else
@@ -300,7 +300,7 @@ static void finish(struct cmd_src *c)
 		stream_set_attr(c->s, "exit_status", "%d", 128 + code);
 		if (!c->cancelled)
 			stream_fail(c->s, EIO, "killed by signal %d (%s)%s", code, strsignal(code),
-				    tail);
+			            tail);
 	}
 	settle(c);
 }
@@ -553,7 +553,8 @@ static void cmd_cancel(struct stream *s, void *src)
 {
 	struct cmd_src *c = src;
 	if (source_call_in_loop(s, c->loop, cancel_in_loop, c) < 0)
-		live_signal(c, SIGKILL); /* the loop is gone (shutdown): just make sure the group dies */
+		live_signal(
+		    c, SIGKILL); /* the loop is gone (shutdown): just make sure the group dies */
 }
 
 static void resume_in_loop(void *arg)
@@ -584,15 +585,15 @@ static void cmd_destroy(void *src)
 }
 
 static const struct stream_source_ops cmd_ops = {
-	.kind = "cmd",
-	.start = cmd_start,
-	.cancel = cmd_cancel,
-	.destroy = cmd_destroy,
-	.resume = cmd_resume,
+    .kind = "cmd",
+    .start = cmd_start,
+    .cancel = cmd_cancel,
+    .destroy = cmd_destroy,
+    .resume = cmd_resume,
 };
 
 struct stream *source_cmd_new(struct ioloop *loop, const char *name, const char *command,
-			      const char *cwd, struct store *store)
+                              const char *cwd, struct store *store)
 {
 	struct cmd_src *c = calloc(1, sizeof(*c));
 	if (!c || !(c->command = strdup(command)) || (cwd && !(c->cwd = strdup(cwd)))) {

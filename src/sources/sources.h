@@ -37,7 +37,7 @@ struct fd_pump {
 	bool nonblock; /* fd is O_NONBLOCK: read until EAGAIN, else once per event */
 	bool polled;   /* in epoll (else stepped) */
 	bool running;
-	bool paused;   /* no room in the store: not reading until resumed */
+	bool paused; /* no room in the store: not reading until resumed */
 	void (*on_done)(struct fd_pump *p, int err);
 	void *data;
 };

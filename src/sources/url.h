@@ -116,7 +116,7 @@ struct url_src {
 	bool ondemand;            /* fill=ondemand, and the server takes ranges */
 	LIST_HEAD(, xfer) ranges; /* running range transfers */
 	unsigned nranges;
-	unsigned npaused; /* of them, waiting for room in the store */
+	unsigned npaused;              /* of them, waiting for room in the store */
 	TAILQ_HEAD(, fetch_req) queue; /* ranges waiting for a transfer, FIFO */
 	bool pump_queued;              /* a call to start queued ranges is pending */
 	uint64_t near;                 /* fill=all: reads nearer than this wait for the fill */

@@ -395,7 +395,8 @@ static void refetch_done(struct url_src *u, const struct range_outcome *o)
 		stream_fetch_failed(u->s, o->pos, o->end - o->pos);
 	} else if (o->pos < o->end) {
 		if (o->tries + 1 < RANGE_TRIES) {
-			log_warn("%s: fetching evicted bytes at %" PRIu64 " failed (%s); trying again",
+			log_warn("%s: fetching evicted bytes at %" PRIu64
+			         " failed (%s); trying again",
 			         stream_name(u->s), o->pos, o->msg);
 			enqueue(u, o->pos, o->end, o->tries + 1);
 		} else {

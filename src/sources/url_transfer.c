@@ -113,9 +113,9 @@ static bool learn_resource(struct url_src *u)
 	/* Bytes that can be fetched again, and checked to be the same
 	 * version, may be evicted from the store. */
 	char ar[64] = "";
-	bool ranges = u->fill.code == 206 ||
-	              (url_header(&u->fill, "Accept-Ranges", ar, sizeof(ar)) &&
-	               strcasecmp(ar, "bytes") == 0);
+	bool ranges =
+	    u->fill.code == 206 ||
+	    (url_header(&u->fill, "Accept-Ranges", ar, sizeof(ar)) && strcasecmp(ar, "bytes") == 0);
 	if (ranges && !u->no_ranges && (u->etag || u->last_modified)) {
 		u->evictable = true;
 		stream_set_evictable(u->s, true);

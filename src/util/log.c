@@ -60,7 +60,7 @@ void log_vmsg(enum log_level lvl, const char *fmt, va_list ap)
 	clock_gettime(CLOCK_REALTIME, &ts);
 	localtime_r(&ts.tv_sec, &tm);
 	int n = snprintf(line, sizeof(line), "%02d:%02d:%02d.%03ld streamfs %s: %s\n", tm.tm_hour,
-			 tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, names[lvl], msg);
+	                 tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000, names[lvl], msg);
 	if (n < 0)
 		return;
 	if ((size_t)n >= sizeof(line))

@@ -21,7 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define VECTOR_INIT {.ptr = NULL, .len = 0, .cap = 0}
+#define VECTOR_INIT                                                                                \
+	{                                                                                          \
+		.ptr = NULL, .len = 0, .cap = 0                                                    \
+	}
 
 /* Make room for @n more elements of @elem bytes in *ptr (capacity *cap,
  * length @len). Returns 0, or -1 with errno ENOMEM and nothing changed. */
@@ -47,48 +50,47 @@ static inline int vector_reserve_(void **ptr, size_t *cap, size_t len, size_t n,
 	return 0;
 }
 
-#define DEFINE_VECTOR(name, type)                                                          \
-	struct name {                                                                      \
-		type *ptr;                                                                 \
-		size_t len, cap;                                                           \
-	};                                                                                 \
-	__attribute__((unused)) static inline int name##_reserve(struct name *v, size_t n) \
-	{                                                                                  \
-		void *p = v->ptr;                                                          \
-		int r = vector_reserve_(&p, &v->cap, v->len, n, sizeof(type));             \
-		v->ptr = p;                                                                \
-		return r;                                                                  \
-	}                                                                                  \
-	__attribute__((unused)) static inline int name##_push(struct name *v, type x)      \
-	{                                                                                  \
-		if (name##_reserve(v, 1) < 0)                                              \
-			return -1;                                                         \
-		v->ptr[v->len++] = x;                                                      \
-		return 0;                                                                  \
-	}                                                                                  \
-	/* Insert @x at @i (<= len), moving the rest up. */                                \
-	__attribute__((unused)) static inline int name##_insert(struct name *v, size_t i,  \
-								type x)                    \
-	{                                                                                  \
-		if (name##_reserve(v, 1) < 0)                                              \
-			return -1;                                                         \
-		memmove(&v->ptr[i + 1], &v->ptr[i], (v->len - i) * sizeof(type));         \
-		v->ptr[i] = x;                                                             \
-		v->len++;                                                                  \
-		return 0;                                                                  \
-	}                                                                                  \
-	/* Remove the element at @i (< len), moving the rest down. */                      \
-	__attribute__((unused)) static inline void name##_remove(struct name *v, size_t i) \
-	{                                                                                  \
-		memmove(&v->ptr[i], &v->ptr[i + 1], (v->len - i - 1) * sizeof(type));     \
-		v->len--;                                                                  \
-	}                                                                                  \
-	__attribute__((unused)) static inline void name##_free(struct name *v)             \
-	{                                                                                  \
-		free(v->ptr);                                                              \
-		v->ptr = NULL;                                                             \
-		v->len = v->cap = 0;                                                       \
-	}                                                                                  \
+#define DEFINE_VECTOR(name, type)                                                                  \
+	struct name {                                                                              \
+		type *ptr;                                                                         \
+		size_t len, cap;                                                                   \
+	};                                                                                         \
+	__attribute__((unused)) static inline int name##_reserve(struct name *v, size_t n)         \
+	{                                                                                          \
+		void *p = v->ptr;                                                                  \
+		int r = vector_reserve_(&p, &v->cap, v->len, n, sizeof(type));                     \
+		v->ptr = p;                                                                        \
+		return r;                                                                          \
+	}                                                                                          \
+	__attribute__((unused)) static inline int name##_push(struct name *v, type x)              \
+	{                                                                                          \
+		if (name##_reserve(v, 1) < 0)                                                      \
+			return -1;                                                                 \
+		v->ptr[v->len++] = x;                                                              \
+		return 0;                                                                          \
+	}                                                                                          \
+	/* Insert @x at @i (<= len), moving the rest up. */                                        \
+	__attribute__((unused)) static inline int name##_insert(struct name *v, size_t i, type x)  \
+	{                                                                                          \
+		if (name##_reserve(v, 1) < 0)                                                      \
+			return -1;                                                                 \
+		memmove(&v->ptr[i + 1], &v->ptr[i], (v->len - i) * sizeof(type));                  \
+		v->ptr[i] = x;                                                                     \
+		v->len++;                                                                          \
+		return 0;                                                                          \
+	}                                                                                          \
+	/* Remove the element at @i (< len), moving the rest down. */                              \
+	__attribute__((unused)) static inline void name##_remove(struct name *v, size_t i)         \
+	{                                                                                          \
+		memmove(&v->ptr[i], &v->ptr[i + 1], (v->len - i - 1) * sizeof(type));              \
+		v->len--;                                                                          \
+	}                                                                                          \
+	__attribute__((unused)) static inline void name##_free(struct name *v)                     \
+	{                                                                                          \
+		free(v->ptr);                                                                      \
+		v->ptr = NULL;                                                                     \
+		v->len = v->cap = 0;                                                               \
+	}                                                                                          \
 	struct name
 
 #endif

@@ -89,7 +89,8 @@ static size_t build_tree(char **names, size_t n)
 		REQUIRE(s, "stream_new failed");
 		err[0] = '\0';
 		if (fs_add_file(fs, names[i], s, &o, "cmd:true", err, sizeof(err)) != 0) {
-			REQUIRE(err[0] && !strchr(err, '\n'), "fs_add_file failed without one line");
+			REQUIRE(err[0] && !strchr(err, '\n'),
+			        "fs_add_file failed without one line");
 			break;
 		}
 	}
@@ -123,8 +124,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	for (size_t i = 0; i < n; i++) {
 		err[0] = '\0';
 		bool ok = config_validate_name(names[i], err, sizeof(err)) == 0;
-		REQUIRE(ok == name_ok(names[i]), "'%s': validate says %d, the rules %d", names[i], ok,
-		        name_ok(names[i]));
+		REQUIRE(ok == name_ok(names[i]), "'%s': validate says %d, the rules %d", names[i],
+		        ok, name_ok(names[i]));
 		REQUIRE(ok || (err[0] && !strchr(err, '\n')), "no one-line message");
 		all_ok = all_ok && ok;
 	}

@@ -79,8 +79,8 @@ static void check_invariants(const struct fz *f)
 		uint64_t a = at(f, c, 0);
 		bool in = rangeset_contains(rs, a, a + f->unit);
 		bool none = rangeset_next_present(rs, a) >= a + f->unit;
-		REQUIRE(in == f->cell[c] && none == !f->cell[c], "cell %u: contains %d, model %d", c,
-		        in, f->cell[c]);
+		REQUIRE(in == f->cell[c] && none == !f->cell[c], "cell %u: contains %d, model %d",
+		        c, in, f->cell[c]);
 	}
 }
 
@@ -157,10 +157,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			if (a < b)
 				op_change(&f, p[0] % 6 == 0, a, b);
 			else
-				REQUIRE((p[0] % 6 == 0 ? rangeset_add(&f.rs, at(&f, a, 0), at(&f, b, 0))
-				                        : rangeset_remove(&f.rs, at(&f, a, 0),
-				                                          at(&f, b, 0))) == 0,
-				        "empty change failed");
+				REQUIRE(
+				    (p[0] % 6 == 0
+				         ? rangeset_add(&f.rs, at(&f, a, 0), at(&f, b, 0))
+				         : rangeset_remove(&f.rs, at(&f, a, 0), at(&f, b, 0))) == 0,
+				    "empty change failed");
 			break;
 		case 2:
 			op_contains(&f, ca, p[3], b, p[4]);
@@ -176,9 +177,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				uint64_t s = at(&f, ca, p[3] | 1), e = s + 1 + p[4];
 				if (e < at(&f, ca + 1, 0)) {
 					REQUIRE(rangeset_add(&f.rs, s, e) == 0, "unaligned add");
-					REQUIRE(rangeset_contains(&f.rs, s, e), "unaligned range missing");
-					REQUIRE(rangeset_run_end(&f.rs, s) == e, "unaligned run_end");
-					REQUIRE(rangeset_remove(&f.rs, s, e) == 0, "unaligned remove");
+					REQUIRE(rangeset_contains(&f.rs, s, e),
+					        "unaligned range missing");
+					REQUIRE(rangeset_run_end(&f.rs, s) == e,
+					        "unaligned run_end");
+					REQUIRE(rangeset_remove(&f.rs, s, e) == 0,
+					        "unaligned remove");
 				}
 			}
 			break;

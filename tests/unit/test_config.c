@@ -252,7 +252,8 @@ static void test_options(void)
 
 	/* A deep copy. */
 	CHECK(config_file_opts_copy(&c, &o) == 0);
-	CHECK(c.headers.len == 3 && c.headers.ptr != o.headers.ptr && c.headers.ptr[0] != o.headers.ptr[0]);
+	CHECK(c.headers.len == 3 && c.headers.ptr != o.headers.ptr &&
+	      c.headers.ptr[0] != o.headers.ptr[0]);
 	CHECK(!strcmp(c.headers.ptr[2], "X-Empty;") && !c.headers.ptr[3]);
 	CHECK(c.userpwd != o.userpwd && !strcmp(c.userpwd, "x:hunter2"));
 	CHECK(c.max_redirs == 4 && c.retry_time == 3);
@@ -639,9 +640,12 @@ static void test_manifest(void)
 		CHECK(!strcmp(f->arg, "journalctl -o short ; echo done"));
 		CHECK(f->opts.start == START_MOUNT && f->opts.read == READ_PARTIAL);
 		CHECK(f->opts.size == SIZE_AUTO && f->opts.retries == 5);
-		CHECK(!strcmp(cfg.files.ptr[2].name, "in.bin") && cfg.files.ptr[2].kind == SOURCE_STDIN);
-		CHECK(!strcmp(cfg.files.ptr[3].name, longname) && !strcmp(cfg.files.ptr[3].arg, longurl));
-		CHECK(cfg.files.ptr[4].kind == SOURCE_PIPE && !strcmp(cfg.files.ptr[4].arg, "/run/fifo"));
+		CHECK(!strcmp(cfg.files.ptr[2].name, "in.bin") &&
+		      cfg.files.ptr[2].kind == SOURCE_STDIN);
+		CHECK(!strcmp(cfg.files.ptr[3].name, longname) &&
+		      !strcmp(cfg.files.ptr[3].arg, longurl));
+		CHECK(cfg.files.ptr[4].kind == SOURCE_PIPE &&
+		      !strcmp(cfg.files.ptr[4].arg, "/run/fifo"));
 	}
 	/* Loading more appends; a name already there is a duplicate. */
 	CHECK(load(&cfg, write_file("more.ini", "[more]\nsource=cmd:x\n"), err) == 0);
@@ -720,9 +724,12 @@ static void test_manifest(void)
 	CHECK(PARSE(&cfg, err, "--size=1K", "mnt", "c=cmd:y", "-c", path, "-o", "ro") == 0);
 	CHECK(cfg.files.len == 3 && !strcmp(cfg.manifest, path));
 	if (cfg.files.len == 3) {
-		CHECK(!strcmp(cfg.files.ptr[0].name, "m/one") && cfg.files.ptr[0].opts.size == SIZE_AUTO);
-		CHECK(!strcmp(cfg.files.ptr[1].name, "m/two") && cfg.files.ptr[1].opts.size == SIZE_WAIT);
-		CHECK(!strcmp(cfg.files.ptr[2].name, "c") && cfg.files.ptr[2].opts.size == SIZE_FIXED);
+		CHECK(!strcmp(cfg.files.ptr[0].name, "m/one") &&
+		      cfg.files.ptr[0].opts.size == SIZE_AUTO);
+		CHECK(!strcmp(cfg.files.ptr[1].name, "m/two") &&
+		      cfg.files.ptr[1].opts.size == SIZE_WAIT);
+		CHECK(!strcmp(cfg.files.ptr[2].name, "c") &&
+		      cfg.files.ptr[2].opts.size == SIZE_FIXED);
 	}
 	config_free(&cfg);
 	PARSE_FAILS("duplicate name 'm/one': in the manifest and on the command line", "-c", path,
@@ -812,7 +819,8 @@ static void test_secret_files(void)
 	      !strcmp(cfg.files.ptr[0].opts.netrc_file, p));
 	config_free(&cfg);
 	CHECK(PARSE(&cfg, err, "--netrc", "mnt", "a=https://h/") == 0);
-	CHECK(cfg.files.len == 1 && cfg.files.ptr[0].opts.netrc && !cfg.files.ptr[0].opts.netrc_file);
+	CHECK(cfg.files.len == 1 && cfg.files.ptr[0].opts.netrc &&
+	      !cfg.files.ptr[0].opts.netrc_file);
 	config_free(&cfg);
 	CHECK(chmod(p, 0604) == 0);
 	PARSE_FAILS("netrc file 'netrc' holds credentials but is accessible", "--netrc-file=netrc",
@@ -903,7 +911,8 @@ static void test_scrub_argv(void)
 	}
 	/* The parsed copies keep the real values (the last --user wins). */
 	CHECK(cfg.files.len == 3 && !strcmp(cfg.files.ptr[0].opts.userpwd, "bob:pw4"));
-	CHECK(cfg.files.len == 3 && !strcmp(cfg.files.ptr[0].arg, "https://carol:pw5@h:8443/p?q=1"));
+	CHECK(cfg.files.len == 3 &&
+	      !strcmp(cfg.files.ptr[0].arg, "https://carol:pw5@h:8443/p?q=1"));
 	CHECK(cfg.files.len == 3 && cfg.files.ptr[0].opts.headers.len == 3 &&
 	      !strcmp(cfg.files.ptr[0].opts.headers.ptr[0], "Authorization: Bearer pw2"));
 	config_free(&cfg);

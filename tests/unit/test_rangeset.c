@@ -160,7 +160,8 @@ static bool random_seed(uint64_t seed)
 			bit[i] = !del;
 
 		if (!well_formed(&rs)) {
-			fprintf(stderr, "seed %llu step %d: malformed after add/remove [%llu,%llu)\n",
+			fprintf(stderr,
+			        "seed %llu step %d: malformed after add/remove [%llu,%llu)\n",
 			        (unsigned long long)seed, step, (unsigned long long)a,
 			        (unsigned long long)b);
 			ok = false;

@@ -38,9 +38,15 @@ static void test_opts_copy(void)
 	char h0[] = "X-A: 1", h1[] = "Authorization: Bearer t";
 	char *headers[] = {h0, h1};
 	char userpwd[] = "alice:s3cret", netrc[] = "/etc/netrc";
-	struct url_opts o = {.headers = headers, .nheaders = 2, .userpwd = userpwd,
-			     .netrc_file = netrc, .insecure = true, .ondemand = true,
-			     .retries = 7, .retry_time = 1.5, .max_redirs = 3};
+	struct url_opts o = {.headers = headers,
+	                     .nheaders = 2,
+	                     .userpwd = userpwd,
+	                     .netrc_file = netrc,
+	                     .insecure = true,
+	                     .ondemand = true,
+	                     .retries = 7,
+	                     .retry_time = 1.5,
+	                     .max_redirs = 3};
 	struct url_opts c;
 	CHECK(source_url_opts_copy(&c, &o) == 0);
 	CHECK_EQ(c.nheaders, 2);
