@@ -6,6 +6,7 @@
 #include "rangeset.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -30,6 +31,23 @@ static size_t lower(const struct rangeset *rs, uint64_t off)
 	return lo;
 }
 
+/* Room for one more range: the one growth rule of both add and remove,
+ * checked against overflow. Returns 0 or -ENOMEM (nothing changed). */
+static int grow(struct rangeset *rs)
+{
+	if (rs->n < rs->cap)
+		return 0;
+	size_t cap = rs->cap ? rs->cap * 2 : 4;
+	if (cap < rs->cap || cap > SIZE_MAX / sizeof(*rs->r))
+		return -ENOMEM;
+	struct range *nr = realloc(rs->r, cap * sizeof(*nr));
+	if (!nr)
+		return -ENOMEM;
+	rs->r = nr;
+	rs->cap = cap;
+	return 0;
+}
+
 int rangeset_add(struct rangeset *rs, uint64_t start, uint64_t end)
 {
 	if (start >= end)
@@ -40,14 +58,8 @@ int rangeset_add(struct rangeset *rs, uint64_t start, uint64_t end)
 	while (j < rs->n && rs->r[j].start <= end)
 		j++;
 	if (i == j) {
-		if (rs->n == rs->cap) {
-			size_t cap = rs->cap ? rs->cap * 2 : 4;
-			struct range *nr = realloc(rs->r, cap * sizeof(*nr));
-			if (!nr)
-				return -ENOMEM;
-			rs->r = nr;
-			rs->cap = cap;
-		}
+		if (grow(rs) < 0)
+			return -ENOMEM;
 		memmove(&rs->r[i + 1], &rs->r[i], (rs->n - i) * sizeof(*rs->r));
 		rs->r[i].start = start;
 		rs->r[i].end = end;
@@ -76,14 +88,8 @@ int rangeset_remove(struct rangeset *rs, uint64_t start, uint64_t end)
 		i++;
 	/* A range strictly containing [start, end) splits in two. */
 	if (i < rs->n && rs->r[i].start < start && rs->r[i].end > end) {
-		if (rs->n == rs->cap) {
-			size_t cap = rs->cap * 2;
-			struct range *nr = realloc(rs->r, cap * sizeof(*nr));
-			if (!nr)
-				return -ENOMEM;
-			rs->r = nr;
-			rs->cap = cap;
-		}
+		if (grow(rs) < 0)
+			return -ENOMEM;
 		memmove(&rs->r[i + 1], &rs->r[i], (rs->n - i) * sizeof(*rs->r));
 		rs->n++;
 		rs->r[i].end = start;
