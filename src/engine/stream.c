@@ -515,7 +515,11 @@ int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off)
 	bool first = false;
 	pthread_mutex_lock(&s->lock);
 	bool ok = rangeset_contains(&s->present, off, off + len);
-	bool pinned = ok && len && s->cache;
+	/* Only evictions and keep= drops remove present bytes: a stream that
+	 * has neither (commands, pipes, no-Range URLs) is copied without a
+	 * pin, its blocks' read ticks matter to nobody, and the read path
+	 * takes the stream lock once. */
+	bool pinned = ok && len && s->cache && (s->evictable || s->keep);
 	if (pinned) {
 		/* Evictions and drops keep off these bytes while we copy. */
 		pin_add(s, &pin);
@@ -548,15 +552,21 @@ static void sync_done(struct stream_waiter *w, ssize_t result)
 	pthread_mutex_unlock(&sw->m);
 }
 
+/* (Re)arm @sw's waiter for a read of [off, off+len). */
+static void sync_arm(struct sync_wait *sw, bool partial, uint64_t off, size_t len)
+{
+	stream_waiter_init(&sw->w);
+	sw->w.kind = partial ? STREAM_WAIT_ANY : STREAM_WAIT_RANGE;
+	sw->w.off = off;
+	sw->w.len = len;
+	sw->w.done = sync_done;
+	sw->w.data = sw;
+}
+
 ssize_t stream_read(struct stream *s, void *buf, size_t len, uint64_t off, bool partial)
 {
 	struct sync_wait sw;
-	stream_waiter_init(&sw.w);
-	sw.w.kind = partial ? STREAM_WAIT_ANY : STREAM_WAIT_RANGE;
-	sw.w.off = off;
-	sw.w.len = len;
-	sw.w.done = sync_done;
-	sw.w.data = &sw;
+	sync_arm(&sw, partial, off, len);
 	sw.done = false;
 	pthread_mutex_init(&sw.m, NULL);
 	pthread_cond_init(&sw.c, NULL);
@@ -580,12 +590,7 @@ ssize_t stream_read(struct stream *s, void *buf, size_t len, uint64_t off, bool 
 			break;
 		}
 		/* Evicted between the answer and the copy: wait again. */
-		stream_waiter_init(&sw.w);
-		sw.w.kind = partial ? STREAM_WAIT_ANY : STREAM_WAIT_RANGE;
-		sw.w.off = off;
-		sw.w.len = len;
-		sw.w.done = sync_done;
-		sw.w.data = &sw;
+		sync_arm(&sw, partial, off, len);
 	}
 	pthread_mutex_destroy(&sw.m);
 	pthread_cond_destroy(&sw.c);
