@@ -51,19 +51,15 @@ cleanup() {
 	[ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null
 	stop_streamfs
 	mountpoint -q "$STORE" && umount "$STORE"
-	if [ -n "$NGINX_PID" ]; then
-		kill -QUIT "$NGINX_PID" 2>/dev/null
-		for _ in $(seq 50); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$NGINX_PID" 2>/dev/null
-		wait "$NGINX_PID" 2>/dev/null
-	fi
+	nginx_stop
 	rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 now() { date +%s.%N; }
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/nginx.sh
+. "$(dirname "$0")/nginx.sh"
 
 # ---- the file, nginx, the store's tmpfs
 mkdir -p "$TMP/www" "$TMP/nginx" "$MNT" "$STORE"
@@ -75,35 +71,7 @@ BYTES=$(stat -c %s "$TMP/www/f")
 SUM=$(sha256sum <"$TMP/www/f" | cut -d' ' -f1)
 mount -t tmpfs -o "size=$((SIZE_MIB + 512))m,mode=0700" tmpfs "$STORE"
 
-PORT=$(free_port)
-cat >"$TMP/nginx/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 256; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    server { listen 127.0.0.1:$PORT; root $TMP/www; }
-}
-EOF
-"$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" </dev/null >"$TMP/nginx/stderr" 2>&1 &
-NGINX_PID=$!
-URL="http://127.0.0.1:$PORT/f"
-for _ in $(seq 100); do
-	curl -s -o /dev/null -r 0-0 "$URL" && break
-	kill -0 "$NGINX_PID" 2>/dev/null || { cat "$TMP/nginx/stderr" "$TMP/nginx/error.log" >&2; exit 1; }
-	sleep 0.05
-done
+nginx_start || exit 1
 
 # ---- one run: mount with "$@", read the file READS times
 used_store() { df -B1 --output=used "$STORE" | tail -1 | tr -d ' '; }

@@ -53,19 +53,15 @@ stop_streamfs() {
 cleanup() {
 	set +e
 	stop_streamfs
-	if [ -n "$NGINX_PID" ]; then
-		kill -QUIT "$NGINX_PID" 2>/dev/null
-		for _ in $(seq 50); do kill -0 "$NGINX_PID" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$NGINX_PID" 2>/dev/null
-		wait "$NGINX_PID" 2>/dev/null
-	fi
+	nginx_stop
 	rm -rf "$TMP"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 now() { date +%s.%N; }
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/nginx.sh
+. "$(dirname "$0")/nginx.sh"
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 # ---- the file and nginx
@@ -74,35 +70,7 @@ echo "bench_url: making a ${SIZE_MIB} MiB file in $TMP ..." >&2
 dd if=/dev/urandom of="$TMP/www/f" bs=1M count="$SIZE_MIB" status=none
 BYTES=$(stat -c %s "$TMP/www/f")
 
-PORT=$(free_port)
-cat >"$TMP/nginx/nginx.conf" <<EOF
-daemon off;
-master_process off;
-worker_processes 1;
-pid $TMP/nginx/nginx.pid;
-error_log $TMP/nginx/error.log warn;
-events { worker_connections 256; }
-http {
-    access_log off;
-    client_body_temp_path $TMP/nginx/client_body;
-    proxy_temp_path $TMP/nginx/proxy;
-    fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi;
-    scgi_temp_path $TMP/nginx/scgi;
-    default_type application/octet-stream;
-    sendfile on;
-    tcp_nopush on;
-    server { listen 127.0.0.1:$PORT; root $TMP/www; }
-}
-EOF
-"$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" </dev/null >"$TMP/nginx/stderr" 2>&1 &
-NGINX_PID=$!
-URL="http://127.0.0.1:$PORT/f"
-for _ in $(seq 100); do
-	curl -s -o /dev/null -r 0-0 "$URL" && break
-	kill -0 "$NGINX_PID" 2>/dev/null || { cat "$TMP/nginx/stderr" "$TMP/nginx/error.log" >&2; exit 1; }
-	sleep 0.05
-done
+nginx_start || exit 1
 cat "$TMP/www/f" >/dev/null # page cache warm: measure streamfs and curl, not the disk
 
 start_streamfs() {
