@@ -251,16 +251,15 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		stream_want(h->s, (uint64_t)off, read_window(h, (uint64_t)off, size));
 
 	/* The common case, data already here: no allocation, no waiter. */
-	int r = reply_present(req, h->s, (uint64_t)off, size);
+	int r = reply_present(req, h->n, h->s, (uint64_t)off, size, h->push);
 	if (r == 0)
 		return;
 	if (r != -ERANGE) {
 		fuse_reply_err(req, -r == ENOMEM ? ENOMEM : EIO);
 		return;
 	}
-	park(req, fs, h->n, h->s, P_READ,
-	     h->n->read == READ_PARTIAL ? STREAM_WAIT_ANY : STREAM_WAIT_RANGE, (uint64_t)off, size,
-	     NULL);
+	park_read(req, fs, h, h->n->read == READ_PARTIAL ? STREAM_WAIT_ANY : STREAM_WAIT_RANGE,
+	          (uint64_t)off, size);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
