@@ -6,8 +6,11 @@
  * stream, and the answer back. Decisions, each from a measurement on this
  * kernel:
  *  - Incomplete streams are opened direct_io (reads reach us even past the
- *    current size; short replies are not zero-filled). Complete ones with
- *    keep_cache and long attribute timeouts: re-reads at page-cache speed.
+ *    current size; short replies are not zero-filled; an error comes at
+ *    its exact byte, not at a page boundary), and what they are sent is
+ *    stored in the page cache too (park.c). Every open keeps the cache,
+ *    and complete streams have long attribute timeouts: once a stream has
+ *    been read through, later reads are page-cache reads.
  *  - st_size is never a misleading 0 and never decreases: stat and open
  *    wait for a size worth showing (a length, a first byte, or the end).
  *    st_blocks = ceil(size/512) so cp does not take the file for sparse;
