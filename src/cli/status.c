@@ -19,6 +19,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <stdbool.h>
@@ -315,13 +316,14 @@ static int get_cache(const char *mnt, char **c)
 	return r;
 }
 
-/* A measured number, or null for -1. */
-static void json_measure(double v)
+/* A measured number, or null for -1; seconds are rounded up, as the
+ * watch's ETA column rounds them ("0" only once nothing is left). */
+static void json_measure(double v, bool up)
 {
 	if (v < 0)
 		fputs("null", stdout);
 	else
-		printf("%.0f", v);
+		printf("%.0f", up ? ceil(v) : v);
 }
 
 void status_total(const struct rows *rows, struct status_total *t)
@@ -367,9 +369,9 @@ static void json_total(const struct rows *rows)
 	else
 		fputs("null", stdout);
 	fputs(", \"rate\": ", stdout);
-	json_measure(t.rate);
+	json_measure(t.rate, false);
 	fputs(", \"eta\": ", stdout);
-	json_measure(t.eta);
+	json_measure(t.eta, true);
 	putchar('}');
 }
 
@@ -395,9 +397,9 @@ void status_print_json(const char *mnt, const struct rows *rows, char *const *c,
 			json_attr(a, r->v[a]);
 		}
 		fputs(", \"rate\": ", stdout);
-		json_measure(r->rate);
+		json_measure(r->rate, false);
 		fputs(", \"eta\": ", stdout);
-		json_measure(r->eta);
+		json_measure(r->eta, true);
 		putchar('}');
 	}
 	fputs(rows->len && !compact ? "\n]" : "]", stdout);
