@@ -465,8 +465,8 @@ static int check_files(const struct config *cfg, size_t nmanifest, char *err, si
 /*
  * "streamfs MANIFEST MOUNTPOINT [-o OPTIONS]": the form mount.fuse3 runs
  * for an fstab line of type fuse.streamfs (fstab's first field is the
- * source). Two positionals: a regular file (a mount point is a
- * directory), or a missing one followed by a directory, which can only
+ * source). Two positionals, the second no NAME=SOURCE: a regular file
+ * (a mount point is a directory), or a missing one followed by a directory, which can only
  * mean this form: a missing manifest then says so, not "mountpoint: No
  * such file or directory".
  */
@@ -474,8 +474,8 @@ static bool manifest_form(const struct config *cfg, char **pos, size_t npos)
 {
 	struct stat st;
 
-	if (npos != 2 || cfg->manifest)
-		return false;
+	if (npos != 2 || cfg->manifest || looks_like_file(pos[1]))
+		return false; /* "FILE a=cmd:x": a mount point that is no directory */
 	if (stat(pos[0], &st) == 0)
 		return S_ISREG(st.st_mode);
 	return stat(pos[1], &st) == 0 && S_ISDIR(st.st_mode);

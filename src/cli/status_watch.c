@@ -285,8 +285,10 @@ int status_watch(const char *mnt, bool json, double interval)
 		struct rows rows = VECTOR_INIT;
 		char *c[NCATTR] = {NULL};
 		int r = status_read(mnt, &rows, c);
-		if (r < 0) {
+		if (r < 0 || stop_signal) {
 			status_free(&rows, c);
+			/* Interrupted: the values read may be cut short, so no
+			 * frame of them. */
 			if (stop_signal)
 				break;
 			if (tty)
