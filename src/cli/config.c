@@ -481,6 +481,34 @@ static bool manifest_form(const struct config *cfg, char **pos, size_t npos)
 	return stat(pos[1], &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/*
+ * The mount's source in the mount table is the manifest, as fstab names
+ * it (unless -o fsname= says otherwise): mount(8) matches source and
+ * target to see that a line is mounted already, so "mount -a" run again
+ * leaves it alone instead of failing on a busy mount point. libfuse
+ * splits -o at commas, unless escaped with a backslash.
+ */
+static int manifest_fsname(struct config *cfg, const char *manifest)
+{
+	for (size_t i = 0; i < cfg->fuse_opts.len; i++)
+		if (!strncmp(cfg->fuse_opts.ptr[i], "fsname=", 7))
+			return 0;
+	size_t n = strlen(manifest);
+	char *opt = malloc(7 + 2 * n + 1), *o;
+	if (!opt)
+		return -1;
+	o = stpcpy(opt, "fsname=");
+	for (const char *p = manifest; *p; p++) {
+		if (*p == ',' || *p == '\\')
+			*o++ = '\\';
+		*o++ = *p;
+	}
+	*o = '\0';
+	int r = strings_add(&cfg->fuse_opts, opt);
+	free(opt);
+	return r;
+}
+
 /* After the options: the mount point, the manifest, the files. */
 static int parse_positionals(struct config *cfg, char **pos, size_t npos,
                              const struct file_opts *cli, char *err, size_t errlen)
@@ -490,7 +518,7 @@ static int parse_positionals(struct config *cfg, char **pos, size_t npos,
 	if (!npos)
 		return cfg_fail(err, errlen, "missing MOUNTPOINT");
 	if (manifest_form(cfg, pos, npos)) {
-		if (set_string(&cfg->manifest, pos[0]))
+		if (set_string(&cfg->manifest, pos[0]) || manifest_fsname(cfg, pos[0]))
 			return cfg_fail(err, errlen, "out of memory");
 		pos++;
 		npos--;

@@ -113,7 +113,7 @@ def q(p):
     return "'" + str(p).replace("'", "'\\''") + "'"
 
 
-def mount_steps(out, mnt, mount_cmd):
+def mount_steps(out, mnt, mount_cmd, manifest):
     """Mount with @mount_cmd, look at the mount from inside the namespace,
     unmount with umount(8), wait for the daemon to exit."""
     m = q(mnt)
@@ -123,6 +123,7 @@ def mount_steps(out, mnt, mount_cmd):
         f"cat {m}/numbers.txt",
         f"cat {m}/dir/hello.txt",
         f"grep ' {mnt} ' /proc/self/mountinfo",
+        f"findmnt -n -o SOURCE {m}",
         f"touch {m}/new.txt",
         f"streamfs status --json {m}",
         f"umount {m}",
@@ -133,9 +134,10 @@ def mount_steps(out, mnt, mount_cmd):
     ]
 
 
-def check_mount_steps(res, mnt, cache_size):
+def check_mount_steps(res, mnt, cache_size, manifest):
     (mrc, _, merr), (prc, pid, _), (crc, numbers, cerr), (hrc, hello, _), (irc, info, _), \
-        (trc, _, terr), (src, status, serr), (urc, _, uerr), (wrc, _, _), (_, count, _) = res
+        (frc, source, _), (trc, _, terr), (src, status, serr), (urc, _, uerr), (wrc, _, _), \
+        (_, count, _) = res
     assert mrc == 0, f"mount failed ({mrc}): {merr}"
     assert prc == 0 and int(pid) > 0
     assert crc == 0 and numbers.encode() == DATA, cerr
@@ -144,6 +146,9 @@ def check_mount_steps(res, mnt, cache_size):
     assert irc == 0 and " - fuse.streamfs " in info, info
     fields = info.split()
     assert "ro" in fields[5].split(","), info
+    # The source is the manifest, as fstab names it: mount(8) sees the line
+    # is mounted already.
+    assert frc == 0 and source.strip() == str(manifest), source
     assert trc != 0 and "Read-only file system" in terr, terr
     assert src == 0, serr
     doc = json.loads(status)
@@ -167,8 +172,10 @@ def test_fstab_line_mount_and_umount(setup):
                      "defaults,nofail,_netdev,x-systemd.automount,x-systemd.idle-timeout=60,"
                      "cache_size=64M,allow_other 0 0\n")
     try:
-        res = in_namespace(out, mount_steps(out, mnts[0], f"mount -T {q(fstab)} {q(mnts[0])}"))
-        check_mount_steps(res, mnts[0], 64 << 20)
+        # mount -a again leaves the mounted line alone (it does not fail).
+        res = in_namespace(out, mount_steps(
+            out, mnts[0], f"mount -T {q(fstab)} {q(mnts[0])} && mount -a -T {q(fstab)}", manifest))
+        check_mount_steps(res, mnts[0], 64 << 20, manifest)
         assert "allow_other" in res[4][1]
     finally:
         kill_daemon(out / "pid")
@@ -181,8 +188,9 @@ def test_mount_t_fuse_streamfs(setup):
     out, manifest, mnts = setup
     try:
         res = in_namespace(out, mount_steps(
-            out, mnts[1], f"mount -t fuse.streamfs -o defaults,nofail {q(manifest)} {q(mnts[1])}"))
-        check_mount_steps(res, mnts[1], None)
+            out, mnts[1], f"mount -t fuse.streamfs -o defaults,nofail {q(manifest)} {q(mnts[1])}",
+            manifest))
+        check_mount_steps(res, mnts[1], None, manifest)
     finally:
         kill_daemon(out / "pid")
     assert not sanitizer_logs(out), sanitizer_logs(out)

@@ -1088,7 +1088,18 @@ static void test_mount_opts(void)
 	CHECK(PARSE(&cfg, err, m, "mnt", "-o", "rw,cache_size=2M") == 0);
 	CHECK(!strcmp(cfg.mountpoint, "mnt") && !strcmp(cfg.manifest, m));
 	CHECK(cfg.files.len == 1 && !strcmp(cfg.files.ptr[0].name, "a"));
-	CHECK(cfg.cache_size == 2u << 20 && cfg.fuse_opts.len == 0);
+	CHECK(cfg.cache_size == 2u << 20);
+	/* The manifest is the mount's source, as fstab names it. */
+	CHECK(cfg.fuse_opts.len == 1 && !strncmp(cfg.fuse_opts.ptr[0], "fsname=", 7));
+	CHECK(!strcmp(cfg.fuse_opts.ptr[0] + 7, m));
+	config_free(&cfg);
+	CHECK(PARSE(&cfg, err, m, "mnt", "-o", "fsname=media") == 0);
+	CHECK(cfg.fuse_opts.len == 1 && !strcmp(cfg.fuse_opts.ptr[0], "fsname=media"));
+	config_free(&cfg);
+	/* libfuse splits -o at commas: one in the name is escaped. */
+	const char *mc = write_file("a,b\\c.ini", "[a]\nsource = cmd:echo a\n");
+	CHECK(PARSE(&cfg, err, mc, "mnt") == 0);
+	CHECK(cfg.fuse_opts.len == 1 && strstr(cfg.fuse_opts.ptr[0], "/a\\,b\\\\c.ini"));
 	config_free(&cfg);
 	/* A missing manifest is named as one. */
 	PARSE_FAILS("cannot read manifest '/nonexistent/m.ini'", "/nonexistent/m.ini", tmpdir);
