@@ -391,8 +391,10 @@ static bool range_short(struct url_src *u, const struct range_outcome *o)
 }
 
 /*
- * No range transfer runs and none is queued: nothing is being fetched, so
- * nothing is wanted any more. A reader still parked then asks again. Its
+ * The stream is complete (the fill is over), no range transfer runs and
+ * none is queued: nothing is being fetched, so nothing is wanted any more.
+ * (Not while the fill runs: with fill=ondemand its requests own wanted
+ * ranges too.) A reader still parked then asks again. Its
  * bytes can be missing with their range still marked wanted when an
  * eviction took part of what a transfer had brought while it ran (a
  * reader with no room reserved pins nothing); without this it would wait
@@ -468,8 +470,6 @@ void url_range_done(struct xfer *x, CURLcode rc)
 	}
 	if (go_on && !url_all_present(u))
 		pump_queue(u);
-	if (go_on && u->active && LIST_EMPTY(&u->ranges) && TAILQ_EMPTY(&u->queue))
-		reask_idle(u);
 }
 
 /* ---- a reader's fetch ----------------------------------------------- */
