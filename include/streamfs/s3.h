@@ -79,7 +79,7 @@ bool s3_region_ok(const char *region);
 
 /* Is @url an endpoint: http:// or https://, a host, an optional port and
  * path, no credentials, query or fragment? Returns 0, or -1 with @err
- * saying what is wrong. */
+ * (NULL: no message) saying what is wrong. */
 int s3_check_endpoint(const char *url, char *err, size_t errlen);
 
 /* @key with every byte but A-Z a-z 0-9 - . _ ~ and '/' written %XX (the

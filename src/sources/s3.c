@@ -112,7 +112,7 @@ static void endpoint_free(struct endpoint *e)
 	memset(e, 0, sizeof(*e));
 }
 
-/* Parse and check @url into @e. Returns 0 or -1 with @err set. */
+/* Parse and check @url into @e. Returns 0 or -1 with @err (if any) set. */
 static int endpoint_parse(const char *url, struct endpoint *e, char *err, size_t errlen)
 {
 	memset(e, 0, sizeof(*e));

@@ -215,8 +215,8 @@ def test_no_credentials_mounts_and_open_fails_eio(mount, home, streamfs_bin):
     (["x=s3:///key"], {}, "no bucket"),
     (["x=s3://"], {}, "no bucket"),
     (["--region=us east", "x=s3://b/k"], {}, "bad --region value 'us east'"),
-    (["--endpoint-url=127.0.0.1:9000", "x=s3://b/k"], {}, "bad endpoint-url value"),
-    (["--endpoint-url=http://", "x=s3://b/k"], {}, "no host"),
+    (["--endpoint-url=127.0.0.1:9000", "x=s3://b/k"], {}, "bad --endpoint-url value"),
+    (["--endpoint-url=http://", "x=s3://b/k"], {}, "bad --endpoint-url value 'http://'"),
     (["x=s3://b/k"], {"AWS_REGION": "EU_WEST"}, "bad AWS region 'EU_WEST' (from AWS_REGION)"),
     (["x=s3://b/k"], {"AWS_ENDPOINT_URL": "ftp://h"}, "bad S3 endpoint 'ftp://h'"),
 ])

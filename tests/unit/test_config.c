@@ -1044,9 +1044,9 @@ static void test_s3(void)
 	PARSE_FAILS("bad --region value 'EU WEST': expected an AWS region name", "--region=EU WEST",
 	            "mnt", "x=s3://b/k");
 	PARSE_FAILS("bad --region value 'a:b'", "--region=a:b", "mnt", "x=s3://b/k");
-	PARSE_FAILS("bad endpoint-url value 'localhost:9000': expected http://HOST[:PORT]",
+	PARSE_FAILS("bad --endpoint-url value 'localhost:9000': expected http(s)://HOST[:PORT]",
 	            "--endpoint-url=localhost:9000", "mnt", "x=s3://b/k");
-	PARSE_FAILS("bad endpoint-url value 'http://'", "--endpoint-url=http://", "mnt",
+	PARSE_FAILS("bad --endpoint-url value 'http://'", "--endpoint-url=http://", "mnt",
 	            "x=s3://b/k");
 	PARSE_FAILS("bad --profile value", "--profile=a]b", "mnt", "x=s3://b/k");
 	PARSE_FAILS("missing MOUNTPOINT", "x=s3://b/k");
