@@ -77,6 +77,10 @@ struct handle {
 	 * makes one window a little smaller. */
 	uint64_t next_off;
 	uint64_t window;
+	/* Opened direct_io: what is read through it is also pushed into the
+	 * kernel's page cache (park.c), so a later open of the complete file
+	 * reads from there. Set at open, then read-only. */
+	bool push;
 };
 TAILQ_HEAD(handle_list, handle);
 
@@ -91,6 +95,7 @@ struct pending {
 	struct stream *s; /* a reference */
 	enum pending_op op;
 	bool with_fh;              /* P_GETATTR: carried a file handle */
+	bool push;                 /* P_READ: through a handle that pushes (struct handle) */
 	struct fuse_file_info fi;  /* P_OPEN */
 	TAILQ_ENTRY(pending) link; /* on fs->parked, under fs->plock */
 	atomic_bool answered;      /* claimed by the one party that answers */
@@ -195,10 +200,14 @@ void handles_free_all(struct fs *fs);
  * answer now. @fi: P_OPEN's file info, or P_GETATTR's file handle. */
 void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s, enum pending_op op,
           enum stream_wait_kind kind, uint64_t off, size_t len, const struct fuse_file_info *fi);
+/* park() for a read through @h. */
+void park_read(fuse_req_t req, struct fs *fs, struct handle *h, enum stream_wait_kind kind,
+               uint64_t off, size_t len);
 
 /* Reply with the present bytes [off, off+len). Returns 0 when replied, or
  * -ERANGE (not all present) / -errno without replying. */
-int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len);
+int reply_present(fuse_req_t req, struct node *n, struct stream *s, uint64_t off, size_t len,
+                  bool push);
 
 /* Answer every parked request with EIO, and wait until the replies of
  * those being answered by others have been sent. After fs->shut is set,
