@@ -129,7 +129,8 @@ def test_s3rver_ondemand_fetches_only_what_is_read(s3rver, mount, home):
     assert preads(m / "o.bin", offs) == [data[o:o + n] for o, n in offs]
     assert os.stat(m / "o.bin").st_size == len(data)
     got = int(m.xattr("o.bin", "bytes"))
-    assert 0 < got < 4 * MiB, f"fill=ondemand held {got} bytes of 8 MiB after three reads"
+    # The head and what the three reads fetched (with read-ahead), not all.
+    assert 0 < got < 6 * MiB, f"fill=ondemand held {got} bytes of 8 MiB after three reads"
     assert m.state("o.bin") == "running"
 
 
