@@ -330,7 +330,7 @@ def test_authorization_is_the_one_curl_computes(sigv4, mount, home):
 
 # ---------------------------------------------------------------- -vv
 
-def test_vv_logs_curl_headers_redacted(sigv4, mount, home):
+def test_vv_logs_curl_headers_redacted(sigv4, mount, home, streamfs_bin):
     srv = sigv4(keys={KEY_ID: SECRET}, tokens={KEY_ID: "SESSIONTOKEN123"})
     body = b"BODY-MARKER-" + b"z" * 100
     srv.objects["/bkt/v"] = body
@@ -345,8 +345,11 @@ def test_vv_logs_curl_headers_redacted(sigv4, mount, home):
     assert "v: curl > Authorization: [redacted]" in log
     assert "v: curl > x-amz-security-token: [redacted]" in log
     assert "v: curl < HTTP/1.1 200" in log
+    status = run([streamfs_bin, "status", "--json", m.path], timeout=DEADLINE).stdout
+    attrs = "".join(os.getxattr(m / "v", n).decode(errors="replace")
+                    for n in os.listxattr(m / "v"))
     for secret in (SECRET, "SESSIONTOKEN123", sig):
-        assert secret not in log
+        assert secret not in log and secret not in status and secret not in attrs
     assert "BODY-MARKER" not in log  # headers and notes only
 
 
