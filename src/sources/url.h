@@ -184,8 +184,13 @@ int xfer_store(struct xfer *x, const char *data, size_t n, unsigned flags);
 void xfer_collect(struct xfer *x, const char *data, size_t n);
 
 /* x->failmsg is "HTTP CODE": add the reason an S3-style error body gave
- * ("HTTP 403: SignatureDoesNotMatch"), if it gave one. */
+ * ("HTTP 403: SignatureDoesNotMatch"), if it gave one, and the bucket's
+ * region if the response names it ("(the bucket is in eu-west-3)"). */
 void xfer_explain(struct xfer *x);
+
+/* The region S3 says the bucket is in (x-amz-bucket-region, checked to be
+ * a region name), in @out. False if the response says none. */
+bool xfer_bucket_region(struct xfer *x, char *out, size_t size);
 
 /* ---- url_xfer.c: what a response says ----------------------------------- */
 

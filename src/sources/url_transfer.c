@@ -418,7 +418,15 @@ static bool follow_redirect(struct url_src *u)
 	char *target = NULL;
 	curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &target);
 	if (!target) {
-		snprintf(msg, sizeof(msg), "HTTP %ld without a Location", x->code);
+		/* S3's 301 for a bucket asked for at another region's
+		 * endpoint has no Location, but names the region. */
+		char region[64];
+		if (xfer_bucket_region(x, region, sizeof(region)))
+			snprintf(msg, sizeof(msg),
+			         "HTTP %ld without a Location (the bucket is in %s)", x->code,
+			         region);
+		else
+			snprintf(msg, sizeof(msg), "HTTP %ld without a Location", x->code);
 		fill_fail(u, EIO, msg);
 	} else if (++u->redirects > u->opts.max_redirs) {
 		snprintf(msg, sizeof(msg), "more than %d redirects", u->opts.max_redirs);

@@ -151,13 +151,24 @@ void xfer_collect(struct xfer *x, const char *data, size_t n)
 	x->errbody_len += n;
 }
 
+bool xfer_bucket_region(struct xfer *x, char *out, size_t size)
+{
+	return x->easy && url_header(x, "x-amz-bucket-region", out, size) && s3_region_ok(out);
+}
+
 void xfer_explain(struct xfer *x)
 {
-	char code[64];
+	char code[64], region[64];
+	if (!x->collect || strncmp(x->failmsg, "HTTP ", 5) != 0 || strchr(x->failmsg, ':'))
+		return;
 	size_t len = strlen(x->failmsg);
-	if (x->collect && s3_error_code(x->errbody, x->errbody_len, code, sizeof(code)) &&
-	    strncmp(x->failmsg, "HTTP ", 5) == 0 && !strchr(x->failmsg, ':'))
+	if (s3_error_code(x->errbody, x->errbody_len, code, sizeof(code)))
 		snprintf(x->failmsg + len, sizeof(x->failmsg) - len, ": %s", code);
+	/* Asked in the wrong region, S3 says where the bucket is. */
+	len = strlen(x->failmsg);
+	if (xfer_bucket_region(x, region, sizeof(region)))
+		snprintf(x->failmsg + len, sizeof(x->failmsg) - len, " (the bucket is in %s)",
+		         region);
 }
 
 bool url_header(struct xfer *x, const char *name, char *out, size_t size)

@@ -259,8 +259,15 @@ class SigV4Server:
                 bad = server.check(self.command, path, query, headers)
                 if bad:
                     status, code = bad
+                    # S3 names the bucket's region in every error response.
                     return self.send_body(status, _error_xml(code, "refused by the test server"),
-                                          [("Content-Type", "application/xml")])
+                                          [("Content-Type", "application/xml"),
+                                           ("x-amz-bucket-region", server.region)])
+                if path.startswith("/moved/"):
+                    # S3's answer at another region's endpoint: no Location.
+                    return self.send_body(301, _error_xml("PermanentRedirect", "elsewhere"),
+                                          [("Content-Type", "application/xml"),
+                                           ("x-amz-bucket-region", "sa-east-1")])
                 data = server.objects.get(path)
                 if data is None:
                     return self.send_body(404, _error_xml("NoSuchKey", "no such key"),

@@ -270,8 +270,19 @@ def test_signatures_verified_by_an_independent_signer(sigv4, mount, home):
     m2 = mount("bad.bin=s3://bkt/dir/x y.bin", opts=[f"--endpoint-url={srv.endpoint}"],
                env={**env, "AWS_SECRET_ACCESS_KEY": SECRET + "x"})
     assert open_errno(m2 / "bad.bin") == errno.EIO
-    assert m2.xattr("bad.bin", "error") == "HTTP 403: SignatureDoesNotMatch"
+    assert m2.xattr("bad.bin", "error") == \
+        "HTTP 403: SignatureDoesNotMatch (the bucket is in eu-west-3)"
     assert m2.xattr("bad.bin", "http_code") == "403"
+    # Signed for another region: S3's answer names the bucket's.
+    m3 = mount("r.bin=s3://bkt/dir/x y.bin",
+               opts=[f"--endpoint-url={srv.endpoint}", "--region=us-east-2"], env=env)
+    assert open_errno(m3 / "r.bin") == errno.EIO
+    assert m3.xattr("r.bin", "error") == \
+        "HTTP 400: AuthorizationHeaderMalformed (the bucket is in eu-west-3)"
+    m4 = mount("moved.bin=s3://moved/x", opts=[f"--endpoint-url={srv.endpoint}"], env=env)
+    assert open_errno(m4 / "moved.bin") == errno.EIO
+    assert m4.xattr("moved.bin", "error") == \
+        "HTTP 301 without a Location (the bucket is in sa-east-1)"
 
 
 def test_session_token_and_profile_from_files(sigv4, mount, home):
