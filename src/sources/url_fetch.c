@@ -54,7 +54,8 @@ static bool range_check(struct xfer *x)
 	}
 	if (x->code >= 400) {
 		snprintf(x->failmsg, sizeof(x->failmsg), "HTTP %ld", x->code);
-		return false; /* retried, then left to the sequential fill */
+		x->collect = true; /* its body may say why (S3's <Error><Code>) */
+		return true;       /* retried, then left to the sequential fill */
 	}
 	if (!url_same_version(x)) {
 		x->failure = EIO;
@@ -83,6 +84,12 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		return 0;
 	if (!x->got_headers && !range_check(x))
 		return 0;
+	if (x->collect) {
+		if (x->errbody_len == sizeof(x->errbody))
+			return 0;
+		xfer_collect(x, data, n);
+		return n;
+	}
 	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n;
 	int r = xfer_store(x, data, take, 0);
 	if (r == -ENOBUFS) {
@@ -441,6 +448,7 @@ void url_range_done(struct xfer *x, CURLcode rc)
 	assert(ioloop_in_loop(u->loop));
 	if (rc == CURLE_OK && !x->got_headers && u->active && !u->cancelled)
 		range_check(x); /* an empty body: no write callback ran */
+	xfer_explain(x);
 	struct range_outcome o;
 	take_outcome(&o, x, rc);
 	range_free(x);
