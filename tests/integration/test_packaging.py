@@ -121,6 +121,7 @@ def test_completion_subcommands_and_options(tmp_path):
     assert set(complete("streamfs status --")) == {"--json", "--watch", "--interval=", "--help"}
     assert complete("streamfs -o allow_other,cache_s") == ["allow_other,cache_size="]
     assert complete("streamfs wait --t") == ["--timeout"]
+    assert complete("streamfs --no-s") == ["--no-sign-request"]
     # A manifest for the fstab form, a mount point, or a subcommand.
     (tmp_path / "media.ini").write_text("")
     (tmp_path / "mnt").mkdir()
