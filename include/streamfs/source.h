@@ -72,6 +72,9 @@ struct url_opts {
 	double stall_timeout;  /* no byte for this long is a stall */
 	double connect_timeout;
 	int max_redirs;
+	char *proxy;   /* every request through this http(s) proxy; NULL: libcurl's
+	                * choice from http_proxy, https_proxy, ALL_PROXY */
+	char *noproxy; /* hosts reached directly (libcurl's NOPROXY); NULL: NO_PROXY */
 };
 
 /* http(s)/ftp(s) URL through libcurl. @opts is copied. */

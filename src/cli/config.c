@@ -109,6 +109,8 @@ static const struct option long_opts[] = {
     {"netrc", optional_argument, NULL, OPT_FILE + FO_NETRC},
     {"netrc-file", required_argument, NULL, OPT_FILE + FO_NETRC_FILE},
     {"keep", required_argument, NULL, OPT_FILE + FO_KEEP},
+    {"proxy", required_argument, NULL, OPT_FILE + FO_PROXY},
+    {"noproxy", required_argument, NULL, OPT_FILE + FO_NOPROXY},
     {NULL, 0, NULL, 0},
 };
 

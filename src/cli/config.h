@@ -20,7 +20,8 @@
  *     --connect-timeout=SECONDS, --max-redirs=N, --user=USER:PASSWORD,
  *     --location-trusted (send credentials/headers after redirects to
  *     other hosts), --netrc, --netrc-file=FILE, --keep=BYTES (keep only
- *     the last BYTES: endless streams)
+ *     the last BYTES: endless streams), --proxy=URL (an http:// or
+ *     https:// proxy), --noproxy=LIST (hosts reached without it)
  *   store budget: --cache-size=BYTES, --cache-min-free=BYTES|N% (default 5%)
  *   secrets: on the command line and in a manifest, --user=@FILE reads
  *     USER:PASSWORD from FILE's one line, --header=@FILE one header per
@@ -84,6 +85,9 @@ struct file_opts {
 	double stall_timeout;          /* seconds without a byte, default 30 */
 	double connect_timeout;        /* seconds, default 15 */
 	int max_redirs;                /* default 10 */
+	char *proxy;                   /* --proxy: http(s) proxy URL, or NULL (libcurl's
+	                                * environment variables apply); owned */
+	char *noproxy;                 /* --noproxy: hosts reached directly, or NULL; owned */
 
 	uint64_t keep; /* keep only the last KEEP bytes (endless streams); 0: all */
 };

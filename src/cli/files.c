@@ -70,6 +70,8 @@ static struct url_opts url_opts_of(const struct file_opts *o)
 	    .stall_timeout = o->stall_timeout,
 	    .connect_timeout = o->connect_timeout,
 	    .max_redirs = o->max_redirs,
+	    .proxy = o->proxy,
+	    .noproxy = o->noproxy,
 	};
 }
 

@@ -214,6 +214,10 @@ struct stream *source_url_new(struct ioloop *loop, const char *name, const char 
 	if (shown)
 		stream_set_attr(s, "url", "%s", shown);
 	free(shown);
+	if (u->opts.proxy && (shown = source_url_redact(u->opts.proxy))) {
+		stream_set_attr(s, "proxy", "%s", shown);
+		free(shown);
+	}
 	return s;
 }
 
@@ -228,6 +232,8 @@ void source_url_opts_free(struct url_opts *o)
 	free(o->headers);
 	free(o->userpwd);
 	free(o->netrc_file);
+	free(o->proxy);
+	free(o->noproxy);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -243,13 +249,15 @@ int source_url_opts_copy(struct url_opts *dst, const struct url_opts *src)
 	struct url_opts o = *src;
 	o.headers = NULL;
 	o.nheaders = 0;
-	o.userpwd = o.netrc_file = NULL;
+	o.userpwd = o.netrc_file = o.proxy = o.noproxy = NULL;
 	if (src->nheaders && !(o.headers = calloc(src->nheaders, sizeof(*o.headers))))
 		goto nomem;
 	for (; o.nheaders < src->nheaders; o.nheaders++)
 		if (!(o.headers[o.nheaders] = strdup(src->headers[o.nheaders])))
 			goto nomem;
-	if (!dup_or_null(src->userpwd, &o.userpwd) || !dup_or_null(src->netrc_file, &o.netrc_file))
+	if (!dup_or_null(src->userpwd, &o.userpwd) ||
+	    !dup_or_null(src->netrc_file, &o.netrc_file) || !dup_or_null(src->proxy, &o.proxy) ||
+	    !dup_or_null(src->noproxy, &o.noproxy))
 		goto nomem;
 	*dst = o;
 	return 0;

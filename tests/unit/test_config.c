@@ -877,6 +877,7 @@ static void test_scrub_argv(void)
 	                      "--us",
 	                      "bob:pw4",
 	                      "--header=Accept;",
+	                      "--proxy=http://eve:pw6@p:3128",
 	                      "mnt",
 	                      "a=https://carol:pw5@h:8443/p?q=1",
 	                      "b=https://dave@h/",
@@ -889,6 +890,7 @@ static void test_scrub_argv(void)
 	                      "--us",
 	                      "bob:***",
 	                      "--header=Accept;",
+	                      "--proxy=http://eve:***@p:3128",
 	                      "mnt",
 	                      "a=https://carol:***@h:8443/p?q=1",
 	                      "b=https://dave@h/",
@@ -1055,6 +1057,36 @@ static void test_cache_options(void)
 	free(good[1]);
 }
 
+static void test_proxy(void)
+{
+	static const char *const bad[] = {
+	    "",          "cache:3128", "ftp://c",     "socks5://c:1", "http://",
+	    "http:///x", "http://a b", "https://:80", "http\x01://c"};
+	struct file_opts o, c;
+	char err[512];
+	size_t i;
+
+	config_file_opts_default(&o);
+	CHECK(!o.proxy && !o.noproxy);
+	CHECK(set(&o, "proxy", "http://cache.lan:3128", err) == 0);
+	CHECK(!strcmp(o.proxy, "http://cache.lan:3128"));
+	CHECK(set(&o, "proxy", "HTTPS://u:p@[::1]:8443/", err) == 0);
+	CHECK(!strcmp(o.proxy, "HTTPS://u:p@[::1]:8443/"));
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		SET_FAILS("proxy", bad[i], "expected an http:// or https:// URL");
+	/* A password is never quoted back. */
+	SET_FAILS("proxy", "socks5://bob:s3cret@h:1", "bad --proxy value (not shown)");
+	CHECK(!strstr(err, "s3cret"));
+	CHECK(set(&o, "noproxy", "localhost,.lan,10.0.0.0/8", err) == 0);
+	CHECK(!strcmp(o.noproxy, "localhost,.lan,10.0.0.0/8"));
+	CHECK(set(&o, "noproxy", "", err) == 0 && !strcmp(o.noproxy, ""));
+	SET_FAILS("noproxy", "a, b", "bad --noproxy value");
+	CHECK(config_file_opts_copy(&c, &o) == 0);
+	CHECK(c.proxy != o.proxy && !strcmp(c.proxy, o.proxy) && !strcmp(c.noproxy, ""));
+	config_file_opts_free(&c);
+	config_file_opts_free(&o);
+}
+
 int main(void)
 {
 	int i;
@@ -1077,6 +1109,7 @@ int main(void)
 	RUN(test_scrub_argv);
 	RUN(test_add_request);
 	RUN(test_cache_options);
+	RUN(test_proxy);
 	for (i = 0; i < ntmpfiles; i++) {
 		unlink(tmpfiles[i]);
 		free(tmpfiles[i]);
