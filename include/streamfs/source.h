@@ -58,6 +58,7 @@ struct stream *source_stdin_new(struct ioloop *loop, const char *name, int fd, s
 /* ---- http(s)/ftp(s) URLs ------------------------------------------------ */
 
 /* How a URL source fetches. Times are in seconds. */
+struct persist_entry;
 struct url_opts {
 	char **headers; /* "Name: value" request headers, @nheaders of them */
 	size_t nheaders;
@@ -75,6 +76,8 @@ struct url_opts {
 	char *proxy;   /* every request through this http(s) proxy; NULL: libcurl's
 	                * choice from http_proxy, https_proxy, ALL_PROXY */
 	char *noproxy; /* hosts reached directly (libcurl's NOPROXY); NULL: NO_PROXY */
+	struct persist_entry *persist; /* the persistent cache's entry (persist.h), or
+	                                * NULL; not owned */
 };
 
 /* http(s)/ftp(s) URL through libcurl. @opts is copied. */

@@ -23,6 +23,7 @@
  *     the last BYTES: endless streams), --proxy=URL (an http:// or
  *     https:// proxy), --noproxy=LIST (hosts reached without it)
  *   store budget: --cache-size=BYTES, --cache-min-free=BYTES|N% (default 5%)
+ *   --persist (with --cache-dir DIR): URL streams keep their bytes there
  *   secrets: on the command line and in a manifest, --user=@FILE reads
  *     USER:PASSWORD from FILE's one line, --header=@FILE one header per
  *     line; such a FILE, a netrc file, and a manifest holding a user,
@@ -116,6 +117,8 @@ struct config {
 	                                  * in stat for the end of a stream with no
 	                                  * announced length */
 	uint64_t cache_size;             /* --cache-size: bytes for all streams; 0 no limit */
+	bool persist;                    /* --persist: URL streams keep their bytes in
+	                                  * cache_dir across mounts */
 	uint64_t cache_min_free;         /* --cache-min-free=BYTES */
 	double cache_min_free_pct;       /* --cache-min-free=N% (default 5), or -1 for BYTES */
 	struct config_strings fuse_opts; /* each -o argument */

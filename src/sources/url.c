@@ -23,6 +23,7 @@
 #include "url.h"
 
 #include "sources.h"
+#include "streamfs/persist.h"
 #include "streamfs/store.h"
 
 #include <assert.h>
@@ -110,6 +111,22 @@ static void url_begin(void *arg)
 	u->ondemand = u->is_http && u->opts.ondemand;
 	u->near = NEAR_MIN;
 	stream_set_fetch_distance(u->s, !u->is_http ? UINT64_MAX : u->ondemand ? 0 : NEAR_MIN);
+	uint64_t resume;
+	if (u->opts.persist && u->is_http &&
+	    persist_cached(u->opts.persist, u->reval_etag, sizeof(u->reval_etag), u->reval_lm,
+	                   sizeof(u->reval_lm), &u->reval_length, &resume)) {
+		/* A copy from an earlier mount: the first request asks for its
+		 * first missing byte with If-Range, and its answer says whether
+		 * the copy is still the resource (url_transfer.c). */
+		u->reval = true;
+		u->fill.pos = resume;
+		if (u->ondemand) {
+			uint64_t head = (uint64_t)u->reval_length < ONDEMAND_FIRST
+			                    ? (uint64_t)u->reval_length
+			                    : ONDEMAND_FIRST;
+			u->head_end = resume + 1 > head ? resume + 1 : head;
+		}
+	}
 	url_fill_start(u);
 }
 
