@@ -795,12 +795,19 @@ uint64_t persist_adopt(struct persist_entry *e)
 	 * is given back to the file system (the map forgets it next sync). */
 	for (; s && i < c.n; i++) {
 		uint64_t a = c.r[i].start, b = c.r[i].end;
+		/* Pinned: room for a later block must not be made by evicting
+		 * (punching) an earlier one before it is even present. */
+		struct pin pin = {.a = a, .b = b};
+		pthread_mutex_lock(&s->lock);
+		pin_add(s, &pin);
+		pthread_mutex_unlock(&s->lock);
 		int64_t held = hold_range(s, a, b, 0);
-		if (held < 0)
-			break;
-		uint64_t to = (uint64_t)held;
+		uint64_t to = held < 0 ? a : (uint64_t)held;
 		if (to > a && adopt_range(s, a, to))
 			adopted += to - a;
+		unpin(s, &pin);
+		if (held < 0)
+			break;
 		if (to < b) {
 			store_punch(s->store, to, b - to);
 			i++;

@@ -330,3 +330,31 @@ def test_cache_dir_is_a_file(mount_fail, tmp_path):
     r = mount_fail("--persist", "--cache-dir=%s" % f, mnt, "a=http://127.0.0.1:1/a",
                    check_mountpoint=mnt)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_budget_applies_to_reused_bytes(srv, www, mount, pdir):
+    """A copy that does not fit in what is left of --cache-size: what fits
+    is reused, the rest is fetched again, the budget holds, and every byte
+    is right."""
+    size = 6 * MiB
+    blob = os.urandom(size)
+    (www / "b.bin").write_bytes(blob)
+    m = persist_mount(mount, pdir, "b.bin=" + srv.url("b.bin"))
+    assert read_all(m / "b.bin") == blob
+    m.teardown()
+    # 4 MiB of a command's output cannot be evicted: 4 MiB left for b.bin
+    m2 = persist_mount(mount, pdir, "b.bin=" + srv.url("b.bin"),
+                       "c.bin=cmd:head -c 4194304 /dev/zero",
+                       opts=["--cache-size=8M", "--cache-min-free=0"])
+    assert "deleting cache entry" not in m2.stderr_text()  # 6 MiB fit in 8 at open
+    m2.start("c.bin").result()
+    m2.wait_state("c.bin", "complete")
+    m2.start("b.bin").result()
+    wait_until(lambda: (xattr(m2 / "b.bin", "persist") or "").startswith("reused"),
+               what="the copy revalidated")
+    reused = int(xattr(m2 / "b.bin", "persist").split()[1])
+    assert 0 < reused <= 4 * MiB
+    assert int(xattr(m2.path, "cache_used")) <= 8 * MiB
+    assert read_all(m2 / "b.bin") == blob
+    assert int(xattr(m2.path, "cache_used")) <= 8 * MiB
+    assert read_all(m2 / "c.bin") == bytes(4 * MiB)
