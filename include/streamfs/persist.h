@@ -27,7 +27,8 @@
  *    length) it persist_adopt()s the copy, else persist_discard()s it.
  *  - A resource without a validator or a length is not kept.
  *  - One mount per DIR: persist_open() takes flock(DIR/lock) for the
- *    daemon's life; a second mount is refused.
+ *    daemon's life; a second mount is refused (after waiting 3 s for one
+ *    that is shutting down).
  *
  * Threads: persist_open/start/close from the main thread; persist_claim,
  * persist_store and persist_attach from the thread that creates streams

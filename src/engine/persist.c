@@ -60,6 +60,8 @@
 #define RANGES_MAX (1u << 22) /* 64 MiB of map: a damaged count, not a real map */
 #define SYNC_MS 1000
 #define HEX_LEN (2 * PERSIST_KEY_LEN)
+#define LOCK_WAIT_MS 3000 /* for a mount that is shutting down (lock_dir()) */
+#define LOCK_STEP_MS 50
 
 struct persist_entry {
 	struct persist *p;
@@ -436,6 +438,25 @@ static void trim(struct persist *p, uint64_t limit)
 
 /* ---- open, close ----------------------------------------------------------- */
 
+/*
+ * flock() @fd, waiting at most LOCK_WAIT_MS: a mount that was just
+ * unmounted may still be writing its last maps (fusermount3 -u returns
+ * before the daemon exits), and a remount right after it should wait for
+ * that, not fail. A mount that stays is refused after that. Returns 0 or
+ * -1 with errno (EWOULDBLOCK: in use).
+ */
+static int lock_dir(int fd)
+{
+	for (int waited = 0;; waited += LOCK_STEP_MS) {
+		if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+			return 0;
+		if (errno != EWOULDBLOCK || waited >= LOCK_WAIT_MS)
+			return -1;
+		struct timespec t = {0, LOCK_STEP_MS * 1000000L};
+		nanosleep(&t, NULL);
+	}
+}
+
 struct persist *persist_open(const char *dir, uint64_t limit, char *err, size_t errlen)
 {
 	struct persist *p = calloc(1, sizeof(*p));
@@ -457,7 +478,7 @@ struct persist *persist_open(const char *dir, uint64_t limit, char *err, size_t 
 		snprintf(err, errlen, "cannot use '%s' for --persist: %s", dir, strerror(errno));
 		goto err;
 	}
-	if (flock(p->lockfd, LOCK_EX | LOCK_NB) < 0) {
+	if (lock_dir(p->lockfd) < 0) {
 		if (errno == EWOULDBLOCK)
 			snprintf(err, errlen,
 			         "cache directory '%s' is in use by another streamfs mount with "
