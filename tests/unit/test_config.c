@@ -1041,6 +1041,12 @@ static void test_cache_options(void)
 	PARSE_FAILS("over 100%", "--cache-min-free=100.5%", "mnt");
 	PARSE_FAILS("bad --cache-min-free value", "--cache-min-free=%", "mnt");
 	PARSE_FAILS("bad --cache-min-free value", "--cache-min-free=-1%", "mnt");
+	CHECK(PARSE(&cfg, err, "--persist", "--cache-dir=/x", "mnt") == 0 && cfg.persist);
+	config_free(&cfg);
+	CHECK(PARSE(&cfg, err, "mnt") == 0 && !cfg.persist);
+	config_free(&cfg);
+	PARSE_FAILS("--persist needs --cache-dir DIR", "--persist", "mnt");
+	PARSE_FAILS("(not memory)", "--persist", "--cache-dir=memory", "mnt");
 	PARSE_FAILS("bad --keep value '0'", "--keep=0", "mnt");
 	PARSE_FAILS("bad --keep value", "--keep=", "mnt");
 	/* add: a bad value is refused before the daemon is asked */
