@@ -201,7 +201,7 @@ def test_sigkill_during_fill(srv, www, mount, pdir):
     size = 24 * MiB
     blob = os.urandom(size)
     (www / "k.bin").write_bytes(blob)
-    m = persist_mount(mount, pdir, "k.bin=" + srv.url("k.bin", rate=6 * MiB))
+    m = persist_mount(mount, pdir, "k.bin=" + srv.url("k.bin", rate=4 * MiB))
     m.start("k.bin").result()
     # a map that names at least 4 MiB: the sync thread wrote it after an fdatasync
     wait_until(lambda: maps(pdir) and sum(b - a for a, b in map_ranges(maps(pdir)[0])) >= 4 * MiB,
@@ -214,7 +214,7 @@ def test_sigkill_during_fill(srv, www, mount, pdir):
     # the server logs a response when it ends: the killed one, first
     wait_until(lambda: len(srv.requests("/k.bin")) == 1, what="the killed response logged")
     before = get_bytes(srv, "/k.bin")
-    m2 = persist_mount(mount, pdir, "k.bin=" + srv.url("k.bin", rate=6 * MiB))
+    m2 = persist_mount(mount, pdir, "k.bin=" + srv.url("k.bin", rate=4 * MiB))
     assert read_all(m2 / "k.bin") == blob
     assert xattr(m2 / "k.bin", "persist").startswith("reused ")
     assert get_bytes(srv, "/k.bin") - before <= size - named + MiB
@@ -358,3 +358,16 @@ def test_budget_applies_to_reused_bytes(srv, www, mount, pdir):
     assert read_all(m2 / "b.bin") == blob
     assert int(xattr(m2.path, "cache_used")) <= 8 * MiB
     assert read_all(m2 / "c.bin") == bytes(4 * MiB)
+
+
+def test_added_files_persist_too(srv, www, mount, pdir, streamfs_cli):
+    blob = os.urandom(3 * MiB)
+    (www / "a.bin").write_bytes(blob)
+    for i in range(2):
+        m = persist_mount(mount, pdir)
+        r = streamfs_cli("add", str(m.path), "a.bin=" + srv.url("a.bin"))
+        assert r.returncode == 0, r.stderr
+        assert read_all(m / "a.bin") == blob
+        assert xattr(m / "a.bin", "persist") == ("new" if i == 0 else "reused %d bytes" % len(blob))
+        m.teardown()
+    assert get_bytes(srv, "/a.bin") < len(blob) * 1.01
