@@ -77,6 +77,10 @@ bool url_all_present(struct url_src *u)
 	u->complete = true;
 	stream_end(u->s);
 	url_done(u);
+	/* Range transfers of evicted bytes stopped with the fill: readers
+	 * parked on such bytes ask again (this wakes the source). */
+	if (u->evictable)
+		stream_reask(u->s);
 	return true;
 }
 

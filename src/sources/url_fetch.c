@@ -216,10 +216,16 @@ void url_fetch_kick(struct url_src *u)
 
 void url_fetch_stop(struct url_src *u)
 {
+	/* What they were bringing is no longer on its way: not wanted, so a
+	 * later read asks for it again (the stream may complete while they
+	 * run, with bytes below the end evicted and a reader waiting). */
 	struct xfer *x;
-	while ((x = LIST_FIRST(&u->ranges)))
+	while ((x = LIST_FIRST(&u->ranges))) {
+		if (x->pos < x->end)
+			stream_unwant(u->s, x->pos, x->end - x->pos);
 		range_free(x);
-	drop_queue(u, false);
+	}
+	drop_queue(u, true);
 }
 
 void url_fetch_resume(struct url_src *u)
@@ -392,6 +398,20 @@ static bool range_short(struct url_src *u, const struct range_outcome *o)
 	return true;
 }
 
+/*
+ * No range transfer runs and none is queued: nothing is being fetched, so
+ * nothing is wanted any more. A reader still parked then asks again. Its
+ * bytes can be missing with their range still marked wanted when an
+ * eviction took part of what a transfer had brought while it ran (a
+ * reader with no room reserved pins nothing); without this it would wait
+ * for a transfer that is over.
+ */
+static void reask_idle(struct url_src *u)
+{
+	stream_unwant(u->s, 0, UINT64_MAX);
+	stream_reask(u->s);
+}
+
 /* The stream is complete, a range of evicted bytes came back (or not):
  * retry, or tell the readers; the source rests when no transfer is left. */
 static void refetch_done(struct url_src *u, const struct range_outcome *o)
@@ -414,8 +434,11 @@ static void refetch_done(struct url_src *u, const struct range_outcome *o)
 		}
 	}
 	pump_queue(u);
-	if (LIST_EMPTY(&u->ranges) && TAILQ_EMPTY(&u->queue))
-		url_done(u); /* woken again by the next fetch */
+	if (LIST_EMPTY(&u->ranges) && TAILQ_EMPTY(&u->queue)) {
+		reask_idle(u);
+		if (LIST_EMPTY(&u->ranges) && TAILQ_EMPTY(&u->queue))
+			url_done(u); /* woken again by the next fetch */
+	}
 }
 
 void url_range_done(struct xfer *x, CURLcode rc)
@@ -453,6 +476,8 @@ void url_range_done(struct xfer *x, CURLcode rc)
 	}
 	if (go_on && !url_all_present(u))
 		pump_queue(u);
+	if (go_on && u->active && LIST_EMPTY(&u->ranges) && TAILQ_EMPTY(&u->queue))
+		reask_idle(u);
 }
 
 /* ---- a reader's fetch ----------------------------------------------- */
