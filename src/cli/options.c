@@ -14,6 +14,8 @@
  */
 #include "config_impl.h"
 
+#include "streamfs/s3.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -74,6 +76,9 @@ void config_file_opts_free(struct file_opts *o)
 	free(o->netrc_file);
 	free(o->proxy);
 	free(o->noproxy);
+	free(o->region);
+	free(o->endpoint_url);
+	free(o->profile);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -86,8 +91,13 @@ int config_file_opts_copy(struct file_opts *dst, const struct file_opts *src)
 	o.netrc_file = src->netrc_file ? strdup(src->netrc_file) : NULL;
 	o.proxy = src->proxy ? strdup(src->proxy) : NULL;
 	o.noproxy = src->noproxy ? strdup(src->noproxy) : NULL;
+	o.region = src->region ? strdup(src->region) : NULL;
+	o.endpoint_url = src->endpoint_url ? strdup(src->endpoint_url) : NULL;
+	o.profile = src->profile ? strdup(src->profile) : NULL;
 	if ((src->userpwd && !o.userpwd) || (src->netrc_file && !o.netrc_file) ||
-	    (src->proxy && !o.proxy) || (src->noproxy && !o.noproxy))
+	    (src->proxy && !o.proxy) || (src->noproxy && !o.noproxy) ||
+	    (src->region && !o.region) || (src->endpoint_url && !o.endpoint_url) ||
+	    (src->profile && !o.profile))
 		goto nomem;
 	for (size_t i = 0; i < src->headers.len; i++) {
 		if (strings_add(&o.headers, src->headers.ptr[i]))
@@ -323,14 +333,18 @@ static enum fopt_result parse_user(struct file_opts *o, const struct fopt *d, co
 	return FOPT_OK;
 }
 
-/* Replace the string field at @d->field with a copy of @value. */
-static enum fopt_result set_str(struct file_opts *o, const struct fopt *d, const char *value)
+/* A string field, checked by @ok (NULL: any non-empty value). */
+static enum fopt_result set_string_field(struct file_opts *o, const struct fopt *d,
+                                         const char *value, bool ok)
 {
-	char **field = (char **)((char *)o + d->field);
-	char *dup = strdup(value);
+	char *dup;
 
+	if (!*value || !ok)
+		return FOPT_BAD;
+	dup = strdup(value);
 	if (!dup)
 		return FOPT_NOMEM;
+	char **field = (char **)((char *)o + d->field);
 	free(*field);
 	*field = dup;
 	return FOPT_OK;
@@ -357,21 +371,41 @@ static enum fopt_result parse_proxy(struct file_opts *o, const struct fopt *d, c
 {
 	size_t n = url_scheme_len(value);
 
-	if (!n || strncasecmp(value, "http", 4) || strncmp(value + n, "://", 3) ||
-	    !url_has_host(value + n + 3) || !is_word(value))
-		return FOPT_BAD;
-	return set_str(o, d, value);
+	bool ok = n && !strncasecmp(value, "http", 4) && !strncmp(value + n, "://", 3) &&
+	          url_has_host(value + n + 3) && is_word(value);
+
+	return set_string_field(o, d, value, ok);
 }
 
 /* --noproxy=LIST: curl's list of hosts, domains and addresses reached
- * directly ("*": all), comma-separated; empty means "none", which
- * overrides NO_PROXY from the environment. */
+ * directly ("*": all), comma-separated. */
 static enum fopt_result parse_noproxy(struct file_opts *o, const struct fopt *d, const char *value,
                                       char *err, size_t errlen)
 {
-	if (!is_word(value))
-		return FOPT_BAD;
-	return set_str(o, d, value);
+	return set_string_field(o, d, value, is_word(value));
+}
+
+/* region=REGION: a name like eu-west-1 (it goes into a host name and the
+ * signature's scope). */
+static enum fopt_result parse_region(struct file_opts *o, const struct fopt *d, const char *value,
+                                     char *err, size_t errlen)
+{
+	return set_string_field(o, d, value, s3_region_ok(value));
+}
+
+/* endpoint-url=URL: http(s)://HOST[:PORT][/PATH]. */
+static enum fopt_result parse_endpoint(struct file_opts *o, const struct fopt *d, const char *value,
+                                       char *err, size_t errlen)
+{
+	return set_string_field(o, d, value, s3_check_endpoint(value, NULL, 0) == 0);
+}
+
+/* profile=NAME: a section name of the AWS files (no brackets, no line
+ * ends). */
+static enum fopt_result parse_profile(struct file_opts *o, const struct fopt *d, const char *value,
+                                      char *err, size_t errlen)
+{
+	return set_string_field(o, d, value, !strpbrk(value, "[]\r\n"));
 }
 
 /* ---- the options ---- */
@@ -468,6 +502,31 @@ const struct fopt fopts[FO_COUNT] = {
                               "localhost,.lan,10.0.0.0/8)",
                     .parse = parse_noproxy,
                     .field = FIELD(noproxy)},
+    [FO_REGION] = {.name = "region",
+                   .expect = "an AWS region name (e.g. eu-west-1)",
+                   .parse = parse_region,
+                   .field = FIELD(region)},
+    [FO_ENDPOINT_URL] = {.name = "endpoint-url",
+                         .expect = "http(s)://HOST[:PORT][/PATH], without credentials, "
+                                   "query or fragment",
+                         .parse = parse_endpoint,
+                         .field = FIELD(endpoint_url)},
+    [FO_PROFILE] = {.name = "profile",
+                    .expect = "a profile name of ~/.aws/credentials or ~/.aws/config",
+                    .parse = parse_profile,
+                    .field = FIELD(profile)},
+    [FO_FORCE_PATH_STYLE] = {.name = "force-path-style",
+                             .expect = "true or false",
+                             .parse = parse_flag,
+                             .field = FIELD(force_path_style),
+                             .words = bool_words,
+                             .flag = true},
+    [FO_NO_SIGN_REQUEST] = {.name = "no-sign-request",
+                            .expect = "true or false",
+                            .parse = parse_flag,
+                            .field = FIELD(no_sign_request),
+                            .words = bool_words,
+                            .flag = true},
 };
 
 /* Case-insensitive, and '_' matches '-': manifests often say retry_time. */

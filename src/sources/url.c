@@ -110,6 +110,13 @@ static void url_begin(void *arg)
 		url_done(u);
 		return;
 	}
+	if (u->opts.fail_msg) {
+		/* Known before any request (an S3 file without credentials):
+		 * the file is there, its open says why it cannot be read. */
+		stream_fail(u->s, EIO, "%s", u->opts.fail_msg);
+		url_done(u);
+		return;
+	}
 	u->start_ms = ioloop_now_ms();
 	stream_set_attr(u->s, "retries", "0");
 	u->ondemand = u->is_http && u->opts.ondemand;
@@ -251,10 +258,14 @@ void source_url_opts_free(struct url_opts *o)
 	for (size_t i = 0; i < o->nheaders; i++)
 		free(o->headers[i]);
 	free(o->headers);
+	if (o->userpwd) /* a password, or an AWS secret key */
+		explicit_bzero(o->userpwd, strlen(o->userpwd));
 	free(o->userpwd);
 	free(o->netrc_file);
 	free(o->proxy);
 	free(o->noproxy);
+	free(o->aws_sigv4);
+	free(o->fail_msg);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -270,7 +281,7 @@ int source_url_opts_copy(struct url_opts *dst, const struct url_opts *src)
 	struct url_opts o = *src;
 	o.headers = NULL;
 	o.nheaders = 0;
-	o.userpwd = o.netrc_file = o.proxy = o.noproxy = NULL;
+	o.userpwd = o.netrc_file = o.proxy = o.noproxy = o.aws_sigv4 = o.fail_msg = NULL;
 	if (src->nheaders && !(o.headers = calloc(src->nheaders, sizeof(*o.headers))))
 		goto nomem;
 	for (; o.nheaders < src->nheaders; o.nheaders++)
@@ -278,7 +289,8 @@ int source_url_opts_copy(struct url_opts *dst, const struct url_opts *src)
 			goto nomem;
 	if (!dup_or_null(src->userpwd, &o.userpwd) ||
 	    !dup_or_null(src->netrc_file, &o.netrc_file) || !dup_or_null(src->proxy, &o.proxy) ||
-	    !dup_or_null(src->noproxy, &o.noproxy))
+	    !dup_or_null(src->noproxy, &o.noproxy) || !dup_or_null(src->aws_sigv4, &o.aws_sigv4) ||
+	    !dup_or_null(src->fail_msg, &o.fail_msg))
 		goto nomem;
 	*dst = o;
 	return 0;

@@ -54,7 +54,8 @@ static bool range_check(struct xfer *x)
 	}
 	if (x->code >= 400) {
 		snprintf(x->failmsg, sizeof(x->failmsg), "HTTP %ld", x->code);
-		return false; /* retried, then left to the sequential fill */
+		x->collect = true; /* its body may say why (S3's <Error><Code>) */
+		return true;       /* retried, then left to the sequential fill */
 	}
 	if (!url_same_version(x)) {
 		x->failure = EIO;
@@ -83,6 +84,12 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		return 0;
 	if (!x->got_headers && !range_check(x))
 		return 0;
+	if (x->collect) {
+		if (x->errbody_len == sizeof(x->errbody))
+			return 0;
+		xfer_collect(x, data, n);
+		return n;
+	}
 	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n;
 	int r = xfer_store(x, data, take, 0);
 	if (r == -ENOBUFS) {
@@ -399,8 +406,10 @@ static bool range_short(struct url_src *u, const struct range_outcome *o)
 }
 
 /*
- * No range transfer runs and none is queued: nothing is being fetched, so
- * nothing is wanted any more. A reader still parked then asks again. Its
+ * The stream is complete (the fill is over), no range transfer runs and
+ * none is queued: nothing is being fetched, so nothing is wanted any more.
+ * (Not while the fill runs: with fill=ondemand its requests own wanted
+ * ranges too.) A reader still parked then asks again. Its
  * bytes can be missing with their range still marked wanted when an
  * eviction took part of what a transfer had brought while it ran (a
  * reader with no room reserved pins nothing); without this it would wait
@@ -447,6 +456,7 @@ void url_range_done(struct xfer *x, CURLcode rc)
 	assert(ioloop_in_loop(u->loop));
 	if (rc == CURLE_OK && !x->got_headers && u->active && !u->cancelled)
 		range_check(x); /* an empty body: no write callback ran */
+	xfer_explain(x);
 	struct range_outcome o;
 	take_outcome(&o, x, rc);
 	range_free(x);
@@ -476,8 +486,6 @@ void url_range_done(struct xfer *x, CURLcode rc)
 	}
 	if (go_on && !url_all_present(u))
 		pump_queue(u);
-	if (go_on && u->active && LIST_EMPTY(&u->ranges) && TAILQ_EMPTY(&u->queue))
-		reask_idle(u);
 }
 
 /* ---- a reader's fetch ----------------------------------------------- */
