@@ -266,10 +266,11 @@ void stream_reask(struct stream *s)
 	admit_waiters(s);
 }
 
-/* A parked reader's bytes were evicted: ask for them again. */
+/* After an eviction took a reader's bytes, and once a second (the cache's
+ * backstop): see admit_lost(). */
 static void cc_reask(struct cache_client *c)
 {
-	admit_waiters(cc_stream(c));
+	admit_lost(cc_stream(c));
 }
 
 void stream_set_cache(struct stream *s, struct cache *ca)
@@ -477,12 +478,15 @@ uint64_t room_needed(struct stream *s, const struct stream_waiter *w)
  * bytes may have been evicted meanwhile. After a resume, and by a reader
  * that a resume passed by while it was parking.
  */
-void admit_waiters(struct stream *s)
+static void admit(struct stream *s, bool lost_only)
 {
 	struct range todo[16];
 	int n = 0;
 	pthread_mutex_lock(&s->lock);
+	bool complete = s->state == STREAM_COMPLETE;
 	for (struct stream_waiter *w = s->waiters.next; w != &s->waiters && n < 16; w = w->next) {
+		if (lost_only && !complete && w->need >= s->frontier)
+			continue;
 		/* Not only those that got no room when they parked: a block
 		 * reserved before its reader was on the list (so not pinned
 		 * yet) may have been evicted since, and its fetch given up. */
@@ -502,4 +506,21 @@ void admit_waiters(struct stream *s)
 		pthread_mutex_unlock(&s->lock);
 		stream_want(s, todo[i].start, todo[i].end - todo[i].start);
 	}
+}
+
+void admit_waiters(struct stream *s)
+{
+	admit(s, false);
+}
+
+/*
+ * admit_waiters() for the readers whose missing bytes only a fetch can
+ * bring: below the frontier (evicted), or anywhere once the stream is
+ * complete. Bytes past the frontier of a running stream are the fill's to
+ * bring (or to fail at), and a reader waiting there keeps the retry limits
+ * its range fetch had.
+ */
+void admit_lost(struct stream *s)
+{
+	admit(s, true);
 }
