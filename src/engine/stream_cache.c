@@ -266,9 +266,14 @@ void stream_reask(struct stream *s)
 	admit_waiters(s);
 }
 
-/* After an eviction took a reader's bytes, and once a second (the cache's
- * backstop): see admit_lost(). */
+/* An eviction took bytes a parked reader waits for: ask again. */
 static void cc_reask(struct cache_client *c)
+{
+	admit_waiters(cc_stream(c));
+}
+
+/* Once a second (the cache's backstop): see admit_lost(). */
+static void cc_recheck(struct cache_client *c)
 {
 	admit_lost(cc_stream(c));
 }
@@ -282,6 +287,7 @@ void stream_set_cache(struct stream *s, struct cache *ca)
 	s->cc.candidates = cc_candidates;
 	s->cc.evict = cc_evict;
 	s->cc.reask = cc_reask;
+	s->cc.recheck = cc_recheck;
 	cache_attach(ca, &s->cc);
 }
 
@@ -486,7 +492,7 @@ static void admit(struct stream *s, bool lost_only)
 	bool complete = s->state == STREAM_COMPLETE;
 	for (struct stream_waiter *w = s->waiters.next; w != &s->waiters && n < 16; w = w->next) {
 		if (lost_only && !complete && w->need >= s->frontier)
-			continue;
+			continue; /* not lost: on its way, or the source's to fail */
 		/* Not only those that got no room when they parked: a block
 		 * reserved before its reader was on the list (so not pinned
 		 * yet) may have been evicted since, and its fetch given up. */
@@ -514,11 +520,12 @@ void admit_waiters(struct stream *s)
 }
 
 /*
- * admit_waiters() for the readers whose missing bytes only a fetch can
- * bring: below the frontier (evicted), or anywhere once the stream is
- * complete. Bytes past the frontier of a running stream are the fill's to
- * bring (or to fail at), and a reader waiting there keeps the retry limits
- * its range fetch had.
+ * admit_waiters() for the readers whose missing bytes were lost: below
+ * the frontier (evicted), or anywhere once the stream is complete. Past
+ * the frontier of a running stream a reader's bytes are on their way (the
+ * fill or its range fetch) or the source fails, and its range fetch keeps
+ * the retry limit it had; the evictions that take such bytes ask again
+ * themselves (reask).
  */
 void admit_lost(struct stream *s)
 {
