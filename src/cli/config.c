@@ -276,8 +276,7 @@ static int set_option(struct config *cfg, struct file_opts *cli, int c, char *ar
 	case 'o':
 		if (!*arg)
 			return cfg_fail(err, errlen, "option -o needs a value");
-		return strings_add(&cfg->fuse_opts, arg) ? cfg_fail(err, errlen, "out of memory")
-		                                         : 0;
+		return config_mount_opts(cfg, arg, err, errlen);
 	case 'v':
 		cfg->verbosity = (cfg->verbosity < 0 ? 0 : cfg->verbosity) + 1;
 		return 0;
@@ -300,6 +299,39 @@ static int set_option(struct config *cfg, struct file_opts *cli, int c, char *ar
 		return -1;
 	scrub_arg(c - OPT_FILE, arg);
 	return 0;
+}
+
+int cfg_set_mount_option(struct config *cfg, const char *opt, char *err, size_t errlen)
+{
+	char key[32], q[ESC_LEN];
+	size_t klen = strcspn(opt, "=");
+	const char *value = opt[klen] ? opt + klen + 1 : NULL;
+
+	if (klen >= sizeof(key))
+		return -2;
+	for (size_t i = 0; i < klen; i++)
+		key[i] = opt[i] == '_' ? '-' : opt[i];
+	key[klen] = '\0';
+	for (const struct option *o = long_opts; o->name; o++) {
+		/* The mount-wide ones: per-file options are the manifest's. */
+		if (strcmp(o->name, key) || o->val >= OPT_FILE || o->val == 'c' || o->val == 'h' ||
+		    o->val == OPT_VERSION)
+			continue;
+		/* Messages quote the key as written: cache_size, not cache-size. */
+		memcpy(key, opt, klen);
+		cfg_esc(q, sizeof(q), key);
+		if (o->has_arg == no_argument && value)
+			return cfg_fail(err, errlen, "mount option '%s' takes no value", q);
+		if (o->has_arg == required_argument && !value)
+			return cfg_fail(err, errlen, "mount option '%s' needs a value", q);
+		char *v = value ? strdup(value) : NULL;
+		if (value && !v)
+			return cfg_fail(err, errlen, "out of memory");
+		int r = set_option(cfg, NULL, o->val, v, err, errlen);
+		free(v);
+		return r;
+	}
+	return -2;
 }
 
 static bool known_option(int c)
@@ -442,6 +474,53 @@ static int check_files(const struct config *cfg, size_t nmanifest, char *err, si
 	return fail_file_and_dir(err, errlen, f[c.first].name, f[c.second].name, "''");
 }
 
+/*
+ * "streamfs MANIFEST MOUNTPOINT [-o OPTIONS]": the form mount.fuse3 runs
+ * for an fstab line of type fuse.streamfs (fstab's first field is the
+ * source). Two positionals, the second no NAME=SOURCE: a regular file
+ * (a mount point is a directory), or a missing one followed by a directory, which can only
+ * mean this form: a missing manifest then says so, not "mountpoint: No
+ * such file or directory".
+ */
+static bool manifest_form(const struct config *cfg, char **pos, size_t npos)
+{
+	struct stat st;
+
+	if (npos != 2 || cfg->manifest || looks_like_file(pos[1]))
+		return false; /* "FILE a=cmd:x": a mount point that is no directory */
+	if (stat(pos[0], &st) == 0)
+		return S_ISREG(st.st_mode);
+	return stat(pos[1], &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+/*
+ * The mount's source in the mount table is the manifest, as fstab names
+ * it (unless -o fsname= says otherwise): mount(8) matches source and
+ * target to see that a line is mounted already, so "mount -a" run again
+ * leaves it alone instead of failing on a busy mount point. libfuse
+ * splits -o at commas, unless escaped with a backslash.
+ */
+static int manifest_fsname(struct config *cfg, const char *manifest)
+{
+	for (size_t i = 0; i < cfg->fuse_opts.len; i++)
+		if (!strncmp(cfg->fuse_opts.ptr[i], "fsname=", 7))
+			return 0;
+	size_t n = strlen(manifest);
+	char *opt = malloc(7 + 2 * n + 1), *o;
+	if (!opt)
+		return -1;
+	o = stpcpy(opt, "fsname=");
+	for (const char *p = manifest; *p; p++) {
+		if (*p == ',' || *p == '\\')
+			*o++ = '\\';
+		*o++ = *p;
+	}
+	*o = '\0';
+	int r = strings_add(&cfg->fuse_opts, opt);
+	free(opt);
+	return r;
+}
+
 /* After the options: the mount point, the manifest, the files. */
 static int parse_positionals(struct config *cfg, char **pos, size_t npos,
                              const struct file_opts *cli, char *err, size_t errlen)
@@ -450,6 +529,12 @@ static int parse_positionals(struct config *cfg, char **pos, size_t npos,
 
 	if (!npos)
 		return cfg_fail(err, errlen, "missing MOUNTPOINT");
+	if (manifest_form(cfg, pos, npos)) {
+		if (set_string(&cfg->manifest, pos[0]) || manifest_fsname(cfg, pos[0]))
+			return cfg_fail(err, errlen, "out of memory");
+		pos++;
+		npos--;
+	}
 	if (set_mountpoint(cfg, pos[0], err, errlen))
 		return -1;
 	if (cfg->manifest && config_load_manifest(cfg, cfg->manifest, err, errlen))

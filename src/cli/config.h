@@ -5,10 +5,17 @@
  * a bad value produces one clear line (in @err) naming what is wrong, and
  * the caller exits non-zero. No function here prints or exits; the file
  * system is touched only to read the manifest, the @FILE values of
- * --user/--header, and to check a --netrc-file.
+ * --user/--header, to check a --netrc-file, and to stat the first two
+ * positionals (the MANIFEST MOUNTPOINT form).
  *
  * Syntax accepted (README.md and man/streamfs.1 say it for users):
  *   streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...
+ *   streamfs [OPTIONS] MANIFEST MOUNTPOINT [-o OPTIONS]: the form mount.fuse3
+ *     runs for fstab (two positionals, the first a regular file, or missing
+ *     with a directory second): the same as -c MANIFEST MOUNTPOINT
+ *   -o: a comma-separated list of mount-wide options (cache_size=1G, ...,
+ *     '_' or '-'), FUSE options (kept in fuse_opts, one per item) and
+ *     options of mount(8) and systemd (dropped); see mount_opts.c
  *   SOURCE: cmd:COMMAND | pipe:PATH | - | http://... https://... ftp://... ftps://...
  *     | s3://BUCKET/KEY
  *   mount-wide: --size-unknown=auto|wait (what stat shows, for files whose
@@ -131,7 +138,7 @@ struct config {
 	                                  * cache_dir across mounts */
 	uint64_t cache_min_free;         /* --cache-min-free=BYTES */
 	double cache_min_free_pct;       /* --cache-min-free=N% (default 5), or -1 for BYTES */
-	struct config_strings fuse_opts; /* each -o argument */
+	struct config_strings fuse_opts; /* each FUSE option of -o, one per item */
 	struct config_files files;       /* the manifest's first, then the command line's */
 	bool show_help;                  /* -h/--help: caller prints usage, exits 0 */
 	bool show_version;               /* --version */

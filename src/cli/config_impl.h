@@ -7,6 +7,7 @@
  *   secrets.c   credentials: user/header=@FILE, netrc files, private modes, argv
  *   names.c     NAME=SOURCE: names, sources, names that cannot both exist
  *   manifest.c  the manifest (-c FILE), read with libinih
+ *   mount_opts.c  the -o list: mount-wide options, FUSE's, mount(8)'s
  *
  * The rules of config.h hold for every piece: nothing is printed, nothing
  * exits; a problem is one line in the caller's @err, with user text quoted
@@ -35,6 +36,24 @@ __attribute__((format(printf, 3, 4))) int cfg_fail(char *err, size_t errlen, con
  * not fit in @size bytes (@size >= 4). Returns @buf.
  */
 const char *cfg_esc(char *buf, size_t size, const char *s);
+
+/*
+ * A mount-wide long option written as in -o: "cache_size=1G",
+ * "cache-dir=/x", "verbose" ('_' or '-'). Returns 0 once set, -1 with
+ * @err set for a bad value, or -2 when @opt names no mount-wide option
+ * (nothing set, @err untouched).
+ */
+int cfg_set_mount_option(struct config *cfg, const char *opt, char *err, size_t errlen);
+
+/* ---- the -o list (mount_opts.c) ---- */
+
+/*
+ * Every option of the comma-separated @list into @cfg: mount-wide ones
+ * set, FUSE's appended to cfg->fuse_opts, mount(8)'s dropped. Returns 0,
+ * or -1 with @err naming the first option refused; options before it may
+ * have been applied (the caller exits).
+ */
+int config_mount_opts(struct config *cfg, const char *list, char *err, size_t errlen);
 
 /* ---- string vectors (options.c) ---- */
 

@@ -38,7 +38,8 @@
 
 static const char usage[] =
     "usage: streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...\n"
-    "       streamfs status [--json] [--watch] MOUNTPOINT\n"
+    "       streamfs [OPTIONS] MANIFEST MOUNTPOINT [-o OPTIONS]   (fstab, mount.fuse3)\n"
+    "       streamfs status [--json] [--watch [--interval=SECONDS]] MOUNTPOINT\n"
     "       streamfs add MOUNTPOINT NAME=SOURCE [OPTION=VALUE...]\n"
     "       streamfs rm MOUNTPOINT NAME\n"
     "       streamfs wait [--timeout SECONDS] MOUNTPOINT NAME...\n"
@@ -54,7 +55,9 @@ static const char usage[] =
     "Options:\n"
     "  -f, --foreground       stay in the foreground (default: daemonize once mounted)\n"
     "  -c, --config FILE      manifest: one [NAME] section per file, with source= and options\n"
-    "  -o OPT[,OPT...]        FUSE mount options (allow_other, ...)\n"
+    "  -o OPT[,OPT...]        mount options: FUSE's (allow_other, ...), the mount-wide\n"
+    "                         ones as cache_size=1G, cache_dir=DIR, ...; those mount(8)\n"
+    "                         adds (rw, nofail, x-systemd.*, ...) are ignored\n"
     "      --cache-dir DIR    keep stream bytes in unlinked files in DIR "
     "(default " DEFAULT_CACHE_DIR ")\n"
     "      --cache-dir=memory keep them in RAM instead\n"

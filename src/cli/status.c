@@ -11,12 +11,15 @@
  *   JSON is valid UTF-8 whatever the bytes (esc_json).
  */
 #include "status.h"
+#include "status_int.h"
+#include "config.h"
 
 #include "escape.h"
 #include "vector.h"
 
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <stdbool.h>
@@ -27,24 +30,6 @@
 #include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
-
-/* The attributes a row shows, user.streamfs.KEY for each key below. */
-enum attr {
-	STATE,
-	BYTES,
-	SIZE,
-	SOURCE,
-	ERROR,
-	ERROR_OFFSET,
-	EXIT_STATUS,
-	HTTP_CODE,
-	HELD, /* the store budget's, from here on */
-	EVICTED,
-	DROPPED,
-	KEEP,
-	PAUSED,
-	NATTR
-};
 
 static const char *const attr_key[NATTR] = {
     [STATE] = "state",
@@ -62,22 +47,10 @@ static const char *const attr_key[NATTR] = {
     [PAUSED] = "paused",
 };
 
-/* The root's budget attributes (user.streamfs.cache_KEY), shown as
- * "cache": {KEY: ...} in JSON and as a line under the table. */
-enum cattr { C_SIZE, C_USED, C_MIN_FREE, C_EVICTIONS, C_PAUSED, NCATTR };
-
 static const char *const cattr_key[NCATTR] = {
     [C_SIZE] = "size",           [C_USED] = "used",     [C_MIN_FREE] = "min_free",
     [C_EVICTIONS] = "evictions", [C_PAUSED] = "paused",
 };
-
-/* Every string is malloc'ed; a value is "" when the attribute is absent. */
-struct row {
-	char *name; /* relative to the mount point, as bytes */
-	char *v[NATTR];
-};
-
-DEFINE_VECTOR(rows, struct row);
 
 /*
  * The value of user.streamfs.@key of @path, malloc'ed; "" when absent.
@@ -117,7 +90,7 @@ static int add_row(struct rows *rows, int dirfd, const char *leaf, char *rel)
 {
 	char path[320];
 	snprintf(path, sizeof(path), "/proc/self/fd/%d/%s", dirfd, leaf);
-	if (rows_push(rows, (struct row){.name = rel}) < 0) {
+	if (rows_push(rows, (struct row){.name = rel, .rate = -1, .eta = -1}) < 0) {
 		free(rel);
 		return -ENOMEM;
 	}
@@ -343,7 +316,66 @@ static int get_cache(const char *mnt, char **c)
 	return r;
 }
 
-static void print_json(const char *mnt, const struct rows *rows, char *const *c)
+/* A measured number, or null for -1; seconds are rounded up, as the
+ * watch's ETA column rounds them ("0" only once nothing is left). */
+static void json_measure(double v, bool up)
+{
+	if (v < 0)
+		fputs("null", stdout);
+	else
+		printf("%.0f", up ? ceil(v) : v);
+}
+
+void status_total(const struct rows *rows, struct status_total *t)
+{
+	bool measured = false, eta_known = true;
+	*t = (struct status_total){.files = rows->len, .sized = true};
+	for (size_t i = 0; i < rows->len; i++) {
+		const struct row *r = &rows->ptr[i];
+		const char *st = r->v[STATE];
+		bool failed = !strcmp(st, "failed") || !strcmp(st, "cancelled");
+		uint64_t bytes = strtoull(r->v[BYTES], NULL, 10);
+		t->bytes += bytes;
+		/* A failed stream ended where it stopped: that is its size here. */
+		t->sized = t->sized && (r->v[SIZE][0] || failed);
+		t->size += r->v[SIZE][0] ? strtoull(r->v[SIZE], NULL, 10) : bytes;
+		if (r->rate >= 0) {
+			t->rate += r->rate;
+			measured = true;
+		}
+		t->ended += failed || !strcmp(st, "complete");
+		t->failed += failed;
+		if (failed) /* it will not finish: no part of the wait */
+			continue;
+		if (r->eta < 0)
+			eta_known = false;
+		else if (r->eta > t->eta)
+			t->eta = r->eta;
+	}
+	if (!measured)
+		t->rate = -1;
+	if (!eta_known)
+		t->eta = -1;
+}
+
+static void json_total(const struct rows *rows)
+{
+	struct status_total t;
+	status_total(rows, &t);
+	printf(", \"total\": {\"files\": %zu, \"bytes\": %llu, \"size\": ", t.files,
+	       (unsigned long long)t.bytes);
+	if (t.sized)
+		printf("%llu", (unsigned long long)t.size);
+	else
+		fputs("null", stdout);
+	fputs(", \"rate\": ", stdout);
+	json_measure(t.rate, false);
+	fputs(", \"eta\": ", stdout);
+	json_measure(t.eta, true);
+	putchar('}');
+}
+
+void status_print_json(const char *mnt, const struct rows *rows, char *const *c, bool compact)
 {
 	fputs("{\"mountpoint\": ", stdout);
 	json_str(mnt);
@@ -358,15 +390,21 @@ static void print_json(const char *mnt, const struct rows *rows, char *const *c)
 	fputs(", \"files\": [", stdout);
 	for (size_t i = 0; i < rows->len; i++) {
 		const struct row *r = &rows->ptr[i];
-		fputs(i ? ",\n  {" : "\n  {", stdout);
+		fputs(i ? (compact ? ", {" : ",\n  {") : (compact ? "{" : "\n  {"), stdout);
 		json_name(r->name);
 		for (int a = 0; a < NATTR; a++) {
 			printf(", \"%s\": ", attr_key[a]);
 			json_attr(a, r->v[a]);
 		}
+		fputs(", \"rate\": ", stdout);
+		json_measure(r->rate, false);
+		fputs(", \"eta\": ", stdout);
+		json_measure(r->eta, true);
 		putchar('}');
 	}
-	fputs(rows->len ? "\n]}\n" : "]}\n", stdout);
+	fputs(rows->len && !compact ? "\n]" : "]", stdout);
+	json_total(rows);
+	fputs("}\n", stdout);
 }
 
 /* The table's text of a row, escaped for a terminal (escape.h). */
@@ -403,7 +441,7 @@ static int width(const struct rows *rows, const struct shown *sh, int which, con
 	for (size_t i = 0; i < rows->len; i++) {
 		const struct row *r = &rows->ptr[i];
 		const char *v = which == 0   ? sh[i].name
-		                : which == 1 ? (r->v[PAUSED][0] ? "paused" : r->v[STATE])
+		                : which == 1 ? status_state(r)
 		                : which == 2 ? r->v[BYTES]
 		                : which == 3 ? r->v[SIZE]
 		                : which == 5 ? r->v[HELD]
@@ -415,23 +453,39 @@ static int width(const struct rows *rows, const struct shown *sh, int which, con
 	return w > max ? max : w;
 }
 
+const char *status_state(const struct row *r)
+{
+	/* A paused stream is running; "paused" is what a user wants to see,
+	 * and why is in the error column. */
+	return r->v[PAUSED][0] ? "paused" : r->v[STATE];
+}
+
+char *status_error_text(const struct row *r)
+{
+	char *t = NULL;
+	if (!r->v[ERROR][0] && r->v[PAUSED][0]) {
+		char *p = esc_text_dup(r->v[PAUSED]);
+		if (!p || asprintf(&t, "(%s)", p) < 0)
+			t = NULL;
+		free(p);
+	} else if (!r->v[ERROR][0]) {
+		t = strdup("");
+	} else if (!r->v[ERROR_OFFSET][0]) {
+		t = esc_text_dup(r->v[ERROR]);
+	} else {
+		char *e = esc_text_dup(r->v[ERROR]);
+		if (!e || asprintf(&t, "%s (at byte %s)", e, r->v[ERROR_OFFSET]) < 0)
+			t = NULL;
+		free(e);
+	}
+	return t;
+}
+
 static int shown_fill(const struct row *r, struct shown *sh)
 {
 	sh->name = esc_text_dup(r->name);
 	sh->source = esc_text_dup(r->v[SOURCE]);
-	if (!r->v[ERROR][0] && r->v[PAUSED][0]) {
-		if (asprintf(&sh->error, "(%s)", r->v[PAUSED]) < 0)
-			sh->error = NULL;
-	} else if (!r->v[ERROR][0]) {
-		sh->error = strdup("");
-	} else if (!r->v[ERROR_OFFSET][0]) {
-		sh->error = esc_text_dup(r->v[ERROR]);
-	} else {
-		char *e = esc_text_dup(r->v[ERROR]);
-		if (!e || asprintf(&sh->error, "%s (at byte %s)", e, r->v[ERROR_OFFSET]) < 0)
-			sh->error = NULL;
-		free(e);
-	}
+	sh->error = status_error_text(r);
 	return sh->name && sh->source && sh->error ? 0 : -ENOMEM;
 }
 
@@ -484,10 +538,7 @@ static int print_table(const struct rows *rows, char *const *c)
 	for (size_t i = 0; i < rows->len; i++) {
 		const struct row *r = &rows->ptr[i];
 		cell(sh[i].name, wn);
-		/* A paused stream is running; "paused" is what a user wants to
-		 * see, and why is in the error column. */
-		printf("  %-*s  %*s  ", ws, r->v[PAUSED][0] ? "paused" : r->v[STATE], wb,
-		       r->v[BYTES]);
+		printf("  %-*s  %*s  ", ws, status_state(r), wb, r->v[BYTES]);
 		if (held)
 			printf("%*s  ", wh, r->v[HELD]);
 		printf("%*s  ", wz, r->v[SIZE][0] ? r->v[SIZE] : "-");
@@ -501,7 +552,7 @@ static int print_table(const struct rows *rows, char *const *c)
 	return 0;
 }
 
-static void free_rows(struct rows *rows)
+void status_free(struct rows *rows, char **c)
 {
 	for (size_t i = 0; i < rows->len; i++) {
 		struct row *r = &rows->ptr[i];
@@ -510,28 +561,61 @@ static void free_rows(struct rows *rows)
 			free(r->v[a]);
 	}
 	rows_free(rows);
+	for (int a = 0; a < NCATTR; a++) {
+		free(c[a]);
+		c[a] = NULL;
+	}
 }
 
-static const char status_usage[] = "usage: streamfs status [--json] [--watch] MOUNTPOINT";
+int status_read(const char *mnt, struct rows *rows, char **c)
+{
+	int r = walk(mnt, rows);
+	if (r == 0 && rows->len)
+		qsort(rows->ptr, rows->len, sizeof(*rows->ptr), cmp_rows);
+	for (size_t i = 0; i < rows->len; i++)
+		if (!strcmp(rows->ptr[i].v[STATE], "complete"))
+			rows->ptr[i].eta = 0;
+	return r == 0 ? get_cache(mnt, c) : r;
+}
+
+static const char status_usage[] =
+    "usage: streamfs status [--json] [--watch [--interval=SECONDS]] MOUNTPOINT";
 
 /* The options; returns -1 to go on, or the exit code (help, bad usage). */
-static int parse_status_args(int argc, char **argv, bool *json, bool *watch)
+static int parse_status_args(int argc, char **argv, bool *json, bool *watch, double *interval)
 {
 	static const struct option longopts[] = {
 	    {"json", no_argument, NULL, 'j'},
 	    {"watch", no_argument, NULL, 'w'},
+	    {"interval", required_argument, NULL, 'n'},
 	    {"help", no_argument, NULL, 'h'},
 	    {NULL, 0, NULL, 0},
 	};
+	bool interval_given = false;
 	int c;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "+jwh", longopts, NULL)) != -1) {
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, "+:jwn:h", longopts, NULL)) != -1) {
 		switch (c) {
 		case 'j':
 			*json = true;
 			break;
 		case 'w':
 			*watch = true;
+			break;
+		case 'n':
+			/* At least a tenth of a second: each frame reads every
+			 * attribute of every file. */
+			if (config_parse_seconds(optarg, interval) < 0 || *interval < 0.1) {
+				char *e = esc_text_dup(optarg);
+				fprintf(stderr,
+				        "streamfs: bad --interval value '%s': expected seconds, at "
+				        "least 0.1\n",
+				        e ? e : "");
+				free(e);
+				return 2;
+			}
+			interval_given = true;
 			break;
 		case 'h':
 			puts(status_usage);
@@ -545,36 +629,18 @@ static int parse_status_args(int argc, char **argv, bool *json, bool *watch)
 		fprintf(stderr, "streamfs: %s\n", status_usage);
 		return 2;
 	}
+	if (interval_given && !*watch) {
+		fprintf(stderr, "streamfs: --interval goes with --watch\n");
+		return 2;
+	}
 	return -1;
-}
-
-/* One table (or JSON document) of every file under @mnt. Returns 0 or a
- * negative errno. */
-static int show(const char *mnt, bool json, bool clear)
-{
-	struct rows rows = VECTOR_INIT;
-	int r = walk(mnt, &rows);
-	if (r == 0 && rows.len)
-		qsort(rows.ptr, rows.len, sizeof(*rows.ptr), cmp_rows);
-	char *c[NCATTR] = {NULL};
-	if (r == 0)
-		r = get_cache(mnt, c);
-	if (r == 0 && clear)
-		fputs("\033[H\033[2J", stdout);
-	if (r == 0 && json)
-		print_json(mnt, &rows, c);
-	else if (r == 0)
-		r = print_table(&rows, c);
-	for (int a = 0; a < NCATTR; a++)
-		free(c[a]);
-	free_rows(&rows);
-	return r;
 }
 
 int status_main(int argc, char **argv)
 {
 	bool json = false, watch = false;
-	int rc = parse_status_args(argc, argv, &json, &watch);
+	double interval = 1;
+	int rc = parse_status_args(argc, argv, &json, &watch, &interval);
 	if (rc >= 0)
 		return rc;
 	const char *mnt = argv[optind];
@@ -585,20 +651,19 @@ int status_main(int argc, char **argv)
 		                                             : strerror(errno));
 		return 1;
 	}
-	/* --watch on a terminal: redraw in place; elsewhere, one block a second. */
-	bool tty = isatty(STDOUT_FILENO);
-	for (;;) {
-		int r = show(mnt, json, watch && !json && tty);
-		if (r < 0) {
-			fprintf(stderr, "streamfs: cannot list '%s': %s\n", mnt, strerror(-r));
-			return 1;
-		}
-		if (!watch)
-			return 0;
-		if (!json && !tty)
-			putchar('\n');
-		fflush(stdout);
-		struct timespec ts = {1, 0};
-		nanosleep(&ts, NULL);
+	if (watch)
+		return status_watch(mnt, json, interval);
+	struct rows rows = VECTOR_INIT;
+	char *c[NCATTR] = {NULL};
+	int r = status_read(mnt, &rows, c);
+	if (r == 0 && json)
+		status_print_json(mnt, &rows, c, false);
+	else if (r == 0)
+		r = print_table(&rows, c);
+	status_free(&rows, c);
+	if (r < 0) {
+		fprintf(stderr, "streamfs: cannot list '%s': %s\n", mnt, strerror(-r));
+		return 1;
 	}
+	return 0;
 }

@@ -453,8 +453,9 @@ static void test_args(void)
 	            "a=cmd:ls -l", "d/b.bin=https://h/x", "--insecure", "c=-", "--retries=2",
 	            "e=pipe:/p") == 0);
 	CHECK(!strcmp(cfg.mountpoint, "mnt") && cfg.foreground && cfg.verbosity == 2);
-	CHECK(cfg.fuse_opts.len == 2 && !strcmp(cfg.fuse_opts.ptr[0], "allow_other"));
-	CHECK(!strcmp(cfg.fuse_opts.ptr[1], "ro,noatime") && !cfg.fuse_opts.ptr[2]);
+	CHECK(cfg.fuse_opts.len == 3 && !strcmp(cfg.fuse_opts.ptr[0], "allow_other"));
+	CHECK(!strcmp(cfg.fuse_opts.ptr[1], "ro") && !strcmp(cfg.fuse_opts.ptr[2], "noatime"));
+	CHECK(!cfg.fuse_opts.ptr[3]);
 	CHECK(!strcmp(cfg.cache_dir, "/var/cache/x") && !cfg.memory_store);
 	CHECK(cfg.files.len == 4);
 	for (i = 0; i < cfg.files.len; i++) {
@@ -1115,6 +1116,64 @@ static void test_cache_options(void)
 	free(good[1]);
 }
 
+/* -o: mount-wide options as in fstab, FUSE's kept, mount(8)'s dropped. */
+static void test_mount_opts(void)
+{
+	struct config cfg;
+	char err[512];
+
+	CHECK(PARSE(&cfg, err, "-o",
+	            "rw,nofail,_netdev,users,user=bob,x-systemd.automount,comment=x,defaults,"
+	            "cache_size=64M,cache-min-free=1%,allow_other,nosuid,fsname=media",
+	            "-o", "cache_dir=/var/cache/s,size_unknown=wait,verbose", "mnt") == 0);
+	CHECK(cfg.cache_size == 64u << 20 && cfg.cache_min_free_pct == 1);
+	CHECK(!strcmp(cfg.cache_dir, "/var/cache/s") && cfg.size_unknown_wait);
+	CHECK(cfg.verbosity == 1 && cfg.files.len == 0);
+	CHECK(cfg.fuse_opts.len == 3 && !strcmp(cfg.fuse_opts.ptr[0], "allow_other"));
+	CHECK(!strcmp(cfg.fuse_opts.ptr[1], "nosuid") &&
+	      !strcmp(cfg.fuse_opts.ptr[2], "fsname=media"));
+	config_free(&cfg);
+
+	PARSE_FAILS("unknown mount option 'bogus' in -o", "-o", "ro,bogus", "mnt");
+	PARSE_FAILS("mount option 'size' is a per-file option", "-o", "size=1M", "mnt");
+	PARSE_FAILS("mount option 'cache_size' needs a value", "-o", "cache_size", "mnt");
+	PARSE_FAILS("mount option 'allow_other' takes no value", "-o", "allow_other=1", "mnt");
+	PARSE_FAILS("mount option 'verbose' takes no value", "-o", "verbose=2", "mnt");
+	PARSE_FAILS("mount option 'fsname' needs a value", "-o", "fsname", "mnt");
+	PARSE_FAILS("bad --cache-size value '1x'", "-o", "cache_size=1x", "mnt");
+	PARSE_FAILS("unknown mount option 'config' in -o", "-o", "config=/x", "mnt");
+
+	/* MANIFEST MOUNTPOINT: the form mount.fuse3 runs. */
+	const char *m = write_file("fstab.ini", "[a]\nsource = cmd:echo a\n");
+	CHECK(PARSE(&cfg, err, m, "mnt", "-o", "rw,cache_size=2M") == 0);
+	CHECK(!strcmp(cfg.mountpoint, "mnt") && !strcmp(cfg.manifest, m));
+	CHECK(cfg.files.len == 1 && !strcmp(cfg.files.ptr[0].name, "a"));
+	CHECK(cfg.cache_size == 2u << 20);
+	/* The manifest is the mount's source, as fstab names it. */
+	CHECK(cfg.fuse_opts.len == 1 && !strncmp(cfg.fuse_opts.ptr[0], "fsname=", 7));
+	CHECK(!strcmp(cfg.fuse_opts.ptr[0] + 7, m));
+	config_free(&cfg);
+	CHECK(PARSE(&cfg, err, m, "mnt", "-o", "fsname=media") == 0);
+	CHECK(cfg.fuse_opts.len == 1 && !strcmp(cfg.fuse_opts.ptr[0], "fsname=media"));
+	config_free(&cfg);
+	/* libfuse splits -o at commas: one in the name is escaped. */
+	const char *mc = write_file("a,b\\c.ini", "[a]\nsource = cmd:echo a\n");
+	CHECK(PARSE(&cfg, err, mc, "mnt") == 0);
+	CHECK(cfg.fuse_opts.len == 1 && strstr(cfg.fuse_opts.ptr[0], "/a\\,b\\\\c.ini"));
+	config_free(&cfg);
+	/* A missing manifest is named as one. */
+	PARSE_FAILS("cannot read manifest '/nonexistent/m.ini'", "/nonexistent/m.ini", tmpdir);
+	/* The usual form is unchanged: one NAME=SOURCE after the mount point. */
+	CHECK(PARSE(&cfg, err, "mnt", "a=cmd:ls") == 0);
+	CHECK(!strcmp(cfg.mountpoint, "mnt") && !cfg.manifest && cfg.files.len == 1);
+	config_free(&cfg);
+	/* A file then a NAME=SOURCE: the usual form (the mount then says the
+	 * mount point is not a directory). */
+	CHECK(PARSE(&cfg, err, m, "a=cmd:ls") == 0);
+	CHECK(!strcmp(cfg.mountpoint, m) && !cfg.manifest && cfg.files.len == 1);
+	config_free(&cfg);
+}
+
 static void test_proxy(void)
 {
 	static const char *const bad[] = {
@@ -1167,6 +1226,7 @@ int main(void)
 	RUN(test_scrub_argv);
 	RUN(test_add_request);
 	RUN(test_cache_options);
+	RUN(test_mount_opts);
 	RUN(test_proxy);
 	RUN(test_s3);
 	for (i = 0; i < ntmpfiles; i++) {
