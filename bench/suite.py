@@ -443,6 +443,7 @@ class Suite:
             want = args.systems.split(",")
             self.systems = [s for s in self.systems if s.key in want]
         self.expected = {}
+        self.unmounted = set()  # tags whose mount failed: no bytes to count
 
     # ---- mounting
 
@@ -495,6 +496,7 @@ class Suite:
                     pass
             time.sleep(0.02)  # polled: a FUSE daemon has no readiness signal to wait on
         unmount(mnt, proc)
+        self.unmounted.add(tag)
         if proc.returncode is not None and proc.returncode != 0:
             raise Failure("error", "mount failed (exit %d): %s"
                           % (proc.returncode, first_line(fslog.read_text(errors="replace"))))
@@ -775,12 +777,13 @@ class Suite:
                     continue
                 t = self.tags.get(("read", s.key), {}).get(rep)
                 self.results.setdefault(("sent-read", s.key), []).append(
-                    sent.get(t, 0) / MiB)
-                tot = 0
-                for g in probe_groups:
-                    t = self.tags.get((g, s.key), {}).get(rep)
-                    tot += sent.get(t, 0)
-                self.results.setdefault(("sent-probe", s.key), []).append(tot / MiB)
+                    Failure("error", "did not mount") if t in self.unmounted
+                    else sent.get(t, 0) / MiB)
+                tags = [self.tags.get((g, s.key), {}).get(rep) for g in probe_groups]
+                bad = sum(1 for t in tags if t in self.unmounted)
+                self.results.setdefault(("sent-probe", s.key), []).append(
+                    Failure("error", "%d of %d mounts failed" % (bad, len(tags))) if bad
+                    else sum(sent.get(t, 0) for t in tags) / MiB)
 
     def table(self):
         notes = []
@@ -1023,7 +1026,8 @@ def main():
         server = args.server = Server(tmp)
         suite = Suite(args, tmp)
         suite.run()
-        cleanup()  # every daemon gone: the access log is complete
+        cleanup()
+        server.stop()  # every client gone and nginx stopped: its log is complete
         suite.add_sent()
         if os.environ.get("SUITE_DEBUG"):
             for k, v in sorted(suite.results.items()):
