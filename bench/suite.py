@@ -1014,6 +1014,7 @@ def main():
 
     started = datetime.datetime.now(datetime.timezone.utc)
     load = os.getloadavg()[0]
+    at_commit = commit()  # what was measured, whatever changes while it runs
     tmp = Path(tempfile.mkdtemp(prefix="suite.", dir=args.tmp))
     server = None
     try:
@@ -1043,7 +1044,7 @@ def main():
         "one repetition"
     head = [
         "Run %s UTC at commit %s, %s; load average %.2f at the start." % (
-            started.strftime("%Y-%m-%d %H:%M"), commit(), machine(), load),
+            started.strftime("%Y-%m-%d %H:%M"), at_commit, machine(), load),
         "Versions: %s. Each cell: %s, systems interleaved." % (versions(), reps),
     ]
     if os.geteuid() != 0:
