@@ -24,14 +24,18 @@ things in the same run:
 
 Every cell is the median over --reps repetitions with the min-max beside it;
 each repetition runs every system in turn (interleaved), so a machine that
-gets busier slows every column alike. A system that is not installed or
-fails shows "n/a" or "error" with the reason in a note: nothing aborts the
-suite. Every mount is unmounted and every process started is ended, by
-PID, however the suite stops.
+gets busier slows every column alike. Every tool's output must be the one
+it gives on the local file. A system that is not installed or fails shows
+"n/a", "error", "timeout", "wrong output" or "WRONG DATA" with the reason in
+a note: nothing aborts the suite. Every mount is unmounted and every
+process started is ended, by PID, however the suite stops (SIGINT, SIGTERM
+and SIGHUP included).
 
 URLs carry a tag per system, measure and repetition (/MODE/TAG/FILE), which
 is how the access log tells whose bytes they were; MODE picks the nginx
-location: f (stock), r20 and r2 (limit_rate), nr (max_ranges 0).
+location: f (full speed), r20 and r2 (limit_rate), s (stock), nr
+(max_ranges 0). All but s and nr add Accept-Ranges to range replies (see
+Server).
 """
 
 import argparse
@@ -69,7 +73,10 @@ def die(msg, code=1):
 
 class Failure(Exception):
     """A measurement that gave no figure: kind is "n/a" (cannot run here),
-    "error" (ran and failed) or "WRONG DATA" / "wrong output"."""
+    "error" (ran and failed), "timeout" (gave up), "WRONG DATA" (bytes
+    differ from the file's), "wrong output" (a tool's output differs from
+    its output on the local file) or "–" (nothing to measure: no cell
+    note)."""
 
     def __init__(self, kind, reason):
         super().__init__(reason)
@@ -220,7 +227,7 @@ def timed(argv, timeout, **kw):
     return time.monotonic() - t0, r
 
 
-def first_line(text):
+def what_failed(text):
     """The line of a tool's or daemon's output that says what went wrong:
     the last that reads like an error, else the last."""
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
@@ -242,7 +249,9 @@ def make_data(www, size_mib, mp4_mib):
             subprocess.run(["head", "-c", "%dM" % size_mib, "/dev/urandom"], stdout=out,
                            check=True)
     moov, fast = www / "moov.mp4", www / "fast.mp4"
-    if not moov.exists() or not fast.exists():
+    made_for = www / ".mp4-mib"  # the size asked for when they were made (--data)
+    if not moov.exists() or not fast.exists() or not made_for.exists() \
+            or made_for.read_text().strip() != str(mp4_mib):
         log("making a ~%d MiB moov-at-end MP4 and its faststart twin with ffmpeg ..." % mp4_mib)
         # a minute of 720p, or less of a smaller picture for a small file
         secs, frame = (60, "1280x720") if mp4_mib >= 32 else (max(8, mp4_mib * 2), "640x360")
@@ -261,6 +270,7 @@ def make_data(www, size_mib, mp4_mib):
                        check=True)
         os.rename(www / "moov.tmp.mp4", moov)
         os.rename(www / "fast.tmp.mp4", fast)
+        made_for.write_text("%d\n" % mp4_mib)
     order_m, order_f = mp4_boxes(moov), mp4_boxes(fast)
     if not order_m.index("moov") > order_m.index("mdat") > -1:
         die("moov.mp4 does not have its moov box at the end: %s" % order_m)
@@ -398,8 +408,8 @@ class Server:
 # ---------------------------------------------------------------- systems
 
 class System:
-    """One column. `mount_argv` is None for the systems without a mount
-    (local, curl); `why_not` says why a system cannot run here."""
+    """One column: key (for --systems), title (the header), binary (None
+    for the local file); why_not says why it cannot run here."""
 
     def __init__(self, key, title, binary=None):
         self.key = key
@@ -408,9 +418,6 @@ class System:
         self.why_not = None
         if binary and not shutil.which(binary) and not os.access(binary, os.X_OK):
             self.why_not = "%s is not installed" % binary
-
-    def is_fs(self):
-        return self.key not in ("local", "curl")
 
 
 class Suite:
@@ -426,7 +433,6 @@ class Suite:
         self.rclone_conf.write_text("")
         self.mnt = tmp / "mnt"
         self.mnt.mkdir()
-        self.n = 0
         sb = args.streamfs
         self.systems = [
             System("local", "local file"),
@@ -451,7 +457,6 @@ class Suite:
         """Mount `name` for sysm from location `mode`; returns the daemon's
         Popen. Ready once the mount is listed and shows the file (a listing
         starts no stream in streamfs, and every peer lists at mount)."""
-        self.n += 1
         mnt = self.mnt
         fslog = self.tmp / ("fs-%s.log" % sysm.key)
         url = self.args.server.url(mode, tag, name)
@@ -499,9 +504,9 @@ class Suite:
         self.unmounted.add(tag)
         if proc.returncode is not None and proc.returncode != 0:
             raise Failure("error", "mount failed (exit %d): %s"
-                          % (proc.returncode, first_line(fslog.read_text(errors="replace"))))
+                          % (proc.returncode, what_failed(fslog.read_text(errors="replace"))))
         raise Failure("error", "did not mount within 30 s: %s"
-                      % first_line(fslog.read_text(errors="replace")))
+                      % what_failed(fslog.read_text(errors="replace")))
 
     # ---- recording
 
@@ -515,9 +520,12 @@ class Suite:
             if proc is not None and proc.poll() is not None:
                 fslog = self.tmp / ("fs-%s.log" % sysm.key)
                 v = Failure(e.kind, "the daemon exited (%s): %s" % (
-                    proc.returncode, first_line(fslog.read_text(errors="replace"))))
-        self.results.setdefault((row, sysm.key), []).append(v)
+                    proc.returncode, what_failed(fslog.read_text(errors="replace"))))
+        self.put(row, sysm, v)
         return v
+
+    def put(self, row, sysm, v):
+        self.results.setdefault((row, sysm.key), []).append(v)
 
     def tag(self, group, sysm, rep):
         t = "%s.%s.%d" % (sysm.key, group, rep)
@@ -530,7 +538,7 @@ class Suite:
         secs, r = timed(["dd", "if=%s" % path, "of=/dev/null", "bs=128K"], timeout,
                         capture_output=True, text=True)
         if r.returncode != 0:
-            raise Failure("error", "read failed: %s" % first_line(r.stderr))
+            raise Failure("error", "read failed: %s" % what_failed(r.stderr))
         m = re.search(r"^(\d+) bytes", r.stderr, re.M)
         if not m or int(m.group(1)) != self.size:
             raise Failure("WRONG DATA", "read %s bytes of %d" % (m and m.group(1), self.size))
@@ -559,7 +567,7 @@ class Suite:
             def one():
                 secs, rc, err, ru = run_rusage(["curl", "-sSf", "-o", "/dev/null", url], timeout)
                 if rc != 0:
-                    raise Failure("error", "curl: %s" % first_line(err))
+                    raise Failure("error", "curl: %s" % what_failed(err))
                 use.append(ru)
                 return self.size / MiB / secs
 
@@ -572,14 +580,13 @@ class Suite:
             proc = self.mount(sysm, "f", tag, "big.bin")
         except Failure as e:
             for row in rows:
-                self.record(row, sysm, lambda: raise_(e))
+                self.put(row, sysm, e)
             return
         try:
             path = self.mnt / "big.bin"
             first = self.record("read1", sysm, lambda: self.read_rate(path, timeout), proc)
             if isinstance(first, Failure):
-                self.record("read2", sysm, lambda: raise_(Failure(
-                    "error", "no second read: the first failed")))
+                self.put("read2", sysm, Failure("error", "no second read: the first failed"))
             else:
                 self.record("read2", sysm, lambda: self.read_rate(path, timeout), proc)
             if proc.poll() is None:
@@ -587,14 +594,12 @@ class Suite:
                     use = proc_usage(proc.pid)
                 except Failure as e:
                     use = (e, e)
-                self.record("rss", sysm, lambda: use[0] if not isinstance(use[0], Failure)
-                            else raise_(use[0]))
-                self.record("cpu", sysm, lambda: use[1] if not isinstance(use[1], Failure)
-                            else raise_(use[1]))
+                self.put("rss", sysm, use[0])
+                self.put("cpu", sysm, use[1])
             else:
                 for row in ("rss", "cpu"):
-                    self.record(row, sysm, lambda: raise_(Failure(
-                        "error", "the daemon exited (%d)" % proc.returncode)))
+                    self.put(row, sysm, Failure("error", "the daemon exited (%d)"
+                                                % proc.returncode))
         finally:
             unmount(self.mnt, proc)
 
@@ -620,7 +625,7 @@ class Suite:
         try:
             proc = self.mount(sysm, mode, tag, name)
         except Failure as e:
-            self.record(row, sysm, lambda: raise_(e))
+            self.put(row, sysm, e)
             return
         try:
             self.record(row, sysm, lambda: fn(self.mnt / name), proc)
@@ -632,7 +637,7 @@ class Suite:
         secs, r = timed(argv, timeout, capture_output=True, shell=shell, text=not binary)
         if r.returncode != 0:
             raise Failure("error", "%s: %s" % (Path(argv[0]).name if not shell else "tool",
-                                               first_line(r.stderr if not binary else
+                                               what_failed(r.stderr if not binary else
                                                           r.stderr.decode(errors="replace"))))
         if r.stdout != want:
             raise Failure("WRONG DATA" if binary else "wrong output",
@@ -667,7 +672,7 @@ class Suite:
         def check(argv):
             _, r = timed(argv, 120, capture_output=True, text=True)
             if r.returncode != 0:
-                raise Failure("error", first_line(r.stderr))
+                raise Failure("error", what_failed(r.stderr))
             if r.stdout.split()[0] != want:
                 raise Failure("WRONG DATA", "sha256 differs from the original's")
             return "ok"
@@ -822,10 +827,6 @@ def blank():
 
 def none(reason):
     raise Failure("n/a", reason)
-
-
-def raise_(e):
-    raise e
 
 
 def curl_usage(use, what):
