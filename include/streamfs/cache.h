@@ -66,14 +66,18 @@ struct cache_client {
 	/* Append up to @max evictable blocks to @out; returns how many. */
 	size_t (*candidates)(struct cache_client *c, struct cache_cand *out, size_t max);
 	/* Evict @block if it is still held, unpinned and last used at @tick.
-	 * Returns true if it was released (the cache then counts it free). */
-	bool (*evict)(struct cache_client *c, uint64_t block, uint64_t tick);
+	 * Returns true if it was released (the cache then counts it free).
+	 * Sets *@reask if a parked reader needed bytes of it: the cache then
+	 * calls reask() once no lock is held, so they are asked for again. */
+	bool (*evict)(struct cache_client *c, uint64_t block, uint64_t tick, bool *reask);
+	void (*reask)(struct cache_client *c);
 
 	/* private: cache.c, under the cache lock */
 	struct cache *cache;
 	struct cache_client *next, *prev; /* attached clients */
 	bool paused;
 	bool evictable;
+	bool reask_due; /* evict() said so; reask() not called yet */
 	enum cache_pause why;
 	uint64_t blocks; /* held now */
 };

@@ -300,6 +300,10 @@ bool stream_unwait(struct stream *s, struct stream_waiter *w);
  * part of the range is not present, or the store's error.
  */
 int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off);
+/* As stream_copy(), but not a read: the blocks are not marked used, so
+ * eviction's order stays that of the readers (for copies the daemon makes
+ * for itself, such as completing a page for the page cache). */
+int stream_peek(struct stream *s, void *buf, size_t len, uint64_t off);
 
 /*
  * Blocking read with regular-file results (S3/S4): waits for the whole

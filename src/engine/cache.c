@@ -45,6 +45,7 @@ struct cache {
 	uint64_t evictions;
 	struct cache_client clients; /* list head */
 	unsigned npaused;
+	unsigned nreask;                                    /* clients with reask_due */
 	uint64_t mem_avail, mem_total, mem_used_at, mem_ms; /* memory store picture */
 
 	atomic_uint apaused; /* npaused, read without the lock */
@@ -238,8 +239,13 @@ static uint64_t evict_blocks(struct cache *ca, uint64_t want, unsigned flags)
 	uint64_t done = 0;
 	for (size_t i = 0; i < n && done < want; i++) {
 		struct cache_client *c = v[i].c;
-		if (!c->evict(c, v[i].block, v[i].tick))
+		bool reask = false;
+		if (!c->evict(c, v[i].block, v[i].tick, &reask))
 			continue;
+		if (reask && !c->reask_due) {
+			c->reask_due = true;
+			ca->nreask++;
+		}
 		c->blocks--;
 		ca->used -= CACHE_BLOCK;
 		done++;
@@ -284,6 +290,36 @@ static void pause_locked(struct cache *ca, struct cache_client *c, enum cache_pa
 	c->paused = true;
 	ca->npaused++;
 	atomic_store(&ca->apaused, ca->npaused);
+}
+
+/*
+ * An eviction took bytes a parked reader was waiting for (a reader that
+ * got no room when it parked pins nothing, and its bytes may be evicted
+ * after its fetch brought them): tell those streams, so they ask for the
+ * bytes again; nothing else would, and the reader would wait forever.
+ * No lock held.
+ */
+static void reask_clients(struct cache *ca)
+{
+	pthread_mutex_lock(&ca->lock);
+	unsigned n = ca->nreask;
+	struct cache_client **v = n ? malloc(n * sizeof(*v)) : NULL;
+	unsigned k = 0;
+	for (struct cache_client *c = ca->clients.next; c != &ca->clients; c = c->next) {
+		if (!c->reask_due)
+			continue;
+		c->reask_due = false;
+		ca->nreask--;
+		if (v && k < n && c->get(c))
+			v[k++] = c;
+	}
+	pthread_mutex_unlock(&ca->lock);
+	for (unsigned i = 0; i < k; i++) {
+		if (v[i]->reask)
+			v[i]->reask(v[i]);
+		v[i]->put(v[i]);
+	}
+	free(v);
 }
 
 /* Tell every paused client to try again. No lock held. */
@@ -378,6 +414,10 @@ void cache_detach(struct cache_client *c)
 		return;
 	pthread_mutex_lock(&ca->lock);
 	unpause_locked(ca, c);
+	if (c->reask_due) {
+		c->reask_due = false;
+		ca->nreask--;
+	}
 	c->prev->next = c->next;
 	c->next->prev = c->prev;
 	ca->used -= c->blocks * CACHE_BLOCK;
@@ -408,7 +448,10 @@ int cache_reserve(struct cache_client *c, unsigned flags, enum cache_pause *whyp
 	}
 	if (why != CACHE_RUN) {
 		pause_locked(ca, c, why);
+		bool reask = ca->nreask > 0;
 		pthread_mutex_unlock(&ca->lock);
+		if (reask)
+			reask_clients(ca);
 		*whyp = why;
 		return -ENOBUFS;
 	}
@@ -417,7 +460,10 @@ int cache_reserve(struct cache_client *c, unsigned flags, enum cache_pause *whyp
 	ca->pending++;
 	c->blocks++;
 	bool others = evicted && ca->npaused;
+	bool reask = ca->nreask > 0;
 	pthread_mutex_unlock(&ca->lock);
+	if (reask)
+		reask_clients(ca);
 	if (others) /* the batch made room for more than this block */
 		resume_paused(ca);
 	return 0;
@@ -441,7 +487,10 @@ bool cache_unreserve(struct cache_client *c, int err)
 	uint64_t n = 0;
 	if (err == ENOSPC || err == EDQUOT)
 		n = evict_blocks(ca, batch_size(ca, CACHE_NOSPACE), 0);
+	bool reask = ca->nreask > 0;
 	pthread_mutex_unlock(&ca->lock);
+	if (reask)
+		reask_clients(ca);
 	return n > 0;
 }
 

@@ -509,7 +509,7 @@ int stream_set_length(struct stream *s, uint64_t len)
 
 /* ---- reading ---------------------------------------------------------- */
 
-int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off)
+static int copy_out(struct stream *s, void *buf, size_t len, uint64_t off, bool is_read)
 {
 	struct pin pin = {.a = off, .b = off + len};
 	bool first = false;
@@ -523,7 +523,8 @@ int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off)
 	if (pinned) {
 		/* Evictions and drops keep off these bytes while we copy. */
 		pin_add(s, &pin);
-		first = blk_touch(s, off, off + len, true);
+		if (is_read)
+			first = blk_touch(s, off, off + len, true);
 	}
 	pthread_mutex_unlock(&s->lock);
 	if (!ok)
@@ -534,6 +535,16 @@ int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off)
 	if (first)
 		cache_note_read(s->cache);
 	return r;
+}
+
+int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off)
+{
+	return copy_out(s, buf, len, off, true);
+}
+
+int stream_peek(struct stream *s, void *buf, size_t len, uint64_t off)
+{
+	return copy_out(s, buf, len, off, false);
 }
 
 struct sync_wait {

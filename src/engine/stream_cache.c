@@ -241,7 +241,9 @@ static size_t cc_candidates(struct cache_client *c, struct cache_cand *out, size
 	return k;
 }
 
-static bool cc_evict(struct cache_client *c, uint64_t b, uint64_t tick)
+static bool blk_wanted_by_reader(struct stream *s, uint64_t b);
+
+static bool cc_evict(struct cache_client *c, uint64_t b, uint64_t tick, bool *reask)
 {
 	struct stream *s = cc_stream(c);
 	bool done = false;
@@ -252,10 +254,17 @@ static bool cc_evict(struct cache_client *c, uint64_t b, uint64_t tick)
 		if (n >= 0) {
 			s->evicted += (uint64_t)n;
 			done = true;
+			*reask = blk_wanted_by_reader(s, b);
 		}
 	}
 	pthread_mutex_unlock(&s->lock);
 	return done;
+}
+
+/* A parked reader's bytes were evicted: ask for them again. */
+static void cc_reask(struct cache_client *c)
+{
+	admit_waiters(cc_stream(c));
 }
 
 void stream_set_cache(struct stream *s, struct cache *ca)
@@ -266,6 +275,7 @@ void stream_set_cache(struct stream *s, struct cache *ca)
 	s->cc.resume = cc_resume;
 	s->cc.candidates = cc_candidates;
 	s->cc.evict = cc_evict;
+	s->cc.reask = cc_reask;
 	cache_attach(ca, &s->cc);
 }
 

@@ -6,8 +6,11 @@
  * stream, and the answer back. Decisions, each from a measurement on this
  * kernel:
  *  - Incomplete streams are opened direct_io (reads reach us even past the
- *    current size; short replies are not zero-filled). Complete ones with
- *    keep_cache and long attribute timeouts: re-reads at page-cache speed.
+ *    current size; short replies are not zero-filled; an error comes at
+ *    its exact byte, not at a page boundary), and what they are sent is
+ *    stored in the page cache too (park.c). Every open keeps the cache,
+ *    and complete streams have long attribute timeouts: once a stream has
+ *    been read through, later reads are page-cache reads.
  *  - st_size is never a misleading 0 and never decreases: stat and open
  *    wait for a size worth showing (a length, a first byte, or the end).
  *    st_blocks = ceil(size/512) so cp does not take the file for sparse;
@@ -251,16 +254,15 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		stream_want(h->s, (uint64_t)off, read_window(h, (uint64_t)off, size));
 
 	/* The common case, data already here: no allocation, no waiter. */
-	int r = reply_present(req, h->s, (uint64_t)off, size);
+	int r = reply_present(req, h->n, h->s, (uint64_t)off, size, h->push);
 	if (r == 0)
 		return;
 	if (r != -ERANGE) {
 		fuse_reply_err(req, -r == ENOMEM ? ENOMEM : EIO);
 		return;
 	}
-	park(req, fs, h->n, h->s, P_READ,
-	     h->n->read == READ_PARTIAL ? STREAM_WAIT_ANY : STREAM_WAIT_RANGE, (uint64_t)off, size,
-	     NULL);
+	park_read(req, fs, h, h->n->read == READ_PARTIAL ? STREAM_WAIT_ANY : STREAM_WAIT_RANGE,
+	          (uint64_t)off, size);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)

@@ -43,6 +43,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int reply_errno(ssize_t r)
 {
@@ -69,7 +70,72 @@ static void buf_key_init(void)
 	xpthread_key_create(&buf_key, free);
 }
 
-int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len)
+/*
+ * A direct_io read leaves nothing in the kernel's page cache, so the next
+ * open of the complete file would read every byte through FUSE again.
+ * What such a reader was just sent is therefore also stored in the page
+ * cache (FUSE_NOTIFY_STORE), from the same buffer. The kernel marks a page
+ * valid only when all of it is given (or it ends at the file's size), and
+ * requests rarely start and end on page boundaries (a buffer that is not
+ * page-aligned splits a read in two), so the pages at either end of a
+ * reply are completed from the store, or left out if the rest of them is
+ * not there. Only the final end may end a page early: the zeros the kernel
+ * adds there would be wrong anywhere else. The bytes of a stream never
+ * change (a changed source fails instead), so a page stored once stays
+ * right. Not for keep= streams: their old bytes are meant to go.
+ */
+#define PUSH_PAGE_MAX 16384
+
+/* Store the page at @p (ending at @end, the known length, if sooner),
+ * the part [off, off+len) of it from @buf and the rest from the store. */
+static void push_edge(struct fs *fs, fuse_ino_t ino, struct stream *s, const char *buf,
+                      uint64_t off, size_t len, uint64_t p, uint64_t pg, uint64_t end)
+{
+	char page[PUSH_PAGE_MAX];
+	uint64_t e = p + pg < end ? p + pg : end;
+	uint64_t a = off > p ? off : p, b = off + len < e ? off + len : e;
+	if (a > p && stream_peek(s, page, (size_t)(a - p), p) != 0)
+		return;
+	memcpy(page + (a - p), buf + (a - off), (size_t)(b - a));
+	if (e > b && stream_peek(s, page + (b - p), (size_t)(e - b), b) != 0)
+		return;
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT((size_t)(e - p));
+	bv.buf[0].mem = page;
+	fuse_lowlevel_notify_store(fs->se, ino, (off_t)p, &bv, 0);
+}
+
+static void push_pages(struct fs *fs, struct node *n, struct stream *s, const char *buf,
+                       uint64_t off, size_t len)
+{
+	static long page;
+	if (!page)
+		page = sysconf(_SC_PAGESIZE);
+	if (page <= 0 || page > PUSH_PAGE_MAX)
+		return;
+	uint64_t pg = (uint64_t)page;
+	struct stream_info in;
+	stream_get_info(s, &in);
+	if (in.keep || len == 0)
+		return;
+	uint64_t end = in.length >= 0 ? (uint64_t)in.length : UINT64_MAX;
+	uint64_t a = (off + pg - 1) / pg * pg, b = (off + len) / pg * pg;
+	if (end != UINT64_MAX && off + len == end)
+		b = end; /* the last page, ended by the file's size */
+	if (a < b) {
+		struct fuse_bufvec bv = FUSE_BUFVEC_INIT((size_t)(b - a));
+		bv.buf[0].mem = (char *)buf + (a - off);
+		/* Best effort: the kernel may have dropped the inode (ENOENT). */
+		fuse_lowlevel_notify_store(fs->se, n->ino, (off_t)a, &bv, 0);
+	}
+	if (off % pg)
+		push_edge(fs, n->ino, s, buf, off, len, off / pg * pg, pg, end);
+	uint64_t last = (off + len) / pg * pg;
+	if ((off + len) % pg && b < off + len && last >= a && last > off / pg * pg)
+		push_edge(fs, n->ino, s, buf, off, len, last, pg, end);
+}
+
+int reply_present(fuse_req_t req, struct node *n, struct stream *s, uint64_t off, size_t len,
+                  bool push)
 {
 	xpthread_once(&buf_once, buf_key_init);
 	char *buf = pthread_getspecific(buf_key);
@@ -84,13 +150,18 @@ int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len)
 	}
 	if (!buf)
 		return -ENOMEM;
+	struct fs *fs = fuse_req_userdata(req); /* @req is gone once replied */
 	int r = stream_copy(s, buf, len, off);
-	if (r == 0)
-		fuse_reply_buf(req, buf, len);
+	if (r == 0 && fuse_reply_buf(req, buf, len) == 0 && push)
+		push_pages(fs, n, s, buf, off, len);
 	if (own)
 		free(buf);
 	return r;
 }
+
+static void do_park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s,
+                    enum pending_op op, enum stream_wait_kind kind, uint64_t off, size_t len,
+                    const struct fuse_file_info *fi, bool push);
 
 static void reply_read(struct pending *p, ssize_t r)
 {
@@ -105,11 +176,11 @@ static void reply_read(struct pending *p, ssize_t r)
 		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
-	int e = reply_present(req, s, off, (size_t)r);
+	int e = reply_present(req, p->n, s, off, (size_t)r, p->push);
 	if (e == -ERANGE) {
 		/* Evicted between the wake-up and this copy: wait again (the
 		 * stream fetches it again). */
-		park(req, p->fs, p->n, s, P_READ, p->w.kind, off, p->w.len, NULL);
+		do_park(req, p->fs, p->n, s, P_READ, p->w.kind, off, p->w.len, NULL, p->push);
 	} else if (e == -ENOMEM) {
 		fuse_reply_err(req, ENOMEM);
 	} else if (e < 0) {
@@ -131,14 +202,16 @@ static void reply_open(struct pending *p, ssize_t r)
 		return;
 	}
 	/* Incomplete streams are opened direct_io (reads reach us even past
-	 * the current size; short replies are not zero-filled). Complete ones
-	 * with keep_cache: re-reads at page-cache speed. */
+	 * the current size; short replies are not zero-filled), and what is
+	 * read through them is pushed into the page cache; every open keeps
+	 * the cache: the next open of the complete file reads from there. */
 	struct stream_info in;
 	stream_get_info(p->s, &in);
 	p->fi.fh = (uintptr_t)h;
 	bool complete = in.state == STREAM_COMPLETE;
-	p->fi.keep_cache = complete;
+	p->fi.keep_cache = 1; /* nothing cached is ever wrong (push_pages) */
 	p->fi.direct_io = !complete;
+	h->push = !complete;
 	if (fuse_reply_open(p->req, &p->fi) < 0)
 		handle_free(p->fs, h); /* the opener is gone (interrupted): no release will come */
 }
@@ -223,9 +296,93 @@ static void answer(struct pending *p, ssize_t r, bool listed)
 	release(p, listed);
 }
 
+/*
+ * The data replies of parked reads go to the replier thread: done() is
+ * called by the thread that brought the bytes (the I/O thread, for every
+ * pipe and transfer), and a reply costs it a copy out of the store, the
+ * write to /dev/fuse and the page-cache push; meanwhile it would receive
+ * nothing. The pending stays on fs->parked until the replier has answered
+ * it, so fs_shutdown() still waits for it, and an interrupt that comes
+ * meanwhile finds (stream_unwait) that it is not its own. Errors and ends
+ * are answered at once: they cost nothing.
+ */
+static bool queue_reply(struct pending *p, ssize_t r)
+{
+	struct replier *rep = &p->fs->rep;
+	if (!rep->running)
+		return false;
+	p->result = r;
+	xpthread_mutex_lock(&rep->lock);
+	bool was_empty = STAILQ_EMPTY(&rep->q);
+	STAILQ_INSERT_TAIL(&rep->q, p, qlink);
+	if (was_empty)
+		xpthread_cond_signal(&rep->cond);
+	xpthread_mutex_unlock(&rep->lock);
+	return true;
+}
+
+static void *replier_main(void *arg)
+{
+	struct fs *fs = arg;
+	struct replier *rep = &fs->rep;
+	xpthread_mutex_lock(&rep->lock);
+	for (;;) {
+		struct pending *p = STAILQ_FIRST(&rep->q);
+		if (!p) {
+			if (rep->stop)
+				break;
+			xpthread_cond_wait(&rep->cond, &rep->lock);
+			continue;
+		}
+		STAILQ_REMOVE_HEAD(&rep->q, qlink);
+		xpthread_mutex_unlock(&rep->lock);
+		answer(p, p->result, true);
+		xpthread_mutex_lock(&rep->lock);
+	}
+	xpthread_mutex_unlock(&rep->lock);
+	return NULL;
+}
+
+void park_start(struct fs *fs)
+{
+	struct replier *rep = &fs->rep;
+	if (rep->running)
+		return;
+	xpthread_mutex_init(&rep->lock, NULL);
+	xpthread_cond_init(&rep->cond, NULL);
+	STAILQ_INIT(&rep->q);
+	rep->stop = false;
+	if (pthread_create(&rep->thread, NULL, replier_main, fs) != 0) {
+		log_warn("no reply thread: replies are sent by the threads that bring the data");
+		xpthread_mutex_destroy(&rep->lock);
+		xpthread_cond_destroy(&rep->cond);
+		return;
+	}
+	rep->running = true;
+}
+
+void park_stop(struct fs *fs)
+{
+	struct replier *rep = &fs->rep;
+	if (!rep->running)
+		return;
+	xpthread_mutex_lock(&rep->lock);
+	rep->stop = true;
+	xpthread_cond_signal(&rep->cond);
+	xpthread_mutex_unlock(&rep->lock);
+	xpthread_join(rep->thread, NULL);
+	assert(STAILQ_EMPTY(&rep->q));
+	rep->running = false;
+	xpthread_mutex_destroy(&rep->lock);
+	xpthread_cond_destroy(&rep->cond);
+}
+
 static void pending_done(struct stream_waiter *w, ssize_t r)
 {
-	answer(w->data, r, true);
+	struct pending *p = w->data;
+	if (p->op == P_READ && r > 0 && queue_reply(p, r))
+		return;
+	answer(p, r, true);
 }
 
 /* Runs under the request's lock: must not disarm itself. */
@@ -240,8 +397,9 @@ static void pending_interrupt(fuse_req_t req, void *data)
 	release(p, true);
 }
 
-void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s, enum pending_op op,
-          enum stream_wait_kind kind, uint64_t off, size_t len, const struct fuse_file_info *fi)
+static void do_park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s,
+                    enum pending_op op, enum stream_wait_kind kind, uint64_t off, size_t len,
+                    const struct fuse_file_info *fi, bool push)
 {
 	assert(s && !n->dir);
 	struct pending *p = req_alloc(sizeof(*p));
@@ -261,6 +419,7 @@ void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s, enum 
 	p->s = stream_ref(s);
 	p->op = op;
 	p->with_fh = fi != NULL;
+	p->push = push;
 	if (fi)
 		p->fi = *fi;
 	atomic_init(&p->answered, false);
@@ -284,6 +443,18 @@ void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s, enum 
 	if (r != STREAM_PARKED)
 		answer(p, r, true);
 	/* Parked: @p may be answered and freed already. */
+}
+
+void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s, enum pending_op op,
+          enum stream_wait_kind kind, uint64_t off, size_t len, const struct fuse_file_info *fi)
+{
+	do_park(req, fs, n, s, op, kind, off, len, fi, false);
+}
+
+void park_read(fuse_req_t req, struct fs *fs, struct handle *h, enum stream_wait_kind kind,
+               uint64_t off, size_t len)
+{
+	do_park(req, fs, h->n, h->s, P_READ, kind, off, len, NULL, h->push);
 }
 
 size_t park_wake_all(struct fs *fs)

@@ -1,0 +1,140 @@
+"""
+The second read of a complete stream comes from the kernel's page cache
+(README "Performance").
+
+A file is opened direct_io while its stream runs, which leaves nothing in
+the page cache by itself; streamfs stores what such a reader is sent into
+the page cache as well, and every open keeps the cache. So once a stream
+has been read through and is complete, the next open is served by the
+kernel alone. Checked from outside with mincore(2) on a mapping of the
+file, which reports the file's pages that are in the page cache (without
+faulting them in): after one read, all of them are; and what is read back
+is the source's bytes, also where a page was only partly known when it
+was pushed. A page is stored just after its reply is sent, so the checks
+wait (with a deadline) for the last one.
+"""
+import ctypes
+import ctypes.util
+import mmap
+import os
+import subprocess
+
+from helpers import put, q, wait_until
+
+MiB = 1 << 20
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+
+
+def resident_pages(path):
+    """Which pages of @path are in the page cache: a list of booleans."""
+    size = os.stat(path).st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_PRIVATE, fd, 0)
+        if addr in (None, ctypes.c_void_p(-1).value):
+            raise OSError(ctypes.get_errno(), "mmap")
+        try:
+            n = (size + PAGE - 1) // PAGE
+            vec = ctypes.create_string_buffer(n)
+            if _libc.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), "mincore")
+            return [bool(b & 1) for b in vec.raw[:n]]
+        finally:
+            _libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def read_file(path, bufsize=MiB):
+    out = bytearray()
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            b = f.read(bufsize)
+            if not b:
+                return bytes(out)
+            out += b
+
+
+def test_url_read_once_is_then_in_the_page_cache(srv, www, mount):
+    blob = put(www, "f", 8 * MiB + 123)  # the last page is a partial one
+    m = mount("a.bin=" + srv.url("f"))
+    p = m / "a.bin"
+    assert read_file(p) == blob  # opened while running: direct_io
+    m.wait_state("a.bin", {"complete"})
+
+    def missing():
+        return [i for i, r in enumerate(resident_pages(p)) if not r]
+    wait_until(lambda: not missing(), what="every page to be cached")
+    assert read_file(p) == blob
+    assert len(srv.requests("/f", method="GET")) == 1
+
+
+def test_nothing_read_nothing_cached(srv, www, mount):
+    """The check above can fail: pages are cached because they were read."""
+    put(www, "f", 4 * MiB)
+    m = mount("a.bin=" + srv.url("f"))
+    p = m / "a.bin"
+    with open(p, "rb") as f:
+        f.read(1)  # starts the stream; one page read
+    m.wait_state("a.bin", {"complete"})
+    pages = resident_pages(p)
+    assert 0 < sum(pages) < len(pages) // 2
+
+
+def test_command_of_unknown_length(tmp_path, mount):
+    """A command's bytes, read while it runs and again once it ended: the
+    whole pages before the end come from the cache, and every byte is
+    right, including the last, partial page."""
+    blob = os.urandom(3 * MiB + 777)
+    src = tmp_path / "src"
+    src.write_bytes(blob)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    # The first MiB, then a wait at the fifo, then the rest.
+    m = mount(f"c=cmd:head -c {MiB} {q(src)}; cat {q(gate)} >/dev/null; "
+              f"tail -c +{MiB + 1} {q(src)}")
+    p = m / "c"
+    with open(p, "rb", buffering=0) as f:
+        first = f.read(MiB)
+        assert first == blob[:MiB]
+        with open(gate, "w"):
+            pass  # let the command go on
+        rest = bytearray()
+        while True:
+            b = f.read(MiB)
+            if not b:
+                break
+            rest += b
+    assert first + rest == blob
+    m.wait_state("c", {"complete"})
+    whole = len(blob) // PAGE
+    wait_until(lambda: all(resident_pages(p)[:whole]), what="the whole pages to be cached")
+    assert read_file(p) == blob
+    # A tool reading through the cache (sendfile) copies every byte too.
+    out = tmp_path / "copy"
+    subprocess.run(["cp", str(p), str(out)], check=True, timeout=60)
+    assert out.read_bytes() == blob
+
+
+def test_partial_reads_and_a_late_open(srv, www, mount):
+    """Pages pushed for scattered direct_io reads are right, and a complete
+    file reopened reads the same bytes whether cached or not."""
+    blob = put(www, "f", 5 * MiB + 1)
+    m = mount("a.bin=" + srv.url("f"))
+    p = m / "a.bin"
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        for off, n in [(3, 5000), (MiB + 17, 70000), (4 * MiB, MiB + 1), (2 * MiB, 4096)]:
+            assert os.pread(fd, n, off) == blob[off:off + n]
+    finally:
+        os.close(fd)
+    wait_until(lambda: m.state("a.bin") == "complete", what="the stream to complete")
+    assert read_file(p, bufsize=12345) == blob
+    assert read_file(p) == blob
