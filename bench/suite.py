@@ -43,6 +43,7 @@ import datetime
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import signal
 import statistics
@@ -517,6 +518,11 @@ class Suite:
             v = fn()
         except Failure as e:
             v = e
+            if proc is not None:
+                try:  # a reader that failed because the daemon died may see it first
+                    proc.wait(timeout=1)
+                except subprocess.TimeoutExpired:
+                    pass
             if proc is not None and proc.poll() is not None:
                 fslog = self.tmp / ("fs-%s.log" % sysm.key)
                 v = Failure(e.kind, "the daemon exited (%s): %s" % (
@@ -1057,8 +1063,16 @@ def main():
     print()
     for i, n in enumerate(notes, 1):
         print("[%d] %s" % (i, n))
+    print()
+    print(LEGEND)
     if args.write:
-        cmd = "bench/suite " + " ".join(sys.argv[1:])
+        argv, skip = [], False
+        for a in sys.argv[1:]:  # the note is printed above the table already
+            if skip or a == "--note" or a.startswith("--note="):
+                skip = a == "--note"
+                continue
+            argv.append(a)
+        cmd = shlex.join(["bench/suite"] + argv)
         md = ["# Benchmark results", ""]
         if args.note:
             md += ["**%s**" % args.note, ""]
