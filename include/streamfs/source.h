@@ -72,6 +72,9 @@ struct url_opts {
 	double stall_timeout;  /* no byte for this long is a stall */
 	double connect_timeout;
 	int max_redirs;
+	char *aws_sigv4; /* CURLOPT_AWS_SIGV4 ("aws:amz:REGION:s3") with userpwd, or NULL */
+	bool path_as_is; /* send the path as given (S3 keys may hold "..") */
+	char *fail_msg;  /* the stream fails with this (EIO) when it starts, or NULL */
 };
 
 /* http(s)/ftp(s) URL through libcurl. @opts is copied. */
@@ -93,6 +96,10 @@ char *source_url_redact(const char *url);
  * implies when none is given)? Credentials given for a file go only where
  * this holds, as curl does. False if either does not parse. */
 bool source_url_same_origin(const char *a, const char *b);
+
+/* -vv: libcurl's verbose output (headers and its notes, credentials
+ * redacted) goes to the log at debug level. Any thread; default off. */
+void source_url_set_verbose(bool on);
 
 /* Process-wide setup/teardown of libcurl (call once each from main). */
 int source_url_global_init(void);

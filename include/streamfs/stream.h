@@ -300,6 +300,11 @@ bool stream_unwait(struct stream *s, struct stream_waiter *w);
  * part of the range is not present, or the store's error.
  */
 int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off);
+/* Ask the source again for the bytes parked readers miss (reserving room
+ * for them first), even if they were asked before: for a source that knows
+ * none of its fetches is still running. */
+void stream_reask(struct stream *s);
+
 /* As stream_copy(), but not a read: the blocks are not marked used, so
  * eviction's order stays that of the readers (for copies the daemon makes
  * for itself, such as completing a page for the page cache). */

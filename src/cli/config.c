@@ -109,6 +109,11 @@ static const struct option long_opts[] = {
     {"netrc", optional_argument, NULL, OPT_FILE + FO_NETRC},
     {"netrc-file", required_argument, NULL, OPT_FILE + FO_NETRC_FILE},
     {"keep", required_argument, NULL, OPT_FILE + FO_KEEP},
+    {"region", required_argument, NULL, OPT_FILE + FO_REGION},
+    {"endpoint-url", required_argument, NULL, OPT_FILE + FO_ENDPOINT_URL},
+    {"profile", required_argument, NULL, OPT_FILE + FO_PROFILE},
+    {"force-path-style", optional_argument, NULL, OPT_FILE + FO_FORCE_PATH_STYLE},
+    {"no-sign-request", optional_argument, NULL, OPT_FILE + FO_NO_SIGN_REQUEST},
     {NULL, 0, NULL, 0},
 };
 
@@ -345,7 +350,7 @@ static bool looks_like_file(const char *arg)
 	src = eq + 1;
 	n = url_scheme_len(src);
 	if (strcmp(src, "-") && strncmp(src, "cmd:", 4) && strncmp(src, "pipe:", 5) &&
-	    !(n && !strncmp(src + n, "://", 3)))
+	    strncmp(src, "s3://", 5) && !(n && !strncmp(src + n, "://", 3)))
 		return false;
 	name = strndup(arg, (size_t)(eq - arg));
 	named = name && !config_validate_name(name, NULL, 0);

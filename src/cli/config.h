@@ -10,6 +10,7 @@
  * Syntax accepted (README.md and man/streamfs.1 say it for users):
  *   streamfs [OPTIONS] MOUNTPOINT [NAME=SOURCE]...
  *   SOURCE: cmd:COMMAND | pipe:PATH | - | http://... https://... ftp://... ftps://...
+ *     | s3://BUCKET/KEY
  *   mount-wide: --size-unknown=auto|wait (what stat shows, for files whose
  *     --size is not given, while a stream with no announced length runs)
  *   per-file options, given once on the command line for every file there:
@@ -21,6 +22,8 @@
  *     --location-trusted (send credentials/headers after redirects to
  *     other hosts), --netrc, --netrc-file=FILE, --keep=BYTES (keep only
  *     the last BYTES: endless streams)
+ *     S3 options: --region=REGION, --endpoint-url=URL, --profile=NAME,
+ *     --force-path-style, --no-sign-request
  *   store budget: --cache-size=BYTES, --cache-min-free=BYTES|N% (default 5%)
  *   secrets: on the command line and in a manifest, --user=@FILE reads
  *     USER:PASSWORD from FILE's one line, --header=@FILE one header per
@@ -60,7 +63,7 @@ enum size_policy { SIZE_AUTO, SIZE_WAIT, SIZE_FIXED, SIZE_WAIT_UNKNOWN };
 enum start_policy { START_ACCESS, START_MOUNT };
 enum read_policy { READ_FULL, READ_PARTIAL };
 enum fill_policy { FILL_ALL, FILL_ONDEMAND };
-enum source_kind { SOURCE_CMD, SOURCE_PIPE, SOURCE_STDIN, SOURCE_URL };
+enum source_kind { SOURCE_CMD, SOURCE_PIPE, SOURCE_STDIN, SOURCE_URL, SOURCE_S3 };
 
 /* Per-file options. Defaults come from config_file_opts_default(). */
 struct file_opts {
@@ -86,6 +89,13 @@ struct file_opts {
 	int max_redirs;                /* default 10 */
 
 	uint64_t keep; /* keep only the last KEEP bytes (endless streams); 0: all */
+
+	/* s3:// sources (NULL: looked up as the AWS CLI does, see s3.h) */
+	char *region;          /* owned */
+	char *endpoint_url;    /* owned */
+	char *profile;         /* owned */
+	bool force_path_style; /* default false: virtual-hosted where possible */
+	bool no_sign_request;  /* default false: sign with the credentials found */
 };
 
 /* The store's accounting block (cache.h's CACHE_BLOCK). */
@@ -199,7 +209,7 @@ void config_file_opts_free(struct file_opts *o);
 /* Deep copy of @src into @dst. Returns 0 or -1 (ENOMEM). */
 int config_file_opts_copy(struct file_opts *dst, const struct file_opts *src);
 
-/* "cmd", "pipe", "stdin", "url". */
+/* "cmd", "pipe", "stdin", "url", "s3". */
 const char *config_source_kind_name(enum source_kind k);
 
 #endif

@@ -11,6 +11,7 @@
 
 #include "fs.h"
 #include "log.h"
+#include "streamfs/s3.h"
 #include "streamfs/source.h"
 #include "streamfs/store.h"
 
@@ -85,6 +86,7 @@ static struct stream *make_stream(const struct files_env *env, const struct file
 	struct stream *s = NULL;
 	char *abs = NULL;
 	struct url_opts uo;
+	struct s3_opts so;
 	switch (f->kind) {
 	case SOURCE_CMD:
 		s = source_cmd_new(env->loop, f->name, f->arg, env->cwd, st);
@@ -100,6 +102,21 @@ static struct stream *make_stream(const struct files_env *env, const struct file
 	case SOURCE_URL:
 		uo = url_opts_of(&f->opts);
 		s = source_url_new(env->loop, f->name, f->arg, &uo, st);
+		break;
+	case SOURCE_S3:
+		uo = url_opts_of(&f->opts);
+		so = (struct s3_opts){.region = f->opts.region,
+		                      .endpoint_url = f->opts.endpoint_url,
+		                      .profile = f->opts.profile,
+		                      .force_path_style = f->opts.force_path_style,
+		                      .no_sign_request = f->opts.no_sign_request};
+		s = source_s3_new(env->loop, f->name, f->arg, &so, &uo, st, err, errlen);
+		if (!s) {
+			char why[256];
+			snprintf(why, sizeof(why), "%s", err);
+			snprintf(err, errlen, "'%s': %s", f->name, why);
+			return NULL;
+		}
 		break;
 	}
 	if (!s) {

@@ -47,6 +47,7 @@ static const char usage[] =
     "  pipe:PATH          a FIFO (or any file), read sequentially\n"
     "  -                  streamfs's own standard input\n"
     "  http://... https://... ftp://... ftps://...   a URL\n"
+    "  s3://BUCKET/KEY    an S3 object, signed with the AWS CLI's credentials\n"
     "NAME may contain '/' to make subdirectories.\n"
     "\n"
     "Options:\n"
@@ -61,7 +62,7 @@ static const char usage[] =
     "                         (default) or waits for the end (whole sendfile copies)\n"
     "      --cache-size=BYTES at most BYTES in the store for all files (default: no limit)\n"
     "      --cache-min-free=BYTES|N%  keep free on the cache file system (default 5%)\n"
-    "  -v, --verbose          debug log output\n"
+    "  -v, --verbose          debug log output (-vv: and libcurl's, credentials redacted)\n"
     "  -q, --quiet            errors only\n"
     "      --version          print the version\n"
     "  -h, --help             this text\n"
@@ -75,6 +76,8 @@ static const char usage[] =
     "  URL options: --header='N: v', --user=U:P, --insecure, --retries=N, --retry-time=S,\n"
     "               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted,\n"
     "               --netrc, --netrc-file=FILE\n"
+    "  S3 options:  --region=REGION, --endpoint-url=URL, --profile=NAME, --force-path-style,\n"
+    "               --no-sign-request (public objects)\n"
     "  Secrets: --user=@FILE and --header=@FILE read them from FILE (mode 0600), so they\n"
     "  never show in ps; see 'Passing secrets' in streamfs(1).\n"
     "\n"
@@ -209,6 +212,8 @@ static int prepare(struct mount *m)
 	log_set_level(cfg->verbosity < 0    ? LOG_LVL_ERROR
 	              : cfg->verbosity == 0 ? LOG_LVL_INFO
 	                                    : LOG_LVL_DEBUG);
+	/* -vv: libcurl's own account of every request, too. */
+	source_url_set_verbose(cfg->verbosity >= 2);
 	int rc = check_mountpoint(m);
 	if (rc)
 		return rc;

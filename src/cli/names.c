@@ -13,6 +13,8 @@
  */
 #include "config_impl.h"
 
+#include "streamfs/s3.h"
+
 #include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +25,8 @@
 #define NAME_MAX_TOTAL 4095
 #define NAME_MAX_PART 255
 
-static const char source_hint[] = "expected cmd:COMMAND, pipe:PATH, -, or an http(s)/ftp(s) URL";
+static const char source_hint[] =
+    "expected cmd:COMMAND, pipe:PATH, -, an http(s)/ftp(s) URL, or s3://BUCKET/KEY";
 
 /* ---- names ---- */
 
@@ -169,6 +172,15 @@ static int source_kind(const char *name, const char *src, const char **arg, char
 	}
 	if (!strcmp(src, "-"))
 		return SOURCE_STDIN;
+	if (!strncasecmp(src, "s3:", 3)) {
+		char why[128];
+
+		*arg = src;
+		if (s3_parse_uri(src, NULL, NULL, why, sizeof(why)))
+			return cfg_fail(err, errlen, "bad S3 URI '%s' for '%s': %s",
+			                cfg_esc(qs, sizeof(qs), src), qn, why);
+		return SOURCE_S3;
+	}
 	if (url_scheme_len(src)) {
 		*arg = src;
 		return check_url(name, src, err, errlen) ? -1 : SOURCE_URL;
@@ -259,6 +271,8 @@ const char *config_source_kind_name(enum source_kind k)
 		return "stdin";
 	case SOURCE_URL:
 		return "url";
+	case SOURCE_S3:
+		return "s3";
 	}
 	return "unknown";
 }

@@ -14,6 +14,8 @@
  */
 #include "config_impl.h"
 
+#include "streamfs/s3.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
@@ -72,6 +74,9 @@ void config_file_opts_free(struct file_opts *o)
 	strings_free(&o->headers);
 	free(o->userpwd);
 	free(o->netrc_file);
+	free(o->region);
+	free(o->endpoint_url);
+	free(o->profile);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -82,7 +87,12 @@ int config_file_opts_copy(struct file_opts *dst, const struct file_opts *src)
 	o.headers = (struct config_strings)VECTOR_INIT;
 	o.userpwd = src->userpwd ? strdup(src->userpwd) : NULL;
 	o.netrc_file = src->netrc_file ? strdup(src->netrc_file) : NULL;
-	if ((src->userpwd && !o.userpwd) || (src->netrc_file && !o.netrc_file))
+	o.region = src->region ? strdup(src->region) : NULL;
+	o.endpoint_url = src->endpoint_url ? strdup(src->endpoint_url) : NULL;
+	o.profile = src->profile ? strdup(src->profile) : NULL;
+	if ((src->userpwd && !o.userpwd) || (src->netrc_file && !o.netrc_file) ||
+	    (src->region && !o.region) || (src->endpoint_url && !o.endpoint_url) ||
+	    (src->profile && !o.profile))
 		goto nomem;
 	for (size_t i = 0; i < src->headers.len; i++) {
 		if (strings_add(&o.headers, src->headers.ptr[i]))
@@ -318,6 +328,46 @@ static enum fopt_result parse_user(struct file_opts *o, const struct fopt *d, co
 	return FOPT_OK;
 }
 
+/* A string field, checked by @ok (NULL: any non-empty value). */
+static enum fopt_result set_string_field(struct file_opts *o, const struct fopt *d,
+                                         const char *value, bool ok)
+{
+	char *dup;
+
+	if (!*value || !ok)
+		return FOPT_BAD;
+	dup = strdup(value);
+	if (!dup)
+		return FOPT_NOMEM;
+	char **field = (char **)((char *)o + d->field);
+	free(*field);
+	*field = dup;
+	return FOPT_OK;
+}
+
+/* region=REGION: a name like eu-west-1 (it goes into a host name and the
+ * signature's scope). */
+static enum fopt_result parse_region(struct file_opts *o, const struct fopt *d, const char *value,
+                                     char *err, size_t errlen)
+{
+	return set_string_field(o, d, value, s3_region_ok(value));
+}
+
+/* endpoint-url=URL: http(s)://HOST[:PORT][/PATH]. */
+static enum fopt_result parse_endpoint(struct file_opts *o, const struct fopt *d, const char *value,
+                                       char *err, size_t errlen)
+{
+	return set_string_field(o, d, value, s3_check_endpoint(value, NULL, 0) == 0);
+}
+
+/* profile=NAME: a section name of the AWS files (no brackets, no line
+ * ends). */
+static enum fopt_result parse_profile(struct file_opts *o, const struct fopt *d, const char *value,
+                                      char *err, size_t errlen)
+{
+	return set_string_field(o, d, value, !strpbrk(value, "[]\r\n"));
+}
+
 /* ---- the options ---- */
 
 #define FIELD(f) offsetof(struct file_opts, f)
@@ -403,6 +453,31 @@ const struct fopt fopts[FO_COUNT] = {
     [FO_KEEP] = {.name = "keep",
                  .expect = "a byte count above 0 (e.g. 64M, 1GiB)",
                  .parse = parse_keep},
+    [FO_REGION] = {.name = "region",
+                   .expect = "an AWS region name (e.g. eu-west-1)",
+                   .parse = parse_region,
+                   .field = FIELD(region)},
+    [FO_ENDPOINT_URL] = {.name = "endpoint-url",
+                         .expect = "http(s)://HOST[:PORT][/PATH], without credentials, "
+                                   "query or fragment",
+                         .parse = parse_endpoint,
+                         .field = FIELD(endpoint_url)},
+    [FO_PROFILE] = {.name = "profile",
+                    .expect = "a profile name of ~/.aws/credentials or ~/.aws/config",
+                    .parse = parse_profile,
+                    .field = FIELD(profile)},
+    [FO_FORCE_PATH_STYLE] = {.name = "force-path-style",
+                             .expect = "true or false",
+                             .parse = parse_flag,
+                             .field = FIELD(force_path_style),
+                             .words = bool_words,
+                             .flag = true},
+    [FO_NO_SIGN_REQUEST] = {.name = "no-sign-request",
+                            .expect = "true or false",
+                            .parse = parse_flag,
+                            .field = FIELD(no_sign_request),
+                            .words = bool_words,
+                            .flag = true},
 };
 
 /* Case-insensitive, and '_' matches '-': manifests often say retry_time. */

@@ -370,10 +370,39 @@ void cache_note_read(struct cache *ca)
 		resume_paused(ca);
 }
 
+/*
+ * Once a second every client whose bytes can be evicted is told to ask
+ * again for what its parked readers miss. Each path that evicts a
+ * reader's bytes or stops a fetch asks again itself (reask_clients, the
+ * URL source); this is the backstop for an interleaving none of them
+ * sees, so that no reader can wait forever (it costs a lock and a look
+ * at an empty list for a stream nobody waits on).
+ */
+static void reask_evictable(struct cache *ca)
+{
+	pthread_mutex_lock(&ca->lock);
+	size_t n = 0;
+	for (struct cache_client *c = ca->clients.next; c != &ca->clients; c = c->next)
+		n += c->evictable;
+	struct cache_client **v = n ? malloc(n * sizeof(*v)) : NULL;
+	size_t k = 0;
+	for (struct cache_client *c = ca->clients.next; v && c != &ca->clients && k < n;
+	     c = c->next)
+		if (c->evictable && c->reask && c->get(c))
+			v[k++] = c;
+	pthread_mutex_unlock(&ca->lock);
+	for (size_t i = 0; i < k; i++) {
+		v[i]->reask(v[i]);
+		v[i]->put(v[i]);
+	}
+	free(v);
+}
+
 static void poll_fired(struct ioloop_timer *t)
 {
 	struct cache *ca = t->data;
 	cache_poll(ca);
+	reask_evictable(ca);
 	ioloop_timer_arm(ca->loop, &ca->timer, POLL_MS);
 }
 

@@ -253,8 +253,14 @@ int store_pread(struct store *st, void *buf, size_t len, uint64_t off)
  * I/O thread). read()+pwrite() through a buffer measured faster than
  * splice() into the store: 4.5 GB/s against 0.8-3.6 GB/s into an ext4
  * O_TMPFILE (splice writes page by page), and no slower into tmpfs.
+ * 128 KiB, not more: on this kernel (6.18) a pwrite() of 256 KiB or more
+ * into ext4 costs far more system time per byte than smaller ones, and
+ * unevenly (0.2 s per GiB in 64-128 KiB writes, 0.3-2.6 s in 0.5-1 MiB
+ * ones, measured with a fresh file per run); with 1 MiB reads a cmd:cat
+ * first read took 0.9-3.0 CPU seconds per GiB in the daemon, 0.87-0.92
+ * with 128 KiB.
  */
-#define COPY_BUF (1u << 20)
+#define COPY_BUF (128u << 10)
 static pthread_key_t copy_key;
 static pthread_once_t copy_once = PTHREAD_ONCE_INIT;
 

@@ -261,6 +261,11 @@ static bool cc_evict(struct cache_client *c, uint64_t b, uint64_t tick, bool *re
 	return done;
 }
 
+void stream_reask(struct stream *s)
+{
+	admit_waiters(s);
+}
+
 /* A parked reader's bytes were evicted: ask for them again. */
 static void cc_reask(struct cache_client *c)
 {

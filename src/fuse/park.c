@@ -104,7 +104,7 @@ static void push_edge(struct fs *fs, fuse_ino_t ino, struct stream *s, const cha
 	fuse_lowlevel_notify_store(fs->se, ino, (off_t)p, &bv, 0);
 }
 
-static void push_pages(struct fs *fs, struct node *n, struct stream *s, const char *buf,
+static void push_pages(struct fs *fs, fuse_ino_t ino, struct stream *s, const char *buf,
                        uint64_t off, size_t len)
 {
 	static long page;
@@ -125,13 +125,13 @@ static void push_pages(struct fs *fs, struct node *n, struct stream *s, const ch
 		struct fuse_bufvec bv = FUSE_BUFVEC_INIT((size_t)(b - a));
 		bv.buf[0].mem = (char *)buf + (a - off);
 		/* Best effort: the kernel may have dropped the inode (ENOENT). */
-		fuse_lowlevel_notify_store(fs->se, n->ino, (off_t)a, &bv, 0);
+		fuse_lowlevel_notify_store(fs->se, ino, (off_t)a, &bv, 0);
 	}
 	if (off % pg)
-		push_edge(fs, n->ino, s, buf, off, len, off / pg * pg, pg, end);
+		push_edge(fs, ino, s, buf, off, len, off / pg * pg, pg, end);
 	uint64_t last = (off + len) / pg * pg;
 	if ((off + len) % pg && b < off + len && last >= a && last > off / pg * pg)
-		push_edge(fs, n->ino, s, buf, off, len, last, pg, end);
+		push_edge(fs, ino, s, buf, off, len, last, pg, end);
 }
 
 int reply_present(fuse_req_t req, struct node *n, struct stream *s, uint64_t off, size_t len,
@@ -150,10 +150,20 @@ int reply_present(fuse_req_t req, struct node *n, struct stream *s, uint64_t off
 	}
 	if (!buf)
 		return -ENOMEM;
-	struct fs *fs = fuse_req_userdata(req); /* @req is gone once replied */
+	/* Once replied, @req is gone, and the reader may close the file: the
+	 * release (on another thread) may free the handle, the node and the
+	 * handle's reference on @s. What the push needs is taken first. */
+	struct fs *fs = fuse_req_userdata(req);
+	fuse_ino_t ino = n->ino;
 	int r = stream_copy(s, buf, len, off);
-	if (r == 0 && fuse_reply_buf(req, buf, len) == 0 && push)
-		push_pages(fs, n, s, buf, off, len);
+	if (r == 0 && push) {
+		stream_ref(s);
+		if (fuse_reply_buf(req, buf, len) == 0)
+			push_pages(fs, ino, s, buf, off, len);
+		stream_unref(s);
+	} else if (r == 0) {
+		fuse_reply_buf(req, buf, len);
+	}
 	if (own)
 		free(buf);
 	return r;

@@ -76,6 +76,10 @@ bool url_all_present(struct url_src *u)
 	u->complete = true;
 	stream_end(u->s);
 	url_done(u);
+	/* Range transfers of evicted bytes stopped with the fill: readers
+	 * parked on such bytes ask again (this wakes the source). */
+	if (u->evictable)
+		stream_reask(u->s);
 	return true;
 }
 
@@ -102,6 +106,13 @@ static void url_begin(void *arg)
 	int r = url_multi_setup(u->loop, xfer_finished);
 	if (r < 0) {
 		stream_fail(u->s, -r, "cannot set up libcurl");
+		url_done(u);
+		return;
+	}
+	if (u->opts.fail_msg) {
+		/* Known before any request (an S3 file without credentials):
+		 * the file is there, its open says why it cannot be read. */
+		stream_fail(u->s, EIO, "%s", u->opts.fail_msg);
 		url_done(u);
 		return;
 	}
@@ -226,8 +237,12 @@ void source_url_opts_free(struct url_opts *o)
 	for (size_t i = 0; i < o->nheaders; i++)
 		free(o->headers[i]);
 	free(o->headers);
+	if (o->userpwd) /* a password, or an AWS secret key */
+		explicit_bzero(o->userpwd, strlen(o->userpwd));
 	free(o->userpwd);
 	free(o->netrc_file);
+	free(o->aws_sigv4);
+	free(o->fail_msg);
 	memset(o, 0, sizeof(*o));
 }
 
@@ -243,13 +258,15 @@ int source_url_opts_copy(struct url_opts *dst, const struct url_opts *src)
 	struct url_opts o = *src;
 	o.headers = NULL;
 	o.nheaders = 0;
-	o.userpwd = o.netrc_file = NULL;
+	o.userpwd = o.netrc_file = o.aws_sigv4 = o.fail_msg = NULL;
 	if (src->nheaders && !(o.headers = calloc(src->nheaders, sizeof(*o.headers))))
 		goto nomem;
 	for (; o.nheaders < src->nheaders; o.nheaders++)
 		if (!(o.headers[o.nheaders] = strdup(src->headers[o.nheaders])))
 			goto nomem;
-	if (!dup_or_null(src->userpwd, &o.userpwd) || !dup_or_null(src->netrc_file, &o.netrc_file))
+	if (!dup_or_null(src->userpwd, &o.userpwd) ||
+	    !dup_or_null(src->netrc_file, &o.netrc_file) ||
+	    !dup_or_null(src->aws_sigv4, &o.aws_sigv4) || !dup_or_null(src->fail_msg, &o.fail_msg))
 		goto nomem;
 	*dst = o;
 	return 0;

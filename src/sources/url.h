@@ -66,6 +66,9 @@ struct xfer {
 	int64_t end_total;      /* ...and the total it gave, or -1 */
 	bool unstorable;        /* range: the store refused its bytes (EFBIG) */
 	bool paused;            /* waits for room in the store (CURL_WRITEFUNC_PAUSE) */
+	bool collect;           /* an error response: its body goes to errbody */
+	size_t errbody_len;
+	char errbody[1024]; /* the start of an error body (an S3 <Error> says why) */
 
 	LIST_ENTRY(xfer) link; /* range: in url_src.ranges */
 };
@@ -176,6 +179,19 @@ void xfer_fail(struct xfer *x, int err, const char *fmt, ...) __attribute__((for
  * @flags: STREAM_AHEAD for the fill of an evictable stream. */
 int xfer_store(struct xfer *x, const char *data, size_t n, unsigned flags);
 
+/* Keep the start of an error response's body (x->collect), up to
+ * sizeof(x->errbody) bytes; the rest is dropped. */
+void xfer_collect(struct xfer *x, const char *data, size_t n);
+
+/* x->failmsg is "HTTP CODE": add the reason an S3-style error body gave
+ * ("HTTP 403: SignatureDoesNotMatch"), if it gave one, and the bucket's
+ * region if the response names it ("(the bucket is in eu-west-3)"). */
+void xfer_explain(struct xfer *x);
+
+/* The region S3 says the bucket is in (x-amz-bucket-region, checked to be
+ * a region name), in @out. False if the response says none. */
+bool xfer_bucket_region(struct xfer *x, char *out, size_t size);
+
 /* ---- url_xfer.c: what a response says ----------------------------------- */
 
 /* The value of response header @name, in @out. False if there is none. */
@@ -214,6 +230,24 @@ void url_changed_416(struct xfer *x, int64_t total, uint64_t at);
  * reason in x->failmsg. *total (if not NULL) gets the total, -1 for "*".
  */
 bool url_check_206(struct xfer *x, uint64_t from, uint64_t to, int64_t *total);
+
+/* ---- url_debug.c: libcurl's verbose output ---------------------------- */
+
+/* At -vv (source_url_set_verbose()), route @x's libcurl verbose output
+ * (headers and informational text, never body bytes) to the log,
+ * redacted. */
+void url_debug_setup(struct xfer *x);
+
+/*
+ * One line of libcurl's verbose output (@n bytes, no line end) made fit
+ * for a log, in @out (@size > 0, always NUL-terminated, cut if need be):
+ * the values of the Authorization, Proxy-Authorization, Cookie,
+ * Set-Cookie and X-Amz-Security-Token headers become "[redacted]", and
+ * so do the passwords of URLs and the X-Amz-Signature,
+ * X-Amz-Credential and X-Amz-Security-Token query values of presigned
+ * URLs. Returns @out.
+ */
+char *url_debug_redact(const char *line, size_t n, char *out, size_t size);
 
 /* ---- url_transfer.c: the sequential fill ------------------------------- */
 

@@ -54,7 +54,8 @@ static bool range_check(struct xfer *x)
 	}
 	if (x->code >= 400) {
 		snprintf(x->failmsg, sizeof(x->failmsg), "HTTP %ld", x->code);
-		return false; /* retried, then left to the sequential fill */
+		x->collect = true; /* its body may say why (S3's <Error><Code>) */
+		return true;       /* retried, then left to the sequential fill */
 	}
 	if (!url_same_version(x)) {
 		x->failure = EIO;
@@ -83,6 +84,12 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		return 0;
 	if (!x->got_headers && !range_check(x))
 		return 0;
+	if (x->collect) {
+		if (x->errbody_len == sizeof(x->errbody))
+			return 0;
+		xfer_collect(x, data, n);
+		return n;
+	}
 	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n;
 	int r = xfer_store(x, data, take, 0);
 	if (r == -ENOBUFS) {
@@ -208,10 +215,16 @@ void url_fetch_kick(struct url_src *u)
 
 void url_fetch_stop(struct url_src *u)
 {
+	/* What they were bringing is no longer on its way: not wanted, so a
+	 * later read asks for it again (the stream may complete while they
+	 * run, with bytes below the end evicted and a reader waiting). */
 	struct xfer *x;
-	while ((x = LIST_FIRST(&u->ranges)))
+	while ((x = LIST_FIRST(&u->ranges))) {
+		if (x->pos < x->end)
+			stream_unwant(u->s, x->pos, x->end - x->pos);
 		range_free(x);
-	drop_queue(u, false);
+	}
+	drop_queue(u, true);
 }
 
 void url_fetch_resume(struct url_src *u)
@@ -384,6 +397,22 @@ static bool range_short(struct url_src *u, const struct range_outcome *o)
 	return true;
 }
 
+/*
+ * The stream is complete (the fill is over), no range transfer runs and
+ * none is queued: nothing is being fetched, so nothing is wanted any more.
+ * (Not while the fill runs: with fill=ondemand its requests own wanted
+ * ranges too.) A reader still parked then asks again. Its
+ * bytes can be missing with their range still marked wanted when an
+ * eviction took part of what a transfer had brought while it ran (a
+ * reader with no room reserved pins nothing); without this it would wait
+ * for a transfer that is over.
+ */
+static void reask_idle(struct url_src *u)
+{
+	stream_unwant(u->s, 0, UINT64_MAX);
+	stream_reask(u->s);
+}
+
 /* The stream is complete, a range of evicted bytes came back (or not):
  * retry, or tell the readers; the source rests when no transfer is left. */
 static void refetch_done(struct url_src *u, const struct range_outcome *o)
@@ -406,8 +435,11 @@ static void refetch_done(struct url_src *u, const struct range_outcome *o)
 		}
 	}
 	pump_queue(u);
-	if (LIST_EMPTY(&u->ranges) && TAILQ_EMPTY(&u->queue))
-		url_done(u); /* woken again by the next fetch */
+	if (LIST_EMPTY(&u->ranges) && TAILQ_EMPTY(&u->queue)) {
+		reask_idle(u);
+		if (LIST_EMPTY(&u->ranges) && TAILQ_EMPTY(&u->queue))
+			url_done(u); /* woken again by the next fetch */
+	}
 }
 
 void url_range_done(struct xfer *x, CURLcode rc)
@@ -416,6 +448,7 @@ void url_range_done(struct xfer *x, CURLcode rc)
 	assert(ioloop_in_loop(u->loop));
 	if (rc == CURLE_OK && !x->got_headers && u->active && !u->cancelled)
 		range_check(x); /* an empty body: no write callback ran */
+	xfer_explain(x);
 	struct range_outcome o;
 	take_outcome(&o, x, rc);
 	range_free(x);

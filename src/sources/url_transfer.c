@@ -226,7 +226,8 @@ static bool check_response(struct url_src *u)
 		if (retryable_code(x->code))
 			return retry_later(u);
 		xfer_fail(x, EIO, "HTTP %ld", x->code);
-		return false;
+		x->collect = true; /* its body may say why (S3's <Error><Code>) */
+		return true;
 	}
 	return u->ready ? check_again(u) : learn_resource(u);
 }
@@ -257,6 +258,12 @@ static size_t fill_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		return 0;
 	if (!x->got_headers && !check_response(u))
 		return 0;
+	if (x->collect) {
+		if (x->errbody_len == sizeof(x->errbody))
+			return 0; /* enough to say why: the failure is set */
+		xfer_collect(x, data, n);
+		return total;
+	}
 	if (u->is_http && x->code >= 300 && x->code < 400)
 		return n; /* body of a redirect */
 	size_t k = 0;
@@ -411,7 +418,15 @@ static bool follow_redirect(struct url_src *u)
 	char *target = NULL;
 	curl_easy_getinfo(x->easy, CURLINFO_REDIRECT_URL, &target);
 	if (!target) {
-		snprintf(msg, sizeof(msg), "HTTP %ld without a Location", x->code);
+		/* S3's 301 for a bucket asked for at another region's
+		 * endpoint has no Location, but names the region. */
+		char region[64];
+		if (xfer_bucket_region(x, region, sizeof(region)))
+			snprintf(msg, sizeof(msg),
+			         "HTTP %ld without a Location (the bucket is in %s)", x->code,
+			         region);
+		else
+			snprintf(msg, sizeof(msg), "HTTP %ld without a Location", x->code);
 		fill_fail(u, EIO, msg);
 	} else if (++u->redirects > u->opts.max_redirs) {
 		snprintf(msg, sizeof(msg), "more than %d redirects", u->opts.max_redirs);
@@ -541,6 +556,7 @@ void url_fill_done(struct url_src *u, CURLcode rc)
 		if (rc == CURLE_OK && !x->got_headers)
 			check_response(u); /* an empty body: no write callback ran */
 		if (x->failure) {
+			xfer_explain(x);
 			fill_fail(u, x->failure, x->failmsg);
 		} else if (x->retry_now) {
 			char why[sizeof(x->failmsg)];

@@ -17,6 +17,8 @@
  */
 #include "url.h"
 
+#include "streamfs/s3.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -38,6 +40,10 @@ static void set_auth(struct xfer *x)
 	}
 	if (o->userpwd)
 		curl_easy_setopt(x->easy, CURLOPT_USERPWD, o->userpwd);
+	/* SigV4 (S3): curl signs the method, the path, the query and every
+	 * header it is given, with the key pair in userpwd. */
+	if (o->aws_sigv4 && o->userpwd)
+		curl_easy_setopt(x->easy, CURLOPT_AWS_SIGV4, o->aws_sigv4);
 	/* netrc entries are per host, not per scheme: like --user, they do
 	 * not follow a redirect to another origin. */
 	if (o->netrc || o->netrc_file)
@@ -55,6 +61,8 @@ int xfer_open(struct xfer *x, curl_write_callback write)
 	x->easy = e;
 	x->headers = NULL;
 	x->errbuf[0] = '\0';
+	x->collect = false;
+	x->errbody_len = 0;
 	curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)x);
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write);
 	curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
@@ -69,6 +77,9 @@ int xfer_open(struct xfer *x, curl_write_callback write)
 	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
 	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)(u->opts.stall_timeout + 0.999));
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "streamfs/" STREAMFS_VERSION);
+	if (u->opts.path_as_is)
+		curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+	url_debug_setup(x);
 	if (u->opts.insecure) {
 		curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
 		curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
@@ -130,6 +141,35 @@ int xfer_store(struct xfer *x, const char *data, size_t n, unsigned flags)
 }
 
 /* ---- the response --------------------------------------------------- */
+
+void xfer_collect(struct xfer *x, const char *data, size_t n)
+{
+	size_t room = sizeof(x->errbody) - x->errbody_len;
+	if (n > room)
+		n = room;
+	memcpy(x->errbody + x->errbody_len, data, n);
+	x->errbody_len += n;
+}
+
+bool xfer_bucket_region(struct xfer *x, char *out, size_t size)
+{
+	return x->easy && url_header(x, "x-amz-bucket-region", out, size) && s3_region_ok(out);
+}
+
+void xfer_explain(struct xfer *x)
+{
+	char code[64], region[64];
+	if (!x->collect || strncmp(x->failmsg, "HTTP ", 5) != 0 || strchr(x->failmsg, ':'))
+		return;
+	size_t len = strlen(x->failmsg);
+	if (s3_error_code(x->errbody, x->errbody_len, code, sizeof(code)))
+		snprintf(x->failmsg + len, sizeof(x->failmsg) - len, ": %s", code);
+	/* Asked in the wrong region, S3 says where the bucket is. */
+	len = strlen(x->failmsg);
+	if (xfer_bucket_region(x, region, sizeof(region)))
+		snprintf(x->failmsg + len, sizeof(x->failmsg) - len, " (the bucket is in %s)",
+		         region);
+}
 
 bool url_header(struct xfer *x, const char *name, char *out, size_t size)
 {

@@ -410,7 +410,7 @@ static void test_parse_file(void)
 	FILE_FAILS("x=cmd: \t ", "empty command");
 	FILE_FAILS("x=pipe:", "empty path in 'pipe:' for 'x'");
 	FILE_FAILS("x.bin=foo:bar", "unknown source 'foo:bar' for 'x.bin': expected cmd:COMMAND, "
-	                            "pipe:PATH, -, or an http(s)/ftp(s) URL");
+	                            "pipe:PATH, -, an http(s)/ftp(s) URL, or s3://BUCKET/KEY");
 	FILE_FAILS("x=gopher://h/", "unknown source 'gopher://h/'");
 	FILE_FAILS("x=file:///etc/passwd", "unknown source");
 	FILE_FAILS("x=CMD:ls", "unknown source");
@@ -1015,6 +1015,58 @@ static void test_size_unknown(void)
 }
 
 /* The store budget and keep=: values, defaults, refusals. */
+/* s3://BUCKET/KEY and the S3 options, on the command line and in a
+ * manifest. */
+static void test_s3(void)
+{
+	struct config cfg;
+	char err[512];
+
+	CHECK(PARSE(&cfg, err, "--region=eu-west-3", "--endpoint-url", "http://127.0.0.1:4568",
+	            "--force-path-style", "--no-sign-request", "--profile=dev", "mnt",
+	            "a/b.bin=s3://bkt/dir/a b.bin") == 0);
+	CHECK(cfg.files.len == 1 && cfg.files.ptr[0].kind == SOURCE_S3);
+	if (cfg.files.len == 1) {
+		const struct file_opts *o = &cfg.files.ptr[0].opts;
+		CHECK(!strcmp(cfg.files.ptr[0].arg, "s3://bkt/dir/a b.bin"));
+		CHECK(o->region && !strcmp(o->region, "eu-west-3"));
+		CHECK(o->endpoint_url && !strcmp(o->endpoint_url, "http://127.0.0.1:4568"));
+		CHECK(o->profile && !strcmp(o->profile, "dev"));
+		CHECK(o->force_path_style && o->no_sign_request);
+		CHECK(!strcmp(config_source_kind_name(cfg.files.ptr[0].kind), "s3"));
+	}
+	config_free(&cfg);
+
+	PARSE_FAILS("bad S3 URI 's3://bkt' for 'x': no key", "mnt", "x=s3://bkt");
+	PARSE_FAILS("bad S3 URI 's3://bkt/' for 'x': no key", "mnt", "x=s3://bkt/");
+	PARSE_FAILS("bad S3 URI 's3:///k' for 'x': no bucket", "mnt", "x=s3:///k");
+	PARSE_FAILS("bad S3 URI 's3:bkt/k' for 'x'", "mnt", "x=s3:bkt/k");
+	PARSE_FAILS("bad --region value 'EU WEST': expected an AWS region name", "--region=EU WEST",
+	            "mnt", "x=s3://b/k");
+	PARSE_FAILS("bad --region value 'a:b'", "--region=a:b", "mnt", "x=s3://b/k");
+	PARSE_FAILS("bad --endpoint-url value 'localhost:9000': expected http(s)://HOST[:PORT]",
+	            "--endpoint-url=localhost:9000", "mnt", "x=s3://b/k");
+	PARSE_FAILS("bad --endpoint-url value 'http://'", "--endpoint-url=http://", "mnt",
+	            "x=s3://b/k");
+	PARSE_FAILS("bad --profile value", "--profile=a]b", "mnt", "x=s3://b/k");
+	PARSE_FAILS("missing MOUNTPOINT", "x=s3://b/k");
+
+	const char *m = write_file("s3.ini", "[obj]\nsource = s3://bkt/k\nregion = us-west-2\n"
+	                                     "endpoint_url = https://s3.example\n"
+	                                     "force_path_style = yes\nno-sign-request = true\n");
+	CHECK(PARSE(&cfg, err, "-c", m, "mnt") == 0);
+	CHECK(cfg.files.len == 1 && cfg.files.ptr[0].kind == SOURCE_S3);
+	if (cfg.files.len == 1) {
+		const struct file_opts *o = &cfg.files.ptr[0].opts;
+		CHECK(o->region && !strcmp(o->region, "us-west-2"));
+		CHECK(o->endpoint_url && !strcmp(o->endpoint_url, "https://s3.example"));
+		CHECK(o->force_path_style && o->no_sign_request && !o->profile);
+	}
+	config_free(&cfg);
+	m = write_file("s3bad.ini", "[obj]\nsource = s3://bkt/k\nregion = nope!\n");
+	PARSE_FAILS("bad region value 'nope!'", "-c", m, "mnt");
+}
+
 static void test_cache_options(void)
 {
 	struct config cfg;
@@ -1077,6 +1129,7 @@ int main(void)
 	RUN(test_scrub_argv);
 	RUN(test_add_request);
 	RUN(test_cache_options);
+	RUN(test_s3);
 	for (i = 0; i < ntmpfiles; i++) {
 		unlink(tmpfiles[i]);
 		free(tmpfiles[i]);
