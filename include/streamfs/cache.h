@@ -71,6 +71,9 @@ struct cache_client {
 	 * calls reask() once no lock is held, so they are asked for again. */
 	bool (*evict)(struct cache_client *c, uint64_t block, uint64_t tick, bool *reask);
 	void (*reask)(struct cache_client *c);
+	/* Called once a second: ask again for what parked readers miss and
+	 * only a fetch can bring (a backstop). May be NULL. */
+	void (*recheck)(struct cache_client *c);
 
 	/* private: cache.c, under the cache lock */
 	struct cache *cache;

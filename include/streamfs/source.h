@@ -58,6 +58,7 @@ struct stream *source_stdin_new(struct ioloop *loop, const char *name, int fd, s
 /* ---- http(s)/ftp(s) URLs ------------------------------------------------ */
 
 /* How a URL source fetches. Times are in seconds. */
+struct persist_entry;
 struct url_opts {
 	char **headers; /* "Name: value" request headers, @nheaders of them */
 	size_t nheaders;
@@ -72,6 +73,11 @@ struct url_opts {
 	double stall_timeout;  /* no byte for this long is a stall */
 	double connect_timeout;
 	int max_redirs;
+	char *proxy;   /* every request through this http(s) proxy; NULL: libcurl's
+	                * choice from http_proxy, https_proxy, ALL_PROXY */
+	char *noproxy; /* hosts reached directly (libcurl's NOPROXY); NULL: NO_PROXY */
+	struct persist_entry *persist; /* the persistent cache's entry (persist.h), or
+	                                * NULL; not owned */
 	char *aws_sigv4; /* CURLOPT_AWS_SIGV4 ("aws:amz:REGION:s3") with userpwd, or NULL */
 	bool path_as_is; /* send the path as given (S3 keys may hold "..") */
 	char *fail_msg;  /* the stream fails with this (EIO) when it starts, or NULL */

@@ -35,6 +35,12 @@ struct store;
  */
 struct store *store_new(const char *dir, const char *label);
 
+/* A store in the named file @path (created 0600 if missing, kept when
+ * closed, its bytes kept where they are): the persistent cache's data
+ * file (persist.h). Nothing is opened until store_create(). Returns NULL
+ * with errno set (ENOMEM). */
+struct store *store_new_file(const char *path);
+
 /* Create the store's file now (idempotent). Returns 0 or -errno (-EMFILE,
  * -ENOENT for a directory that is gone, ...). */
 int store_create(struct store *st);

@@ -79,6 +79,7 @@ enum {
 	OPT_CACHE_SIZE,
 	OPT_CACHE_MIN_FREE,
 	OPT_VERSION,
+	OPT_PERSIST,
 	OPT_FILE = 512, /* + enum fopt_id */
 };
 
@@ -89,6 +90,7 @@ static const struct option long_opts[] = {
     {"size-unknown", required_argument, NULL, OPT_SIZE_UNKNOWN},
     {"cache-size", required_argument, NULL, OPT_CACHE_SIZE},
     {"cache-min-free", required_argument, NULL, OPT_CACHE_MIN_FREE},
+    {"persist", no_argument, NULL, OPT_PERSIST},
     {"verbose", no_argument, NULL, 'v'},
     {"quiet", no_argument, NULL, 'q'},
     {"help", no_argument, NULL, 'h'},
@@ -109,6 +111,8 @@ static const struct option long_opts[] = {
     {"netrc", optional_argument, NULL, OPT_FILE + FO_NETRC},
     {"netrc-file", required_argument, NULL, OPT_FILE + FO_NETRC_FILE},
     {"keep", required_argument, NULL, OPT_FILE + FO_KEEP},
+    {"proxy", required_argument, NULL, OPT_FILE + FO_PROXY},
+    {"noproxy", required_argument, NULL, OPT_FILE + FO_NOPROXY},
     {"region", required_argument, NULL, OPT_FILE + FO_REGION},
     {"endpoint-url", required_argument, NULL, OPT_FILE + FO_ENDPOINT_URL},
     {"profile", required_argument, NULL, OPT_FILE + FO_PROFILE},
@@ -288,6 +292,9 @@ static int set_option(struct config *cfg, struct file_opts *cli, int c, char *ar
 		return parse_cache_size(cfg, arg, err, errlen);
 	case OPT_CACHE_MIN_FREE:
 		return parse_min_free(cfg, arg, err, errlen);
+	case OPT_PERSIST:
+		cfg->persist = true;
+		return 0;
 	}
 	if (fopt_set_arg(cli, c - OPT_FILE, arg, "--", err, errlen))
 		return -1;
@@ -299,7 +306,7 @@ static bool known_option(int c)
 {
 	return c == 'f' || c == 'c' || c == 'o' || c == 'v' || c == 'q' || c == OPT_CACHE_DIR ||
 	       c == OPT_SIZE_UNKNOWN || c == OPT_CACHE_SIZE || c == OPT_CACHE_MIN_FREE ||
-	       (c >= OPT_FILE && c < OPT_FILE + FO_COUNT);
+	       c == OPT_PERSIST || (c >= OPT_FILE && c < OPT_FILE + FO_COUNT);
 }
 
 /* Parse the options; positionals are collected in @pos in order. */
@@ -482,6 +489,11 @@ int config_parse_args(struct config *cfg, int argc, char **argv, char *err, size
 		goto out;
 	if (cfg->show_help || cfg->show_version)
 		result = 0;
+	else if (cfg->persist && (!cfg->cache_dir || cfg->memory_store))
+		result = cfg_fail(
+		    err, errlen,
+		    "--persist needs --cache-dir DIR: the directory the cache is kept in%s",
+		    cfg->memory_store ? " (not memory)" : "");
 	else
 		result = parse_positionals(cfg, pos, npos, &cli, err, errlen);
 out:

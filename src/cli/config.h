@@ -21,10 +21,12 @@
  *     --connect-timeout=SECONDS, --max-redirs=N, --user=USER:PASSWORD,
  *     --location-trusted (send credentials/headers after redirects to
  *     other hosts), --netrc, --netrc-file=FILE, --keep=BYTES (keep only
- *     the last BYTES: endless streams)
+ *     the last BYTES: endless streams), --proxy=URL (an http:// or
+ *     https:// proxy), --noproxy=LIST (hosts reached without it)
  *     S3 options: --region=REGION, --endpoint-url=URL, --profile=NAME,
  *     --force-path-style, --no-sign-request
  *   store budget: --cache-size=BYTES, --cache-min-free=BYTES|N% (default 5%)
+ *   --persist (with --cache-dir DIR): URL streams keep their bytes there
  *   secrets: on the command line and in a manifest, --user=@FILE reads
  *     USER:PASSWORD from FILE's one line, --header=@FILE one header per
  *     line; such a FILE, a netrc file, and a manifest holding a user,
@@ -87,6 +89,9 @@ struct file_opts {
 	double stall_timeout;          /* seconds without a byte, default 30 */
 	double connect_timeout;        /* seconds, default 15 */
 	int max_redirs;                /* default 10 */
+	char *proxy;                   /* --proxy: http(s) proxy URL, or NULL (libcurl's
+	                                * environment variables apply); owned */
+	char *noproxy;                 /* --noproxy: hosts reached directly, or NULL; owned */
 
 	uint64_t keep; /* keep only the last KEEP bytes (endless streams); 0: all */
 
@@ -122,6 +127,8 @@ struct config {
 	                                  * in stat for the end of a stream with no
 	                                  * announced length */
 	uint64_t cache_size;             /* --cache-size: bytes for all streams; 0 no limit */
+	bool persist;                    /* --persist: URL streams keep their bytes in
+	                                  * cache_dir across mounts */
 	uint64_t cache_min_free;         /* --cache-min-free=BYTES */
 	double cache_min_free_pct;       /* --cache-min-free=N% (default 5), or -1 for BYTES */
 	struct config_strings fuse_opts; /* each -o argument */

@@ -63,6 +63,8 @@ enum fopt_id {
 	FO_NETRC,
 	FO_NETRC_FILE,
 	FO_KEEP,
+	FO_PROXY,
+	FO_NOPROXY,
 	FO_REGION,
 	FO_ENDPOINT_URL,
 	FO_PROFILE,
@@ -156,6 +158,10 @@ void scrub_arg(int id, char *value);
 
 /* Length of the scheme if @s starts with one of ours and ':', else 0. */
 size_t url_scheme_len(const char *s);
+
+/* Is the host of "[user[:pw]@]host[:port][/path]" (what follows "://")
+ * there? curl's own parser takes "http:///path" and the like. */
+bool url_has_host(const char *rest);
 
 /*
  * Check @src and set f->source, f->kind and f->arg; @f->name (validated)

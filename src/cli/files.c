@@ -11,6 +11,7 @@
 
 #include "fs.h"
 #include "log.h"
+#include "streamfs/persist.h"
 #include "streamfs/s3.h"
 #include "streamfs/source.h"
 #include "streamfs/store.h"
@@ -19,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 const char *files_store_dir(const struct config *cfg)
 {
@@ -71,14 +73,51 @@ static struct url_opts url_opts_of(const struct file_opts *o)
 	    .stall_timeout = o->stall_timeout,
 	    .connect_timeout = o->connect_timeout,
 	    .max_redirs = o->max_redirs,
+	    .proxy = o->proxy,
+	    .noproxy = o->noproxy,
 	};
+}
+
+/*
+ * --persist: the persistent cache's entry of an http(s) URL, claimed for
+ * @f's stream, or NULL (no --persist, another scheme, or another file of
+ * this mount has the same resource: an ordinary store then). The key is
+ * the URL and everything of the request that can change the response:
+ * headers and credentials, hashed, never stored.
+ */
+static struct persist_entry *persist_entry_of(const struct files_env *env,
+                                              const struct file_spec *f)
+{
+	if (!env->persist || f->kind != SOURCE_URL || strncasecmp(f->arg, "http", 4) != 0)
+		return NULL;
+	const struct file_opts *o = &f->opts;
+	size_t n = 0;
+	const char **parts = calloc(o->headers.len + 6, sizeof(*parts));
+	if (!parts)
+		return NULL;
+	parts[n++] = f->arg;
+	for (size_t i = 0; i < o->headers.len; i++)
+		parts[n++] = o->headers.ptr[i];
+	parts[n++] = o->userpwd;
+	parts[n++] = o->netrc ? "netrc" : "";
+	parts[n++] = o->netrc_file;
+	uint8_t key[PERSIST_KEY_LEN];
+	persist_key(parts, n, key);
+	free(parts);
+	struct persist_entry *e = persist_claim(env->persist, key);
+	if (!e && errno == EBUSY)
+		log_info("%s: another file of this mount keeps the same resource in the persistent "
+		         "cache: this one is not kept",
+		         f->name);
+	return e;
 }
 
 /* The stream of @f, with a source of its kind. */
 static struct stream *make_stream(const struct files_env *env, const struct file_spec *f,
                                   int stdin_fd, char *err, size_t errlen)
 {
-	struct store *st = store_new(files_store_dir(env->cfg), f->name);
+	struct persist_entry *pe = persist_entry_of(env, f);
+	struct store *st = pe ? persist_store(pe) : store_new(files_store_dir(env->cfg), f->name);
 	if (!st) {
 		snprintf(err, errlen, "'%s': %s", f->name, strerror(errno));
 		return NULL;
@@ -101,7 +140,10 @@ static struct stream *make_stream(const struct files_env *env, const struct file
 		break;
 	case SOURCE_URL:
 		uo = url_opts_of(&f->opts);
+		uo.persist = pe;
 		s = source_url_new(env->loop, f->name, f->arg, &uo, st);
+		if (s && pe)
+			persist_attach(pe, s);
 		break;
 	case SOURCE_S3:
 		uo = url_opts_of(&f->opts);

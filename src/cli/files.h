@@ -25,9 +25,10 @@ struct files_env {
 	const struct config *cfg;
 	struct ioloop *loop;
 	struct fs *fs;
-	struct cache *cache; /* the store budget every stream is accounted in */
-	const char *cwd;     /* where relative pipe: paths start */
-	const char *mnt;     /* the mount point, canonical */
+	struct cache *cache;     /* the store budget every stream is accounted in */
+	struct persist *persist; /* --persist: the cache URL streams keep, or NULL */
+	const char *cwd;         /* where relative pipe: paths start */
+	const char *mnt;         /* the mount point, canonical */
 };
 
 /* The directory the stores go into; NULL: memory. */

@@ -18,6 +18,7 @@
 #include "streamfs/source.h"
 #include "status.h"
 #include "streamfs/cache.h"
+#include "streamfs/persist.h"
 #include "streamfs/store.h"
 #include "wait.h"
 
@@ -62,6 +63,8 @@ static const char usage[] =
     "                         (default) or waits for the end (whole sendfile copies)\n"
     "      --cache-size=BYTES at most BYTES in the store for all files (default: no limit)\n"
     "      --cache-min-free=BYTES|N%  keep free on the cache file system (default 5%)\n"
+    "      --persist          URLs keep their bytes in --cache-dir DIR across mounts\n"
+    "                         (revalidated with the server before use)\n"
     "  -v, --verbose          debug log output (-vv: and libcurl's, credentials redacted)\n"
     "  -q, --quiet            errors only\n"
     "      --version          print the version\n"
@@ -75,7 +78,7 @@ static const char usage[] =
     "  --keep=BYTES           keep only the last BYTES received (endless streams)\n"
     "  URL options: --header='N: v', --user=U:P, --insecure, --retries=N, --retry-time=S,\n"
     "               --stall-timeout=S, --connect-timeout=S, --max-redirs=N, --location-trusted,\n"
-    "               --netrc, --netrc-file=FILE\n"
+    "               --netrc, --netrc-file=FILE, --proxy=URL, --noproxy=LIST\n"
     "  S3 options:  --region=REGION, --endpoint-url=URL, --profile=NAME, --force-path-style,\n"
     "               --no-sign-request (public objects)\n"
     "  Secrets: --user=@FILE and --header=@FILE read them from FILE (mode 0600), so they\n"
@@ -177,6 +180,7 @@ struct mount {
 	struct ioloop *loop;
 	struct fs *fs;
 	struct cache *cache;
+	struct persist *persist; /* --persist, or NULL */
 	struct control *ctl;
 	struct files_env env; /* what every file shares; the control socket reaches it */
 	char err[1024];
@@ -230,6 +234,11 @@ static int prepare(struct mount *m)
 	}
 	if (check_before_mount(cfg, m->cwd, m->mnt, m->err, sizeof(m->err)) < 0)
 		return die_usage("%s", m->err);
+	/* Locked now, so a second mount of the same directory is refused
+	 * while it can still say so; the lock survives daemonizing. */
+	if (cfg->persist &&
+	    !(m->persist = persist_open(cfg->cache_dir, cfg->cache_size, m->err, sizeof(m->err))))
+		return die_usage("%s", m->err);
 	raise_fd_limit();
 	/* Commands are waited for: a SIGCHLD ignored by whoever started us
 	 * would have the kernel reap them first, and no stream would end. */
@@ -258,6 +267,7 @@ static int create_files(struct mount *m)
 	                            .loop = m->loop,
 	                            .fs = m->fs,
 	                            .cache = m->cache,
+	                            .persist = m->persist,
 	                            .cwd = m->cwd,
 	                            .mnt = m->mnt};
 	for (size_t i = 0; i < m->cfg.files.len; i++) {
@@ -335,6 +345,8 @@ static int serve(struct mount *m)
 	}
 	if (cache_start_poll(m->cache, m->loop) < 0)
 		log_warn("cannot watch the cache for free space");
+	if (m->persist && persist_start(m->persist) < 0)
+		log_warn("persist: no sync thread: maps are written at unmount only");
 	open_control(m);
 	log_info("mounted %zu file%s on %s", m->cfg.files.len, m->cfg.files.len == 1 ? "" : "s",
 	         m->cfg.mountpoint);
@@ -351,6 +363,7 @@ static void teardown(struct mount *m)
 	if (m->loop)
 		ioloop_stop(m->loop);
 	control_close(m->ctl);
+	persist_close(m->persist); /* the last maps; before the streams go */
 	fs_free(m->fs);
 	ioloop_free(m->loop);
 	cache_free(m->cache); /* after the streams: they detach from it */

@@ -214,7 +214,8 @@ static int mf_key(struct manifest *m, struct section *s, const char *key, const 
 	if (!d)
 		m->secrets |= s->f.kind == SOURCE_URL && url_password(value, &off, &len);
 	else
-		m->secrets |= d->secret && value[0] != '@';
+		m->secrets |= (d->secret && value[0] != '@') ||
+		              (id == FO_PROXY && url_password(value, &off, &len));
 	return 0;
 }
 

@@ -94,7 +94,7 @@ size_t url_scheme_len(const char *s)
  * Checked here as well as by curl, because curl's parser is lenient with
  * "http:///path" and the like.
  */
-static bool url_has_host(const char *rest)
+bool url_has_host(const char *rest)
 {
 	size_t auth = strcspn(rest, "/?#");
 	const char *at = memrchr(rest, '@', auth);

@@ -74,6 +74,8 @@ void config_file_opts_free(struct file_opts *o)
 	strings_free(&o->headers);
 	free(o->userpwd);
 	free(o->netrc_file);
+	free(o->proxy);
+	free(o->noproxy);
 	free(o->region);
 	free(o->endpoint_url);
 	free(o->profile);
@@ -87,10 +89,13 @@ int config_file_opts_copy(struct file_opts *dst, const struct file_opts *src)
 	o.headers = (struct config_strings)VECTOR_INIT;
 	o.userpwd = src->userpwd ? strdup(src->userpwd) : NULL;
 	o.netrc_file = src->netrc_file ? strdup(src->netrc_file) : NULL;
+	o.proxy = src->proxy ? strdup(src->proxy) : NULL;
+	o.noproxy = src->noproxy ? strdup(src->noproxy) : NULL;
 	o.region = src->region ? strdup(src->region) : NULL;
 	o.endpoint_url = src->endpoint_url ? strdup(src->endpoint_url) : NULL;
 	o.profile = src->profile ? strdup(src->profile) : NULL;
 	if ((src->userpwd && !o.userpwd) || (src->netrc_file && !o.netrc_file) ||
+	    (src->proxy && !o.proxy) || (src->noproxy && !o.noproxy) ||
 	    (src->region && !o.region) || (src->endpoint_url && !o.endpoint_url) ||
 	    (src->profile && !o.profile))
 		goto nomem;
@@ -345,6 +350,41 @@ static enum fopt_result set_string_field(struct file_opts *o, const struct fopt 
 	return FOPT_OK;
 }
 
+/* Printable, no spaces: a value that goes to libcurl as one word. */
+static bool is_word(const char *s)
+{
+	for (; *s; s++) {
+		if ((unsigned char)*s <= ' ' || *s == 0x7f)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * --proxy=URL: http:// or https:// with a host (and maybe user:password@
+ * and a port). Other schemes (socks5://...) are refused: the shared cache
+ * tier this is for is an HTTP proxy, and a typo must not silently fall
+ * back to a direct connection.
+ */
+static enum fopt_result parse_proxy(struct file_opts *o, const struct fopt *d, const char *value,
+                                    char *err, size_t errlen)
+{
+	size_t n = url_scheme_len(value);
+
+	bool ok = n && !strncasecmp(value, "http", 4) && !strncmp(value + n, "://", 3) &&
+	          url_has_host(value + n + 3) && is_word(value);
+
+	return set_string_field(o, d, value, ok);
+}
+
+/* --noproxy=LIST: curl's list of hosts, domains and addresses reached
+ * directly ("*": all), comma-separated. */
+static enum fopt_result parse_noproxy(struct file_opts *o, const struct fopt *d, const char *value,
+                                      char *err, size_t errlen)
+{
+	return set_string_field(o, d, value, is_word(value));
+}
+
 /* region=REGION: a name like eu-west-1 (it goes into a host name and the
  * signature's scope). */
 static enum fopt_result parse_region(struct file_opts *o, const struct fopt *d, const char *value,
@@ -453,6 +493,15 @@ const struct fopt fopts[FO_COUNT] = {
     [FO_KEEP] = {.name = "keep",
                  .expect = "a byte count above 0 (e.g. 64M, 1GiB)",
                  .parse = parse_keep},
+    [FO_PROXY] = {.name = "proxy",
+                  .expect = "an http:// or https:// URL (e.g. http://cache.lan:3128)",
+                  .parse = parse_proxy,
+                  .field = FIELD(proxy)},
+    [FO_NOPROXY] = {.name = "noproxy",
+                    .expect = "a comma-separated list of hosts without spaces (e.g. "
+                              "localhost,.lan,10.0.0.0/8)",
+                    .parse = parse_noproxy,
+                    .field = FIELD(noproxy)},
     [FO_REGION] = {.name = "region",
                    .expect = "an AWS region name (e.g. eu-west-1)",
                    .parse = parse_region,
@@ -513,7 +562,7 @@ int fopt_set(struct file_opts *o, int id, const char *value, const char *dash, c
 	case FOPT_OK:
 		return 0;
 	case FOPT_BAD:
-		if (d->hidden)
+		if (d->hidden || (id == FO_PROXY && strchr(value, '@')))
 			return cfg_fail(err, errlen, "bad %s%s value (not shown): expected %s",
 			                dash, d->name, d->expect);
 		return cfg_fail(err, errlen, "bad %s%s value '%s': expected %s", dash, d->name,

@@ -255,7 +255,7 @@ bool url_password(const char *url, size_t *off, size_t *len)
 
 /*
  * What follows the ':' of --user, the value of a --header, the password of
- * a URL. '*' rather than NUL, so that ps shows that something was hidden
+ * a URL or of a --proxy URL. '*' rather than NUL, so that ps shows that something was hidden
  * there. An @FILE value is a path: kept.
  */
 void scrub_arg(int id, char *value)
@@ -270,6 +270,8 @@ void scrub_arg(int id, char *value)
 	} else if (id == FO_HEADER && *(p = value + strcspn(value, ":;")) == ':') {
 		p += 1 + strspn(p + 1, " \t");
 		memset(p, '*', strlen(p));
+	} else if (id == FO_PROXY && url_password(value, &off, &len)) {
+		memset(value + off, '*', len);
 	} else if (id < 0 && (p = strchr(value, '=')) && url_password(p + 1, &off, &len)) {
 		memset(p + 1 + off, '*', len);
 	}

@@ -388,11 +388,11 @@ static void reask_evictable(struct cache *ca)
 	size_t k = 0;
 	for (struct cache_client *c = ca->clients.next; v && c != &ca->clients && k < n;
 	     c = c->next)
-		if (c->evictable && c->reask && c->get(c))
+		if (c->evictable && c->recheck && c->get(c))
 			v[k++] = c;
 	pthread_mutex_unlock(&ca->lock);
 	for (size_t i = 0; i < k; i++) {
-		v[i]->reask(v[i]);
+		v[i]->recheck(v[i]);
 		v[i]->put(v[i]);
 	}
 	free(v);

@@ -17,7 +17,8 @@
 struct store {
 	int fd;         /* -1 until store_create() */
 	int err;        /* a failed fill lost bytes: every later fill fails (filler only) */
-	char *dir;      /* NULL: RAM */
+	char *dir;      /* NULL: RAM (or a named file, @path) */
+	char *path;     /* a named file that outlives us (the persistent cache), or NULL */
 	char *label;    /* RAM only */
 	bool no_falloc; /* the file system has no fallocate(): allocate by writing */
 	/* Bytes a fill read but could not write (ENOSPC, EDQUOT): written
@@ -77,11 +78,25 @@ struct store *store_new(const char *dir, const char *label)
 	return st;
 }
 
+struct store *store_new_file(const char *path)
+{
+	struct store *st = calloc(1, sizeof(*st));
+	if (!st || !(st->path = strdup(path))) {
+		free(st);
+		errno = ENOMEM;
+		return NULL;
+	}
+	st->fd = -1;
+	return st;
+}
+
 int store_create(struct store *st)
 {
 	if (st->fd >= 0)
 		return 0;
-	st->fd = st->dir ? open_in_dir(st->dir) : open_in_memory(st->label);
+	st->fd = st->path  ? open(st->path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)
+	         : st->dir ? open_in_dir(st->dir)
+	                   : open_in_memory(st->label);
 	return st->fd >= 0 ? 0 : -errno;
 }
 
@@ -101,7 +116,7 @@ struct store *store_open(const char *dir, const char *label)
 
 const char *store_where(const struct store *st)
 {
-	return st->dir ? st->dir : "memory";
+	return st->path ? st->path : st->dir ? st->dir : "memory";
 }
 
 void store_close(struct store *st)
@@ -111,6 +126,7 @@ void store_close(struct store *st)
 	if (st->fd >= 0)
 		close(st->fd);
 	free(st->dir);
+	free(st->path);
 	free(st->label);
 	free(st->carry);
 	free(st);

@@ -266,10 +266,16 @@ void stream_reask(struct stream *s)
 	admit_waiters(s);
 }
 
-/* A parked reader's bytes were evicted: ask for them again. */
+/* An eviction took bytes a parked reader waits for: ask again. */
 static void cc_reask(struct cache_client *c)
 {
 	admit_waiters(cc_stream(c));
+}
+
+/* Once a second (the cache's backstop): see admit_lost(). */
+static void cc_recheck(struct cache_client *c)
+{
+	admit_lost(cc_stream(c));
 }
 
 void stream_set_cache(struct stream *s, struct cache *ca)
@@ -281,6 +287,7 @@ void stream_set_cache(struct stream *s, struct cache *ca)
 	s->cc.candidates = cc_candidates;
 	s->cc.evict = cc_evict;
 	s->cc.reask = cc_reask;
+	s->cc.recheck = cc_recheck;
 	cache_attach(ca, &s->cc);
 }
 
@@ -477,12 +484,15 @@ uint64_t room_needed(struct stream *s, const struct stream_waiter *w)
  * bytes may have been evicted meanwhile. After a resume, and by a reader
  * that a resume passed by while it was parking.
  */
-void admit_waiters(struct stream *s)
+static void admit(struct stream *s, bool lost_only)
 {
 	struct range todo[16];
 	int n = 0;
 	pthread_mutex_lock(&s->lock);
+	bool complete = s->state == STREAM_COMPLETE;
 	for (struct stream_waiter *w = s->waiters.next; w != &s->waiters && n < 16; w = w->next) {
+		if (lost_only && !complete && w->need >= s->frontier)
+			continue; /* not lost: on its way, or the source's to fail */
 		/* Not only those that got no room when they parked: a block
 		 * reserved before its reader was on the list (so not pinned
 		 * yet) may have been evicted since, and its fetch given up. */
@@ -502,4 +512,22 @@ void admit_waiters(struct stream *s)
 		pthread_mutex_unlock(&s->lock);
 		stream_want(s, todo[i].start, todo[i].end - todo[i].start);
 	}
+}
+
+void admit_waiters(struct stream *s)
+{
+	admit(s, false);
+}
+
+/*
+ * admit_waiters() for the readers whose missing bytes were lost: below
+ * the frontier (evicted), or anywhere once the stream is complete. Past
+ * the frontier of a running stream a reader's bytes are on their way (the
+ * fill or its range fetch) or the source fails, and its range fetch keeps
+ * the retry limit it had; the evictions that take such bytes ask again
+ * themselves (reask).
+ */
+void admit_lost(struct stream *s)
+{
+	admit(s, true);
 }

@@ -131,6 +131,7 @@ void unpin(struct stream *s, struct pin *p);
 int64_t hold_range(struct stream *s, uint64_t off, uint64_t end, unsigned flags);
 /* Reserve the blocks of parked readers that have none yet (see stream_cache.c). */
 void admit_waiters(struct stream *s);
+void admit_lost(struct stream *s);
 
 /* The count of resumes so far, and the pause to show unless one came
  * since @seen. Take the lock. */

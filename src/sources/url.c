@@ -23,6 +23,7 @@
 #include "url.h"
 
 #include "sources.h"
+#include "streamfs/persist.h"
 #include "streamfs/store.h"
 
 #include <assert.h>
@@ -121,6 +122,22 @@ static void url_begin(void *arg)
 	u->ondemand = u->is_http && u->opts.ondemand;
 	u->near = NEAR_MIN;
 	stream_set_fetch_distance(u->s, !u->is_http ? UINT64_MAX : u->ondemand ? 0 : NEAR_MIN);
+	uint64_t resume;
+	if (u->opts.persist && u->is_http &&
+	    persist_cached(u->opts.persist, u->reval_etag, sizeof(u->reval_etag), u->reval_lm,
+	                   sizeof(u->reval_lm), &u->reval_length, &resume)) {
+		/* A copy from an earlier mount: the first request asks for its
+		 * first missing byte with If-Range, and its answer says whether
+		 * the copy is still the resource (url_transfer.c). */
+		u->reval = true;
+		u->fill.pos = resume;
+		if (u->ondemand) {
+			uint64_t head = (uint64_t)u->reval_length < ONDEMAND_FIRST
+			                    ? (uint64_t)u->reval_length
+			                    : ONDEMAND_FIRST;
+			u->head_end = resume + 1 > head ? resume + 1 : head;
+		}
+	}
 	url_fill_start(u);
 }
 
@@ -225,6 +242,10 @@ struct stream *source_url_new(struct ioloop *loop, const char *name, const char 
 	if (shown)
 		stream_set_attr(s, "url", "%s", shown);
 	free(shown);
+	if (u->opts.proxy && (shown = source_url_redact(u->opts.proxy))) {
+		stream_set_attr(s, "proxy", "%s", shown);
+		free(shown);
+	}
 	return s;
 }
 
@@ -241,6 +262,8 @@ void source_url_opts_free(struct url_opts *o)
 		explicit_bzero(o->userpwd, strlen(o->userpwd));
 	free(o->userpwd);
 	free(o->netrc_file);
+	free(o->proxy);
+	free(o->noproxy);
 	free(o->aws_sigv4);
 	free(o->fail_msg);
 	memset(o, 0, sizeof(*o));
@@ -258,15 +281,16 @@ int source_url_opts_copy(struct url_opts *dst, const struct url_opts *src)
 	struct url_opts o = *src;
 	o.headers = NULL;
 	o.nheaders = 0;
-	o.userpwd = o.netrc_file = o.aws_sigv4 = o.fail_msg = NULL;
+	o.userpwd = o.netrc_file = o.proxy = o.noproxy = o.aws_sigv4 = o.fail_msg = NULL;
 	if (src->nheaders && !(o.headers = calloc(src->nheaders, sizeof(*o.headers))))
 		goto nomem;
 	for (; o.nheaders < src->nheaders; o.nheaders++)
 		if (!(o.headers[o.nheaders] = strdup(src->headers[o.nheaders])))
 			goto nomem;
 	if (!dup_or_null(src->userpwd, &o.userpwd) ||
-	    !dup_or_null(src->netrc_file, &o.netrc_file) ||
-	    !dup_or_null(src->aws_sigv4, &o.aws_sigv4) || !dup_or_null(src->fail_msg, &o.fail_msg))
+	    !dup_or_null(src->netrc_file, &o.netrc_file) || !dup_or_null(src->proxy, &o.proxy) ||
+	    !dup_or_null(src->noproxy, &o.noproxy) || !dup_or_null(src->aws_sigv4, &o.aws_sigv4) ||
+	    !dup_or_null(src->fail_msg, &o.fail_msg))
 		goto nomem;
 	*dst = o;
 	return 0;

@@ -103,7 +103,15 @@ struct url_src {
 	char *last_modified;
 	bool no_ranges; /* the server ignored a range request once */
 	bool evictable; /* told the stream its bytes may be evicted */
-	bool complete;  /* the stream is complete: only refetches of evicted bytes run */
+	/* the persistent cache (opts.persist): a copy to revalidate */
+	bool reval;           /* the next first response answers its If-Range */
+	bool restart;         /* start the fill again from byte 0, not a retry */
+	bool adopt;           /* the copy is the resource's: adopt it once the
+	                       * length is set (learn_resource()) */
+	char reval_etag[512]; /* its validators ("" if none)... */
+	char reval_lm[256];
+	int64_t reval_length; /* ...and its length */
+	bool complete;        /* the stream is complete: only refetches of evicted bytes run */
 
 	/* the sequential fill (url_transfer.c) */
 	struct xfer fill;  /* fill.easy: a request runs; fill.pos: the next byte */

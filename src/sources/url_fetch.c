@@ -178,7 +178,15 @@ static void pump_queue(struct url_src *u)
 	while (u->active && u->ready && u->nranges - u->npaused < MAX_RANGES &&
 	       (q = TAILQ_FIRST(&u->queue))) {
 		TAILQ_REMOVE(&u->queue, q, link);
-		start_range(u, q);
+		/* Bytes that came while it waited (the persistent cache's
+		 * copy, adopted with the first response) are not fetched. */
+		uint64_t have = stream_run_end(u->s, q->off);
+		if (have > q->off)
+			stream_unwant(u->s, q->off, (have < q->end ? have : q->end) - q->off);
+		if (have < q->end) {
+			q->off = have;
+			start_range(u, q);
+		}
 		free(q);
 	}
 }

@@ -29,6 +29,7 @@
 #include "url.h"
 
 #include "log.h"
+#include "streamfs/persist.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -52,9 +53,10 @@ static bool first_body(struct url_src *u, int64_t *length)
 	struct xfer *x = &u->fill;
 	if (x->code == 206) {
 		/* fill=ondemand asked for the head, bytes 0-262143; a plain GET
-		 * takes a 206 only if it starts at byte 0. The total is in
-		 * Content-Range ("bytes 0-262143/52428800"; "*": unknown). */
-		if (!url_check_206(x, 0, u->ondemand ? ONDEMAND_FIRST - 1 : UINT64_MAX, length)) {
+		 * takes a 206 only if it starts at byte 0 (a revalidation of
+		 * the persistent cache: at the byte it asked for). The total is
+		 * in Content-Range ("bytes 0-262143/52428800"; "*": unknown). */
+		if (!url_check_206(x, x->pos, u->ondemand ? u->head_end - 1 : UINT64_MAX, length)) {
 			x->failure = EIO;
 			return false;
 		}
@@ -120,7 +122,116 @@ static bool learn_resource(struct url_src *u)
 		u->evictable = true;
 		stream_set_evictable(u->s, true);
 	}
+	if (u->opts.persist) {
+		persist_set_resource(u->opts.persist, u->length, u->etag, u->last_modified);
+		if (u->adopt) {
+			u->adopt = false;
+			persist_adopt(u->opts.persist);
+		}
+	}
 	return true;
+}
+
+static bool retryable_code(long code)
+{
+	return code == 408 || code == 429 || (code >= 500 && code <= 599);
+}
+
+/* A retryable status: when to try again. Returns false (retry or failure
+ * set). */
+static bool retry_later(struct url_src *u)
+{
+	struct xfer *x = &u->fill;
+	char v[128];
+	uint64_t budget = (uint64_t)(u->opts.retry_time * 1000);
+	snprintf(x->failmsg, sizeof(x->failmsg), "HTTP %ld", x->code);
+	x->retry_now = true;
+	x->retry_after_ms = -1;
+	if (url_header(x, "Retry-After", v, sizeof(v)) &&
+	    url_parse_retry_after(v, budget, &x->retry_after_ms) > 0) {
+		/* Waiting that long would outlast the retries: give up now. */
+		x->retry_now = false;
+		xfer_fail(x, EIO,
+		          "HTTP %ld with Retry-After: %.40s, longer than the retry time (%g s)",
+		          x->code, v, u->opts.retry_time);
+	}
+	return false;
+}
+
+/* ---- the persistent cache's copy --------------------------------------- */
+
+/* Does the response carry the cached copy's validator and length? If not,
+ * @why says what differs. A copy with an ETag needs the same strong ETag;
+ * one without needs the same Last-Modified and length (and still no
+ * ETag: a validator that appeared is a change too). */
+static bool same_as_cached(struct url_src *u, int64_t total, char *why, size_t size)
+{
+	struct xfer *x = &u->fill;
+	char etag[512] = "", lm[256] = "";
+	bool has_etag = url_header(x, "ETag", etag, sizeof(etag)) && strncmp(etag, "W/", 2) != 0;
+	bool has_lm = url_header(x, "Last-Modified", lm, sizeof(lm));
+	if (u->reval_etag[0] && (!has_etag || strcmp(etag, u->reval_etag) != 0)) {
+		snprintf(why, size, "ETag %.80s, was %.80s", has_etag ? etag : "(none)",
+		         u->reval_etag);
+		return false;
+	}
+	if (!u->reval_etag[0] && (has_etag || !has_lm || strcmp(lm, u->reval_lm) != 0)) {
+		snprintf(why, size, "Last-Modified %.60s, was %.60s%s", has_lm ? lm : "(none)",
+		         u->reval_lm, has_etag ? ", and an ETag now" : "");
+		return false;
+	}
+	if (total != u->reval_length) {
+		snprintf(why, size, "%" PRId64 " bytes, was %" PRId64, total, u->reval_length);
+		return false;
+	}
+	return true;
+}
+
+/*
+ * The answer to the revalidation of the persistent cache's copy (the
+ * first request asked for its first missing byte with If-Range). The same
+ * version (a 206, or a 200 from a server that ignores Range) adopts the
+ * copy once the length is set; another version (a 200, a 416, a 206 with
+ * other validators) discards it and the fill starts again from byte 0, as
+ * for a resource never seen. Other statuses say nothing about the copy:
+ * they go the usual way, and the next request revalidates again.
+ * Returns false to abort the transfer.
+ */
+static bool revalidated(struct url_src *u)
+{
+	struct xfer *x = &u->fill;
+	char why[256] = "";
+	if (x->code >= 400 && x->code != 416) {
+		if (retryable_code(x->code))
+			return retry_later(u);
+		xfer_fail(x, EIO, "HTTP %ld", x->code);
+		return false;
+	}
+	int64_t total = -1;
+	if (x->code == 206 &&
+	    !url_check_206(x, x->pos, u->ondemand ? u->head_end - 1 : UINT64_MAX, &total)) {
+		x->failure = EIO;
+		return false;
+	}
+	if (x->code == 200)
+		total = url_content_length(x);
+	if (x->code == 416)
+		snprintf(why, sizeof(why), "HTTP 416 for byte %" PRIu64, x->pos);
+	if ((x->code == 200 || x->code == 206) && same_as_cached(u, total, why, sizeof(why))) {
+		u->reval = false;
+		u->adopt = true;
+		if (x->code == 200)
+			x->pos = 0; /* the whole body: what is cached is skipped */
+		return learn_resource(u);
+	}
+	if (!why[0])
+		snprintf(why, sizeof(why), "HTTP %ld", x->code);
+	char msg[300];
+	snprintf(msg, sizeof(msg), "the resource changed on the server (%s)", why);
+	persist_discard(u->opts.persist, msg);
+	u->reval = false;
+	u->restart = true;
+	return false;
 }
 
 /* A later response (a resumed or repeated request, 2xx): same version,
@@ -155,32 +266,6 @@ static bool check_again(struct url_src *u)
 	return true;
 }
 
-static bool retryable_code(long code)
-{
-	return code == 408 || code == 429 || (code >= 500 && code <= 599);
-}
-
-/* A retryable status: when to try again. Returns false (retry or failure
- * set). */
-static bool retry_later(struct url_src *u)
-{
-	struct xfer *x = &u->fill;
-	char v[128];
-	uint64_t budget = (uint64_t)(u->opts.retry_time * 1000);
-	snprintf(x->failmsg, sizeof(x->failmsg), "HTTP %ld", x->code);
-	x->retry_now = true;
-	x->retry_after_ms = -1;
-	if (url_header(x, "Retry-After", v, sizeof(v)) &&
-	    url_parse_retry_after(v, budget, &x->retry_after_ms) > 0) {
-		/* Waiting that long would outlast the retries: give up now. */
-		x->retry_now = false;
-		xfer_fail(x, EIO,
-		          "HTTP %ld with Retry-After: %.40s, longer than the retry time (%g s)",
-		          x->code, v, u->opts.retry_time);
-	}
-	return false;
-}
-
 /* FTP: the size, if the first request tells it. */
 static bool check_ftp(struct url_src *u)
 {
@@ -208,6 +293,8 @@ static bool check_response(struct url_src *u)
 	stream_set_attr(u->s, "http_code", "%ld", x->code);
 	if (x->code >= 300 && x->code < 400)
 		return true; /* a redirect: followed when the transfer is done */
+	if (u->reval && !u->ready)
+		return revalidated(u);
 	if (x->code == 416 && u->ondemand && !u->ready) {
 		/* An empty resource cannot serve bytes 0-N: ask for all of it. */
 		u->ondemand = false;
@@ -310,6 +397,24 @@ static void ask_range(struct url_src *u)
 {
 	struct xfer *x = &u->fill;
 	char range[64];
+	if (u->reval) {
+		/* The persistent cache's copy: from its first missing byte, if
+		 * it is still the version with this validator. */
+		char ir[600];
+		const char *v = u->reval_etag[0] ? u->reval_etag : u->reval_lm;
+		if (u->ondemand)
+			snprintf(range, sizeof(range), "%" PRIu64 "-%" PRIu64, x->pos,
+			         u->head_end - 1);
+		else
+			snprintf(range, sizeof(range), "%" PRIu64 "-", x->pos);
+		curl_easy_setopt(x->easy, CURLOPT_RANGE, range);
+		if (snprintf(ir, sizeof(ir), "If-Range: %s", v) < (int)sizeof(ir)) {
+			struct curl_slist *l = curl_slist_append(x->headers, ir);
+			if (l)
+				x->headers = l;
+		}
+		return;
+	}
 	if (u->ondemand && !u->ready) {
 		u->head_end = ONDEMAND_FIRST;
 		snprintf(range, sizeof(range), "0-%u", ONDEMAND_FIRST - 1);
@@ -339,7 +444,7 @@ void url_fill_start(struct url_src *u)
 	x->got_headers = false;
 	x->code = 0;
 	x->skip = 0;
-	x->range_asked = x->pos > 0;
+	x->range_asked = x->pos > 0 || u->reval;
 	if (xfer_open(x, fill_write_cb) < 0) {
 		stream_fail(u->s, ENOMEM, "cannot create a transfer");
 		url_done(u);
@@ -552,6 +657,13 @@ void url_fill_done(struct url_src *u, CURLcode rc)
 		url_done(u);
 	} else if (u->jump) {
 		fill_jump(u);
+	} else if (u->restart) {
+		/* The cached copy was discarded: a first request, not a retry. */
+		u->restart = false;
+		x->pos = 0;
+		u->head_end = 0;
+		url_fill_stop(u);
+		url_fill_start(u);
 	} else {
 		if (rc == CURLE_OK && !x->got_headers)
 			check_response(u); /* an empty body: no write callback ran */

@@ -83,7 +83,16 @@ int xfer_open(struct xfer *x, curl_write_callback write)
 	if (u->opts.insecure) {
 		curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
 		curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+		curl_easy_setopt(e, CURLOPT_PROXY_SSL_VERIFYPEER, 0L);
+		curl_easy_setopt(e, CURLOPT_PROXY_SSL_VERIFYHOST, 0L);
 	}
+	/* Without --proxy nothing is set: libcurl then reads http_proxy,
+	 * https_proxy, ALL_PROXY and NO_PROXY from the environment, as curl
+	 * does. Setting CURLOPT_PROXY (even to "") would turn that off. */
+	if (u->opts.proxy)
+		curl_easy_setopt(e, CURLOPT_PROXY, u->opts.proxy);
+	if (u->opts.noproxy)
+		curl_easy_setopt(e, CURLOPT_NOPROXY, u->opts.noproxy);
 	if (u->send_auth)
 		set_auth(x);
 	return 0;

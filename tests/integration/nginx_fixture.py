@@ -45,10 +45,12 @@ def make_self_signed(dirpath, cn="127.0.0.1"):
 
 
 class Nginx:
-    def __init__(self, root, workdir, tls=False):
+    def __init__(self, root, workdir, tls=False, http_extra=None):
         self.root = Path(root).resolve()
         self.dir = Path(workdir)
         self.tls = tls
+        self.http_extra = http_extra
+        self.extra_port = None
         self.proc = None
         self.port = None
         self.tls_port = None
@@ -88,8 +90,10 @@ http {
         listen 127.0.0.1:%(port)d;
         root %(root)s;
     }%(tls)s
+%(extra)s
 }
-""" % {"d": d, "port": self.port, "root": self.root, "tls": tls}
+""" % {"d": d, "port": self.port, "root": self.root, "tls": tls,
+       "extra": self.http_extra(self) if self.http_extra else ""}
 
     def start(self, timeout=15):
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -97,6 +101,7 @@ http {
         for _attempt in range(5):
             self.port = free_port()
             self.tls_port = free_port() if self.tls else None
+            self.extra_port = free_port() if self.http_extra else None
             conf = self.dir / "nginx.conf"
             conf.write_text(self._config())
             self._err = open(self.dir / "stderr.log", "wb")
@@ -108,7 +113,8 @@ http {
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
-                if _port_open(self.port) and (not self.tls or _port_open(self.tls_port)):
+                if _port_open(self.port) and (not self.tls or _port_open(self.tls_port)) \
+                        and (not self.extra_port or _port_open(self.extra_port)):
                     return self
                 time.sleep(0.05)
             last_err = self.log_text()

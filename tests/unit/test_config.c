@@ -877,6 +877,7 @@ static void test_scrub_argv(void)
 	                      "--us",
 	                      "bob:pw4",
 	                      "--header=Accept;",
+	                      "--proxy=http://eve:pw6@p:3128",
 	                      "mnt",
 	                      "a=https://carol:pw5@h:8443/p?q=1",
 	                      "b=https://dave@h/",
@@ -889,6 +890,7 @@ static void test_scrub_argv(void)
 	                      "--us",
 	                      "bob:***",
 	                      "--header=Accept;",
+	                      "--proxy=http://eve:***@p:3128",
 	                      "mnt",
 	                      "a=https://carol:***@h:8443/p?q=1",
 	                      "b=https://dave@h/",
@@ -1091,6 +1093,12 @@ static void test_cache_options(void)
 	PARSE_FAILS("over 100%", "--cache-min-free=100.5%", "mnt");
 	PARSE_FAILS("bad --cache-min-free value", "--cache-min-free=%", "mnt");
 	PARSE_FAILS("bad --cache-min-free value", "--cache-min-free=-1%", "mnt");
+	CHECK(PARSE(&cfg, err, "--persist", "--cache-dir=/x", "mnt") == 0 && cfg.persist);
+	config_free(&cfg);
+	CHECK(PARSE(&cfg, err, "mnt") == 0 && !cfg.persist);
+	config_free(&cfg);
+	PARSE_FAILS("--persist needs --cache-dir DIR", "--persist", "mnt");
+	PARSE_FAILS("(not memory)", "--persist", "--cache-dir=memory", "mnt");
 	PARSE_FAILS("bad --keep value '0'", "--keep=0", "mnt");
 	PARSE_FAILS("bad --keep value", "--keep=", "mnt");
 	/* add: a bad value is refused before the daemon is asked */
@@ -1105,6 +1113,36 @@ static void test_cache_options(void)
 	config_strv_free(f);
 	free(good[0]);
 	free(good[1]);
+}
+
+static void test_proxy(void)
+{
+	static const char *const bad[] = {
+	    "",          "cache:3128", "ftp://c",     "socks5://c:1", "http://",
+	    "http:///x", "http://a b", "https://:80", "http\x01://c"};
+	struct file_opts o, c;
+	char err[512];
+	size_t i;
+
+	config_file_opts_default(&o);
+	CHECK(!o.proxy && !o.noproxy);
+	CHECK(set(&o, "proxy", "http://cache.lan:3128", err) == 0);
+	CHECK(!strcmp(o.proxy, "http://cache.lan:3128"));
+	CHECK(set(&o, "proxy", "HTTPS://u:p@[::1]:8443/", err) == 0);
+	CHECK(!strcmp(o.proxy, "HTTPS://u:p@[::1]:8443/"));
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		SET_FAILS("proxy", bad[i], "expected an http:// or https:// URL");
+	/* A password is never quoted back. */
+	SET_FAILS("proxy", "socks5://bob:s3cret@h:1", "bad --proxy value (not shown)");
+	CHECK(!strstr(err, "s3cret"));
+	CHECK(set(&o, "noproxy", "localhost,.lan,10.0.0.0/8", err) == 0);
+	CHECK(!strcmp(o.noproxy, "localhost,.lan,10.0.0.0/8"));
+	SET_FAILS("noproxy", "", "bad --noproxy value ''");
+	SET_FAILS("noproxy", "a, b", "bad --noproxy value");
+	CHECK(config_file_opts_copy(&c, &o) == 0);
+	CHECK(c.proxy != o.proxy && !strcmp(c.proxy, o.proxy) && !strcmp(c.noproxy, o.noproxy));
+	config_file_opts_free(&c);
+	config_file_opts_free(&o);
 }
 
 int main(void)
@@ -1129,6 +1167,7 @@ int main(void)
 	RUN(test_scrub_argv);
 	RUN(test_add_request);
 	RUN(test_cache_options);
+	RUN(test_proxy);
 	RUN(test_s3);
 	for (i = 0; i < ntmpfiles; i++) {
 		unlink(tmpfiles[i]);
