@@ -2,7 +2,10 @@
 # need a real server (bench_url.sh, bench_cache.sh). Sourced, not run.
 #
 # Needs: TMP (a scratch directory; its www/ is the document root),
-# NGINX (the binary). nginx_start sets PORT, NGINX_PID and URL (of
+# NGINX (the binary). Optional: NGINX_HTTP (directives added to the http
+# block, e.g. a log_format), NGINX_ACCESS_LOG (the access_log value,
+# default off), NGINX_SERVER (directives added to the server block, e.g.
+# throttled locations). nginx_start sets PORT, NGINX_PID and URL (of
 # $TMP/www/f) and returns once nginx answers; nginx_stop ends it, from
 # the caller's cleanup trap, even half started.
 
@@ -19,7 +22,8 @@ pid $TMP/nginx/nginx.pid;
 error_log $TMP/nginx/error.log warn;
 events { worker_connections 256; }
 http {
-    access_log off;
+    ${NGINX_HTTP:-}
+    access_log ${NGINX_ACCESS_LOG:-off};
     client_body_temp_path $TMP/nginx/client_body;
     proxy_temp_path $TMP/nginx/proxy;
     fastcgi_temp_path $TMP/nginx/fastcgi;
@@ -28,7 +32,11 @@ http {
     default_type application/octet-stream;
     sendfile on;
     tcp_nopush on;
-    server { listen 127.0.0.1:$PORT; root $TMP/www; }
+    server {
+        listen 127.0.0.1:$PORT;
+        root $TMP/www;
+        ${NGINX_SERVER:-}
+    }
 }
 CONF
 	"$NGINX" -p "$TMP/nginx" -e "$TMP/nginx/error.log" -c "$TMP/nginx/nginx.conf" \
