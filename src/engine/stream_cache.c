@@ -491,7 +491,7 @@ static void admit(struct stream *s, bool lost_only)
 	pthread_mutex_lock(&s->lock);
 	bool complete = s->state == STREAM_COMPLETE;
 	for (struct stream_waiter *w = s->waiters.next; w != &s->waiters && n < 16; w = w->next) {
-		if (lost_only && !complete && w->need >= s->frontier)
+		if (lost_only && !complete && w->need >= s->frontier && s->fetch_distance)
 			continue; /* not lost: on its way, or the source's to fail */
 		/* Not only those that got no room when they parked: a block
 		 * reserved before its reader was on the list (so not pinned
@@ -521,7 +521,8 @@ void admit_waiters(struct stream *s)
 
 /*
  * admit_waiters() for the readers whose missing bytes were lost: below
- * the frontier (evicted), or anywhere once the stream is complete. Past
+ * the frontier (evicted), anywhere once the stream is complete, and
+ * anywhere with fill=ondemand (fetch distance 0: no fill brings them). Past
  * the frontier of a running stream a reader's bytes are on their way (the
  * fill or its range fetch) or the source fails, and its range fetch keeps
  * the retry limit it had; the evictions that take such bytes ask again
