@@ -322,7 +322,10 @@ def test_redirect(srv, data):
     st, h, _ = raw_get(srv.port, "/f.bin?redirect=1&x=y", method="GET")
     assert st == 302
     assert h["location"] == "http://127.0.0.1:%d/f.bin?redirect=0&x=y" % srv.port
-    assert [e["status"] for e in srv.requests("/f.bin")] == [302, 302, 302, 200, 302]
+    # The server records a request once it has sent the body: the 200's
+    # record may land after the last 302's on a loaded machine.
+    statuses = [e["status"] for e in srv.requests("/f.bin")]
+    assert statuses[:3] == [302, 302, 302] and sorted(statuses[3:]) == [200, 302], statuses
 
 
 def test_content_encoding_and_headers_logged(srv, data):
