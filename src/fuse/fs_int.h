@@ -94,24 +94,11 @@ struct pending {
 	struct node *n;
 	struct stream *s; /* a reference */
 	enum pending_op op;
-	bool with_fh;                /* P_GETATTR: carried a file handle */
-	bool push;                   /* P_READ: through a handle that pushes (struct handle) */
-	struct fuse_file_info fi;    /* P_OPEN */
-	TAILQ_ENTRY(pending) link;   /* on fs->parked, under fs->plock */
-	atomic_bool answered;        /* claimed by the one party that answers */
-	STAILQ_ENTRY(pending) qlink; /* on fs->replier's queue */
-	ssize_t result;              /* what done() said, for the replier */
-};
-STAILQ_HEAD(pending_queue, pending);
-
-/* The thread that sends the data replies of parked reads (park.c). */
-struct replier {
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	struct pending_queue q; /* protected by lock */
-	bool stop;              /* protected by lock */
-	bool running;           /* set by park_start()/park_stop() only */
-	pthread_t thread;
+	bool with_fh;              /* P_GETATTR: carried a file handle */
+	bool push;                 /* P_READ: through a handle that pushes (struct handle) */
+	struct fuse_file_info fi;  /* P_OPEN */
+	TAILQ_ENTRY(pending) link; /* on fs->parked, under fs->plock */
+	atomic_bool answered;      /* claimed by the one party that answers */
 };
 TAILQ_HEAD(pending_list, pending);
 
@@ -143,8 +130,6 @@ struct fs {
 	pthread_mutex_t plock;
 	struct pending_list parked;
 	pthread_cond_t drained; /* signalled when parked becomes empty */
-
-	struct replier rep;
 };
 
 /* ---- fs.c ---- */
@@ -218,12 +203,6 @@ void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s, enum 
 /* park() for a read through @h. */
 void park_read(fuse_req_t req, struct fs *fs, struct handle *h, enum stream_wait_kind kind,
                uint64_t off, size_t len);
-
-/* Start the thread that sends the data replies of parked reads (after any
- * fork: fs_loop); without it they are sent by the thread that brings the
- * data. park_stop() ends it once nothing is parked (fs_shutdown). */
-void park_start(struct fs *fs);
-void park_stop(struct fs *fs);
 
 /* Reply with the present bytes [off, off+len). Returns 0 when replied, or
  * -ERANGE (not all present) / -errno without replying. */

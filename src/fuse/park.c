@@ -306,93 +306,9 @@ static void answer(struct pending *p, ssize_t r, bool listed)
 	release(p, listed);
 }
 
-/*
- * The data replies of parked reads go to the replier thread: done() is
- * called by the thread that brought the bytes (the I/O thread, for every
- * pipe and transfer), and a reply costs it a copy out of the store, the
- * write to /dev/fuse and the page-cache push; meanwhile it would receive
- * nothing. The pending stays on fs->parked until the replier has answered
- * it, so fs_shutdown() still waits for it, and an interrupt that comes
- * meanwhile finds (stream_unwait) that it is not its own. Errors and ends
- * are answered at once: they cost nothing.
- */
-static bool queue_reply(struct pending *p, ssize_t r)
-{
-	struct replier *rep = &p->fs->rep;
-	if (!rep->running)
-		return false;
-	p->result = r;
-	xpthread_mutex_lock(&rep->lock);
-	bool was_empty = STAILQ_EMPTY(&rep->q);
-	STAILQ_INSERT_TAIL(&rep->q, p, qlink);
-	if (was_empty)
-		xpthread_cond_signal(&rep->cond);
-	xpthread_mutex_unlock(&rep->lock);
-	return true;
-}
-
-static void *replier_main(void *arg)
-{
-	struct fs *fs = arg;
-	struct replier *rep = &fs->rep;
-	xpthread_mutex_lock(&rep->lock);
-	for (;;) {
-		struct pending *p = STAILQ_FIRST(&rep->q);
-		if (!p) {
-			if (rep->stop)
-				break;
-			xpthread_cond_wait(&rep->cond, &rep->lock);
-			continue;
-		}
-		STAILQ_REMOVE_HEAD(&rep->q, qlink);
-		xpthread_mutex_unlock(&rep->lock);
-		answer(p, p->result, true);
-		xpthread_mutex_lock(&rep->lock);
-	}
-	xpthread_mutex_unlock(&rep->lock);
-	return NULL;
-}
-
-void park_start(struct fs *fs)
-{
-	struct replier *rep = &fs->rep;
-	if (rep->running)
-		return;
-	xpthread_mutex_init(&rep->lock, NULL);
-	xpthread_cond_init(&rep->cond, NULL);
-	STAILQ_INIT(&rep->q);
-	rep->stop = false;
-	if (pthread_create(&rep->thread, NULL, replier_main, fs) != 0) {
-		log_warn("no reply thread: replies are sent by the threads that bring the data");
-		xpthread_mutex_destroy(&rep->lock);
-		xpthread_cond_destroy(&rep->cond);
-		return;
-	}
-	rep->running = true;
-}
-
-void park_stop(struct fs *fs)
-{
-	struct replier *rep = &fs->rep;
-	if (!rep->running)
-		return;
-	xpthread_mutex_lock(&rep->lock);
-	rep->stop = true;
-	xpthread_cond_signal(&rep->cond);
-	xpthread_mutex_unlock(&rep->lock);
-	xpthread_join(rep->thread, NULL);
-	assert(STAILQ_EMPTY(&rep->q));
-	rep->running = false;
-	xpthread_mutex_destroy(&rep->lock);
-	xpthread_cond_destroy(&rep->cond);
-}
-
 static void pending_done(struct stream_waiter *w, ssize_t r)
 {
-	struct pending *p = w->data;
-	if (p->op == P_READ && r > 0 && queue_reply(p, r))
-		return;
-	answer(p, r, true);
+	answer(w->data, r, true);
 }
 
 /* Runs under the request's lock: must not disarm itself. */

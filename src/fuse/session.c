@@ -178,9 +178,6 @@ int fs_loop(struct fs *fs)
 	/* Workers never sleep on data, so a few threads carry any load; more
 	 * only help copy replies of data already present in parallel. */
 	fuse_loop_cfg_set_max_threads(cfg, 16);
-	/* No replier thread (park_start): with it, 16 readers under a small
-	 * budget deadlocked under ASan (test_eviction_while_many_readers_wait);
-	 * replies are sent by the thread that brings the data. */
 	fuse_loop_cfg_set_idle_threads(cfg, 4);
 	int r = fuse_session_loop_mt(fs->se, cfg);
 	fuse_loop_cfg_destroy(cfg);
@@ -201,7 +198,6 @@ void fs_shutdown(struct fs *fs)
 	size_t k = park_wake_all(fs);
 	if (k)
 		log_debug("answered %zu parked request%s at shutdown", k, k == 1 ? "" : "s");
-	park_stop(fs); /* nothing is parked, nothing can be: its queue is empty */
 	xpthread_mutex_lock(&fs->mount_lock);
 	if (fs->mounted) {
 		fuse_session_unmount(fs->se);

@@ -52,8 +52,6 @@ __attribute__((noreturn, cold)) static inline void xpthread_fail_(const char *ca
 #define xpthread_cond_broadcast(c) XPTHREAD_CHECK(pthread_cond_broadcast(c))
 #define xpthread_cond_wait(c, m) XPTHREAD_CHECK(pthread_cond_wait((c), (m)))
 
-#define xpthread_join(t, ret) XPTHREAD_CHECK(pthread_join((t), (ret)))
-
 #define xpthread_once(o, fn) XPTHREAD_CHECK(pthread_once((o), (fn)))
 #define xpthread_key_create(k, dtor) XPTHREAD_CHECK(pthread_key_create((k), (dtor)))
 
