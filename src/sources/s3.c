@@ -534,17 +534,14 @@ int s3_resolve(const char *uri, const struct s3_opts *o, s3_getenv_fn *env, stru
 			goto nomem;
 		}
 	}
-	endpoint_free(&e);
-	profile_free(&p);
-	free(bucket);
-	free(key);
-	free(cfg_region);
-	free(cfg_endpoint);
-	free(aws_endpoint);
-	return 0;
+	int r = 0;
+	goto out;
 nomem:
 	snprintf(err, errlen, "out of memory");
 fail:
+	s3_target_free(t);
+	r = -1;
+out:
 	endpoint_free(&e);
 	profile_free(&p);
 	free(bucket);
@@ -552,8 +549,7 @@ fail:
 	free(cfg_region);
 	free(cfg_endpoint);
 	free(aws_endpoint);
-	s3_target_free(t);
-	return -1;
+	return r;
 }
 
 void s3_target_free(struct s3_target *t)
