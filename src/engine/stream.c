@@ -285,8 +285,10 @@ void finish_ready(struct stream_waiter *ready)
 
 ssize_t stream_wait(struct stream *s, struct stream_waiter *w)
 {
-	bool fetch = false, kick = false;
-	uint64_t off = w->off, len = w->len;
+	bool kick = false;
+	uint64_t off = w->off;
+	struct range ask[8];
+	int nask = 0;
 	/* A reader of evictable bytes reserves its blocks before it parks:
 	 * what it pins then can always be filled (see blk_pinned). */
 	pthread_mutex_lock(&s->lock);
@@ -312,10 +314,14 @@ ssize_t stream_wait(struct stream *s, struct stream_waiter *w)
 		s->waiters.prev = w;
 		s->nwaiters++;
 		/* Evicted bytes (below the frontier) come back only if asked
-		 * for; a paused source retries, now that a reader waits. */
-		fetch = stream_can_fetch(s) && w->kind != STREAM_WAIT_END &&
-		        w->kind != STREAM_WAIT_SIZE &&
-		        (w->need < s->frontier || s->state == STREAM_COMPLETE);
+		 * for; a paused source retries, now that a reader waits. The
+		 * ask is recorded in the same critical section as the park: a
+		 * fetch failure after it then finds both, the waiter to fail
+		 * and the want to forget. (Asked after unlocking, a failure in
+		 * between left a stale want that no transfer would ever fill.) */
+		if (w->kind != STREAM_WAIT_END && w->kind != STREAM_WAIT_SIZE &&
+		    (w->need < s->frontier || s->state == STREAM_COMPLETE))
+			nask = want_locked(s, w->off, w->len, ask);
 		kick = s->paused != CACHE_RUN;
 		/* A resume between our failed reservation and now ran
 		 * admit_waiters() before we were on the list: admit again, or
@@ -325,9 +331,8 @@ ssize_t stream_wait(struct stream *s, struct stream_waiter *w)
 	pthread_mutex_unlock(&s->lock);
 	if (admit)
 		admit_waiters(s);
-	/* @w may be answered and freed by now: use the copies. */
-	if (fetch)
-		stream_want(s, off, len);
+	/* @w may be answered and freed by now. */
+	fetch_asked(s, ask, nask);
 	if (kick && s->ops->resume)
 		s->ops->resume(s, s->src);
 	return r;

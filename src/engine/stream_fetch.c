@@ -18,20 +18,21 @@
 #include <errno.h>
 #include <pthread.h>
 
-void stream_want(struct stream *s, uint64_t off, uint64_t len)
+/*
+ * Under s->lock: add to wanted the gaps of [off, off+len) that are neither
+ * present nor wanted, and return them in @ask (at most 8: more are asked
+ * on the next read). The caller calls fetch() on them once unlocked.
+ */
+int want_locked(struct stream *s, uint64_t off, uint64_t len, struct range ask[8])
 {
-	if (!stream_can_fetch(s) || len == 0)
-		return;
-	struct range ask[8]; /* gaps to fetch; more are asked on the next read */
 	int nask = 0;
+	if (!stream_can_fetch(s) || len == 0)
+		return 0;
+	if (s->state != STREAM_RUNNING && !(s->state == STREAM_COMPLETE && s->evictable))
+		return 0;
 	if (s->cache && len > cache_window_max(s->cache))
 		len = cache_window_max(s->cache);
 	uint64_t end = off + len;
-	pthread_mutex_lock(&s->lock);
-	if (s->state != STREAM_RUNNING && !(s->state == STREAM_COMPLETE && s->evictable)) {
-		pthread_mutex_unlock(&s->lock);
-		return;
-	}
 	if (s->length >= 0 && end > (uint64_t)s->length)
 		end = (uint64_t)s->length;
 	if (end > s->store_limit) /* nothing past it can be stored */
@@ -66,9 +67,22 @@ void stream_want(struct stream *s, uint64_t off, uint64_t len)
 		}
 		a = b;
 	}
-	pthread_mutex_unlock(&s->lock);
+	return nask;
+}
+
+void fetch_asked(struct stream *s, const struct range *ask, int nask)
+{
 	for (int i = 0; i < nask; i++)
 		s->ops->fetch(s, s->src, ask[i].start, ask[i].end - ask[i].start);
+}
+
+void stream_want(struct stream *s, uint64_t off, uint64_t len)
+{
+	struct range ask[8];
+	pthread_mutex_lock(&s->lock);
+	int nask = want_locked(s, off, len, ask);
+	pthread_mutex_unlock(&s->lock);
+	fetch_asked(s, ask, nask);
 }
 
 void stream_set_fetch_distance(struct stream *s, uint64_t bytes)

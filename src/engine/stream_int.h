@@ -113,6 +113,13 @@ void finish_ready(struct stream_waiter *ready);
 void set_failed(struct stream *s, enum stream_state st, int err, const char *msg,
                 struct stream_waiter *ready);
 
+/* ---- stream_fetch.c ----------------------------------------------------- */
+
+/* Record as wanted the gaps of [off, off+len) neither present nor wanted,
+ * and return them in @ask; fetch_asked() then asks the source, unlocked. */
+int want_locked(struct stream *s, uint64_t off, uint64_t len, struct range ask[8]);
+void fetch_asked(struct stream *s, const struct range *ask, int nask);
+
 /* ---- stream_cache.c: blocks, pins, room -------------------------------- */
 
 /* Mark the blocks of [a, b) used now (a read or a write). Returns true if
