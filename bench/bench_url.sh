@@ -8,6 +8,8 @@
 # bytes, then, REPS times each (default 3), interleaved:
 #   - sequential read: `curl -s -o /dev/null URL`  vs  `cat MNT/f > /dev/null`
 #     on a fresh streamfs mount (foreground -f), MiB/s each and the ratio;
+#   - second read: `cat MNT/f` again on the same mount, at once (the
+#     stream is complete) vs `cat FILE` of the local file, page-cached;
 #   - first 4 KiB: `curl -s -r 0-4095 -o /dev/null URL`  vs
 #     `head -c 4096 MNT/f` on a fresh mount (mount time not counted).
 # Prints the median of each. Environment: STREAMFS (binary, default
@@ -88,6 +90,8 @@ start_streamfs() {
 }
 
 : >"$TMP/seq_curl"; : >"$TMP/seq_sfs"; : >"$TMP/ttfb_curl"; : >"$TMP/ttfb_sfs"
+: >"$TMP/re_local"; : >"$TMP/re_sfs"
+mibps() { awk -v b="$BYTES" -v a="$1" -v z="$2" 'BEGIN {printf "%.1f\n", b/1048576/(z-a)}'; }
 for r in $(seq "$REPS"); do
 	echo "bench_url: round $r/$REPS" >&2
 	# sequential, curl
@@ -97,9 +101,15 @@ for r in $(seq "$REPS"); do
 	start_streamfs
 	t0=$(now); cat "$MNT/f" >/dev/null; t1=$(now)
 	got=$(stat -c %s "$MNT/f")
+	# second read, same mount, at once
+	t2=$(now); cat "$MNT/f" >/dev/null; t3=$(now)
 	stop_streamfs
 	[ "$got" = "$BYTES" ] || { echo "bench_url: size through the mount $got != $BYTES" >&2; exit 1; }
-	awk -v b="$BYTES" -v a="$t0" -v z="$t1" 'BEGIN {printf "%.1f\n", b/1048576/(z-a)}' >>"$TMP/seq_sfs"
+	mibps "$t0" "$t1" >>"$TMP/seq_sfs"
+	mibps "$t2" "$t3" >>"$TMP/re_sfs"
+	# the local file from the page cache
+	t0=$(now); cat "$TMP/www/f" >/dev/null; t1=$(now)
+	mibps "$t0" "$t1" >>"$TMP/re_local"
 	# first 4 KiB, curl
 	t0=$(now); curl -s -r 0-4095 -o /dev/null "$URL"; t1=$(now)
 	awk -v a="$t0" -v z="$t1" 'BEGIN {printf "%.2f\n", (z-a)*1000}' >>"$TMP/ttfb_curl"
@@ -113,9 +123,12 @@ done
 
 SC=$(median <"$TMP/seq_curl"); SS=$(median <"$TMP/seq_sfs")
 TC=$(median <"$TMP/ttfb_curl"); TS=$(median <"$TMP/ttfb_sfs")
+RL=$(median <"$TMP/re_local"); RS=$(median <"$TMP/re_sfs")
 echo
 echo "URL source vs curl: ${SIZE_MIB} MiB from nginx on 127.0.0.1, median of $REPS"
-printf '%-28s %12s %12s %14s\n' "measure" "streamfs" "curl" "streamfs/curl"
+printf '%-28s %12s %12s %14s\n' "measure" "streamfs" "baseline" "ratio"
 printf '%-28s %12s %12s %14s\n' "sequential read (MiB/s)" "$SS" "$SC" "$(awk -v a="$SS" -v b="$SC" 'BEGIN {printf "%.2f", a/b}')"
+printf '%-28s %12s %12s %14s\n' "second read (MiB/s)" "$RS" "$RL" "$(awk -v a="$RS" -v b="$RL" 'BEGIN {printf "%.2f", a/b}')"
 printf '%-28s %12s %12s %14s\n' "first 4 KiB, fresh (ms)" "$TS" "$TC" "$(awk -v a="$TS" -v b="$TC" 'BEGIN {printf "%.2f", a/b}')"
-echo "(sequential: cat MNT/f >/dev/null vs curl -s -o /dev/null; first 4 KiB: head -c 4096 vs curl -r 0-4095)"
+echo "(baselines: sequential, curl -s -o /dev/null vs cat MNT/f >/dev/null; second read, cat of the"
+echo " local page-cached file vs cat MNT/f again at once; first 4 KiB, curl -r 0-4095 vs head -c 4096)"

@@ -311,6 +311,17 @@ void stream_reask(struct stream *s);
 int stream_peek(struct stream *s, void *buf, size_t len, uint64_t off);
 
 /*
+ * The bytes [off, off+len) were sent to a reader in a way the kernel's page
+ * cache did not keep (a direct_io open). stream_take_sent() hands the noted
+ * ranges back one at a time (removing each), so that once the stream is
+ * complete the FUSE layer can store them in the page cache. Best effort:
+ * not for keep= streams, and a set scattered into very many ranges stops
+ * growing.
+ */
+void stream_note_sent(struct stream *s, uint64_t off, uint64_t len);
+bool stream_take_sent(struct stream *s, uint64_t *off, uint64_t *len);
+
+/*
  * Blocking read with regular-file results (S3/S4): waits for the whole
  * range (or, with @partial, for at least one byte), then copies. Returns
  * bytes read, 0 at end, -EIO past a failure, -ECANCELED. For tests and

@@ -118,6 +118,7 @@ void stream_unref(struct stream *s)
 		cache_detach(&s->cc);
 	free(s->blk);
 	rangeset_free(&s->seen);
+	rangeset_free(&s->sent);
 	if (s->ops->destroy)
 		s->ops->destroy(s->src);
 	store_close(s->store);
@@ -550,6 +551,39 @@ int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off)
 int stream_peek(struct stream *s, void *buf, size_t len, uint64_t off)
 {
 	return copy_out(s, buf, len, off, false);
+}
+
+/* Scattered small reads could make the set grow without end: past this
+ * many ranges, further ones are not noted (they are only not pushed). */
+#define SENT_MAX_RANGES 4096
+
+void stream_note_sent(struct stream *s, uint64_t off, uint64_t len)
+{
+	if (!len)
+		return;
+	pthread_mutex_lock(&s->lock);
+	/* A range that starts inside or right after a noted one adds none. */
+	bool grows =
+	    off ? rangeset_run_end(&s->sent, off - 1) < off : rangeset_run_end(&s->sent, 0) == 0;
+	if (!s->keep && (s->sent.n < SENT_MAX_RANGES || !grows))
+		(void)rangeset_add(&s->sent, off, off + len); /* best effort */
+	pthread_mutex_unlock(&s->lock);
+}
+
+bool stream_take_sent(struct stream *s, uint64_t *off, uint64_t *len)
+{
+	bool got = false;
+	pthread_mutex_lock(&s->lock);
+	if (s->sent.n) {
+		struct range r = s->sent.r[0];
+		if (rangeset_remove(&s->sent, r.start, r.end) == 0) {
+			*off = r.start;
+			*len = r.end - r.start;
+			got = true;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return got;
 }
 
 struct sync_wait {

@@ -88,6 +88,10 @@ struct stream {
 	uint64_t keep, drop_to; /* keep: bytes below drop_to are gone */
 	uint64_t top;           /* the highest byte ever written, +1 */
 	struct rangeset seen;   /* every byte ever present */
+	/* Bytes sent to readers that the kernel's page cache did not keep
+	 * (direct_io opens), for the FUSE layer to store there once the
+	 * stream is complete: stream_note_sent()/stream_take_sent(). */
+	struct rangeset sent;
 	uint64_t evicted, dropped;
 };
 

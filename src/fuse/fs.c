@@ -8,7 +8,7 @@
  *  - Incomplete streams are opened direct_io (reads reach us even past the
  *    current size; short replies are not zero-filled; an error comes at
  *    its exact byte, not at a page boundary), and what they are sent is
- *    stored in the page cache too (park.c). Every open keeps the cache,
+ *    stored in the page cache once the stream is complete (push.c). Every open keeps the cache,
  *    and complete streams have long attribute timeouts: once a stream has
  *    been read through, later reads are page-cache reads.
  *  - st_size is never a misleading 0 and never decreases: stat and open
@@ -254,7 +254,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		stream_want(h->s, (uint64_t)off, read_window(h, (uint64_t)off, size));
 
 	/* The common case, data already here: no allocation, no waiter. */
-	int r = reply_present(req, h->n, h->s, (uint64_t)off, size, h->push);
+	int r = reply_present(req, h->s, (uint64_t)off, size, h->push);
 	if (r == 0)
 		return;
 	if (r != -ERANGE) {
@@ -268,7 +268,11 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fuse_req_userdata(req);
-	handle_free(fs, (struct handle *)(uintptr_t)fi->fh);
+	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	if (h->push)
+		push_adopt(fs, h);
+	else
+		handle_free(fs, h);
 	fuse_reply_err(req, 0);
 }
 

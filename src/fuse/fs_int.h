@@ -6,6 +6,8 @@
  *              their reuse, forget counting, open handles
  *   park.c     requests that wait: park on a stream, the interrupt race,
  *              the replies that answer them
+ *   push.c     what direct_io readers were sent, stored in the page cache
+ *              once the stream is complete (a thread of its own)
  *   attrs.c    status as extended attributes (user.streamfs.*)
  *   session.c  the FUSE session: new/free, mount, loop, shutdown, and the
  *              notifications that tell the kernel of add and rm
@@ -17,6 +19,7 @@
  *   fs->plock       the list of parked requests
  *   a stream's lock (in stream.c)
  *   fs->hlock       the list of open handles (a leaf)
+ *   fs->push_lock   the handles adopted by push.c (a leaf)
  *   fs->mount_lock  fs->mounted and the session's device: held across a
  *                   notification, so unmounting cannot close the device
  *                   under it (a leaf: nothing else is taken under it)
@@ -77,10 +80,12 @@ struct handle {
 	 * makes one window a little smaller. */
 	uint64_t next_off;
 	uint64_t window;
-	/* Opened direct_io: what is read through it is also pushed into the
-	 * kernel's page cache (park.c), so a later open of the complete file
-	 * reads from there. Set at open, then read-only. */
+	/* Opened direct_io: what is read through it is noted, and stored in
+	 * the kernel's page cache once the stream is complete (push.c), so a
+	 * later open of the complete file reads from there. Set at open, then
+	 * read-only. */
 	bool push;
+	struct handle *push_next; /* adopted by push.c: under fs->push_lock */
 };
 TAILQ_HEAD(handle_list, handle);
 
@@ -94,8 +99,8 @@ struct pending {
 	struct node *n;
 	struct stream *s; /* a reference */
 	enum pending_op op;
-	bool with_fh;              /* P_GETATTR: carried a file handle */
-	bool push;                 /* P_READ: through a handle that pushes (struct handle) */
+	bool with_fh; /* P_GETATTR: carried a file handle */
+	bool push;    /* P_READ: through a handle that notes what it sent (struct handle) */
 	struct fuse_file_info fi;  /* P_OPEN */
 	TAILQ_ENTRY(pending) link; /* on fs->parked, under fs->plock */
 	atomic_bool answered;      /* claimed by the one party that answers */
@@ -130,6 +135,16 @@ struct fs {
 	pthread_mutex_t plock;
 	struct pending_list parked;
 	pthread_cond_t drained; /* signalled when parked becomes empty */
+
+	/* push.c: released direct_io handles whose sent ranges are still to
+	 * be stored in the page cache, and the thread that does it (started
+	 * by the first one). */
+	pthread_mutex_t push_lock;
+	pthread_cond_t push_cond;
+	struct handle *push_jobs; /* linked by push_next */
+	bool push_started;
+	atomic_bool push_stop;
+	pthread_t push_thread;
 };
 
 /* ---- fs.c ---- */
@@ -206,13 +221,21 @@ void park_read(fuse_req_t req, struct fs *fs, struct handle *h, enum stream_wait
 
 /* Reply with the present bytes [off, off+len). Returns 0 when replied, or
  * -ERANGE (not all present) / -errno without replying. */
-int reply_present(fuse_req_t req, struct node *n, struct stream *s, uint64_t off, size_t len,
-                  bool push);
+int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len, bool push);
 
 /* Answer every parked request with EIO, and wait until the replies of
  * those being answered by others have been sent. After fs->shut is set,
  * so none parks after. Returns how many were answered here. */
 size_t park_wake_all(struct fs *fs);
+
+/* ---- push.c ---- */
+
+/* The release of @h, a handle that noted what it sent: push.c frees it once
+ * its stream's noted ranges are in the page cache (or will never be). */
+void push_adopt(struct fs *fs, struct handle *h);
+/* Stop the thread (at shutdown, after park_wake_all()); the handles it still
+ * holds are freed with the others. Idempotent. */
+void push_stop(struct fs *fs);
 
 /* ---- attrs.c ---- */
 

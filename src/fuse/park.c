@@ -70,72 +70,7 @@ static void buf_key_init(void)
 	xpthread_key_create(&buf_key, free);
 }
 
-/*
- * A direct_io read leaves nothing in the kernel's page cache, so the next
- * open of the complete file would read every byte through FUSE again.
- * What such a reader was just sent is therefore also stored in the page
- * cache (FUSE_NOTIFY_STORE), from the same buffer. The kernel marks a page
- * valid only when all of it is given (or it ends at the file's size), and
- * requests rarely start and end on page boundaries (a buffer that is not
- * page-aligned splits a read in two), so the pages at either end of a
- * reply are completed from the store, or left out if the rest of them is
- * not there. Only the final end may end a page early: the zeros the kernel
- * adds there would be wrong anywhere else. The bytes of a stream never
- * change (a changed source fails instead), so a page stored once stays
- * right. Not for keep= streams: their old bytes are meant to go.
- */
-#define PUSH_PAGE_MAX 16384
-
-/* Store the page at @p (ending at @end, the known length, if sooner),
- * the part [off, off+len) of it from @buf and the rest from the store. */
-static void push_edge(struct fs *fs, fuse_ino_t ino, struct stream *s, const char *buf,
-                      uint64_t off, size_t len, uint64_t p, uint64_t pg, uint64_t end)
-{
-	char page[PUSH_PAGE_MAX];
-	uint64_t e = p + pg < end ? p + pg : end;
-	uint64_t a = off > p ? off : p, b = off + len < e ? off + len : e;
-	if (a > p && stream_peek(s, page, (size_t)(a - p), p) != 0)
-		return;
-	memcpy(page + (a - p), buf + (a - off), (size_t)(b - a));
-	if (e > b && stream_peek(s, page + (b - p), (size_t)(e - b), b) != 0)
-		return;
-	struct fuse_bufvec bv = FUSE_BUFVEC_INIT((size_t)(e - p));
-	bv.buf[0].mem = page;
-	fuse_lowlevel_notify_store(fs->se, ino, (off_t)p, &bv, 0);
-}
-
-static void push_pages(struct fs *fs, fuse_ino_t ino, struct stream *s, const char *buf,
-                       uint64_t off, size_t len)
-{
-	static long page;
-	if (!page)
-		page = sysconf(_SC_PAGESIZE);
-	if (page <= 0 || page > PUSH_PAGE_MAX)
-		return;
-	uint64_t pg = (uint64_t)page;
-	struct stream_info in;
-	stream_get_info(s, &in);
-	if (in.keep || len == 0)
-		return;
-	uint64_t end = in.length >= 0 ? (uint64_t)in.length : UINT64_MAX;
-	uint64_t a = (off + pg - 1) / pg * pg, b = (off + len) / pg * pg;
-	if (end != UINT64_MAX && off + len == end)
-		b = end; /* the last page, ended by the file's size */
-	if (a < b) {
-		struct fuse_bufvec bv = FUSE_BUFVEC_INIT((size_t)(b - a));
-		bv.buf[0].mem = (char *)buf + (a - off);
-		/* Best effort: the kernel may have dropped the inode (ENOENT). */
-		fuse_lowlevel_notify_store(fs->se, ino, (off_t)a, &bv, 0);
-	}
-	if (off % pg)
-		push_edge(fs, ino, s, buf, off, len, off / pg * pg, pg, end);
-	uint64_t last = (off + len) / pg * pg;
-	if ((off + len) % pg && b < off + len && last >= a && last > off / pg * pg)
-		push_edge(fs, ino, s, buf, off, len, last, pg, end);
-}
-
-int reply_present(fuse_req_t req, struct node *n, struct stream *s, uint64_t off, size_t len,
-                  bool push)
+int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len, bool push)
 {
 	xpthread_once(&buf_once, buf_key_init);
 	char *buf = pthread_getspecific(buf_key);
@@ -150,18 +85,13 @@ int reply_present(fuse_req_t req, struct node *n, struct stream *s, uint64_t off
 	}
 	if (!buf)
 		return -ENOMEM;
-	/* Once replied, @req is gone, and the reader may close the file: the
-	 * release (on another thread) may free the handle, the node and the
-	 * handle's reference on @s. What the push needs is taken first. */
-	struct fs *fs = fuse_req_userdata(req);
-	fuse_ino_t ino = n->ino;
 	int r = stream_copy(s, buf, len, off);
-	if (r == 0 && push) {
-		stream_ref(s);
-		if (fuse_reply_buf(req, buf, len) == 0)
-			push_pages(fs, ino, s, buf, off, len);
-		stream_unref(s);
-	} else if (r == 0) {
+	if (r == 0) {
+		/* Noted before the reply: once replied, the reader may close
+		 * the file, and its release may free the handle's reference on
+		 * @s. push.c stores these bytes in the page cache later. */
+		if (push)
+			stream_note_sent(s, off, len);
 		fuse_reply_buf(req, buf, len);
 	}
 	if (own)
@@ -186,7 +116,7 @@ static void reply_read(struct pending *p, ssize_t r)
 		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
-	int e = reply_present(req, p->n, s, off, (size_t)r, p->push);
+	int e = reply_present(req, s, off, (size_t)r, p->push);
 	if (e == -ERANGE) {
 		/* Evicted between the wake-up and this copy: wait again (the
 		 * stream fetches it again). */
@@ -213,13 +143,14 @@ static void reply_open(struct pending *p, ssize_t r)
 	}
 	/* Incomplete streams are opened direct_io (reads reach us even past
 	 * the current size; short replies are not zero-filled), and what is
-	 * read through them is pushed into the page cache; every open keeps
-	 * the cache: the next open of the complete file reads from there. */
+	 * read through them is stored in the page cache once complete
+	 * (push.c); every open keeps the cache: the next open of the complete
+	 * file reads from there. */
 	struct stream_info in;
 	stream_get_info(p->s, &in);
 	p->fi.fh = (uintptr_t)h;
 	bool complete = in.state == STREAM_COMPLETE;
-	p->fi.keep_cache = 1; /* nothing cached is ever wrong (push_pages) */
+	p->fi.keep_cache = 1; /* nothing cached is ever wrong (push.c) */
 	p->fi.direct_io = !complete;
 	h->push = !complete;
 	if (fuse_reply_open(p->req, &p->fi) < 0)

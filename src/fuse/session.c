@@ -41,6 +41,8 @@ struct fs *fs_new(void)
 	xpthread_mutex_init(&fs->hlock, NULL);
 	xpthread_mutex_init(&fs->plock, NULL);
 	xpthread_cond_init(&fs->drained, NULL);
+	xpthread_mutex_init(&fs->push_lock, NULL);
+	xpthread_cond_init(&fs->push_cond, NULL);
 	TAILQ_INIT(&fs->handles);
 	TAILQ_INIT(&fs->parked);
 	fs->uid = getuid();
@@ -60,6 +62,7 @@ void fs_free(struct fs *fs)
 	/* Every parked request was answered: by its stream (the sources are
 	 * done) or by fs_shutdown(). */
 	assert(TAILQ_EMPTY(&fs->parked));
+	push_stop(fs);
 	tree_free(fs);
 	handles_free_all(fs);
 	if (fs->se)
@@ -69,6 +72,8 @@ void fs_free(struct fs *fs)
 	xpthread_mutex_destroy(&fs->hlock);
 	xpthread_mutex_destroy(&fs->plock);
 	xpthread_cond_destroy(&fs->drained);
+	xpthread_mutex_destroy(&fs->push_lock);
+	xpthread_cond_destroy(&fs->push_cond);
 	free(fs);
 }
 
@@ -198,6 +203,9 @@ void fs_shutdown(struct fs *fs)
 	size_t k = park_wake_all(fs);
 	if (k)
 		log_debug("answered %zu parked request%s at shutdown", k, k == 1 ? "" : "s");
+	/* After the parked requests: a store into the page cache can wait
+	 * on a page that a parked read holds locked. */
+	push_stop(fs);
 	xpthread_mutex_lock(&fs->mount_lock);
 	if (fs->mounted) {
 		fuse_session_unmount(fs->se);

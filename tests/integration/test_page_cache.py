@@ -3,15 +3,16 @@ The second read of a complete stream comes from the kernel's page cache
 (README "Performance").
 
 A file is opened direct_io while its stream runs, which leaves nothing in
-the page cache by itself; streamfs stores what such a reader is sent into
-the page cache as well, and every open keeps the cache. So once a stream
-has been read through and is complete, the next open is served by the
-kernel alone. Checked from outside with mincore(2) on a mapping of the
+the page cache by itself; streamfs notes what such a reader is sent and,
+once the stream is complete and the file closed, stores those pages in the
+page cache from a thread of its own; every open keeps the cache. So once a
+stream has been read through and is complete, the next open is served by
+the kernel alone. Checked from outside with mincore(2) on a mapping of the
 file, which reports the file's pages that are in the page cache (without
 faulting them in): after one read, all of them are; and what is read back
-is the source's bytes, also where a page was only partly known when it
-was pushed. A page is stored just after its reply is sent, so the checks
-wait (with a deadline) for the last one.
+is the source's bytes, also where a read began or ended inside a page.
+The pages are stored in the background, so the checks wait (with a
+deadline) for them.
 """
 import ctypes
 import ctypes.util
@@ -81,11 +82,13 @@ def test_nothing_read_nothing_cached(srv, www, mount):
     put(www, "f", 4 * MiB)
     m = mount("a.bin=" + srv.url("f"))
     p = m / "a.bin"
-    with open(p, "rb") as f:
-        f.read(1)  # starts the stream; one page read
+    with open(p, "rb", buffering=0) as f:
+        assert len(f.read(5000)) == 5000  # starts the stream; two pages read
     m.wait_state("a.bin", {"complete"})
+    wait_until(lambda: sum(resident_pages(p)) >= 2, what="the pages read to be cached")
     pages = resident_pages(p)
-    assert 0 < sum(pages) < len(pages) // 2
+    assert pages[0] and pages[1]
+    assert sum(pages) < len(pages) // 2
 
 
 def test_command_of_unknown_length(tmp_path, mount):
