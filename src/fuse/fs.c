@@ -169,6 +169,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fuse_req_userdata(req);
+	session_after_init(fs);
 	struct stream *s;
 	int err;
 	struct node *n = tree_lookup(fs, parent, name, &s, &err);
@@ -201,6 +202,7 @@ static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_dat
 static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fuse_req_userdata(req);
+	session_after_init(fs);
 	struct stream *s;
 	struct node *n = req_node(req, fs, ino, &s);
 	if (!n)

@@ -122,6 +122,11 @@ struct fs {
 
 	atomic_bool shut; /* fs_shutdown() has begun: no file is added, no request parked */
 
+	/* The mount's read-ahead file in sysfs (set by fs_mount, or empty),
+	 * written once by the first request after INIT (session_after_init). */
+	char readahead[128];
+	atomic_bool readahead_done;
+
 	pthread_mutex_t mount_lock;
 	bool mounted; /* protected by mount_lock */
 
@@ -249,6 +254,10 @@ struct gone {
 	fuse_ino_t parent, ino;
 	char *name;
 };
+
+/* Raise the mount's read-ahead, once; called by the first requests after
+ * INIT (lookup, getattr), which come only once INIT's reply is processed. */
+void session_after_init(struct fs *fs);
 
 /* If mounted: directory @ino's cached listing is stale. */
 void session_inval_dir(struct fs *fs, fuse_ino_t ino);

@@ -20,6 +20,8 @@ import mmap
 import os
 import subprocess
 
+import pytest
+
 from helpers import put, q, wait_until
 
 MiB = 1 << 20
@@ -141,3 +143,17 @@ def test_partial_reads_and_a_late_open(srv, www, mount):
     wait_until(lambda: m.state("a.bin") == "complete", what="the stream to complete")
     assert read_file(p, bufsize=12345) == blob
     assert read_file(p) == blob
+
+
+def test_read_ahead_raised(mount):
+    """Page-cache reads reach the daemon in requests of the mount's
+    read-ahead: streamfs raises it from the kernel's 128 KiB to 1 MiB once
+    INIT is done (root only: the bdi's sysfs file)."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can write /sys/class/bdi/*/read_ahead_kb")
+    m = mount("a=cmd:echo hi")
+    os.listdir(m.path)  # a request after INIT
+    dev = os.stat(m.path).st_dev
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    with open(path) as f:
+        assert f.read().strip() == "1024"
