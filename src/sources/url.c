@@ -104,7 +104,7 @@ static void url_begin(void *arg)
 	struct url_src *u = arg;
 	assert(ioloop_in_loop(u->loop));
 	u->active = true; /* from here on url_done() owes the source_drop() */
-	int r = url_multi_setup(u->loop, xfer_finished);
+	int r = url_multi_setup(u->loop, xfer_finished, url_flush_all);
 	if (r < 0) {
 		stream_fail(u->s, -r, "cannot set up libcurl");
 		url_done(u);
@@ -161,10 +161,7 @@ static void url_resume_in_loop(void *arg)
 	struct stream *s = u->s;
 	assert(ioloop_in_loop(u->loop));
 	if (u->active && !u->cancelled) {
-		if (u->fill.easy && u->fill.paused) {
-			u->fill.paused = false;
-			curl_easy_pause(u->fill.easy, CURLPAUSE_CONT);
-		}
+		url_fill_flush_resume(u);
 		url_fetch_resume(u);
 	}
 	stream_unref(s); /* the ref of this call */
@@ -192,6 +189,8 @@ static void url_cancel(struct stream *s, void *src)
 static void url_destroy(void *src)
 {
 	struct url_src *u = src;
+	assert(!u->fill.cqueued); /* url_done() dropped it */
+	free(u->fill.cbuf);
 	free(u->url);
 	free(u->cur_url);
 	free(u->etag);

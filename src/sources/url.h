@@ -71,6 +71,16 @@ struct xfer {
 	char errbody[1024]; /* the start of an error body (an S3 <Error> says why) */
 
 	LIST_ENTRY(xfer) link; /* range: in url_src.ranges */
+
+	/* fill: body bytes taken from curl and not yet stored, which belong
+	 * at pos (url_transfer.c, "coalescing"). */
+	char *cbuf;
+	size_t clen;
+	unsigned cflags;
+	bool cqueued;           /* on the list flushed after each curl round */
+	LIST_ENTRY(xfer) clink; /* that list */
+	bool done_wait;         /* the request ended with bytes still here */
+	CURLcode done_rc;       /* ...and this result, handled once stored */
 };
 
 /* A range a reader waits for, queued until a range transfer is free. */
@@ -144,6 +154,13 @@ void url_done(struct url_src *u);
  * ends and the source is done, and true is returned. */
 bool url_all_present(struct url_src *u);
 
+/* Store the fill's coalesced bytes of every stream (after each curl
+ * round), and those of one; drop those of one (its request is
+ * abandoned). url_transfer.c. */
+void url_flush_all(void);
+void url_fill_flush_resume(struct url_src *u);
+void url_fill_discard(struct url_src *u);
+
 /* Publish the download rate (at most once a second unless @force) and
  * the fetch distance that follows from it. */
 void url_update_rate(struct url_src *u, bool force);
@@ -152,8 +169,10 @@ void url_update_rate(struct url_src *u, bool force);
 
 /* Create the multi handle on first use, driven by @loop from then on;
  * @done(easy, result) is called, in the loop thread, for each request
- * that finishes. Returns 0 or -ENOMEM. */
-int url_multi_setup(struct ioloop *loop, void (*done)(CURL *easy, CURLcode rc));
+ * that finishes, and @after() after every round of curl's work, before
+ * those. Returns 0 or -ENOMEM. */
+int url_multi_setup(struct ioloop *loop, void (*done)(CURL *easy, CURLcode rc),
+                    void (*after)(void));
 
 /* Add a request to the multi handle, or take it out (NULL is fine). */
 CURLMcode url_multi_add(CURL *easy);

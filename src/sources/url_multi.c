@@ -28,7 +28,8 @@ static struct {
 	struct ioloop *loop;
 	struct ioloop_timer timer;
 	void (*done)(CURL *easy, CURLcode rc);
-	bool closing; /* the global cleanup: the loop may be gone */
+	void (*after)(void); /* after every round, before the finished requests */
+	bool closing;        /* the global cleanup: the loop may be gone */
 } g_multi;
 
 /* A socket curl asked us to watch. */
@@ -43,9 +44,10 @@ __attribute__((unused)) static inline bool in_loop(void)
 	return g_multi.closing || ioloop_in_loop(g_multi.loop);
 }
 
-/* Hand every finished request to done(). */
+/* Hand every finished request to done(), after the round's after(). */
 static void multi_check(void)
 {
+	g_multi.after();
 	CURLMsg *m;
 	int left;
 	while ((m = curl_multi_info_read(g_multi.multi, &left)))
@@ -123,7 +125,7 @@ static int timer_cb(CURLM *multi, long ms, void *userp)
 	return 0;
 }
 
-int url_multi_setup(struct ioloop *loop, void (*done)(CURL *easy, CURLcode rc))
+int url_multi_setup(struct ioloop *loop, void (*done)(CURL *easy, CURLcode rc), void (*after)(void))
 {
 	assert(ioloop_in_loop(loop));
 	if (g_multi.multi)
@@ -133,6 +135,7 @@ int url_multi_setup(struct ioloop *loop, void (*done)(CURL *easy, CURLcode rc))
 		return -ENOMEM;
 	g_multi.loop = loop;
 	g_multi.done = done;
+	g_multi.after = after;
 	g_multi.timer.cb = timer_fired;
 	curl_multi_setopt(g_multi.multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
 	curl_multi_setopt(g_multi.multi, CURLMOPT_TIMERFUNCTION, timer_cb);

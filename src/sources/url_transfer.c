@@ -336,12 +336,140 @@ static uint64_t jump_target(struct url_src *u)
 	return to;
 }
 
+/* ---- coalescing -------------------------------------------------------
+ *
+ * curl hands the write callback at most 16 KiB at a time
+ * (CURL_MAX_WRITE_SIZE), whatever its buffer size: stored piece by piece,
+ * 1 GiB from nginx was 66 000 pwrite() calls, each with the stream's
+ * bookkeeping (its lock, the waiters, the budget). The fill's pieces are
+ * gathered here and stored COALESCE bytes at a time; and whatever is
+ * gathered is stored at the end of every curl round (url_flush_all(), from
+ * url_multi.c), so a reader at the frontier waits no longer than before,
+ * and before the end of a request is handled, so an error still comes
+ * after every byte received before it. Bytes gathered belong at fill.pos;
+ * nothing counts them as received until they are stored.
+ *
+ * No room in the budget (ENOBUFS): a piece that does not fit is refused
+ * (CURL_WRITEFUNC_PAUSE, curl delivers it again), a round-end store that
+ * finds no room pauses the transfer, and a request that ended meanwhile is
+ * finished once the resume has stored its last bytes
+ * (url_fill_flush_resume()).
+ */
+#define COALESCE (128u << 10) /* the store's own copy size (store.c) */
+
+static LIST_HEAD(, xfer) g_gathered = LIST_HEAD_INITIALIZER(g_gathered);
+
+static void unqueue(struct xfer *x)
+{
+	if (x->cqueued) {
+		LIST_REMOVE(x, clink);
+		x->cqueued = false;
+	}
+}
+
+/* The store refused bytes for good: the fill cannot go on. */
+static void store_refused(struct url_src *u, int r)
+{
+	/* The store's limit (EFBIG) leaves the stream running, but the
+	 * sequential fill cannot go past it: a failure at that byte. */
+	if (r == -EFBIG)
+		stream_fail(u->s, EFBIG, "store: %s", strerror(EFBIG));
+	u->stopped = true; /* cancelled, or failed by the store: nothing to retry */
+}
+
+/* Store the gathered bytes: 0, -ENOBUFS (kept), or the store's error
+ * (dropped: the stream is cancelled or failed). */
+static int fill_flush(struct xfer *x)
+{
+	if (!x->clen)
+		return 0;
+	int r = xfer_store(x, x->cbuf, x->clen, x->cflags);
+	if (r == -ENOBUFS)
+		return r;
+	x->clen = 0;
+	unqueue(x);
+	return r;
+}
+
+/* Take @n bytes for fill.pos + what is gathered: 0 (gathered or stored),
+ * -ENOBUFS (not taken), or the store's error. */
+static int fill_take(struct xfer *x, const char *data, size_t n, unsigned flags)
+{
+	if (x->clen && (x->clen + n > COALESCE || flags != x->cflags)) {
+		int r = fill_flush(x);
+		if (r < 0)
+			return r;
+	}
+	if (!x->cbuf && n < COALESCE)
+		x->cbuf = malloc(COALESCE);
+	if (!x->cbuf || n >= COALESCE)
+		return xfer_store(x, data, n, flags);
+	memcpy(x->cbuf + x->clen, data, n);
+	x->clen += n;
+	x->cflags = flags;
+	if (!x->cqueued) {
+		LIST_INSERT_HEAD(&g_gathered, x, clink);
+		x->cqueued = true;
+	}
+	return 0;
+}
+
+void url_fill_discard(struct url_src *u)
+{
+	u->fill.clen = 0;
+	u->fill.done_wait = false;
+	unqueue(&u->fill);
+}
+
+void url_flush_all(void)
+{
+	struct xfer *x, *next;
+	for (x = LIST_FIRST(&g_gathered); x; x = next) {
+		next = LIST_NEXT(x, clink);
+		struct url_src *u = x->u;
+		if (u->cancelled || u->stopped) {
+			url_fill_discard(u);
+			continue;
+		}
+		int r = fill_flush(x);
+		if (r == -ENOBUFS) {
+			/* The resume stores them, then lets curl go on. */
+			unqueue(x);
+			if (x->easy && !x->paused) {
+				x->paused = true;
+				curl_easy_pause(x->easy, CURLPAUSE_RECV);
+			}
+		} else if (r < 0) {
+			store_refused(u, r); /* the next callback ends the request */
+		}
+	}
+}
+
+void url_fill_flush_resume(struct url_src *u)
+{
+	struct xfer *x = &u->fill;
+	if (x->clen) {
+		int r = fill_flush(x);
+		if (r == -ENOBUFS)
+			return; /* still no room: the next resume tries again */
+		if (r < 0)
+			store_refused(u, r);
+	}
+	if (x->done_wait) {
+		x->done_wait = false;
+		url_fill_done(u, x->done_rc);
+	} else if (x->easy && x->paused) {
+		x->paused = false;
+		curl_easy_pause(x->easy, CURLPAUSE_CONT);
+	}
+}
+
 static size_t fill_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 {
 	struct xfer *x = userp;
 	struct url_src *u = x->u;
 	size_t n = size * nmemb, total = n;
-	if (u->cancelled)
+	if (u->cancelled || u->stopped)
 		return 0;
 	if (!x->got_headers && !check_response(u))
 		return 0;
@@ -364,7 +492,7 @@ static size_t fill_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		return total;
 	}
 	/* Ahead of every reader: only as far as the budget allows. */
-	int r = xfer_store(x, data, n, u->evictable && !u->ondemand ? STREAM_AHEAD : 0);
+	int r = fill_take(x, data, n, u->evictable && !u->ondemand ? STREAM_AHEAD : 0);
 	if (r == -ENOBUFS) {
 		/* No room: curl keeps these bytes and delivers them again
 		 * (skip included) once resumed. */
@@ -373,19 +501,19 @@ static size_t fill_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	}
 	x->skip -= k;
 	if (r < 0) {
-		/* The store's limit (EFBIG) leaves the stream running, but the
-		 * sequential fill cannot go past it: a failure at that byte. */
-		if (r == -EFBIG)
-			stream_fail(u->s, EFBIG, "store: %s", strerror(EFBIG));
-		u->stopped = true; /* cancelled, or failed by the store: nothing to retry */
+		store_refused(u, r);
 		return 0;
 	}
 	u->backoff_ms = 0; /* progress: the next failure starts a fresh backoff */
 	url_update_rate(u, false);
 	if (!u->ondemand && !u->no_ranges) {
 		u->jump = jump_target(u);
-		if (u->jump)
+		if (u->jump) {
+			/* What is gathered is good (kept if there is room). */
+			if (fill_flush(x) < 0)
+				url_fill_discard(u);
 			return 0; /* url_fill_done() goes on there */
+		}
 	}
 	return total;
 }
@@ -462,7 +590,9 @@ void url_fill_start(struct url_src *u)
 
 void url_fill_stop(struct url_src *u)
 {
+	url_fill_discard(u); /* an abandoned request's bytes; the next asks again */
 	xfer_close(&u->fill);
+	u->fill.paused = false; /* of the request just closed */
 }
 
 void url_retry_fired(struct ioloop_timer *t)
@@ -653,6 +783,17 @@ static void fill_error(struct url_src *u, CURLcode rc)
 void url_fill_done(struct url_src *u, CURLcode rc)
 {
 	struct xfer *x = &u->fill;
+	if (x->clen && !u->cancelled && !u->stopped && !u->restart) {
+		/* Every byte received is stored before the end is handled. */
+		int r = fill_flush(x);
+		if (r == -ENOBUFS) {
+			x->done_wait = true; /* url_fill_flush_resume() goes on */
+			x->done_rc = rc;
+			return;
+		}
+		if (r < 0)
+			store_refused(u, r);
+	}
 	if (u->cancelled || u->stopped) {
 		url_done(u);
 	} else if (u->jump) {
