@@ -86,6 +86,11 @@ struct persist_entry {
 	/* the sync thread's own */
 	uint64_t synced_total, synced_tick;
 	size_t synced_n;
+
+	/* What the map on disk names (since the last map written, or loaded),
+	 * and the lock every map write takes: taken before s->lock and lock. */
+	pthread_mutex_t maplock;
+	struct rangeset ondisk; /* protected by maplock */
 };
 
 struct persist {
@@ -201,15 +206,18 @@ static struct persist_entry *entry_new(struct persist *p, const uint8_t *key)
 	to_hex(key, e->hex);
 	e->length = -1;
 	pthread_mutex_init(&e->lock, NULL);
+	pthread_mutex_init(&e->maplock, NULL);
 	return e;
 }
 
 static void entry_free(struct persist_entry *e)
 {
 	rangeset_free(&e->cached);
+	rangeset_free(&e->ondisk);
 	free(e->etag);
 	free(e->lm);
 	pthread_mutex_destroy(&e->lock);
+	pthread_mutex_destroy(&e->maplock);
 	free(e);
 }
 
@@ -362,6 +370,14 @@ static void load_entry(struct persist *p, const char *hex)
 		entry_free(e);
 		return;
 	}
+	for (size_t i = 0; i < e->cached.n; i++)
+		if (rangeset_add(&e->ondisk, e->cached.r[i].start, e->cached.r[i].end) < 0) {
+			log_warn("persist: discarding cache entry %s in %s: out of memory", hex,
+			         p->dir);
+			entry_unlink(e);
+			entry_free(e);
+			return;
+		}
 	e->on_disk = true;
 	e->blocks = blocks_of(&e->cached);
 	e->next = p->entries;
@@ -620,10 +636,15 @@ static void sync_entry(struct persist_entry *e)
 		rangeset_free(&snap);
 		goto out;
 	}
+	/* Under maplock from here: persist_before_write() must not drop a
+	 * claim between our check and our map, nor we name a block it was
+	 * told is gone. */
+	pthread_mutex_lock(&e->maplock);
 	pthread_mutex_lock(&s->lock);
 	bool evicted = s->evicted + s->dropped != gone;
 	pthread_mutex_unlock(&s->lock);
 	if (evicted) { /* a block we copied may be a hole now, or half refilled */
+		pthread_mutex_unlock(&e->maplock);
 		rangeset_free(&snap);
 		goto out;
 	}
@@ -638,11 +659,95 @@ static void sync_entry(struct persist_entry *e)
 		e->synced_total = snap.total;
 		e->synced_n = snap.n;
 		e->synced_tick = tick;
+		rangeset_free(&e->ondisk);
+		e->ondisk = snap;
+		snap = (struct rangeset){0};
 	} else if (r != -ESTALE) {
 		log_warn("%s: persist: cannot write the map: %s", stream_name(s), strerror(-r));
 	}
+	pthread_mutex_unlock(&e->maplock);
 	rangeset_free(&snap);
 out:
+	free(etag);
+	free(lm);
+}
+
+/*
+ * A write into the data file may land in a page whose other bytes the map
+ * on disk names but which were evicted since (a punched hole): a crash
+ * before the next map would leave that page half written, zeros where the
+ * map promises bytes. So before such a write, a map that names only what
+ * is still present is written (dropping a claim is always safe: no data
+ * has to reach the disk first). One map drops every claim evicted so far,
+ * so refills of blocks evicted long ago, the usual case, need one map
+ * between them, not one each. Checked in units of 64 KiB, coarser than any
+ * page or file system block here.
+ */
+#define WRITE_UNIT (64u << 10)
+
+void persist_before_write(struct persist_entry *e, struct stream *s, uint64_t a, uint64_t b)
+{
+	uint64_t pa = a / WRITE_UNIT * WRITE_UNIT,
+	         pb = (b + WRITE_UNIT - 1) / WRITE_UNIT * WRITE_UNIT;
+	pthread_mutex_lock(&e->maplock);
+	if (rangeset_next_present(&e->ondisk, pa) >= pb) {
+		pthread_mutex_unlock(&e->maplock); /* no claim near: the usual case */
+		return;
+	}
+	/* What the map names and is still present (never punched since). */
+	struct rangeset keep = {0};
+	bool ok = true;
+	pthread_mutex_lock(&s->lock);
+	for (size_t i = 0; ok && i < e->ondisk.n; i++) {
+		uint64_t x = e->ondisk.r[i].start, y = e->ondisk.r[i].end;
+		while (ok && x < y) {
+			uint64_t np = rangeset_next_present(&s->present, x);
+			if (np >= y)
+				break;
+			uint64_t ne = rangeset_run_end(&s->present, np);
+			if (ne > y)
+				ne = y;
+			ok = rangeset_add(&keep, np, ne) == 0;
+			x = ne;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	if (ok && keep.total == e->ondisk.total) {
+		pthread_mutex_unlock(&e->maplock); /* the claims near are present */
+		rangeset_free(&keep);
+		return;
+	}
+	pthread_mutex_lock(&e->lock);
+	unsigned gen = e->gen;
+	int64_t length = e->length;
+	uint64_t used = e->last_used;
+	char *etag = e->etag ? strdup(e->etag) : NULL;
+	char *lm = e->lm ? strdup(e->lm) : NULL;
+	bool mem = (!e->etag || etag) && (!e->lm || lm);
+	pthread_mutex_unlock(&e->lock);
+	int r = ok && mem ? write_map(e, gen, &keep, length, etag, lm, used) : -ENOMEM;
+	if (r == 0) {
+		rangeset_free(&e->ondisk);
+		e->ondisk = keep;
+		keep = (struct rangeset){0};
+	} else {
+		/* Without a smaller map, no map: the copy is lost, never wrong. */
+		if (r != -ESTALE)
+			log_warn("%s: persist: cannot write the map (%s): dropping it",
+			         stream_name(s), strerror(-r));
+		char name[HEX_LEN + 8];
+		name_of(e, "map", name, sizeof(name));
+		pthread_mutex_lock(&e->lock);
+		if (unlinkat(e->p->dirfd, name, 0) == 0)
+			fsync_dir(e->p);
+		e->on_disk = false;
+		e->blocks = 0;
+		pthread_mutex_unlock(&e->lock);
+		rangeset_free(&e->ondisk);
+		e->ondisk = (struct rangeset){0};
+	}
+	pthread_mutex_unlock(&e->maplock);
+	rangeset_free(&keep);
 	free(etag);
 	free(lm);
 }
@@ -706,8 +811,12 @@ void persist_close(struct persist *p)
 		 * kept; one whose stream never started stays as it was. */
 		if (e->s && e->checked && !e->keep)
 			entry_unlink(e);
-		if (e->s)
+		if (e->s) {
+			pthread_mutex_lock(&e->s->lock);
+			e->s->persist = NULL;
+			pthread_mutex_unlock(&e->s->lock);
 			stream_unref(e->s);
+		}
 		entry_free(e);
 		e = next;
 	}
@@ -760,6 +869,9 @@ void persist_attach(struct persist_entry *e, struct stream *s)
 	pthread_mutex_lock(&e->lock);
 	e->s = stream_ref(s);
 	pthread_mutex_unlock(&e->lock);
+	pthread_mutex_lock(&s->lock);
+	s->persist = e;
+	pthread_mutex_unlock(&s->lock);
 }
 
 /* ---- the URL source --------------------------------------------------------------- */
@@ -848,6 +960,9 @@ uint64_t persist_adopt(struct persist_entry *e)
 
 void persist_discard(struct persist_entry *e, const char *why)
 {
+	pthread_mutex_lock(&e->maplock);
+	rangeset_free(&e->ondisk); /* the map goes below */
+	e->ondisk = (struct rangeset){0};
 	pthread_mutex_lock(&e->lock);
 	struct stream *s = e->s;
 	e->gen++;
@@ -867,6 +982,7 @@ void persist_discard(struct persist_entry *e, const char *why)
 	e->keep = false;
 	e->said = true;
 	pthread_mutex_unlock(&e->lock);
+	pthread_mutex_unlock(&e->maplock);
 	if (!s)
 		return;
 	/* Nothing of it was adopted: the stream holds none of these bytes. */

@@ -49,6 +49,9 @@ struct stream {
 	atomic_int refs;
 	char *name;
 	struct store *store;
+	/* --persist: its entry (persist.c), set before the stream starts and
+	 * cleared when the persistent cache closes; under the lock. */
+	struct persist_entry *persist;
 	const struct stream_source_ops *ops;
 	void *src;
 
@@ -123,6 +126,14 @@ void set_failed(struct stream *s, enum stream_state st, int err, const char *msg
  * and return them in @ask; fetch_asked() then asks the source, unlocked. */
 int want_locked(struct stream *s, uint64_t off, uint64_t len, struct range ask[8]);
 void fetch_asked(struct stream *s, const struct range *ask, int nask);
+
+/* ---- persist.c ------------------------------------------------------------ */
+
+/* Bytes [a, b) are about to be written to @s's persistent data file: make
+ * sure the map on disk names none of the bytes that share a page with
+ * them and are not present (evicted since the map was written). Takes
+ * the entry's locks and @s's lock; call with none held. */
+void persist_before_write(struct persist_entry *e, struct stream *s, uint64_t a, uint64_t b);
 
 /* ---- stream_cache.c: blocks, pins, room -------------------------------- */
 

@@ -212,6 +212,7 @@ static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t
 		pthread_mutex_lock(&s->lock);
 		ok = accepts_writes(s);
 		uint64_t limit = s->store_limit;
+		struct persist_entry *pe = s->persist;
 		a = rangeset_run_end(&s->present, a); /* skip what is present */
 		uint64_t b = a < end ? rangeset_next_present(&s->present, a) : end;
 		pthread_mutex_unlock(&s->lock);
@@ -224,6 +225,8 @@ static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t
 		if (b > end)
 			b = end;
 		int r = -EFBIG; /* past a known limit: not even tried */
+		if (pe && a < limit)
+			persist_before_write(pe, s, a, b);
 		if (a < limit)
 			r = store_pwrite(s->store, p + (a - off), (size_t)(b - a), a);
 		if (r == -EFBIG) {

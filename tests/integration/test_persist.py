@@ -4,6 +4,7 @@ revalidated with the server before a cached byte is served."""
 import os
 import signal
 import struct
+import subprocess
 import sys
 from pathlib import Path
 
@@ -371,3 +372,84 @@ def test_added_files_persist_too(srv, www, mount, pdir, streamfs_cli):
         assert xattr(m / "a.bin", "persist") == ("new" if i == 0 else "reused %d bytes" % len(blob))
         m.teardown()
     assert get_bytes(srv, "/a.bin") < len(blob) * 1.01
+
+
+def named_pages_wrong(pdir, blob):
+    """Pages the map on disk names that the data file holds (data, not a
+    hole) but with bytes other than the resource's: what a remount would
+    trust and serve. 4 KiB pages."""
+    page = 4096
+    wrong = []
+    with open(datas(pdir)[0], "rb") as f:
+        fd = f.fileno()
+        for a, b in map_ranges(maps(pdir)[0]):
+            off = a
+            while off < b:
+                try:
+                    d = os.lseek(fd, off, os.SEEK_DATA)
+                except OSError:
+                    break  # no data after off
+                if d >= b:
+                    break
+                h = min(os.lseek(fd, d, os.SEEK_HOLE), b)
+                got = os.pread(fd, h - d, d)
+                for p in range(d, h, page):
+                    if got[p - d:p - d + page] != blob[p:min(p + page, h)]:
+                        wrong.append(p)
+                off = h
+    return wrong
+
+
+def test_sigkill_while_refilling_punched_bytes(srv, www, mount, pdir):
+    """A map written, then some of the bytes it names punched (here: a copy
+    that does not fit in the budget at a remount), then fetched again
+    slowly, in pieces that end inside pages: killed meanwhile, the map on
+    disk must not name a page that holds only part of its bytes (the rest
+    of a punched page reads as zeros)."""
+    size = 6 * MiB
+    blob = os.urandom(size)
+    (www / "r.bin").write_bytes(blob)
+    # One URL for every mount (it names the entry): paced at 3 MB/s, in
+    # 60000-byte pieces, which end inside pages.
+    url = srv.url("r.bin", rate=3000000)
+    m = persist_mount(mount, pdir, "r.bin=" + url)
+    assert read_all(m / "r.bin") == blob
+    m.teardown()
+    assert len(maps(pdir)) == 1 and map_ranges(maps(pdir)[0]) == [(0, size)]
+    # 4 MiB of a command's output cannot be evicted: 4 of the 6 MiB fit,
+    # the rest is punched at the revalidation and fetched again.
+    m2 = persist_mount(mount, pdir, "r.bin=" + url, "c.bin=cmd:head -c 4194304 /dev/zero",
+                       opts=["--cache-size=8M", "--cache-min-free=0"])
+    m2.start("c.bin").result()
+    m2.wait_state("c.bin", "complete")
+    m2.start("r.bin").result()
+    wait_until(lambda: (xattr(m2 / "r.bin", "persist") or "").startswith("reused"),
+               what="the copy revalidated (and what did not fit punched)")
+    assert xattr(m2 / "r.bin", "persist") == "reused %d bytes" % (4 * MiB)
+    data = datas(pdir)[0]
+    # A reader of the punched bytes, at once (before the sync thread's
+    # next map, which would name only what is present, a second later).
+    reader = subprocess.Popen(["dd", "if=%s" % (m2 / "r.bin"), "of=/dev/null", "bs=1M",
+                               "skip=4"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def refilling():
+        fd = os.open(data, os.O_RDONLY)
+        try:
+            d = os.lseek(fd, 4 * MiB, os.SEEK_DATA)
+            return d < size and os.lseek(fd, d, os.SEEK_HOLE) > d + 3 * 4096
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+    try:
+        wait_until(refilling, what="punched bytes being written again")
+        m2.signal(signal.SIGKILL)
+        m2.wait_exit()
+        m2.teardown()
+    finally:
+        reader.kill()
+        reader.wait()
+    assert len(maps(pdir)) == 1
+    assert named_pages_wrong(pdir, blob) == []
+    m3 = persist_mount(mount, pdir, "r.bin=" + url)
+    assert read_all(m3 / "r.bin") == blob
