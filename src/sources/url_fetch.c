@@ -103,6 +103,10 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	}
 	if (r < 0) {
 		x->unstorable = r == -EFBIG;
+		/* Otherwise the stream takes no more bytes (cancelled, or failed
+		 * by the store) and the loop may not know yet: no retry. */
+		if (r != -EFBIG)
+			x->u->stopped = true;
 		return 0;
 	}
 	return n;
@@ -462,6 +466,10 @@ void url_range_done(struct xfer *x, CURLcode rc)
 	range_free(x);
 	if (!u->active || u->cancelled)
 		return;
+	if (u->stopped) {
+		url_done(u); /* the stream takes no more bytes: nothing to retry */
+		return;
+	}
 	if (o.failure) {
 		stream_fail(u->s, o.failure, "%s", o.msg);
 		url_done(u);
