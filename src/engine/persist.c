@@ -900,15 +900,8 @@ static bool adopt_range(struct stream *s, uint64_t a, uint64_t b)
 	pthread_mutex_lock(&s->lock);
 	if (s->length >= 0 && b > (uint64_t)s->length)
 		b = (uint64_t)s->length;
-	if (a < b && accepts_writes(s) && rangeset_add(&s->present, a, b) == 0) {
-		rangeset_add(&s->seen, a, b); /* only for status */
-		if (b > s->top)
-			s->top = b;
-		s->frontier = rangeset_run_end(&s->present, s->frontier);
-		blk_touch(s, a, b, false);
-		collect(s, &ready, false, a, b);
-		ok = true;
-	}
+	if (a < b && accepts_writes(s))
+		ok = present_add(s, a, b, &ready) == 0;
 	pthread_mutex_unlock(&s->lock);
 	finish_ready(&ready);
 	return ok;

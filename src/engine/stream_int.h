@@ -127,6 +127,13 @@ void set_failed(struct stream *s, enum stream_state st, int err, const char *msg
 int want_locked(struct stream *s, uint64_t off, uint64_t len, struct range ask[8]);
 void fetch_asked(struct stream *s, const struct range *ask, int nask);
 
+/* ---- stream_write.c ------------------------------------------------------- */
+
+/* [off, end) is in the store: mark it present (and seen, used), move the
+ * frontier, and collect the waiters it answers into @ready. Under the
+ * lock. Returns 0 or -ENOMEM. */
+int present_add(struct stream *s, uint64_t off, uint64_t end, struct stream_waiter *ready);
+
 /* ---- persist.c ------------------------------------------------------------ */
 
 /* Bytes [a, b) are about to be written to @s's persistent data file: make

@@ -27,6 +27,20 @@
 #include <stdio.h>
 #include <string.h>
 
+int present_add(struct stream *s, uint64_t off, uint64_t end, struct stream_waiter *ready)
+{
+	int r = rangeset_add(&s->present, off, end);
+	if (r == 0) {
+		rangeset_add(&s->seen, off, end); /* only for status */
+		if (end > s->top)
+			s->top = end;
+		s->frontier = rangeset_run_end(&s->present, s->frontier);
+		blk_touch(s, off, end, false);
+		collect(s, ready, false, off, end);
+	}
+	return r;
+}
+
 /*
  * Mark [off, off+n) present after the bytes reached the store. Clips at
  * the announced length (and fails the stream there if the source sent
@@ -55,17 +69,8 @@ static int mark_present(struct stream *s, uint64_t off, uint64_t n, bool seq, st
 		s->seq_pos = end;
 	if (end > off && off < s->drop_to) /* keep=: never bring back dropped bytes */
 		off = s->drop_to < end ? s->drop_to : end;
-	if (end > off) {
-		r = rangeset_add(&s->present, off, end);
-		if (r == 0) {
-			rangeset_add(&s->seen, off, end); /* only for status */
-			if (end > s->top)
-				s->top = end;
-			s->frontier = rangeset_run_end(&s->present, s->frontier);
-			blk_touch(s, off, end, false);
-			collect(s, &ready, false, off, end);
-		}
-	}
+	if (end > off)
+		r = present_add(s, off, end, &ready);
 	if (too_long) {
 		snprintf(msg, sizeof(msg), "the source sent more than its announced %lld bytes",
 		         (long long)s->length);

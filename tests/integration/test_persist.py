@@ -65,6 +65,17 @@ def persist_mount(mount, pdir, *specs, opts=()):
     return mount(*specs, opts=["--persist", "--cache-dir=%s" % pdir, *opts])
 
 
+def cached_once(mount, pdir, www, name, size, url):
+    """A file of @size random bytes served as @name, read whole once by a
+    --persist mount of @url and unmounted: its bytes are in the cache."""
+    blob = os.urandom(size)
+    (www / name).write_bytes(blob)
+    m = persist_mount(mount, pdir, "%s=%s" % (name, url))
+    assert read_all(m / name) == blob
+    m.teardown()
+    return blob
+
+
 def test_remount_reuses_bytes(srv, www, mount, pdir):
     size = 24 * MiB + 777
     blob = os.urandom(size)
@@ -253,12 +264,7 @@ def test_damaged_entry_discarded(srv, www, mount, pdir):
 def test_data_hole_not_trusted(srv, www, mount, pdir):
     """Bytes the map names but the data file does not hold (a punched or
     lost block) are fetched again, never served as zeros."""
-    size = 4 * MiB
-    blob = os.urandom(size)
-    (www / "z.bin").write_bytes(blob)
-    m = persist_mount(mount, pdir, "z.bin=" + srv.url("z.bin"))
-    assert read_all(m / "z.bin") == blob
-    m.teardown()
+    blob = cached_once(mount, pdir, www, "z.bin", 4 * MiB, srv.url("z.bin"))
     data = datas(pdir)[0]
     fd = os.open(data, os.O_RDWR)
     try:
@@ -337,12 +343,7 @@ def test_budget_applies_to_reused_bytes(srv, www, mount, pdir):
     """A copy that does not fit in what is left of --cache-size: what fits
     is reused, the rest is fetched again, the budget holds, and every byte
     is right."""
-    size = 6 * MiB
-    blob = os.urandom(size)
-    (www / "b.bin").write_bytes(blob)
-    m = persist_mount(mount, pdir, "b.bin=" + srv.url("b.bin"))
-    assert read_all(m / "b.bin") == blob
-    m.teardown()
+    blob = cached_once(mount, pdir, www, "b.bin", 6 * MiB, srv.url("b.bin"))
     # 4 MiB of a command's output cannot be evicted: 4 MiB left for b.bin
     m2 = persist_mount(mount, pdir, "b.bin=" + srv.url("b.bin"),
                        "c.bin=cmd:head -c 4194304 /dev/zero",
@@ -407,14 +408,10 @@ def test_sigkill_while_refilling_punched_bytes(srv, www, mount, pdir):
     disk must not name a page that holds only part of its bytes (the rest
     of a punched page reads as zeros)."""
     size = 6 * MiB
-    blob = os.urandom(size)
-    (www / "r.bin").write_bytes(blob)
     # One URL for every mount (it names the entry): paced at 3 MB/s, in
     # 60000-byte pieces, which end inside pages.
     url = srv.url("r.bin", rate=3000000)
-    m = persist_mount(mount, pdir, "r.bin=" + url)
-    assert read_all(m / "r.bin") == blob
-    m.teardown()
+    blob = cached_once(mount, pdir, www, "r.bin", size, url)
     assert len(maps(pdir)) == 1 and map_ranges(maps(pdir)[0]) == [(0, size)]
     # 4 MiB of a command's output cannot be evicted: 4 of the 6 MiB fit,
     # the rest is punched at the revalidation and fetched again.
