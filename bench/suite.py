@@ -277,31 +277,28 @@ def make_data(www, size_mib, mp4_mib):
         die("moov.mp4 does not have its moov box at the end: %s" % order_m)
     if not order_f.index("moov") < order_f.index("mdat"):
         die("fast.mp4 does not have its moov box first: %s" % order_f)
-    zf = www / "a.zip"
-    if not zf.exists():
-        log("making a zip of 32 stored 1 MiB members ...")
-        src = www.parent / "zipsrc"
-        src.mkdir(exist_ok=True)
-        for i in range(32):
-            (src / ("member%02d.bin" % i)).write_bytes(os.urandom(MiB))
-        subprocess.run(["zip", "-q", "-0", str(www / "a.tmp.zip")]
-                       + sorted(p.name for p in src.iterdir()), cwd=src, check=True)
-        shutil.rmtree(src)
-        os.rename(www / "a.tmp.zip", zf)
-    tf = www / "t.tar"
-    if not tf.exists():
-        log("making a 10 MB tar of 160 files ...")
-        src = www.parent / "tarsrc"
-        src.mkdir(exist_ok=True)
-        for i in range(160):
-            (src / ("f%03d.bin" % i)).write_bytes(os.urandom(62500))
-        subprocess.run(["tar", "cf", str(www / "t.tmp.tar")] + sorted(p.name for p in src.iterdir()),
-                       cwd=src, check=True)
-        shutil.rmtree(src)
-        os.rename(www / "t.tmp.tar", tf)
+    archive(www / "a.zip", ["zip", "-q", "-0"], "member%02d.bin", 32, MiB,
+            "a zip of 32 stored 1 MiB members")
+    archive(www / "t.tar", ["tar", "cf"], "f%03d.bin", 160, 62500, "a 10 MB tar of 160 files")
     cf = www / "c.bin"
     if not cf.exists():
         cf.write_bytes(os.urandom(16 * MiB))
+
+
+def archive(dest, cmd, pattern, count, size, what):
+    """Make @dest (unless it exists) with `CMD DEST MEMBERS...` from @count
+    random members of @size bytes named by @pattern."""
+    if dest.exists():
+        return
+    log("making %s ..." % what)
+    src = dest.parent.parent / (dest.name + ".src")
+    src.mkdir(exist_ok=True)
+    for i in range(count):
+        (src / (pattern % i)).write_bytes(os.urandom(size))
+    tmp = dest.with_name("tmp." + dest.name)
+    subprocess.run(cmd + [str(tmp)] + sorted(p.name for p in src.iterdir()), cwd=src, check=True)
+    shutil.rmtree(src)
+    os.rename(tmp, dest)
 
 
 def mp4_boxes(path):
