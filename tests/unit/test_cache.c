@@ -89,15 +89,28 @@ static void csrc_pause(struct csrc *c, uint64_t off, uint64_t len)
 /* The paused transfers go on: each writes, or pauses again. */
 static void csrc_go_on(struct stream *s, struct csrc *c)
 {
-	pthread_mutex_lock(&c->lock);
-	int n = c->npaused;
-	struct held_range todo[64];
-	memcpy(todo, c->paused, (size_t)n * sizeof(todo[0]));
-	c->npaused = 0;
-	pthread_mutex_unlock(&c->lock);
-	for (int i = 0; i < n; i++)
-		if (!csrc_write(s, todo[i].off, todo[i].len))
-			csrc_pause(c, todo[i].off, todo[i].len);
+	for (;;) {
+		/* A resume while we held the list found it empty: if one of our
+		 * writes then failed and went back on it, nobody else would
+		 * try it again (a lost wake-up of this fake, which has no
+		 * loop thread to serialise pause and resume, nor the daemon's
+		 * once-a-second backstop). So go round again. */
+		int seen = atomic_load(&c->resumes);
+		pthread_mutex_lock(&c->lock);
+		int n = c->npaused;
+		struct held_range todo[64];
+		memcpy(todo, c->paused, (size_t)n * sizeof(todo[0]));
+		c->npaused = 0;
+		pthread_mutex_unlock(&c->lock);
+		bool again = false;
+		for (int i = 0; i < n; i++)
+			if (!csrc_write(s, todo[i].off, todo[i].len)) {
+				csrc_pause(c, todo[i].off, todo[i].len);
+				again = true;
+			}
+		if (!again || atomic_load(&c->resumes) == seen)
+			return;
+	}
 }
 
 static void csrc_fetch(struct stream *s, void *src, uint64_t off, uint64_t len)
