@@ -13,6 +13,14 @@ faulting them in): after one read, all of them are; and what is read back
 is the source's bytes, also where a read began or ended inside a page.
 The pages are stored in the background, so the checks wait (with a
 deadline) for them.
+
+A page that was cached does not always stay cached: on the machines this
+runs on, the host's proactive reclaim takes cached pages of FUSE files
+(those the kernel read ahead itself too) in groups of 2 to 8 pages, a
+second or so after they were stored, with no request from streamfs. So
+"every page cached" is checked as "every page seen cached at some check":
+a page that was never stored is never seen, and that is what the checks
+are for.
 """
 import ctypes
 import ctypes.util
@@ -55,6 +63,25 @@ def resident_pages(path):
         os.close(fd)
 
 
+def wait_seen_cached(path, pages, what):
+    """Wait until each of the pages numbered in @pages has been seen in the
+    page cache at some check (the module docstring says why not all at
+    once); the AssertionError names those never seen."""
+    seen = set()
+    left = set(pages)
+
+    def done():
+        r = resident_pages(path)
+        seen.update(i for i in left if i < len(r) and r[i])
+        left.difference_update(seen)
+        return not left
+    try:
+        wait_until(done, what=what)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; never seen cached: {sorted(left)[:20]} "
+                             f"({len(left)} pages)") from None
+
+
 def read_file(path, bufsize=MiB):
     out = bytearray()
     with open(path, "rb", buffering=0) as f:
@@ -72,9 +99,7 @@ def test_url_read_once_is_then_in_the_page_cache(srv, www, mount):
     assert read_file(p) == blob  # opened while running: direct_io
     m.wait_state("a.bin", {"complete"})
 
-    def missing():
-        return [i for i, r in enumerate(resident_pages(p)) if not r]
-    wait_until(lambda: not missing(), what="every page to be cached")
+    wait_seen_cached(p, range(len(resident_pages(p))), "every page to be cached")
     assert read_file(p) == blob
     assert len(srv.requests("/f", method="GET")) == 1
 
@@ -87,9 +112,8 @@ def test_nothing_read_nothing_cached(srv, www, mount):
     with open(p, "rb", buffering=0) as f:
         assert len(f.read(5000)) == 5000  # starts the stream; two pages read
     m.wait_state("a.bin", {"complete"})
-    wait_until(lambda: sum(resident_pages(p)) >= 2, what="the pages read to be cached")
+    wait_seen_cached(p, [0, 1], "the pages read to be cached")
     pages = resident_pages(p)
-    assert pages[0] and pages[1]
     assert sum(pages) < len(pages) // 2
 
 
@@ -120,7 +144,7 @@ def test_command_of_unknown_length(tmp_path, mount):
     assert first + rest == blob
     m.wait_state("c", {"complete"})
     whole = len(blob) // PAGE
-    wait_until(lambda: all(resident_pages(p)[:whole]), what="the whole pages to be cached")
+    wait_seen_cached(p, range(whole), "the whole pages to be cached")
     assert read_file(p) == blob
     # A tool reading through the cache (sendfile) copies every byte too.
     out = tmp_path / "copy"
