@@ -53,6 +53,11 @@ int ioloop_call(struct ioloop *l, void (*fn)(void *arg), void *arg);
 /* True in the loop thread. */
 bool ioloop_in_loop(const struct ioloop *l);
 
+/* In the loop thread: does other work wait behind the callback running
+ * now (events later in this batch, or queued calls)? A callback that
+ * could go on for long uses it to let that work run first. */
+bool ioloop_others_wait(struct ioloop *l);
+
 /* Watch w->fd for @events (level-triggered). Returns 0 or -errno (-EPERM
  * for descriptors epoll cannot watch, such as regular files). */
 int ioloop_add(struct ioloop *l, struct ioloop_watch *w, uint32_t events);

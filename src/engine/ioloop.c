@@ -10,6 +10,7 @@
 
 #include "log.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -41,6 +42,8 @@ struct ioloop {
 	struct ioloop_timer *timers; /* sorted by due_ms */
 	struct epoll_event batch[MAX_EVENTS];
 	int nbatch;
+	int ibatch;         /* the event whose callback runs */
+	bool calls_waiting; /* a callback saw queued calls (ioloop_others_wait) */
 };
 
 uint64_t ioloop_now_ms(void)
@@ -166,6 +169,7 @@ static void *loop_main(void *arg)
 		bool calls = false;
 		for (int i = 0; i < l->nbatch; i++) {
 			struct ioloop_watch *w = l->batch[i].data.ptr;
+			l->ibatch = i;
 			if (!w) {
 				calls = true; /* the eventfd, or a watch deleted meanwhile */
 				continue;
@@ -173,9 +177,16 @@ static void *loop_main(void *arg)
 			w->cb(w, l->batch[i].events);
 		}
 		l->nbatch = 0;
+		/* Calls before timers, also those a callback saw queued before
+		 * their wake-up reached epoll: a callback that stopped early
+		 * for them (ioloop_others_wait) re-arms itself with a timer, which
+		 * must not run first. */
+		if (calls || l->calls_waiting) {
+			l->calls_waiting = false;
+			if (!run_calls(l))
+				break;
+		}
 		run_timers(l);
-		if (calls && !run_calls(l))
-			break;
 	}
 	return NULL;
 }
@@ -240,6 +251,20 @@ void ioloop_del(struct ioloop *l, struct ioloop_watch *w)
 	for (int i = 0; i < l->nbatch; i++)
 		if (l->batch[i].data.ptr == w)
 			l->batch[i].data.ptr = NULL;
+}
+
+bool ioloop_others_wait(struct ioloop *l)
+{
+	assert(ioloop_in_loop(l));
+	for (int i = l->ibatch + 1; i < l->nbatch; i++)
+		if (l->batch[i].data.ptr)
+			return true;
+	pthread_mutex_lock(&l->lock);
+	bool calls = l->head != NULL;
+	pthread_mutex_unlock(&l->lock);
+	if (calls)
+		l->calls_waiting = true;
+	return calls;
 }
 
 void ioloop_timer_disarm(struct ioloop *l, struct ioloop_timer *t)

@@ -189,7 +189,7 @@ static void url_cancel(struct stream *s, void *src)
 static void url_destroy(void *src)
 {
 	struct url_src *u = src;
-	assert(!u->fill.cqueued); /* url_done() dropped it */
+	assert(!u->fill.cqueued && !u->fill.yielded); /* url_done() dropped them */
 	free(u->fill.cbuf);
 	free(u->url);
 	free(u->cur_url);

@@ -42,7 +42,8 @@ struct url_src;
 struct xfer {
 	struct url_src *u;
 	bool is_range;
-	CURL *easy; /* NULL while no request runs */
+	CURL *easy;    /* NULL while no request runs */
+	bool in_multi; /* easy was added to the multi handle */
 	struct curl_slist *headers;
 	char errbuf[CURL_ERROR_SIZE];
 
@@ -81,6 +82,12 @@ struct xfer {
 	LIST_ENTRY(xfer) clink; /* that list */
 	bool done_wait;         /* the request ended with bytes still here */
 	CURLcode done_rc;       /* ...and this result, handled once stored */
+
+	/* fill: sharing the loop (url_transfer.c) */
+	uint64_t round;         /* the curl round round_bytes counts in */
+	size_t round_bytes;     /* bytes taken in it */
+	bool yielded;           /* paused until the loop has run the rest */
+	LIST_ENTRY(xfer) ylink; /* on the list of those */
 };
 
 /* A range a reader waits for, queued until a range transfer is free. */
@@ -174,7 +181,14 @@ void url_update_rate(struct url_src *u, bool force);
 int url_multi_setup(struct ioloop *loop, void (*done)(CURL *easy, CURLcode rc),
                     void (*after)(void));
 
-/* Add a request to the multi handle, or take it out (NULL is fine). */
+/* Which round of curl's work runs (a new number for each call into
+ * curl), and whether other work waits behind it: other requests, or
+ * events and calls of the loop (url_transfer.c, "sharing the loop"). */
+uint64_t url_multi_round(void);
+bool url_multi_others_wait(void);
+
+/* Add a request to the multi handle, or take out one that was added
+ * (NULL is fine). */
 CURLMcode url_multi_add(CURL *easy);
 void url_multi_remove(CURL *easy);
 

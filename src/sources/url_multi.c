@@ -30,6 +30,8 @@ static struct {
 	void (*done)(CURL *easy, CURLcode rc);
 	void (*after)(void); /* after every round, before the finished requests */
 	bool closing;        /* the global cleanup: the loop may be gone */
+	uint64_t round;      /* counts calls of curl_multi_socket_action() */
+	int requests;        /* in the multi handle, running or about to */
 } g_multi;
 
 /* A socket curl asked us to watch. */
@@ -65,6 +67,7 @@ static void sock_event(struct ioloop_watch *w, uint32_t events)
 		mask |= CURL_CSELECT_OUT;
 	if (events & (EPOLLERR | EPOLLHUP))
 		mask |= CURL_CSELECT_ERR;
+	g_multi.round++;
 	int running;
 	curl_multi_socket_action(g_multi.multi, w->fd, mask, &running);
 	multi_check();
@@ -108,6 +111,7 @@ static int sock_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *so
 static void timer_fired(struct ioloop_timer *t)
 {
 	assert(in_loop());
+	g_multi.round++;
 	int running;
 	curl_multi_socket_action(g_multi.multi, CURL_SOCKET_TIMEOUT, 0, &running);
 	multi_check();
@@ -142,10 +146,28 @@ int url_multi_setup(struct ioloop *loop, void (*done)(CURL *easy, CURLcode rc), 
 	return 0;
 }
 
+uint64_t url_multi_round(void)
+{
+	assert(in_loop());
+	return g_multi.round;
+}
+
+bool url_multi_others_wait(void)
+{
+	assert(in_loop());
+	/* Counted from add and remove, not from curl's running count: a
+	 * request just added runs only once curl is called for it, which is
+	 * after the round in progress. The request calling back counts too. */
+	return g_multi.requests > 1 || ioloop_others_wait(g_multi.loop);
+}
+
 CURLMcode url_multi_add(CURL *easy)
 {
 	assert(in_loop());
-	return curl_multi_add_handle(g_multi.multi, easy);
+	CURLMcode mc = curl_multi_add_handle(g_multi.multi, easy);
+	if (mc == CURLM_OK)
+		g_multi.requests++;
+	return mc;
 }
 
 void url_multi_remove(CURL *easy)
@@ -154,6 +176,7 @@ void url_multi_remove(CURL *easy)
 		return;
 	assert(in_loop());
 	curl_multi_remove_handle(g_multi.multi, easy);
+	g_multi.requests--;
 }
 
 int source_url_global_init(void)

@@ -113,13 +113,17 @@ CURLMcode xfer_send(struct xfer *x)
 {
 	if (x->headers)
 		curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->headers);
-	return url_multi_add(x->easy);
+	CURLMcode mc = url_multi_add(x->easy);
+	x->in_multi = mc == CURLM_OK;
+	return mc;
 }
 
 void xfer_close(struct xfer *x)
 {
 	if (x->easy) {
-		url_multi_remove(x->easy);
+		if (x->in_multi)
+			url_multi_remove(x->easy);
+		x->in_multi = false;
 		curl_easy_cleanup(x->easy);
 		x->easy = NULL;
 	}
