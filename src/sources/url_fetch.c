@@ -247,7 +247,12 @@ void url_fetch_resume(struct url_src *u)
 		if (x->paused) {
 			x->paused = false;
 			u->npaused--;
-			curl_easy_pause(x->easy, CURLPAUSE_CONT);
+			/* A refusal of the kept bytes comes back here, and curl
+			 * does not go on with the request (url_transfer.c,
+			 * fill_unpause()): it ends here. */
+			CURLcode rc = curl_easy_pause(x->easy, CURLPAUSE_CONT);
+			if (rc != CURLE_OK)
+				url_range_done(x, rc);
 		}
 	}
 }

@@ -445,6 +445,20 @@ void url_flush_all(void)
 	}
 }
 
+/*
+ * Let a paused fill go on. curl delivers the bytes it kept from inside
+ * curl_easy_pause(); if the write callback refuses them (the stream takes
+ * no more bytes, or the fill jumps ahead), curl 7.88 returns that error
+ * without scheduling the transfer again, and nothing would ever finish
+ * the request: it is finished here, as curl would have reported it.
+ */
+static void fill_unpause(struct url_src *u)
+{
+	CURLcode rc = curl_easy_pause(u->fill.easy, CURLPAUSE_CONT);
+	if (rc != CURLE_OK)
+		url_fill_done(u, rc);
+}
+
 void url_fill_flush_resume(struct url_src *u)
 {
 	struct xfer *x = &u->fill;
@@ -460,7 +474,7 @@ void url_fill_flush_resume(struct url_src *u)
 		url_fill_done(u, x->done_rc);
 	} else if (x->easy && x->paused) {
 		x->paused = false;
-		curl_easy_pause(x->easy, CURLPAUSE_CONT);
+		fill_unpause(u);
 	}
 }
 
@@ -505,7 +519,7 @@ static void yield_over(struct ioloop_timer *t)
 		x->round_bytes = 0; /* what curl delivers again now counts anew */
 		/* A pause for room (x->paused) is ended by its own resume. */
 		if (x->easy && !x->paused)
-			curl_easy_pause(x->easy, CURLPAUSE_CONT);
+			fill_unpause(x->u);
 	}
 	url_flush_all(); /* what the resumes delivered, outside a round */
 }
