@@ -513,11 +513,19 @@ static void unyield(struct xfer *x)
 static void yield_over(struct ioloop_timer *t)
 {
 	(void)t;
+	/* The ones that paused until now: a resume can pause again at once
+	 * (curl delivers up to a whole buffer from inside curl_easy_pause),
+	 * and such a one waits for the next turn, not for this loop. */
+	LIST_HEAD(, xfer) now = LIST_HEAD_INITIALIZER(now);
 	struct xfer *x;
 	while ((x = LIST_FIRST(&g_yielded))) {
+		LIST_REMOVE(x, ylink);
+		LIST_INSERT_HEAD(&now, x, ylink);
+	}
+	while ((x = LIST_FIRST(&now))) {
+		/* unyield() is also url_fill_stop()'s way off this list. A
+		 * pause for room (x->paused) is ended by its own resume. */
 		unyield(x);
-		x->round_bytes = 0; /* what curl delivers again now counts anew */
-		/* A pause for room (x->paused) is ended by its own resume. */
 		if (x->easy && !x->paused)
 			fill_unpause(x->u);
 	}
@@ -532,12 +540,16 @@ static bool fill_yields(struct xfer *x, size_t n)
 		x->round = round;
 		x->round_bytes = 0;
 	}
-	if (x->round_bytes >= FILL_SHARE && url_multi_others_wait()) {
-		if (LIST_EMPTY(&g_yielded))
-			ioloop_timer_arm(x->u->loop, &g_yield_timer, 0);
-		x->yielded = true;
-		LIST_INSERT_HEAD(&g_yielded, x, ylink);
-		return true;
+	if (x->round_bytes >= FILL_SHARE) {
+		/* Asked once per share, not for every piece after it. */
+		x->round_bytes = 0;
+		if (url_multi_others_wait()) {
+			if (LIST_EMPTY(&g_yielded))
+				ioloop_timer_arm(x->u->loop, &g_yield_timer, 0);
+			x->yielded = true;
+			LIST_INSERT_HEAD(&g_yielded, x, ylink);
+			return true;
+		}
 	}
 	x->round_bytes += n;
 	return false;
