@@ -313,13 +313,13 @@ int stream_peek(struct stream *s, void *buf, size_t len, uint64_t off);
 /*
  * The bytes [off, off+len) were sent to a reader in a way the kernel's page
  * cache did not keep (a direct_io open). stream_take_sent() hands the noted
- * ranges back one at a time (removing each), so that once the stream is
- * complete the FUSE layer can store them in the page cache. Best effort:
- * not for keep= streams, and a set scattered into very many ranges stops
- * growing.
+ * ranges below @below back one at a time, lowest first (removing each; one
+ * that crosses @below is split there), so that the FUSE layer can store
+ * them in the page cache. Best effort: not for keep= streams, and a set
+ * scattered into very many ranges stops growing.
  */
 void stream_note_sent(struct stream *s, uint64_t off, uint64_t len);
-bool stream_take_sent(struct stream *s, uint64_t *off, uint64_t *len);
+bool stream_take_sent(struct stream *s, uint64_t below, uint64_t *off, uint64_t *len);
 
 /*
  * Blocking read with regular-file results (S3/S4): waits for the whole

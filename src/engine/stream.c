@@ -570,12 +570,14 @@ void stream_note_sent(struct stream *s, uint64_t off, uint64_t len)
 	pthread_mutex_unlock(&s->lock);
 }
 
-bool stream_take_sent(struct stream *s, uint64_t *off, uint64_t *len)
+bool stream_take_sent(struct stream *s, uint64_t below, uint64_t *off, uint64_t *len)
 {
 	bool got = false;
 	pthread_mutex_lock(&s->lock);
-	if (s->sent.n) {
+	if (s->sent.n && s->sent.r[0].start < below) {
 		struct range r = s->sent.r[0];
+		if (r.end > below)
+			r.end = below;
 		if (rangeset_remove(&s->sent, r.start, r.end) == 0) {
 			*off = r.start;
 			*len = r.end - r.start;

@@ -86,6 +86,7 @@ struct handle {
 	 * read-only. */
 	bool push;
 	struct handle *push_next; /* adopted by push.c: under fs->push_lock */
+	uint64_t push_budget;     /* adopted: bytes it may still push (push.c's thread) */
 };
 TAILQ_HEAD(handle_list, handle);
 

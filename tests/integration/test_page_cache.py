@@ -24,6 +24,7 @@ are for.
 """
 import ctypes
 import ctypes.util
+import errno
 import mmap
 import os
 import subprocess
@@ -63,7 +64,41 @@ def resident_pages(path):
         os.close(fd)
 
 
-def wait_seen_cached(path, pages, what):
+class _CachestatRange(ctypes.Structure):
+    _fields_ = [("off", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class _Cachestat(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in
+                ("nr_cache", "nr_dirty", "nr_writeback", "nr_evicted", "nr_recently_evicted")]
+
+
+SYS_cachestat = 451  # the same number on every architecture (Linux 6.5)
+
+
+def resident_pages_open(path):
+    """resident_pages() for a file whose stream still runs: a mapping of a
+    direct_io open would drop its cached pages (the kernel invalidates them
+    at mmap), so this asks cachestat(2) page by page through a plain open."""
+    size = os.stat(path).st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out = []
+        st = _Cachestat()
+        for i in range((size + PAGE - 1) // PAGE):
+            rng = _CachestatRange(i * PAGE, PAGE)
+            if _libc.syscall(SYS_cachestat, fd, ctypes.byref(rng), ctypes.byref(st), 0) != 0:
+                e = ctypes.get_errno()
+                if e == errno.ENOSYS:
+                    pytest.skip("this kernel has no cachestat(2) (Linux >= 6.5)")
+                raise OSError(e, "cachestat")
+            out.append(st.nr_cache > 0)
+        return out
+    finally:
+        os.close(fd)
+
+
+def wait_seen_cached(path, pages, what, resident=resident_pages):
     """Wait until each of the pages numbered in @pages has been seen in the
     page cache at some check (the module docstring says why not all at
     once); the AssertionError names those never seen."""
@@ -71,7 +106,7 @@ def wait_seen_cached(path, pages, what):
     left = set(pages)
 
     def done():
-        r = resident_pages(path)
+        r = resident(path)
         seen.update(i for i in left if i < len(r) and r[i])
         left.difference_update(seen)
         return not left
@@ -102,6 +137,21 @@ def test_url_read_once_is_then_in_the_page_cache(srv, www, mount):
     wait_seen_cached(p, range(len(resident_pages(p))), "every page to be cached")
     assert read_file(p) == blob
     assert len(srv.requests("/f", method="GET")) == 1
+
+
+def test_known_length_is_cached_while_it_arrives(srv, www, mount):
+    """A stream of announced length is pushed as it goes: what a reader was
+    sent is in the page cache while the rest has not come yet (the server
+    stalls), so a second read right after the first finds it there."""
+    blob = put(www, "f", 6 * MiB)
+    m = mount("a.bin=" + srv.url("f", stall_after=3 * MiB, stall_secs=3600),
+              opts=["--stall-timeout=300"])
+    p = m / "a.bin"
+    with open(p, "rb", buffering=0) as f:
+        assert f.read(3 * MiB) == blob[:3 * MiB]  # direct_io: nothing cached by the read
+    wait_seen_cached(p, range(3 * MiB // PAGE), "the pages read to be cached",
+                     resident=resident_pages_open)
+    assert m.state("a.bin") == "running"  # the server still stalls
 
 
 def test_nothing_read_nothing_cached(srv, www, mount):

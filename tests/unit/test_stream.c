@@ -874,6 +874,35 @@ static void test_no_rewrite(void)
 	finish(s, &f);
 }
 
+/* Sent ranges come back lowest first, only below the limit asked for; a
+ * range crossing it is split there and its rest stays noted. */
+static void test_take_sent(void)
+{
+	struct fake_src f;
+	struct stream *s = started(&f, NULL);
+	uint64_t off = 0, len = 0;
+	CHECK(!stream_take_sent(s, UINT64_MAX, &off, &len));
+	stream_note_sent(s, 100, 50);
+	stream_note_sent(s, 10, 20);
+	stream_note_sent(s, 30, 5); /* joins [10, 30) */
+	CHECK(!stream_take_sent(s, 10, &off, &len));
+	CHECK(stream_take_sent(s, 20, &off, &len));
+	CHECK_EQ(off, 10);
+	CHECK_EQ(len, 10);
+	CHECK(stream_take_sent(s, 120, &off, &len));
+	CHECK_EQ(off, 20);
+	CHECK_EQ(len, 15);
+	CHECK(stream_take_sent(s, 120, &off, &len));
+	CHECK_EQ(off, 100);
+	CHECK_EQ(len, 20);
+	CHECK(!stream_take_sent(s, 120, &off, &len));
+	CHECK(stream_take_sent(s, UINT64_MAX, &off, &len));
+	CHECK_EQ(off, 120);
+	CHECK_EQ(len, 30);
+	CHECK(!stream_take_sent(s, UINT64_MAX, &off, &len));
+	finish(s, &f);
+}
+
 int main(void)
 {
 	t_init();
@@ -893,5 +922,6 @@ int main(void)
 	RUN(test_end_exact);
 	RUN(test_store_limit);
 	RUN(test_no_rewrite);
+	RUN(test_take_sent);
 	return t_finish("stream");
 }
