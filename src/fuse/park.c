@@ -153,18 +153,22 @@ static void reply_open(struct pending *p, ssize_t r)
 	p->fi.keep_cache = 1; /* nothing cached is ever wrong (push.c) */
 	p->fi.direct_io = !complete;
 	h->push = !complete;
-	if (fuse_reply_open(p->req, &p->fi) < 0) {
-		handle_free(p->fs, h); /* the opener is gone (interrupted): no release will come */
-		return;
-	}
 	/* A known length is the kernel's size of the file already: what this
 	 * reader is sent can be pushed while it reads, by a handle of the
-	 * push thread's own (push.c), instead of only after its release. */
-	if (h->push && in.length >= 0 && !in.keep) {
-		struct handle *ph = handle_new(p->fs, p->n, p->s);
+	 * push thread's own (push.c), instead of only after its release.
+	 * Made before the reply: once that is sent, a release may free h and
+	 * with it the last hold on the node. */
+	struct handle *ph = NULL;
+	if (!complete && in.length >= 0 && !in.keep)
+		ph = handle_new(p->fs, p->n, p->s);
+	if (fuse_reply_open(p->req, &p->fi) < 0) {
+		handle_free(p->fs, h); /* the opener is gone (interrupted): no release will come */
 		if (ph)
-			push_adopt(p->fs, ph);
+			handle_free(p->fs, ph);
+		return;
 	}
+	if (ph)
+		push_adopt(p->fs, ph);
 }
 
 /*
