@@ -74,6 +74,25 @@ static uint64_t ram_bytes(void)
 	return (uint64_t)pages * (uint64_t)page;
 }
 
+/* The last page of a complete stream, stored first: a stream of unknown
+ * length may still have a smaller size in the kernel (a direct_io read
+ * does not grow it), and a store past that size grows it to the end of
+ * the store. Were the first pages stored while the size was still short,
+ * a getattr answered meanwhile with the final size would change the
+ * kernel's size and drop them all again. Stored first, the last page makes
+ * the kernel's size final at once. Whether the reader read it does not
+ * matter: every present byte is right. */
+static void push_last_page(struct fs *fs, struct handle *h, uint64_t length, uint64_t pg, char *buf)
+{
+	uint64_t p = (length - 1) / pg * pg;
+	size_t n = (size_t)(length - p);
+	if (stream_peek(h->s, buf, n, p) != 0)
+		return;
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(n);
+	bv.buf[0].mem = buf;
+	fuse_lowlevel_notify_store(fs->se, h->n->ino, (off_t)p, &bv, 0);
+}
+
 /* Push the noted ranges of @h's stream of @length bytes, up to *@budget
  * bytes. @live: the stream still runs, and only the noted bytes below
  * @frontier (all there) are pushed; the rest stays noted for a later
@@ -86,6 +105,8 @@ static uint64_t push_stream(struct fs *fs, struct handle *h, uint64_t length, ch
 	 * there yet. */
 	uint64_t below = !live ? UINT64_MAX : frontier >= length ? length : frontier / pg * pg;
 	uint64_t off, len, pushed = 0;
+	if (!live && length > 0)
+		push_last_page(fs, h, length, pg, buf);
 	while (*budget && !atomic_load(&fs->push_stop) &&
 	       stream_take_sent(h->s, below, &off, &len)) {
 		uint64_t a = off / pg * pg, b = (off + len + pg - 1) / pg * pg;
@@ -163,6 +184,7 @@ static void *push_main(void *arg)
 		}
 		struct handle *todo = fs->push_jobs, *keep = NULL;
 		fs->push_jobs = NULL;
+		fs->push_kick = false;
 		xpthread_mutex_unlock(&fs->push_lock);
 		bool live = false;
 		while (todo) {
@@ -191,7 +213,7 @@ static void *push_main(void *arg)
 		t.tv_nsec += (live ? PUSH_LIVE_MS : PUSH_POLL_MS) * 1000000L;
 		t.tv_sec += t.tv_nsec / 1000000000L;
 		t.tv_nsec %= 1000000000L;
-		if (!atomic_load(&fs->push_stop))
+		if (!atomic_load(&fs->push_stop) && !fs->push_kick)
 			pthread_cond_timedwait(&fs->push_cond, &fs->push_lock, &t);
 	}
 	xpthread_mutex_unlock(&fs->push_lock);
@@ -218,6 +240,13 @@ void push_adopt(struct fs *fs, struct handle *h)
 		h->push_budget = ram_bytes() / PUSH_RAM_SHARE;
 		h->push_next = fs->push_jobs;
 		fs->push_jobs = h;
+	}
+	/* Also when the stream has a handle here already: a reader done
+	 * with it (most often at its end) is the moment to push what it was
+	 * sent since the last round, before it or another opens the file
+	 * again, not up to PUSH_LIVE_MS later. */
+	if (adopt || same) {
+		fs->push_kick = true;
 		xpthread_cond_signal(&fs->push_cond);
 	}
 	xpthread_mutex_unlock(&fs->push_lock);
