@@ -63,7 +63,7 @@
 #define PUSH_CHUNK (1u << 20)
 #define PUSH_RAM_SHARE 4 /* at most 1/4 of RAM per file */
 #define PUSH_POLL_MS 500 /* how often adopted handles of running streams are looked at */
-#define PUSH_LIVE_MS 50  /* ... and those pushed as they go */
+#define PUSH_LIVE_MS 20  /* ... and those pushed as they go */
 #define PUSH_NICE 19     /* where SCHED_IDLE is refused */
 
 static uint64_t ram_bytes(void)
