@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from helpers import DEADLINE, register_pid, run, unregister_pid
+from helpers import DEADLINE, register_pid, run, unregister_pid, wait_until
 
 RATE = 400_000      # bytes/s the server sends at most
 SIZE = 1_600_000    # four seconds' worth at RATE
@@ -108,7 +108,13 @@ def watch(streamfs_bin):
 def throttled(mount, srv, www):
     """A mount with one URL the server sends at RATE, started at mount."""
     (www / "f.bin").write_bytes(os.urandom(SIZE))
-    return mount(f"f.bin={srv.url('f.bin', rate=RATE)}", opts=["--start=mount"])
+    m = mount(f"f.bin={srv.url('f.bin', rate=RATE)}", opts=["--start=mount"])
+    # The tests read bars and ETAs from the first frame on: those need the
+    # announced length, which comes with the response headers (before
+    # them, a frame rightly shows an unknown size). The body takes
+    # SIZE / RATE seconds, so frames with a length follow.
+    wait_until(lambda: m.xattr("f.bin", "size") == str(SIZE), what="f.bin's length to be known")
+    return m
 
 
 def frames_plain(text):
