@@ -149,7 +149,7 @@ struct fs {
 	pthread_cond_t push_cond;
 	struct handle *push_jobs; /* linked by push_next */
 	bool push_started;
-	bool push_kick; /* a round is wanted now (a release): do not sleep */
+	bool push_kick; /* a round is wanted now (a release): do not sleep; under push_lock */
 	atomic_bool push_stop;
 	pthread_t push_thread;
 };

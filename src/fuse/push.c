@@ -74,23 +74,19 @@ static uint64_t ram_bytes(void)
 	return (uint64_t)pages * (uint64_t)page;
 }
 
-/* The last page of a complete stream, stored first: a stream of unknown
- * length may still have a smaller size in the kernel (a direct_io read
- * does not grow it), and a store past that size grows it to the end of
- * the store. Were the first pages stored while the size was still short,
- * a getattr answered meanwhile with the final size would change the
- * kernel's size and drop them all again. Stored first, the last page makes
- * the kernel's size final at once. Whether the reader read it does not
- * matter: every present byte is right. */
-static void push_last_page(struct fs *fs, struct handle *h, uint64_t length, uint64_t pg, char *buf)
+/* Store @n bytes of @h's stream at @off in the page cache, through @buf:
+ * false if they are not there (evicted since): skipped, never guessed.
+ * No lock around the notification: this thread is joined (push_stop)
+ * before the unmount closes the device. An ENOENT from the kernel (it
+ * dropped the inode, and with it any use for these pages) is ignored. */
+static bool store_piece(struct fs *fs, struct handle *h, char *buf, size_t n, uint64_t off)
 {
-	uint64_t p = (length - 1) / pg * pg;
-	size_t n = (size_t)(length - p);
-	if (stream_peek(h->s, buf, n, p) != 0)
-		return;
+	if (stream_peek(h->s, buf, n, off) != 0)
+		return false;
 	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(n);
 	bv.buf[0].mem = buf;
-	fuse_lowlevel_notify_store(fs->se, h->n->ino, (off_t)p, &bv, 0);
+	fuse_lowlevel_notify_store(fs->se, h->n->ino, (off_t)off, &bv, 0);
+	return true;
 }
 
 /* Push the noted ranges of @h's stream of @length bytes, up to *@budget
@@ -105,8 +101,17 @@ static uint64_t push_stream(struct fs *fs, struct handle *h, uint64_t length, ch
 	 * there yet. */
 	uint64_t below = !live ? UINT64_MAX : frontier >= length ? length : frontier / pg * pg;
 	uint64_t off, len, pushed = 0;
-	if (!live && length > 0)
-		push_last_page(fs, h, length, pg, buf);
+	/* A complete stream's last page goes first: a stream of unknown
+	 * length may still have a smaller size in the kernel (a direct_io
+	 * read does not grow it), and a store past that size grows it. Were
+	 * the first pages stored while the size was still short, a getattr
+	 * answered meanwhile with the final size would change the kernel's
+	 * size and drop them all again. Whether the reader read that page
+	 * does not matter: every present byte is right. */
+	if (!live && length > 0) {
+		uint64_t last = (length - 1) / pg * pg;
+		store_piece(fs, h, buf, (size_t)(length - last), last);
+	}
 	while (*budget && !atomic_load(&fs->push_stop) &&
 	       stream_take_sent(h->s, below, &off, &len)) {
 		uint64_t a = off / pg * pg, b = (off + len + pg - 1) / pg * pg;
@@ -118,16 +123,7 @@ static uint64_t push_stream(struct fs *fs, struct handle *h, uint64_t length, ch
 				n = (size_t)(*budget / pg * pg);
 			if (!n)
 				break;
-			/* Not there (evicted since): skipped, never guessed.
-			 * No lock around the notification: this thread is
-			 * joined (push_stop) before the unmount closes the
-			 * device. */
-			if (stream_peek(h->s, buf, n, p) == 0) {
-				struct fuse_bufvec bv = FUSE_BUFVEC_INIT(n);
-				bv.buf[0].mem = buf;
-				/* ENOENT: the kernel dropped the inode, and with
-				 * it any use for these pages. */
-				fuse_lowlevel_notify_store(fs->se, h->n->ino, (off_t)p, &bv, 0);
+			if (store_piece(fs, h, buf, n, p)) {
 				*budget -= n;
 				pushed += n;
 			}
