@@ -157,6 +157,7 @@ static void run_timers(struct ioloop *l)
 static void *loop_main(void *arg)
 {
 	struct ioloop *l = arg;
+	pthread_setname_np(pthread_self(), "streamfs-io"); /* top -H, perf */
 	for (;;) {
 		int n = epoll_wait(l->epfd, l->batch, MAX_EVENTS, next_timeout(l));
 		if (n < 0) {

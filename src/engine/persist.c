@@ -767,6 +767,7 @@ static void sync_all(struct persist *p)
 static void *sync_thread(void *arg)
 {
 	struct persist *p = arg;
+	pthread_setname_np(pthread_self(), "streamfs-sync");
 	pthread_mutex_lock(&p->lock);
 	while (!p->stop) {
 		struct timespec t;

@@ -162,6 +162,7 @@ done:
 static void *push_main(void *arg)
 {
 	struct fs *fs = arg;
+	pthread_setname_np(pthread_self(), "streamfs-push");
 	/* Behind everything else: SCHED_IDLE runs it on what CPU time nobody
 	 * else wants (while a stream arrives, that is the time between its
 	 * bursts), so the reader it works for loses little; a reader

@@ -160,6 +160,7 @@ static void opener_free(struct opener *o)
 static void *opener_main(void *arg)
 {
 	struct opener *o = arg;
+	pthread_setname_np(pthread_self(), "streamfs-open");
 	struct open_result res = {0};
 	int fd = -1;
 	/* By name at start-up and at add; here again through symlinks made

@@ -264,3 +264,26 @@ def test_a_daemon_started_with_sigchld_ignored_still_sees_commands_end(mount):
     call(os.stat, m / "b.txt")
     m.wait_state("b.txt", "failed")
     assert m.xattr("b.txt", "exit_status") == "3"
+
+
+# ------------------------------------------- thread names
+
+def thread_names(pid):
+    names = set()
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/comm") as f:
+                names.add(f.read().strip())
+        except FileNotFoundError:
+            pass  # the thread ended meanwhile
+    return names
+
+
+def test_daemon_threads_are_named(mount):
+    """top -H and perf show what each thread of the daemon is: the I/O
+    thread, and the page-cache push once a file was read while its stream
+    ran (opened direct_io, so what it was sent is pushed at close)."""
+    m = mount("a.txt=cmd:echo hi; sleep 0.3")
+    assert call(read_all, m / "a.txt") == b"hi\n"
+    wait_until(lambda: {"streamfs-io", "streamfs-push"} <= thread_names(m.pid),
+               what="threads named streamfs-io and streamfs-push")
