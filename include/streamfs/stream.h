@@ -320,6 +320,13 @@ int stream_peek(struct stream *s, void *buf, size_t len, uint64_t off);
  */
 void stream_note_sent(struct stream *s, uint64_t off, uint64_t len);
 bool stream_take_sent(struct stream *s, uint64_t below, uint64_t *off, uint64_t *len);
+/* The highest noted bytes instead, at most @chunk of them: the end of the
+ * last range, from the last multiple of @chunk below its end (or from its
+ * start), so that repeated calls walk down in @chunk-aligned pieces. */
+bool stream_take_sent_last(struct stream *s, uint64_t chunk, uint64_t *off, uint64_t *len);
+/* [off, off+len) reached the page cache by other means (a read through
+ * the page cache): no longer to be stored. */
+void stream_unnote_sent(struct stream *s, uint64_t off, uint64_t len);
 
 /*
  * Blocking read with regular-file results (S3/S4): waits for the whole

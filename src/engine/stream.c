@@ -588,6 +588,35 @@ bool stream_take_sent(struct stream *s, uint64_t below, uint64_t *off, uint64_t 
 	return got;
 }
 
+bool stream_take_sent_last(struct stream *s, uint64_t chunk, uint64_t *off, uint64_t *len)
+{
+	bool got = false;
+	pthread_mutex_lock(&s->lock);
+	if (s->sent.n && chunk) {
+		struct range r = s->sent.r[s->sent.n - 1];
+		uint64_t from = (r.end - 1) / chunk * chunk;
+		if (from < r.start)
+			from = r.start;
+		if (rangeset_remove(&s->sent, from, r.end) == 0) {
+			*off = from;
+			*len = r.end - from;
+			got = true;
+		}
+	}
+	pthread_mutex_unlock(&s->lock);
+	return got;
+}
+
+void stream_unnote_sent(struct stream *s, uint64_t off, uint64_t len)
+{
+	if (!len)
+		return;
+	pthread_mutex_lock(&s->lock);
+	if (s->sent.n)
+		(void)rangeset_remove(&s->sent, off, off + len); /* best effort */
+	pthread_mutex_unlock(&s->lock);
+}
+
 struct sync_wait {
 	struct stream_waiter w;
 	pthread_mutex_t m;

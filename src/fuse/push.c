@@ -22,6 +22,8 @@
  *  - a released direct_io handle of any other stream (a command, a URL
  *    without a length) is adopted too, and pushed once its stream is
  *    complete: until then its size in the kernel still grows.
+ * What is left once a stream is complete goes highest first (see
+ * push_stream()): a second reader starts at the other end.
  *
  * At the lowest priority (SCHED_IDLE), not in the reply path: storing into
  * the page cache (page allocation, LRU insertion, a copy) costs as much as
@@ -112,8 +114,15 @@ static uint64_t push_stream(struct fs *fs, struct handle *h, uint64_t length, ch
 		uint64_t last = (length - 1) / pg * pg;
 		store_piece(fs, h, buf, (size_t)(length - last), last);
 	}
+	/* Live, the noted bytes go lowest first, as they arrive. Once the
+	 * stream is complete they go highest first: a reader that opens the
+	 * file again at once reads it from the start, through FUSE where
+	 * pages are missing (fs.c un-notes what those reads bring into the
+	 * page cache), and meets this walk once, instead of both working
+	 * on the same pages from the same end. */
 	while (*budget && !atomic_load(&fs->push_stop) &&
-	       stream_take_sent(h->s, below, &off, &len)) {
+	       (live ? stream_take_sent(h->s, below, &off, &len)
+	             : stream_take_sent_last(h->s, PUSH_CHUNK, &off, &len))) {
 		uint64_t a = off / pg * pg, b = (off + len + pg - 1) / pg * pg;
 		if (b > length)
 			b = length;

@@ -903,6 +903,49 @@ static void test_take_sent(void)
 	finish(s, &f);
 }
 
+/* Highest first, in pieces that start at multiples of the chunk (or at
+ * a range's start), so that a walk down stores aligned pieces. */
+static void test_take_sent_last(void)
+{
+	struct fake_src f;
+	struct stream *s = started(&f, NULL);
+	uint64_t off = 0, len = 0;
+	CHECK(!stream_take_sent_last(s, 16, &off, &len));
+	stream_note_sent(s, 100, 50);
+	stream_note_sent(s, 10, 25);
+	CHECK(!stream_take_sent_last(s, 0, &off, &len));
+	static const uint64_t want[][2] = {{144, 6}, {128, 16}, {112, 16}, {100, 12},
+	                                   {32, 3},  {16, 16},  {10, 6}};
+	for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+		CHECK(stream_take_sent_last(s, 16, &off, &len));
+		CHECK_EQ(off, want[i][0]);
+		CHECK_EQ(len, want[i][1]);
+	}
+	CHECK(!stream_take_sent_last(s, 16, &off, &len));
+	finish(s, &f);
+}
+
+/* Bytes that reached the page cache another way leave the set; what is
+ * around them stays. */
+static void test_unnote_sent(void)
+{
+	struct fake_src f;
+	struct stream *s = started(&f, NULL);
+	uint64_t off = 0, len = 0;
+	stream_unnote_sent(s, 0, 10); /* nothing noted: nothing happens */
+	stream_note_sent(s, 0, 100);
+	stream_unnote_sent(s, 20, 10);
+	stream_unnote_sent(s, 90, 50); /* past the end of the set */
+	CHECK(stream_take_sent(s, UINT64_MAX, &off, &len));
+	CHECK_EQ(off, 0);
+	CHECK_EQ(len, 20);
+	CHECK(stream_take_sent(s, UINT64_MAX, &off, &len));
+	CHECK_EQ(off, 30);
+	CHECK_EQ(len, 60);
+	CHECK(!stream_take_sent(s, UINT64_MAX, &off, &len));
+	finish(s, &f);
+}
+
 int main(void)
 {
 	t_init();
@@ -923,5 +966,7 @@ int main(void)
 	RUN(test_store_limit);
 	RUN(test_no_rewrite);
 	RUN(test_take_sent);
+	RUN(test_take_sent_last);
+	RUN(test_unnote_sent);
 	return t_finish("stream");
 }
