@@ -257,13 +257,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 	/* The common case, data already here: no allocation, no waiter. */
 	int r = reply_present(req, h->s, (uint64_t)off, size, h->push);
-	if (r == 0) {
-		/* Not direct_io: the kernel keeps this reply in the page cache,
-		 * so push.c need not store these bytes again. */
-		if (!h->push)
-			stream_unnote_sent(h->s, (uint64_t)off, size);
-		return;
-	}
+	if (r == 0)
+		return; /* replied: a release may free h from here on */
 	if (r != -ERANGE) {
 		fuse_reply_err(req, -r == ENOMEM ? ENOMEM : EIO);
 		return;

@@ -89,9 +89,13 @@ int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len, bo
 	if (r == 0) {
 		/* Noted before the reply: once replied, the reader may close
 		 * the file, and its release may free the handle's reference on
-		 * @s. push.c stores these bytes in the page cache later. */
+		 * @s. A direct_io reply leaves nothing in the page cache: push.c
+		 * stores these bytes there later. Any other reply is kept there
+		 * by the kernel: push.c need not store them again. */
 		if (push)
 			stream_note_sent(s, off, len);
+		else
+			stream_unnote_sent(s, off, len);
 		fuse_reply_buf(req, buf, len);
 	}
 	if (own)
