@@ -117,9 +117,9 @@ static uint64_t push_stream(struct fs *fs, struct handle *h, uint64_t length, ch
 	/* Live, the noted bytes go lowest first, as they arrive. Once the
 	 * stream is complete they go highest first: a reader that opens the
 	 * file again at once reads it from the start, through FUSE where
-	 * pages are missing (reply_present() un-notes what those reads bring into the
-	 * page cache), and meets this walk once, instead of both working
-	 * on the same pages from the same end. */
+	 * pages are missing (reply_present() un-notes what those reads
+	 * bring into the page cache), and meets this walk once, instead of
+	 * both working on the same pages from the same end. */
 	while (*budget && !atomic_load(&fs->push_stop) &&
 	       (live ? stream_take_sent(h->s, below, &off, &len)
 	             : stream_take_sent_last(h->s, PUSH_CHUNK, &off, &len))) {
