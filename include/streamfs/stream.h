@@ -311,22 +311,22 @@ void stream_reask(struct stream *s);
 int stream_peek(struct stream *s, void *buf, size_t len, uint64_t off);
 
 /*
- * The bytes [off, off+len) were sent to a reader in a way the kernel's page
- * cache did not keep (a direct_io open). stream_take_sent() hands the noted
- * ranges below @below back one at a time, lowest first (removing each; one
- * that crosses @below is split there), so that the FUSE layer can store
- * them in the page cache. Best effort: not for keep= streams, and a set
- * scattered into very many ranges stops growing.
+ * stream_copy() for a reply to a reader, which also keeps the set of bytes
+ * sent in a way the kernel's page cache did not keep (a direct_io open),
+ * in the same hold of the stream lock: a reply that is not @cached adds
+ * its bytes to the set, a @cached one (the kernel keeps it in the page
+ * cache) removes them. stream_take_sent() hands the noted ranges below
+ * @below back one at a time, lowest first (removing each; one that crosses
+ * @below is split there), so that the FUSE layer can store them in the
+ * page cache. Best effort: not for keep= streams, and a set scattered into
+ * very many ranges stops growing.
  */
-void stream_note_sent(struct stream *s, uint64_t off, uint64_t len);
+int stream_copy_reply(struct stream *s, void *buf, size_t len, uint64_t off, bool cached);
 bool stream_take_sent(struct stream *s, uint64_t below, uint64_t *off, uint64_t *len);
 /* The highest noted bytes instead, at most @chunk of them: the end of the
  * last range, from the last multiple of @chunk below its end (or from its
  * start), so that repeated calls walk down in @chunk-aligned pieces. */
 bool stream_take_sent_last(struct stream *s, uint64_t chunk, uint64_t *off, uint64_t *len);
-/* [off, off+len) reached the page cache by other means (a read through
- * the page cache): no longer to be stored. */
-void stream_unnote_sent(struct stream *s, uint64_t off, uint64_t len);
 
 /*
  * Blocking read with regular-file results (S3/S4): waits for the whole

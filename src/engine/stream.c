@@ -515,12 +515,38 @@ int stream_set_length(struct stream *s, uint64_t len)
 
 /* ---- reading ---------------------------------------------------------- */
 
-static int copy_out(struct stream *s, void *buf, size_t len, uint64_t off, bool is_read)
+/* Scattered small reads could make the set grow without end: past this
+ * many ranges, further ones are not noted (they are only not pushed). */
+#define SENT_MAX_RANGES 4096
+
+/* Under s->lock: note [off, off+len) as sent (@sent > 0), or un-note it
+ * (@sent < 0); both best effort. */
+static void mark_sent(struct stream *s, uint64_t off, uint64_t len, int sent)
+{
+	if (!len || !sent)
+		return;
+	if (sent < 0) {
+		if (s->sent.n)
+			(void)rangeset_remove(&s->sent, off, off + len);
+		return;
+	}
+	/* A range that starts inside or right after a noted one adds none. */
+	bool grows =
+	    off ? rangeset_run_end(&s->sent, off - 1) < off : rangeset_run_end(&s->sent, 0) == 0;
+	if (!s->keep && (s->sent.n < SENT_MAX_RANGES || !grows))
+		(void)rangeset_add(&s->sent, off, off + len);
+}
+
+/* @sent: see mark_sent(); done in the critical section the copy takes
+ * anyway, so that a reply costs the stream lock once. */
+static int copy_out(struct stream *s, void *buf, size_t len, uint64_t off, bool is_read, int sent)
 {
 	struct pin pin = {.a = off, .b = off + len};
 	bool first = false;
 	pthread_mutex_lock(&s->lock);
 	bool ok = rangeset_contains(&s->present, off, off + len);
+	if (ok)
+		mark_sent(s, off, len, sent);
 	/* Only evictions and keep= drops remove present bytes: a stream that
 	 * has neither (commands, pipes, no-Range URLs) is copied without a
 	 * pin, its blocks' read ticks matter to nobody, and the read path
@@ -545,29 +571,17 @@ static int copy_out(struct stream *s, void *buf, size_t len, uint64_t off, bool 
 
 int stream_copy(struct stream *s, void *buf, size_t len, uint64_t off)
 {
-	return copy_out(s, buf, len, off, true);
+	return copy_out(s, buf, len, off, true, 0);
+}
+
+int stream_copy_reply(struct stream *s, void *buf, size_t len, uint64_t off, bool cached)
+{
+	return copy_out(s, buf, len, off, true, cached ? -1 : 1);
 }
 
 int stream_peek(struct stream *s, void *buf, size_t len, uint64_t off)
 {
-	return copy_out(s, buf, len, off, false);
-}
-
-/* Scattered small reads could make the set grow without end: past this
- * many ranges, further ones are not noted (they are only not pushed). */
-#define SENT_MAX_RANGES 4096
-
-void stream_note_sent(struct stream *s, uint64_t off, uint64_t len)
-{
-	if (!len)
-		return;
-	pthread_mutex_lock(&s->lock);
-	/* A range that starts inside or right after a noted one adds none. */
-	bool grows =
-	    off ? rangeset_run_end(&s->sent, off - 1) < off : rangeset_run_end(&s->sent, 0) == 0;
-	if (!s->keep && (s->sent.n < SENT_MAX_RANGES || !grows))
-		(void)rangeset_add(&s->sent, off, off + len); /* best effort */
-	pthread_mutex_unlock(&s->lock);
+	return copy_out(s, buf, len, off, false, 0);
 }
 
 bool stream_take_sent(struct stream *s, uint64_t below, uint64_t *off, uint64_t *len)
@@ -605,16 +619,6 @@ bool stream_take_sent_last(struct stream *s, uint64_t chunk, uint64_t *off, uint
 	}
 	pthread_mutex_unlock(&s->lock);
 	return got;
-}
-
-void stream_unnote_sent(struct stream *s, uint64_t off, uint64_t len)
-{
-	if (!len)
-		return;
-	pthread_mutex_lock(&s->lock);
-	if (s->sent.n)
-		(void)rangeset_remove(&s->sent, off, off + len); /* best effort */
-	pthread_mutex_unlock(&s->lock);
 }
 
 struct sync_wait {

@@ -93,7 +93,7 @@ struct stream {
 	struct rangeset seen;   /* every byte ever present */
 	/* Bytes sent to readers that the kernel's page cache did not keep
 	 * (direct_io opens), for the FUSE layer to store there once the
-	 * stream is complete: stream_note_sent()/stream_take_sent(). */
+	 * stream is complete: stream_copy_reply()/stream_take_sent(). */
 	struct rangeset sent;
 	uint64_t evicted, dropped;
 };

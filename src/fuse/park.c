@@ -85,19 +85,14 @@ int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len, bo
 	}
 	if (!buf)
 		return -ENOMEM;
-	int r = stream_copy(s, buf, len, off);
-	if (r == 0) {
-		/* Noted before the reply: once replied, the reader may close
-		 * the file, and its release may free the handle's reference on
-		 * @s. A direct_io reply leaves nothing in the page cache: push.c
-		 * stores these bytes there later. Any other reply is kept there
-		 * by the kernel: push.c need not store them again. */
-		if (push)
-			stream_note_sent(s, off, len);
-		else
-			stream_unnote_sent(s, off, len);
+	/* Noted with the copy, before the reply: once replied, the reader
+	 * may close the file, and its release may free the handle's
+	 * reference on @s. A direct_io reply leaves nothing in the page
+	 * cache: push.c stores these bytes there later. Any other reply is
+	 * kept there by the kernel: push.c need not store them again. */
+	int r = stream_copy_reply(s, buf, len, off, !push);
+	if (r == 0)
 		fuse_reply_buf(req, buf, len);
-	}
 	if (own)
 		free(buf);
 	return r;

@@ -6,7 +6,7 @@
  * A file is opened direct_io while its stream runs (fs.c says why), and a
  * direct_io read leaves nothing in the page cache: without this, the second
  * read of a complete file would come through FUSE again. Replies note the
- * ranges they sent (stream_note_sent(), a rangeset add), and this thread
+ * ranges they sent (stream_copy_reply(), a rangeset add), and this thread
  * copies the noted ranges from the store into the page cache with
  * FUSE_NOTIFY_STORE, whole pages from the start of the first to the end of
  * the last (the last page of the file ends at its size). It works on

@@ -874,17 +874,36 @@ static void test_no_rewrite(void)
 	finish(s, &f);
 }
 
+/* A reply of the present bytes [off, off+len): noted as sent, or, if
+ * @cached (kept in the page cache), un-noted. */
+static void reply(struct stream *s, uint64_t off, size_t len, bool cached)
+{
+	char buf[256];
+	CHECK(len <= sizeof(buf));
+	CHECK_EQ(stream_copy_reply(s, buf, len, off, cached), 0);
+}
+
+/* A stream with its first 200 bytes present. */
+static struct stream *with_200(struct fake_src *f)
+{
+	struct stream *s = started(f, NULL);
+	unsigned char b[200];
+	memset(b, 'x', sizeof(b));
+	CHECK_EQ(stream_write(s, 0, b, sizeof(b)), 0);
+	return s;
+}
+
 /* Sent ranges come back lowest first, only below the limit asked for; a
  * range crossing it is split there and its rest stays noted. */
 static void test_take_sent(void)
 {
 	struct fake_src f;
-	struct stream *s = started(&f, NULL);
+	struct stream *s = with_200(&f);
 	uint64_t off = 0, len = 0;
 	CHECK(!stream_take_sent(s, UINT64_MAX, &off, &len));
-	stream_note_sent(s, 100, 50);
-	stream_note_sent(s, 10, 20);
-	stream_note_sent(s, 30, 5); /* joins [10, 30) */
+	reply(s, 100, 50, false);
+	reply(s, 10, 20, false);
+	reply(s, 30, 5, false); /* joins [10, 30) */
 	CHECK(!stream_take_sent(s, 10, &off, &len));
 	CHECK(stream_take_sent(s, 20, &off, &len));
 	CHECK_EQ(off, 10);
@@ -908,11 +927,11 @@ static void test_take_sent(void)
 static void test_take_sent_last(void)
 {
 	struct fake_src f;
-	struct stream *s = started(&f, NULL);
+	struct stream *s = with_200(&f);
 	uint64_t off = 0, len = 0;
 	CHECK(!stream_take_sent_last(s, 16, &off, &len));
-	stream_note_sent(s, 100, 50);
-	stream_note_sent(s, 10, 25);
+	reply(s, 100, 50, false);
+	reply(s, 10, 25, false);
 	CHECK(!stream_take_sent_last(s, 0, &off, &len));
 	static const uint64_t want[][2] = {{144, 6}, {128, 16}, {112, 16}, {100, 12},
 	                                   {32, 3},  {16, 16},  {10, 6}};
@@ -925,17 +944,22 @@ static void test_take_sent_last(void)
 	finish(s, &f);
 }
 
-/* Bytes that reached the page cache another way leave the set; what is
- * around them stays. */
+/* Bytes a cached reply sent (the kernel keeps them in the page cache)
+ * leave the set; what is around them stays. A copy of bytes not present
+ * notes nothing. */
 static void test_unnote_sent(void)
 {
 	struct fake_src f;
-	struct stream *s = started(&f, NULL);
+	struct stream *s = with_200(&f);
 	uint64_t off = 0, len = 0;
-	stream_unnote_sent(s, 0, 10); /* nothing noted: nothing happens */
-	stream_note_sent(s, 0, 100);
-	stream_unnote_sent(s, 20, 10);
-	stream_unnote_sent(s, 90, 50); /* past the end of the set */
+	char buf[16];
+	reply(s, 0, 10, true); /* nothing noted: nothing happens */
+	CHECK(!stream_take_sent(s, UINT64_MAX, &off, &len));
+	CHECK_EQ(stream_copy_reply(s, buf, 16, 195, false), -ERANGE);
+	CHECK(!stream_take_sent(s, UINT64_MAX, &off, &len));
+	reply(s, 0, 100, false);
+	reply(s, 20, 10, true);
+	reply(s, 90, 50, true); /* past the end of the set */
 	CHECK(stream_take_sent(s, UINT64_MAX, &off, &len));
 	CHECK_EQ(off, 0);
 	CHECK_EQ(len, 20);
