@@ -8,13 +8,16 @@
 # bytes, then, REPS times each (default 3), interleaved:
 #   - sequential read: `curl -s -o /dev/null URL`  vs  `cat MNT/f > /dev/null`
 #     on a fresh streamfs mount (foreground -f), MiB/s each and the ratio;
+#   - download to a file: `curl -s -o FILE URL`, FILE in BENCH_DL_DIR
+#     (default /var/tmp, where streamfs keeps its store by default): what
+#     people do without streamfs, next to the same sequential read;
 #   - second read: `cat MNT/f` again on the same mount, at once (the
 #     stream is complete) vs `cat FILE` of the local file, page-cached;
 #   - first 4 KiB: `curl -s -r 0-4095 -o /dev/null URL`  vs
 #     `head -c 4096 MNT/f` on a fresh mount (mount time not counted).
 # Prints the median of each. Environment: STREAMFS (binary, default
 # build/streamfs), STREAMFS_OPTS (extra options, e.g. --cache-dir=memory),
-# REPS, BENCH_TMP (parent of the tmp dir, default /tmp).
+# REPS, BENCH_TMP (parent of the tmp dir, default /tmp), BENCH_DL_DIR.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -31,6 +34,7 @@ done
 command -v curl >/dev/null || { echo "bench_url: curl not found" >&2; exit 2; }
 
 TMP=$(mktemp -d "${BENCH_TMP:-/tmp}/bench_url.XXXXXX")
+DL=${BENCH_DL_DIR:-/var/tmp}/bench_url.download.$$
 MNT=$TMP/mnt
 NGINX_PID=
 SFS_PID=
@@ -56,7 +60,7 @@ cleanup() {
 	set +e
 	stop_streamfs
 	nginx_stop
-	rm -rf "$TMP"
+	rm -rf "$TMP" "$DL"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -90,13 +94,17 @@ start_streamfs() {
 }
 
 : >"$TMP/seq_curl"; : >"$TMP/seq_sfs"; : >"$TMP/ttfb_curl"; : >"$TMP/ttfb_sfs"
-: >"$TMP/re_local"; : >"$TMP/re_sfs"
+: >"$TMP/re_local"; : >"$TMP/re_sfs"; : >"$TMP/seq_dl"
 mibps() { awk -v b="$BYTES" -v a="$1" -v z="$2" 'BEGIN {printf "%.1f\n", b/1048576/(z-a)}'; }
 for r in $(seq "$REPS"); do
 	echo "bench_url: round $r/$REPS" >&2
 	# sequential, curl
 	t0=$(now); curl -s -o /dev/null "$URL"; t1=$(now)
 	awk -v b="$BYTES" -v a="$t0" -v z="$t1" 'BEGIN {printf "%.1f\n", b/1048576/(z-a)}' >>"$TMP/seq_curl"
+	# download to a file
+	t0=$(now); curl -s -o "$DL" "$URL"; t1=$(now)
+	rm -f "$DL"
+	mibps "$t0" "$t1" >>"$TMP/seq_dl"
 	# sequential, streamfs (fresh mount: the bytes come over HTTP)
 	start_streamfs
 	t0=$(now); cat "$MNT/f" >/dev/null; t1=$(now)
@@ -124,11 +132,14 @@ done
 SC=$(median <"$TMP/seq_curl"); SS=$(median <"$TMP/seq_sfs")
 TC=$(median <"$TMP/ttfb_curl"); TS=$(median <"$TMP/ttfb_sfs")
 RL=$(median <"$TMP/re_local"); RS=$(median <"$TMP/re_sfs")
+SD=$(median <"$TMP/seq_dl")
 echo
 echo "URL source vs curl: ${SIZE_MIB} MiB from nginx on 127.0.0.1, median of $REPS"
 printf '%-28s %12s %12s %14s\n' "measure" "streamfs" "baseline" "ratio"
 printf '%-28s %12s %12s %14s\n' "sequential read (MiB/s)" "$SS" "$SC" "$(awk -v a="$SS" -v b="$SC" 'BEGIN {printf "%.2f", a/b}')"
+printf '%-28s %12s %12s %14s\n' "vs download to a file" "$SS" "$SD" "$(awk -v a="$SS" -v b="$SD" 'BEGIN {printf "%.2f", a/b}')"
 printf '%-28s %12s %12s %14s\n' "second read (MiB/s)" "$RS" "$RL" "$(awk -v a="$RS" -v b="$RL" 'BEGIN {printf "%.2f", a/b}')"
 printf '%-28s %12s %12s %14s\n' "first 4 KiB, fresh (ms)" "$TS" "$TC" "$(awk -v a="$TS" -v b="$TC" 'BEGIN {printf "%.2f", a/b}')"
-echo "(baselines: sequential, curl -s -o /dev/null vs cat MNT/f >/dev/null; second read, cat of the"
+echo "(baselines: sequential, curl -s -o /dev/null vs cat MNT/f >/dev/null; download to a file,"
+echo " curl -s -o FILE in ${BENCH_DL_DIR:-/var/tmp} vs the same cat MNT/f; second read, cat of the"
 echo " local page-cached file vs cat MNT/f again at once; first 4 KiB, curl -r 0-4095 vs head -c 4096)"

@@ -9,6 +9,8 @@ port, through bench/nginx.sh) and measures, for every system, the same
 things in the same run:
 
   systems  the local file and curl (the limits: no file system in the way),
+           "curl -o file" (download to a file, then run the tool on it:
+           what people do without streamfs),
            streamfs with its disk store and with --cache-dir=memory,
            httpdirfs --single-file-mode without and with --cache,
            rclone mount :http: with --vfs-cache-mode off and full, httpfs2.
@@ -435,6 +437,7 @@ class Suite:
         self.systems = [
             System("local", "local file"),
             System("curl", "curl", "curl"),
+            System("download", "curl -o file", "curl"),
             System("streamfs", "streamfs", sb),
             System("streamfs-mem", "streamfs memory", sb),
             System("httpdirfs", "httpdirfs", "httpdirfs"),
@@ -579,6 +582,9 @@ class Suite:
             self.record("rss", sysm, lambda: curl_usage(use, "rss"))
             self.record("cpu", sysm, lambda: curl_usage(use, "cpu"))
             return
+        if sysm.key == "download":
+            self.download_reads(tag, timeout)
+            return
         try:
             proc = self.mount(sysm, "f", tag, "big.bin")
         except Failure as e:
@@ -606,6 +612,57 @@ class Suite:
         finally:
             unmount(self.mnt, proc)
 
+    # ---- "curl -o file": what users do without streamfs
+
+    def download(self, url, timeout):
+        """curl URL into a scratch file beside the stores (the same file
+        system as streamfs's default cache directory); returns (its path,
+        seconds, curl's rusage). The caller removes the file."""
+        dest = self.tmp / "download.bin"
+        secs, rc, err, ru = run_rusage(["curl", "-sSf", "-o", str(dest), url], timeout)
+        if rc != 0:
+            dest.unlink(missing_ok=True)
+            raise Failure("error", "curl: %s" % what_failed(err))
+        return dest, secs, ru
+
+    def download_reads(self, tag, timeout):
+        """First read: the download to a file; second: that file, cached."""
+        url = self.args.server.url("f", tag, "big.bin")
+        sysm = next(s for s in self.systems if s.key == "download")
+        got = []
+
+        def first():
+            path, secs, ru = self.download(url, timeout)
+            got.append((path, ru))
+            if path.stat().st_size != self.size:
+                raise Failure("WRONG DATA", "downloaded %d bytes of %d"
+                              % (path.stat().st_size, self.size))
+            return self.size / MiB / secs
+
+        try:
+            if isinstance(self.record("read1", sysm, first), Failure):
+                self.put("read2", sysm, Failure("error", "no second read: the first failed"))
+            else:
+                self.record("read2", sysm, lambda: self.read_rate(got[0][0], timeout))
+            use = [ru for _, ru in got]
+            self.record("rss", sysm, lambda: curl_usage(use, "rss"))
+            self.record("cpu", sysm, lambda: curl_usage(use, "cpu"))
+        finally:
+            (self.tmp / "download.bin").unlink(missing_ok=True)
+
+    def download_then(self, sysm, row, url, tool, want, binary=False):
+        """Record the time to download url to a file and run tool on it."""
+        def run():
+            t0 = time.monotonic()
+            path, _, _ = self.download(url, 600)
+            try:
+                self.run_probe(tool(path), want, binary=binary)
+            finally:
+                path.unlink(missing_ok=True)
+            return (time.monotonic() - t0) * 1000
+
+        self.record(row, sysm, run)
+
     def small_read(self, sysm, rep, row, offset):
         """4 KiB at offset, on a fresh mount, checked against the file."""
         want = self.expected["big.bin@%d" % offset]
@@ -619,6 +676,10 @@ class Suite:
             url = self.args.server.url("f", tag, "big.bin")
             self.record(row, sysm, lambda: self.run_probe(
                 ["curl", "-sSf", "-r", "%d-%d" % (offset, offset + 4095), url], want, binary=True))
+            return
+        if sysm.key == "download":
+            self.download_then(sysm, row, self.args.server.url("f", tag, "big.bin"),
+                               lambda p: dd + ["if=%s" % p], want, binary=True)
             return
         self.on_mount(sysm, row, "f", tag, "big.bin",
                       lambda p: self.run_probe(dd + ["if=%s" % p], want, binary=True))
@@ -665,6 +726,9 @@ class Suite:
                 cmd = "curl -s '%s' | %s" % (url, " ".join(tool("-")))
                 self.record(row, sysm, lambda: self.run_probe(cmd, want, shell=True))
             return
+        if sysm.key == "download":
+            self.download_then(sysm, row, self.args.server.url(mode, tag, name), tool, want)
+            return
         self.on_mount(sysm, row, mode, tag, name, lambda p: self.run_probe(tool(p), want))
 
     def correct(self, sysm, rep, row, mode):
@@ -686,6 +750,11 @@ class Suite:
             url = self.args.server.url(mode, tag, "c.bin")
             self.record(row, sysm, lambda: check(
                 ["bash", "-c", "set -o pipefail; curl -sSf \"$1\" | sha256sum", "curl", url]))
+        elif sysm.key == "download":
+            url = self.args.server.url(mode, tag, "c.bin")
+            self.record(row, sysm, lambda: check(
+                ["bash", "-c", 'set -o pipefail; curl -sSf -o "$2" "$1" && sha256sum "$2"; '
+                 'r=$?; rm -f "$2"; exit $r', "curl", url, str(self.tmp / "download.bin")]))
         else:
             self.on_mount(sysm, row, mode, tag, "c.bin", lambda p: check(["sha256sum", str(p)]))
 
@@ -940,21 +1009,25 @@ def commit():
 
 LEGEND = """\
 Columns: the local file (read straight from the disk and page cache) and
-curl (the same URL, no file system) are the limits; streamfs with its
-default disk store and with --cache-dir=memory; httpdirfs
---single-file-mode without and with --cache; rclone mount :http: with
---vfs-cache-mode off and full; httpfs2. Each mount serves one file from
-nginx 1.22 on 127.0.0.1; reads are `dd bs=128K` (cat's buffer size), the
-first read of the local file after dropping the page cache (root only),
-every other served file kept in the page cache. curl's column runs
-ffprobe on the URL itself (its own HTTP client, with Range), `tar tf`
-and `file -b` on curl's output through a pipe; its RSS and CPU are
-curl's own over the two downloads. "server sent" is nginx's $bytes_sent
-for the system's requests, counted until the unmount (a background fill
-counts up to then). The memory store lives in a memfd, outside the
-daemon's RSS. Correctness: sha256sum of a 16 MiB file through the system
-against the original's: from nginx with `max_ranges 0` (no Range, no
-Accept-Ranges) and from stock nginx."""
+curl (the same URL, no file system) are the limits; "curl -o file" is
+what people do without streamfs: download to a file (in the scratch
+directory, on the file system of streamfs's default store), then run the
+tool on it; its first read is the download, its second a read of that
+file, and every other row counts the whole download; streamfs with its
+default disk store and with --cache-dir=memory; httpdirfs --single-file-
+mode without and with --cache; rclone mount :http: with --vfs-cache-mode
+off and full; httpfs2. Each mount serves one file from nginx 1.22 on
+127.0.0.1; reads are `dd bs=128K` (cat's buffer size), the first read of
+the local file after dropping the page cache (root only), every other
+served file kept in the page cache. curl's column runs ffprobe on the
+URL itself (its own HTTP client, with Range), `tar tf` and `file -b` on
+curl's output through a pipe; its RSS and CPU are curl's own over the
+two downloads (over the one download for "curl -o file"). "server sent"
+is nginx's $bytes_sent for the system's requests, counted until the
+unmount (a background fill counts up to then). The memory store lives in
+a memfd, outside the daemon's RSS. Correctness: sha256sum of a 16 MiB
+file through the system against the original's: from nginx with
+`max_ranges 0` (no Range, no Accept-Ranges) and from stock nginx."""
 
 
 def main():
@@ -975,8 +1048,8 @@ def main():
     ap.add_argument("--results", default=str(HERE / "RESULTS.md"),
                     help="the file --write writes (default bench/RESULTS.md)")
     ap.add_argument("--note", default="", help="a line to put in RESULTS.md")
-    ap.add_argument("--systems", help="comma-separated subset of: local, curl, streamfs, "
-                    "streamfs-mem, httpdirfs, httpdirfs-cache, rclone-off, rclone-full, httpfs2")
+    ap.add_argument("--systems", help="comma-separated subset of: local, curl, download, "
+                    "streamfs, streamfs-mem, httpdirfs, httpdirfs-cache, rclone-off, rclone-full, httpfs2")
     ap.add_argument("--no-install", action="store_true", help="install no packages")
     ap.add_argument("--data", help="keep the generated data in DATA and reuse it next time")
     ap.add_argument("--tmp", default=os.environ.get("BENCH_TMP", "/var/tmp"),
@@ -993,7 +1066,7 @@ def main():
         ap.error("--reps must be at least 1")
     if args.size_mib < 1 or args.mp4_mib < 4:
         ap.error("--size-mib must be at least 1 and --mp4-mib at least 4")
-    keys = ("local curl streamfs streamfs-mem httpdirfs httpdirfs-cache rclone-off "
+    keys = ("local curl download streamfs streamfs-mem httpdirfs httpdirfs-cache rclone-off "
             "rclone-full httpfs2").split()
     if args.systems:
         bad = [k for k in args.systems.split(",") if k not in keys]

@@ -99,3 +99,22 @@ def test_suite_mount_failure_is_a_cell(tmp_path, data):
     assert "at commit" in md and "kernel %s" % os.uname().release in md
     # every mount of the run is gone
     assert not any(str(tmp_path) in ln for ln in Path("/proc/self/mountinfo").read_text().splitlines())
+
+
+def test_suite_download_column(tmp_path, data):
+    # "curl -o file": each measure downloads the whole file, then reads it
+    out = run_suite(tmp_path, data, "--reps", "1", "--systems", "local,download")
+    t = table(out)
+    assert list(next(iter(t.values()))) == ["local file", "curl -o file"]
+    for label, cells in t.items():
+        cell = cells["curl -o file"]
+        if label.endswith("sha256"):
+            assert cell == "ok", (label, cell)
+        else:
+            assert re.fullmatch(FIGURE, cell), (label, cell)
+    # the two reads are one download and a read of the file it made
+    assert 8.0 <= float(t["server sent for the two reads, MiB"]["curl -o file"]) < 8.1
+    # the two 4 KiB reads download the 8 MiB file each, and every probe its file
+    assert float(t["server sent for the 4 KiB reads and the probes, MiB"]["curl -o file"]) > 16
+    # nothing downloaded is left behind
+    assert not list(tmp_path.rglob("download.bin"))
