@@ -220,9 +220,10 @@ def test_partial_reads_and_a_late_open(srv, www, mount):
 
 
 def test_read_ahead_raised(mount):
-    """Page-cache reads reach the daemon in requests of the mount's
-    read-ahead: streamfs raises it from the kernel's 128 KiB to 1 MiB once
-    INIT is done (root only: the bdi's sysfs file)."""
+    """Page-cache reads reach the daemon as the mount's read-ahead asks:
+    streamfs raises it from the kernel's 128 KiB to 4 MiB (four 1 MiB
+    requests in flight) once INIT is done (root only: the bdi's sysfs
+    file)."""
     if os.geteuid() != 0:
         pytest.skip("only root can write /sys/class/bdi/*/read_ahead_kb")
     m = mount("a=cmd:echo hi")
@@ -230,4 +231,4 @@ def test_read_ahead_raised(mount):
     dev = os.stat(m.path).st_dev
     path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
     with open(path) as f:
-        assert f.read().strip() == "1024"
+        assert f.read().strip() == "4096"
