@@ -42,6 +42,16 @@ from helpers import (DEADLINE, Fifo, MountFactory, REPO, Rescue, clean_up_leftov
 
 
 def pytest_configure(config):
+    # A shell starts a background job (`tools/test &` without job control)
+    # with SIGINT and SIGQUIT ignored, and a child inherits that: the
+    # readers and daemons the tests send SIGINT would then ignore it, and
+    # libfuse keeps an ignored SIGINT ignored. A handler, unlike SIG_IGN,
+    # is not inherited across exec: with one, every child starts at the
+    # default.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, lambda signum, frame: None)
     if not config.pluginmanager.hasplugin("timeout"):
         pytest.exit("the integration tests need pytest-timeout "
                     "(apt-get install python3-pytest-timeout)", returncode=4)
