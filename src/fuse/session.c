@@ -17,6 +17,7 @@
  * are, because the loop has returned.
  */
 #include "fs_int.h"
+#include "streamfs/cache.h"
 
 #include "log.h"
 #include "xpthread.h"
@@ -171,8 +172,15 @@ static void unescape_octal(char *s)
  * a request to this daemon, whose loop is not running yet), and written
  * once INIT is done (session_after_init()): INIT's reply would set it
  * back.
+ *
+ * Under a --cache-size budget it stays at 1 MiB: page-cache reads of
+ * evicted blocks park and each needs a block of the budget, and a small
+ * budget stalls with several in flight (--cache-size=2M, a complete
+ * 64 MiB stream read again with dd: stuck at 36 MiB with 4 MiB, fine with
+ * 1 MiB; with 1 MiB the same stall needs four such readers at once).
  */
 #define READ_AHEAD_KB "4096"
+#define READ_AHEAD_KB_BUDGET "1024"
 
 static void find_readahead(struct fs *fs, const char *where)
 {
@@ -202,9 +210,15 @@ void session_after_init(struct fs *fs)
 {
 	if (!fs->readahead[0] || atomic_exchange(&fs->readahead_done, true))
 		return;
+	const char *kb = READ_AHEAD_KB;
+	if (fs->cache) {
+		struct cache_stats st;
+		cache_get_stats(fs->cache, &st);
+		if (st.limit)
+			kb = READ_AHEAD_KB_BUDGET;
+	}
 	int fd = open(fs->readahead, O_WRONLY | O_CLOEXEC);
-	if (fd < 0 ||
-	    write(fd, READ_AHEAD_KB, strlen(READ_AHEAD_KB)) != (ssize_t)strlen(READ_AHEAD_KB))
+	if (fd < 0 || write(fd, kb, strlen(kb)) != (ssize_t)strlen(kb))
 		log_debug("read-ahead stays the kernel's: %s: %s", fs->readahead, strerror(errno));
 	if (fd >= 0)
 		close(fd);

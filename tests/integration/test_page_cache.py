@@ -232,3 +232,17 @@ def test_read_ahead_raised(mount):
     path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
     with open(path) as f:
         assert f.read().strip() == "4096"
+
+
+def test_read_ahead_under_a_budget(mount):
+    """Under --cache-size it stays at 1 MiB: each page-cache read of an
+    evicted block needs a block of the budget, and four in flight per
+    reader stalled a small one."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can write /sys/class/bdi/*/read_ahead_kb")
+    m = mount("a=cmd:echo hi", opts=["--cache-size=64M"])
+    os.listdir(m.path)  # a request after INIT
+    dev = os.stat(m.path).st_dev
+    path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+    with open(path) as f:
+        assert f.read().strip() == "1024"
