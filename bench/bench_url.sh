@@ -100,7 +100,7 @@ for r in $(seq "$REPS"); do
 	echo "bench_url: round $r/$REPS" >&2
 	# sequential, curl
 	t0=$(now); curl -s -o /dev/null "$URL"; t1=$(now)
-	awk -v b="$BYTES" -v a="$t0" -v z="$t1" 'BEGIN {printf "%.1f\n", b/1048576/(z-a)}' >>"$TMP/seq_curl"
+	mibps "$t0" "$t1" >>"$TMP/seq_curl"
 	# download to a file
 	t0=$(now); curl -s -o "$DL" "$URL"; t1=$(now)
 	rm -f "$DL"

@@ -583,7 +583,7 @@ class Suite:
             self.record("cpu", sysm, lambda: curl_usage(use, "cpu"))
             return
         if sysm.key == "download":
-            self.download_reads(tag, timeout)
+            self.download_reads(sysm, tag, timeout)
             return
         try:
             proc = self.mount(sysm, "f", tag, "big.bin")
@@ -625,10 +625,9 @@ class Suite:
             raise Failure("error", "curl: %s" % what_failed(err))
         return dest, secs, ru
 
-    def download_reads(self, tag, timeout):
+    def download_reads(self, sysm, tag, timeout):
         """First read: the download to a file; second: that file, cached."""
         url = self.args.server.url("f", tag, "big.bin")
-        sysm = next(s for s in self.systems if s.key == "download")
         got = []
 
         def first():
@@ -752,9 +751,15 @@ class Suite:
                 ["bash", "-c", "set -o pipefail; curl -sSf \"$1\" | sha256sum", "curl", url]))
         elif sysm.key == "download":
             url = self.args.server.url(mode, tag, "c.bin")
-            self.record(row, sysm, lambda: check(
-                ["bash", "-c", 'set -o pipefail; curl -sSf -o "$2" "$1" && sha256sum "$2"; '
-                 'r=$?; rm -f "$2"; exit $r', "curl", url, str(self.tmp / "download.bin")]))
+
+            def download_check():
+                path, _, _ = self.download(url, 120)
+                try:
+                    return check(["sha256sum", str(path)])
+                finally:
+                    path.unlink(missing_ok=True)
+
+            self.record(row, sysm, download_check)
         else:
             self.on_mount(sysm, row, mode, tag, "c.bin", lambda p: check(["sha256sum", str(p)]))
 

@@ -210,13 +210,11 @@ void session_after_init(struct fs *fs)
 {
 	if (!fs->readahead[0] || atomic_exchange(&fs->readahead_done, true))
 		return;
-	const char *kb = READ_AHEAD_KB;
-	if (fs->cache) {
-		struct cache_stats st;
-		cache_get_stats(fs->cache, &st);
-		if (st.limit)
-			kb = READ_AHEAD_KB_BUDGET;
-	}
+	/* A budget bounds the window (cache_window_max()); none leaves it
+	 * unbounded. Not cache_get_stats(): that asks the file system for
+	 * its free space under the budget's lock. */
+	bool budget = fs->cache && cache_window_max(fs->cache) != UINT64_MAX;
+	const char *kb = budget ? READ_AHEAD_KB_BUDGET : READ_AHEAD_KB;
 	int fd = open(fs->readahead, O_WRONLY | O_CLOEXEC);
 	if (fd < 0 || write(fd, kb, strlen(kb)) != (ssize_t)strlen(kb))
 		log_debug("read-ahead stays the kernel's: %s: %s", fs->readahead, strerror(errno));
