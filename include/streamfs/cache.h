@@ -87,7 +87,7 @@ struct cache_client {
 
 /*
  * A budget for the store in @dir (NULL: the memory store). @limit bytes
- * (0: no limit; otherwise at least one block), and keep @min_free bytes
+ * (0: no limit; the command line asks for two blocks at least), and keep @min_free bytes
  * free, or, if @min_free_pct >= 0, that percentage of the file system (of
  * RAM for the memory store). Returns NULL with errno set.
  */

@@ -177,11 +177,16 @@ int stream_write(struct stream *s, uint64_t off, const void *buf, size_t len);
  * stream_write() with @flags: STREAM_AHEAD for a speculative fill (a
  * download ahead of every reader): it may only evict bytes readers have
  * used, unless a parked reader waits for these bytes. Either may return
- * -ENOBUFS: no room, nothing was written, the stream is paused until the
- * source's resume() (stream_fill_fd too).
+ * -ENOBUFS: no room for all of it, the stream is paused until the
+ * source's resume() (stream_fill_fd too). A prefix that had room may have
+ * been stored: stream_write_flags() says how many bytes in @stored (may be
+ * NULL; @len on success), and the caller offers only the rest again.
+ * (stream_write()'s caller offers the whole write again: the bytes
+ * present by then are skipped.)
  */
 #define STREAM_AHEAD 1u
-int stream_write_flags(struct stream *s, uint64_t off, const void *buf, size_t len, unsigned flags);
+int stream_write_flags(struct stream *s, uint64_t off, const void *buf, size_t len, unsigned flags,
+                       size_t *stored);
 
 /*
  * Move up to @max bytes from the descriptor @fd (a pipe, FIFO, tty or
@@ -345,8 +350,10 @@ ssize_t stream_read(struct stream *s, void *buf, size_t len, uint64_t off, bool 
 void stream_want(struct stream *s, uint64_t off, uint64_t len);
 
 /* Only ranges starting at least @bytes past the frontier are worth a
- * fetch() (the sequential fill brings nearer ones sooner). Default 0. */
-void stream_set_fetch_distance(struct stream *s, uint64_t bytes);
+ * fetch() (the sequential fill brings nearer ones sooner). Default 0;
+ * UINT64_MAX: never. Under a budget at most its window
+ * (cache_window_max()). Returns the distance in effect. */
+uint64_t stream_set_fetch_distance(struct stream *s, uint64_t bytes);
 
 /* The source will not fetch [off, off+len) after all: forget that it was
  * asked for, so a later stream_want() may ask again. */
@@ -355,6 +362,12 @@ void stream_unwant(struct stream *s, uint64_t off, uint64_t len);
 /* The end of the run of present bytes starting at @off (@off if the byte
  * at @off is missing). */
 uint64_t stream_run_end(struct stream *s, uint64_t off);
+
+/* Does a reader whose room in the budget is reserved wait for a byte in
+ * [off, end)? A transfer that has no room for its next bytes goes on past
+ * them (dropping them) rather than pause in front of such a reader: its
+ * room is all the budget may have. */
+bool stream_held_reader_in(struct stream *s, uint64_t off, uint64_t end);
 
 /* Bytes filled in order from 0 (never decreases). */
 uint64_t stream_frontier(struct stream *s);

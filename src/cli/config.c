@@ -165,7 +165,10 @@ static int set_string(char **dst, const char *s)
 	return 0;
 }
 
-/* --cache-size=BYTES: at least one block (smaller could hold nothing). */
+/* --cache-size=BYTES: at least two blocks. One read (up to 1 MiB) can
+ * span two, and a reader is answered only once all its bytes are in the
+ * store at the same time: under a one-block budget such a read could
+ * never be answered. */
 static int parse_cache_size(struct config *cfg, const char *v, char *err, size_t errlen)
 {
 	char q[ESC_LEN];
@@ -180,9 +183,10 @@ static int parse_cache_size(struct config *cfg, const char *v, char *err, size_t
 		    err, errlen,
 		    "bad --cache-size value '%s': expected a byte count (e.g. 256M, 10GiB)",
 		    cfg_esc(q, sizeof(q), v));
-	if (bytes < CONFIG_CACHE_BLOCK)
+	if (bytes < 2 * (uint64_t)CONFIG_CACHE_BLOCK)
 		return cfg_fail(err, errlen,
-		                "bad --cache-size value '%s': at least 1M (one block of the store)",
+		                "bad --cache-size value '%s': at least 2M (one read can span two "
+		                "blocks of the store)",
 		                cfg_esc(q, sizeof(q), v));
 	cfg->cache_size = bytes;
 	return 0;

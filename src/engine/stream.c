@@ -296,12 +296,17 @@ ssize_t stream_wait(struct stream *s, struct stream_waiter *w)
 	uint64_t room = room_needed(s, w);
 	unsigned seen = s->resumes;
 	pthread_mutex_unlock(&s->lock);
-	if (room > off) {
-		int64_t got = hold_range(s, off, room, 0);
-		w->held = got >= (int64_t)room;
-	}
+	/* Pinned until it is on the list (or answered): a held reader pins
+	 * its blocks only from there, and what it reserved must still be
+	 * there then (see admit() in stream_cache.c). */
+	struct pin pin = {.a = off, .b = room};
+	bool got = room > off && hold_for_reader(s, &pin);
 	bool admit = false;
 	pthread_mutex_lock(&s->lock);
+	if (room > off) {
+		pin_del(s, &pin);
+		w->held = got && range_held(s, off, room);
+	}
 	if (w->wstate == W_CANCELLED) {
 		pthread_mutex_unlock(&s->lock);
 		return -EINTR;

@@ -242,6 +242,7 @@ static size_t cc_candidates(struct cache_client *c, struct cache_cand *out, size
 }
 
 static bool blk_wanted_by_reader(struct stream *s, uint64_t b);
+static bool fill_awaited(struct stream *s, uint64_t b);
 
 static bool cc_evict(struct cache_client *c, uint64_t b, uint64_t tick, bool *reask)
 {
@@ -318,6 +319,26 @@ static bool blk_wanted_by_reader(struct stream *s, uint64_t b)
 		uint64_t lo = w->kind == STREAM_WAIT_SIZE ? 0 : w->need;
 		uint64_t hi = w->kind == STREAM_WAIT_SIZE ? 1 : w->off + w->len;
 		if (lo < e && hi > a)
+			return true;
+	}
+	return false;
+}
+
+/*
+ * Does a parked reader wait for the fill to come through block @b: its
+ * first missing byte lies past the block, nearer than the fetch distance
+ * (so no fetch of its own brings it)? Then the fill's bytes up to it are
+ * not speculative either: held to "evict only what was read", the fill
+ * could stall for good in front of that reader under a small budget.
+ * Under the lock.
+ */
+static bool fill_awaited(struct stream *s, uint64_t b)
+{
+	uint64_t a = b * BLK;
+	for (struct stream_waiter *w = s->waiters.next; w != &s->waiters; w = w->next) {
+		if (w->kind == STREAM_WAIT_END || w->kind == STREAM_WAIT_SIZE)
+			continue;
+		if (w->need >= a && w->need - a < s->fetch_distance)
 			return true;
 	}
 	return false;
@@ -405,7 +426,7 @@ int64_t hold_range(struct stream *s, uint64_t off, uint64_t end, unsigned flags)
 		pthread_mutex_lock(&s->lock);
 		bool held = blk_held(s, b);
 		unsigned f = flags;
-		if ((f & CACHE_AHEAD) && blk_wanted_by_reader(s, b))
+		if ((f & CACHE_AHEAD) && (blk_wanted_by_reader(s, b) || fill_awaited(s, b)))
 			f &= ~CACHE_AHEAD; /* a reader waits for it: not speculative */
 		pthread_mutex_unlock(&s->lock);
 		if (held)
@@ -415,6 +436,26 @@ int64_t hold_range(struct stream *s, uint64_t off, uint64_t end, unsigned flags)
 			return b * BLK > off ? (int64_t)(b * BLK) : r;
 	}
 	return (int64_t)end;
+}
+
+bool hold_for_reader(struct stream *s, struct pin *p)
+{
+	if (!s->cache || p->b <= p->a)
+		return true;
+	pthread_mutex_lock(&s->lock);
+	pin_add(s, p);
+	pthread_mutex_unlock(&s->lock);
+	return hold_range(s, p->a, p->b, 0) >= (int64_t)p->b;
+}
+
+bool range_held(struct stream *s, uint64_t a, uint64_t b)
+{
+	if (!s->cache || b <= a)
+		return true;
+	for (uint64_t i = a / BLK; i <= (b - 1) / BLK; i++)
+		if (!blk_held(s, i))
+			return false;
+	return true;
 }
 
 /* The stream ended: blocks reserved past its last byte (a fill reserves
@@ -490,26 +531,43 @@ static void admit(struct stream *s, bool lost_only)
 	int n = 0;
 	pthread_mutex_lock(&s->lock);
 	bool complete = s->state == STREAM_COMPLETE;
-	for (struct stream_waiter *w = s->waiters.next; w != &s->waiters && n < 16; w = w->next) {
-		if (lost_only && !complete && w->need >= s->frontier && s->fetch_distance)
-			continue; /* not lost: on its way, or the source's to fail */
-		/* Not only those that got no room when they parked: a block
-		 * reserved before its reader was on the list (so not pinned
-		 * yet) may have been evicted since, and its fetch given up. */
-		uint64_t end = room_needed(s, w);
-		if (end > w->off)
-			todo[n++] = (struct range){w->off, end};
+	/* Readers that hold their room first: they need no more of it, only
+	 * their bytes asked for again, and a reader without room must not
+	 * keep them waiting (the budget may be theirs alone). */
+	for (int held = 1; held >= 0; held--) {
+		for (struct stream_waiter *w = s->waiters.next; w != &s->waiters && n < 16;
+		     w = w->next) {
+			if (w->held != held)
+				continue;
+			if (lost_only && !complete && w->need >= s->frontier && s->fetch_distance &&
+			    s->paused == CACHE_RUN)
+				continue; /* not lost: on its way, or the source's to fail */
+			/* Not only those that got no room when they parked: a
+			 * block reserved before its reader was on the list (so
+			 * not pinned yet) may have been evicted since, and its
+			 * fetch given up. */
+			uint64_t end = room_needed(s, w);
+			if (end > w->off)
+				todo[n++] = (struct range){w->off, end};
+		}
 	}
 	pthread_mutex_unlock(&s->lock);
 	for (int i = 0; i < n; i++) {
-		int64_t got = hold_range(s, todo[i].start, todo[i].end, 0);
-		if (got < (int64_t)todo[i].end)
-			break; /* no room: paused again */
+		/* Pinned while it reserves: with a budget of a few blocks the
+		 * reservation of a reader's second block would otherwise evict
+		 * its first, and a reader marked held without its blocks pins
+		 * the rest for good (two such readers stalled a 2 MiB budget). */
+		struct pin pin = {.a = todo[i].start, .b = todo[i].end};
+		bool ok = hold_for_reader(s, &pin);
 		pthread_mutex_lock(&s->lock);
-		for (struct stream_waiter *w = s->waiters.next; w != &s->waiters; w = w->next)
+		pin_del(s, &pin);
+		ok = ok && range_held(s, todo[i].start, todo[i].end);
+		for (struct stream_waiter *w = s->waiters.next; ok && w != &s->waiters; w = w->next)
 			if (w->off == todo[i].start && room_needed(s, w) == todo[i].end)
 				w->held = true;
 		pthread_mutex_unlock(&s->lock);
+		if (!ok)
+			break; /* no room: paused again */
 		stream_want(s, todo[i].start, todo[i].end - todo[i].start);
 	}
 }
@@ -522,9 +580,11 @@ void admit_waiters(struct stream *s)
 /*
  * admit_waiters() for the readers whose missing bytes were lost: below
  * the frontier (evicted), anywhere once the stream is complete, and
- * anywhere with fill=ondemand (fetch distance 0: no fill brings them). Past
- * the frontier of a running stream a reader's bytes are on their way (the
- * fill or its range fetch) or the source fails, and its range fetch keeps
+ * anywhere with fill=ondemand (fetch distance 0: no fill brings them), and
+ * anywhere while the budget pauses the stream (the fill may never reach
+ * them: they need a fetch of their own). Otherwise, past the frontier of a
+ * running stream a reader's bytes are on their way (the fill or its range
+ * fetch) or the source fails, and its range fetch keeps
  * the retry limit it had; the evictions that take such bytes ask again
  * themselves (reask).
  */

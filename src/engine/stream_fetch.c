@@ -57,9 +57,11 @@ int want_locked(struct stream *s, uint64_t off, uint64_t len, struct range ask[8
 			b = np;
 		if (nw < b)
 			b = nw;
-		/* Near the frontier the sequential fill is faster than a fetch;
-		 * below it, a missing byte was evicted: only a fetch brings it. */
-		bool far = a < s->frontier || a - s->frontier >= s->fetch_distance;
+		/* Near the frontier the sequential fill is faster than a fetch,
+		 * unless the budget has paused it; below the frontier, a
+		 * missing byte was evicted: only a fetch brings it. */
+		bool far = a < s->frontier || a - s->frontier >= s->fetch_distance ||
+		           s->paused != CACHE_RUN;
 		if (far && rangeset_add(&s->wanted, a, b) == 0) {
 			ask[nask].start = a;
 			ask[nask].end = b;
@@ -85,11 +87,18 @@ void stream_want(struct stream *s, uint64_t off, uint64_t len)
 	fetch_asked(s, ask, nask);
 }
 
-void stream_set_fetch_distance(struct stream *s, uint64_t bytes)
+uint64_t stream_set_fetch_distance(struct stream *s, uint64_t bytes)
 {
+	/* Under a budget the fill cannot get further ahead than a window of
+	 * it: a reader past that waiting for the fill could wait for good
+	 * (the fill pauses when it has no room, and half a second of a fast
+	 * download is far more than a small budget). */
+	if (bytes != UINT64_MAX && s->cache && bytes > cache_window_max(s->cache))
+		bytes = cache_window_max(s->cache);
 	pthread_mutex_lock(&s->lock);
 	s->fetch_distance = bytes;
 	pthread_mutex_unlock(&s->lock);
+	return bytes;
 }
 
 void stream_unwant(struct stream *s, uint64_t off, uint64_t len)
@@ -105,6 +114,16 @@ uint64_t stream_run_end(struct stream *s, uint64_t off)
 	uint64_t e = rangeset_run_end(&s->present, off);
 	pthread_mutex_unlock(&s->lock);
 	return e;
+}
+
+bool stream_held_reader_in(struct stream *s, uint64_t off, uint64_t end)
+{
+	bool found = false;
+	pthread_mutex_lock(&s->lock);
+	for (struct stream_waiter *w = s->waiters.next; !found && w != &s->waiters; w = w->next)
+		found = w->held && w->need >= off && w->need < end;
+	pthread_mutex_unlock(&s->lock);
+	return found;
 }
 
 uint64_t stream_frontier(struct stream *s)

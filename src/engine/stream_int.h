@@ -158,6 +158,14 @@ void unpin(struct stream *s, struct pin *p);
  * of the first block that could not be had if some could, or -ENOBUFS /
  * a store error if the first one could not. Takes the lock. */
 int64_t hold_range(struct stream *s, uint64_t off, uint64_t end, unsigned flags);
+/* A reader's reservation of [p->a, p->b): pinned first (pin_add), so
+ * that reserving one of its blocks cannot evict another it just got; the
+ * caller drops the pin under the lock where it marks the reader held,
+ * and only if range_held() still says so. Returns true if every block
+ * was had. Takes the lock. */
+bool hold_for_reader(struct stream *s, struct pin *p);
+/* Are all blocks of [a, b) held? Under the lock. */
+bool range_held(struct stream *s, uint64_t a, uint64_t b);
 /* Reserve the blocks of parked readers that have none yet (see stream_cache.c). */
 void admit_waiters(struct stream *s);
 void admit_lost(struct stream *s);

@@ -184,16 +184,18 @@ static bool out_of_space(int err)
 }
 
 /*
- * Reserve the blocks of [off, off+len) (all or nothing happens: -ENOBUFS
- * writes nothing), then store the parts of it that are not present yet and
+ * Reserve the blocks of [off, off+len) (-ENOBUFS: not all of them; the
+ * prefix that got room may have been stored), then store the parts of it
+ * that are not present yet and
  * mark the whole range present in one step: a byte a reader may have seen
  * is never rewritten (a reader may be copying it out at that moment), and
  * readers see the write all at once. Pinned meanwhile, so no eviction
  * punches a block between its reservation and the write.
  */
 static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t len, bool seq,
-                         unsigned flags)
+                         unsigned flags, size_t *stored)
 {
+	*stored = 0;
 	const char *p = buf;
 	uint64_t end = off + len, a = off;
 	struct pin pin = {.a = off, .b = end};
@@ -205,14 +207,29 @@ static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t
 	if (!ok)
 		return -ECANCELED;
 	int64_t held = hold_range(s, off, end, flags);
-	if (held < 0 || (uint64_t)held < end) {
+	if (held < 0) {
 		unpin(s, &pin);
-		if (held >= 0)
-			return -ENOBUFS;
 		if (held != -ENOBUFS)
 			store_failed(s, (int)-held);
 		return (int)held;
 	}
+	/* Room for a prefix only: store it anyway, say how much, and return
+	 * -ENOBUFS; the caller offers the rest later. A reader held on the
+	 * first block may wait for exactly these bytes, and the block past
+	 * them may be the one its pin keeps from the budget: all or nothing,
+	 * a 128 KiB piece across a block edge stalled a 1 MiB budget for
+	 * good. (Offering the whole piece again is not enough: by then its
+	 * first block may be evicted, and needing it again stalls the same
+	 * way.) */
+	bool partial = (uint64_t)held < end;
+	if (partial && seq) {
+		/* stream_append() takes all or nothing: its caller offers the
+		 * same bytes again at the position it then finds. */
+		unpin(s, &pin);
+		return -ENOBUFS;
+	}
+	end = (uint64_t)held;
+	len = (size_t)(end - off);
 	while (a < end) {
 		pthread_mutex_lock(&s->lock);
 		ok = accepts_writes(s);
@@ -253,17 +270,24 @@ static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t
 		}
 		a = b;
 	}
-	return mark_present(s, off, len, seq, &pin);
+	int r = mark_present(s, off, len, seq, &pin);
+	if (r == 0)
+		*stored = len;
+	return r == 0 && partial ? -ENOBUFS : r;
 }
 
 int stream_write(struct stream *s, uint64_t off, const void *buf, size_t len)
 {
-	return write_missing(s, off, buf, len, false, 0);
+	size_t stored;
+	return write_missing(s, off, buf, len, false, 0, &stored);
 }
 
-int stream_write_flags(struct stream *s, uint64_t off, const void *buf, size_t len, unsigned flags)
+int stream_write_flags(struct stream *s, uint64_t off, const void *buf, size_t len, unsigned flags,
+                       size_t *stored)
 {
-	return write_missing(s, off, buf, len, false, flags & STREAM_AHEAD ? CACHE_AHEAD : 0);
+	size_t n;
+	return write_missing(s, off, buf, len, false, flags & STREAM_AHEAD ? CACHE_AHEAD : 0,
+	                     stored ? stored : &n);
 }
 
 int stream_append(struct stream *s, const void *buf, size_t len)
@@ -271,7 +295,8 @@ int stream_append(struct stream *s, const void *buf, size_t len)
 	uint64_t pos;
 	if (!running(s, &pos))
 		return -ECANCELED;
-	return write_missing(s, pos, buf, len, true, 0);
+	size_t stored;
+	return write_missing(s, pos, buf, len, true, 0, &stored);
 }
 
 ssize_t stream_fill_fd(struct stream *s, int fd, size_t max)

@@ -17,7 +17,6 @@
  * are, because the loop has returned.
  */
 #include "fs_int.h"
-#include "streamfs/cache.h"
 
 #include "log.h"
 #include "xpthread.h"
@@ -173,14 +172,12 @@ static void unescape_octal(char *s)
  * once INIT is done (session_after_init()): INIT's reply would set it
  * back.
  *
- * Under a --cache-size budget it stays at 1 MiB: page-cache reads of
- * evicted blocks park and each needs a block of the budget, and a small
- * budget stalls with several in flight (--cache-size=2M, a complete
- * 64 MiB stream read again with dd: stuck at 36 MiB with 4 MiB, fine with
- * 1 MiB; with 1 MiB the same stall needs four such readers at once).
+ * The same under a --cache-size budget: page-cache reads of evicted blocks
+ * park, each needing room, and four in flight per reader once stalled a
+ * 2 MiB budget; the budget now guarantees progress however many readers
+ * want room (stream_cache.c, admit()).
  */
 #define READ_AHEAD_KB "4096"
-#define READ_AHEAD_KB_BUDGET "1024"
 
 static void find_readahead(struct fs *fs, const char *where)
 {
@@ -210,11 +207,7 @@ void session_after_init(struct fs *fs)
 {
 	if (!fs->readahead[0] || atomic_exchange(&fs->readahead_done, true))
 		return;
-	/* A budget bounds the window (cache_window_max()); none leaves it
-	 * unbounded. Not cache_get_stats(): that asks the file system for
-	 * its free space under the budget's lock. */
-	bool budget = fs->cache && cache_window_max(fs->cache) != UINT64_MAX;
-	const char *kb = budget ? READ_AHEAD_KB_BUDGET : READ_AHEAD_KB;
+	const char *kb = READ_AHEAD_KB;
 	int fd = open(fs->readahead, O_WRONLY | O_CLOEXEC);
 	if (fd < 0 || write(fd, kb, strlen(kb)) != (ssize_t)strlen(kb))
 		log_debug("read-ahead stays the kernel's: %s: %s", fs->readahead, strerror(errno));

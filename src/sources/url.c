@@ -52,7 +52,7 @@ void url_update_rate(struct url_src *u, bool force)
 	uint64_t near = rate * NEAR_TIME_MS / 1000;
 	u->near = near > NEAR_MIN ? near : NEAR_MIN;
 	if (!u->ondemand && u->is_http && !u->no_ranges)
-		stream_set_fetch_distance(u->s, u->near);
+		u->near = stream_set_fetch_distance(u->s, u->near); /* a budget bounds it */
 }
 
 void url_done(struct url_src *u)

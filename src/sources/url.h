@@ -59,8 +59,9 @@ struct xfer {
 	long code;
 	int failure; /* the stream fails: positive errno, and failmsg says why */
 	char failmsg[256];
-	uint64_t skip;          /* fill: body bytes to drop (a 200 answering a range request) */
-	bool retry_now;         /* fill: a retryable status... */
+	uint64_t skip;  /* body bytes to drop: a 200 answering the fill's range request, or bytes
+	                   stored before a pause that curl delivers again */
+	bool retry_now; /* fill: a retryable status... */
 	int64_t retry_after_ms; /* ...to try again after this long (-1: the backoff) */
 	bool norange;           /* range: the server sent the whole body instead */
 	bool past_end;          /* range: a 416, nothing at pos... */
@@ -215,10 +216,12 @@ void xfer_close(struct xfer *x);
  * from inside curl, the transfer's end does. */
 void xfer_fail(struct xfer *x, int err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/* Store @n body bytes at x->pos and move on. Returns 0 or the
- * stream_write() error (-ENOBUFS: no room, nothing stored: pause).
- * @flags: STREAM_AHEAD for the fill of an evictable stream. */
-int xfer_store(struct xfer *x, const char *data, size_t n, unsigned flags);
+/* Store @n body bytes at x->pos and move on by what was stored (in
+ * @stored). Returns 0 (all stored) or the stream_write() error: -ENOBUFS
+ * is no room for all of them (pause; a prefix may be stored, and only the
+ * rest is to be offered again). @flags: STREAM_AHEAD for the fill of an
+ * evictable stream. */
+int xfer_store(struct xfer *x, const char *data, size_t n, unsigned flags, size_t *stored);
 
 /* Keep the start of an error response's body (x->collect), up to
  * sizeof(x->errbody) bytes; the rest is dropped. */

@@ -24,6 +24,7 @@
 
 #include "log.h"
 #include "sources.h"
+#include "streamfs/cache.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -79,7 +80,7 @@ static bool range_check(struct xfer *x)
 static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 {
 	struct xfer *x = userp;
-	size_t n = size * nmemb;
+	size_t n = size * nmemb, total = n, k = 0;
 	if (x->u->cancelled)
 		return 0;
 	if (!x->got_headers && !range_check(x))
@@ -90,12 +91,40 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		xfer_collect(x, data, n);
 		return n;
 	}
-	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n;
-	int r = xfer_store(x, data, take, 0);
+	/* Bytes stored before a pause, delivered again by curl. */
+	if (x->skip) {
+		k = x->skip < n ? (size_t)x->skip : n;
+		data += k;
+		n -= k;
+	}
+	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n, stored = 0;
+	int r = 0;
+	while (stored < take) {
+		size_t k2 = 0;
+		r = xfer_store(x, data + stored, take - stored, 0, &k2);
+		stored += k2;
+		if (r != -ENOBUFS || !stream_held_reader_in(x->u->s, x->pos, x->end))
+			break;
+		/* No room for the bytes at x->pos, and a reader whose room is
+		 * reserved waits in what this transfer brings: pausing here
+		 * could wait for good (that reader's blocks may be all the
+		 * budget has). Drop them up to the next block, as if stored
+		 * and evicted at once (a read of them asks again), and go on:
+		 * the reader's own blocks take its bytes. */
+		uint64_t edge = (x->pos / CACHE_BLOCK + 1) * CACHE_BLOCK;
+		size_t d = edge - x->pos < take - stored ? (size_t)(edge - x->pos) : take - stored;
+		stream_unwant(x->u->s, x->pos, d);
+		x->pos += d;
+		stored += d;
+		r = 0;
+	}
 	if (r == -ENOBUFS) {
 		/* A paused transfer leaves its slot to the next request: that
 		 * one may be for a reader whose room is already reserved, and
-		 * its bytes are what frees room for this one. */
+		 * its bytes are what frees room for this one. curl delivers
+		 * these bytes again once resumed: what was stored of them is
+		 * skipped then. */
+		x->skip += stored;
 		x->paused = true;
 		x->u->npaused++;
 		url_fetch_kick(x->u);
@@ -109,7 +138,8 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 			x->u->stopped = true;
 		return 0;
 	}
-	return n;
+	x->skip -= k;
+	return total;
 }
 
 static void start_range(struct url_src *u, const struct fetch_req *q)
@@ -503,10 +533,12 @@ void url_range_done(struct xfer *x, CURLcode rc)
 
 /* ---- a reader's fetch ----------------------------------------------- */
 
-/* Will the sequential fill (or the first request) bring [off, end) soon? */
+/* Will the sequential fill (or the first request) bring [off, end) soon?
+ * Not while the budget pauses it: it may not go on before the reader that
+ * asked has its bytes. */
 static bool fill_brings(const struct url_src *u, uint64_t off, uint64_t end)
 {
-	if (!u->fill.easy || off < u->fill.pos)
+	if (!u->fill.easy || u->fill.paused || off < u->fill.pos)
 		return false;
 	return u->ondemand ? end <= u->head_end : off - u->fill.pos < u->near;
 }

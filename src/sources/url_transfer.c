@@ -383,18 +383,25 @@ static int fill_flush(struct xfer *x)
 {
 	if (!x->clen)
 		return 0;
-	int r = xfer_store(x, x->cbuf, x->clen, x->cflags);
-	if (r == -ENOBUFS)
+	size_t stored;
+	int r = xfer_store(x, x->cbuf, x->clen, x->cflags, &stored);
+	if (r == -ENOBUFS) {
+		/* What had room is stored: keep only the rest. */
+		x->clen -= stored;
+		memmove(x->cbuf, x->cbuf + stored, x->clen);
 		return r;
+	}
 	x->clen = 0;
 	unqueue(x);
 	return r;
 }
 
 /* Take @n bytes for fill.pos + what is gathered: 0 (gathered or stored),
- * -ENOBUFS (not taken), or the store's error. */
-static int fill_take(struct xfer *x, const char *data, size_t n, unsigned flags)
+ * -ENOBUFS (not all taken: @taken says how many were stored), or the
+ * store's error. */
+static int fill_take(struct xfer *x, const char *data, size_t n, unsigned flags, size_t *taken)
 {
+	*taken = 0;
 	if (x->clen && (x->clen + n > COALESCE || flags != x->cflags)) {
 		int r = fill_flush(x);
 		if (r < 0)
@@ -403,7 +410,7 @@ static int fill_take(struct xfer *x, const char *data, size_t n, unsigned flags)
 	if (!x->cbuf && n < COALESCE)
 		x->cbuf = malloc(COALESCE);
 	if (!x->cbuf || n >= COALESCE)
-		return xfer_store(x, data, n, flags);
+		return xfer_store(x, data, n, flags, taken);
 	memcpy(x->cbuf + x->clen, data, n);
 	x->clen += n;
 	x->cflags = flags;
@@ -540,6 +547,11 @@ static bool fill_yields(struct xfer *x, size_t n)
 		x->round = round;
 		x->round_bytes = 0;
 	}
+	/* Already waiting for its turn (curl delivered again because a
+	 * resume for room unpaused it): it stays on the list once. Put on it
+	 * twice, the list became a cycle and yield_over() spun for good. */
+	if (x->yielded)
+		return true;
 	if (x->round_bytes >= FILL_SHARE) {
 		/* Asked once per share, not for every piece after it. */
 		x->round_bytes = 0;
@@ -585,10 +597,13 @@ static size_t fill_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		return total;
 	}
 	/* Ahead of every reader: only as far as the budget allows. */
-	int r = fill_take(x, data, n, u->evictable && !u->ondemand ? STREAM_AHEAD : 0);
+	size_t taken;
+	int r = fill_take(x, data, n, u->evictable && !u->ondemand ? STREAM_AHEAD : 0, &taken);
 	if (r == -ENOBUFS) {
 		/* No room: curl keeps these bytes and delivers them again
-		 * (skip included) once resumed. */
+		 * (skip included) once resumed; what was stored of them is
+		 * skipped then too. */
+		x->skip += taken;
 		x->paused = true;
 		return CURL_WRITEFUNC_PAUSE;
 	}

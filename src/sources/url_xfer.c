@@ -140,17 +140,21 @@ void xfer_fail(struct xfer *x, int err, const char *fmt, ...)
 	x->failure = err;
 }
 
-int xfer_store(struct xfer *x, const char *data, size_t n, unsigned flags)
+int xfer_store(struct xfer *x, const char *data, size_t n, unsigned flags, size_t *stored)
 {
 	struct url_src *u = x->u;
-	int r = n ? stream_write_flags(u->s, x->pos, data, n, flags) : 0;
-	if (r < 0)
-		return r;
-	x->pos += n;
+	size_t k = 0;
+	int r = n ? stream_write_flags(u->s, x->pos, data, n, flags, &k) : 0;
+	if (r == 0)
+		k = n;
+	else if (r != -ENOBUFS)
+		k = 0;
+	*stored = k;
+	x->pos += k;
 	if (x->pos > u->seen_end)
 		u->seen_end = x->pos;
-	u->rate_bytes += n;
-	return 0;
+	u->rate_bytes += k;
+	return r;
 }
 
 /* ---- the response --------------------------------------------------- */

@@ -11,6 +11,7 @@ import errno
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -226,6 +227,57 @@ def test_eviction_while_many_readers_wait(mount, cache_fs, srv):
     assert smp.max <= 8 * MiB
 
 
+@pytest.mark.timeout(150)
+def test_smallest_budget_many_random_readers(mount, cache_fs, srv):
+    """--cache-size=2M (two blocks, the least accepted) and a dozen readers
+    at random offsets, up to 3 MiB at a time, while the fill runs: every
+    read is answered with the right bytes. Each of these stalled for good
+    before: a reader marked as holding its room whose first block the
+    reservation of its second had evicted; a range fetch paused in front
+    of the only reader that had room; the fill counted on to bring a
+    reader's bytes while the budget paused it."""
+    blob = put(srv.www, "r.bin", 24 * MiB)
+    cdir = cache_fs(32)
+    m = mount(f"r.bin={srv.url('r.bin')}", opts=[f"--cache-dir={cdir}", "--cache-size=2M"])
+
+    def reader(seed):
+        rng = random.Random(seed)
+        fd = os.open(str(m / "r.bin"), os.O_RDONLY)
+        try:
+            for _ in range(40):
+                off = rng.randrange(len(blob))
+                n = rng.choice([1, 4096, 131072, MiB, rng.randrange(1, 3 * MiB)])
+                if os.pread(fd, n, off) != blob[off:off + n]:
+                    return f"wrong bytes at {off} (+{n})"
+            return "ok"
+        finally:
+            os.close(fd)
+
+    with Sampler(cdir) as smp:
+        bgs = [Background(reader, i, name=f"reader {i}") for i in range(12)]
+        assert [b.result(120) for b in bgs] == ["ok"] * 12
+    assert smp.max <= 2 * MiB
+
+
+@pytest.mark.timeout(150)
+def test_smallest_budget_rereaders_of_a_complete_stream(mount, cache_fs, srv):
+    """A complete stream read again through the page cache by four readers
+    at once under --cache-size=2M: the kernel's read-ahead sends requests
+    for evicted blocks that straddle two blocks each, more of them than
+    the budget has room for; all four finish with the right bytes."""
+    blob = put(srv.www, "s.bin", 24 * MiB)
+    cdir = cache_fs(32)
+    m = mount(f"s.bin={srv.url('s.bin')}", opts=[f"--cache-dir={cdir}", "--cache-size=2M"])
+    with Sampler(cdir) as smp:
+        assert call(read_sha, m / "s.bin", timeout=60) == sha256(blob)
+        m.wait_state("s.bin", "complete")
+        drop_page_cache(m / "s.bin")
+        bgs = [Background(read_sha, m / "s.bin", 128 * 1024, name=f"re-reader {i}")
+               for i in range(4)]
+        assert [b.result(120) for b in bgs] == [sha256(blob)] * 4
+    assert smp.max <= 2 * MiB
+
+
 # ---------------------------------------------------------------- commands: back-pressure
 
 def test_command_over_budget_pauses_and_resumes_after_rm(mount, cache_fs, tmp_path,
@@ -412,7 +464,8 @@ def test_min_free_keeps_room_on_the_cache_fs(mount, cache_fs, tmp_path):
 # ---------------------------------------------------------------- command line
 
 @pytest.mark.parametrize("args,msg", [
-    (["--cache-size=100K"], "at least 1M"),
+    (["--cache-size=100K"], "at least 2M"),
+    (["--cache-size=1M"], "at least 2M"),
     (["--cache-size=lots"], "bad --cache-size value"),
     (["--cache-min-free=101%"], "over 100%"),
     (["--cache-min-free=5x"], "bad --cache-min-free value"),

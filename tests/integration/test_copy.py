@@ -360,13 +360,13 @@ def test_wait_timeout(mount, fifo, tmp_path, streamfs_cli, data):
 
 def test_wait_timeout_says_why_paused(mount, streamfs_cli):
     """A stream paused by the store budget: the timeout line says so."""
-    m = mount("y.bin=cmd:yes", opts=["--cache-size=1M"])
+    m = mount("y.bin=cmd:yes", opts=["--cache-size=2M"])
     m.start("y.bin").result()
     wait_until(lambda: m.xattr("y.bin", "paused") == "cache full", DEADLINE, "the pause")
     r = streamfs_cli("wait", "--timeout=0.5", m.path, "y.bin")
     assert r.returncode == 124
     assert r.stderr.splitlines() == [
-        "streamfs: y.bin: still running after 0.5 s (1048576 bytes so far; paused: cache full)"]
+        "streamfs: y.bin: still running after 0.5 s (2097152 bytes so far; paused: cache full)"]
 
 
 def test_wait_for_a_removed_file(mount, fifo, tmp_path, streamfs_cli, data, streamfs_bin):

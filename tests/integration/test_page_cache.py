@@ -235,9 +235,8 @@ def test_read_ahead_raised(mount):
 
 
 def test_read_ahead_under_a_budget(mount):
-    """Under --cache-size it stays at 1 MiB: each page-cache read of an
-    evicted block needs a block of the budget, and four in flight per
-    reader stalled a small one."""
+    """Under --cache-size too (four requests in flight per reader once
+    stalled a small budget: test_cache.py's smallest-budget tests)."""
     if os.geteuid() != 0:
         pytest.skip("only root can write /sys/class/bdi/*/read_ahead_kb")
     m = mount("a=cmd:echo hi", opts=["--cache-size=64M"])
@@ -245,4 +244,4 @@ def test_read_ahead_under_a_budget(mount):
     dev = os.stat(m.path).st_dev
     path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
     with open(path) as f:
-        assert f.read().strip() == "1024"
+        assert f.read().strip() == "4096"

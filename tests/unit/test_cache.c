@@ -172,7 +172,7 @@ static int put_block(struct stream *s, uint64_t b, unsigned flags)
 {
 	unsigned char *buf = malloc(MIB);
 	pat_fill(buf, b * MIB, MIB);
-	int r = stream_write_flags(s, b * MIB, buf, MIB, flags);
+	int r = stream_write_flags(s, b * MIB, buf, MIB, flags, NULL);
 	free(buf);
 	return r;
 }

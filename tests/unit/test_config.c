@@ -1085,11 +1085,12 @@ static void test_cache_options(void)
 	CHECK(cfg.cache_size == 256ULL << 20 && cfg.cache_min_free_pct == 2.5);
 	CHECK(cfg.files.len == 1 && cfg.files.ptr[0].opts.keep == 64ULL << 20);
 	config_free(&cfg);
-	CHECK(PARSE(&cfg, err, "--cache-min-free=1G", "--cache-size=1M", "mnt") == 0);
+	CHECK(PARSE(&cfg, err, "--cache-min-free=1G", "--cache-size=2M", "mnt") == 0);
 	CHECK(cfg.cache_min_free == 1ULL << 30 && cfg.cache_min_free_pct < 0);
-	CHECK(cfg.cache_size == 1ULL << 20);
+	CHECK(cfg.cache_size == 2ULL << 20);
 	config_free(&cfg);
-	PARSE_FAILS("at least 1M", "--cache-size=1023K", "mnt");
+	PARSE_FAILS("at least 2M", "--cache-size=2047K", "mnt");
+	PARSE_FAILS("at least 2M", "--cache-size=1M", "mnt");
 	PARSE_FAILS("bad --cache-size value 'x'", "--cache-size=x", "mnt");
 	PARSE_FAILS("over 100%", "--cache-min-free=100.5%", "mnt");
 	PARSE_FAILS("bad --cache-min-free value", "--cache-min-free=%", "mnt");
