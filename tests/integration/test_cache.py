@@ -333,14 +333,22 @@ def test_paused_read_is_interruptible(mount, cache_fs, tmp_path):
 
 # ---------------------------------------------------------------- keep=
 
+# As fast as it can up to 500 MB, then 2 MiB/s: the test reads near the
+# live edge once 500 MB went through, and at full speed (500 MB/s here)
+# the 8 MiB kept would move past those reads in a few milliseconds (a
+# short read when the kernel's second request of a 1 MiB read found its
+# bytes dropped).
 GEN = r"""
-import sys
+import sys, time
 pad = b"." * 4079 + b"\n"
 out = sys.stdout.buffer
 i = 0
 while True:
     out.write(b"".join(b"%015d\n" % j + pad for j in range(i, i + 256)))
     i += 256
+    if i * 4096 >= 500 * 10**6:
+        out.flush()
+        time.sleep(0.5)
 """
 
 
