@@ -426,7 +426,11 @@ int64_t hold_range(struct stream *s, uint64_t off, uint64_t end, unsigned flags)
 		pthread_mutex_lock(&s->lock);
 		bool held = blk_held(s, b);
 		unsigned f = flags;
-		if ((f & CACHE_AHEAD) && (blk_wanted_by_reader(s, b) || fill_awaited(s, b)))
+		/* Only for a block to reserve: both walk the parked readers,
+		 * and a fill writes into blocks it already holds most of the
+		 * time. */
+		if (!held && (f & CACHE_AHEAD) &&
+		    (blk_wanted_by_reader(s, b) || fill_awaited(s, b)))
 			f &= ~CACHE_AHEAD; /* a reader waits for it: not speculative */
 		pthread_mutex_unlock(&s->lock);
 		if (held)

@@ -278,8 +278,7 @@ static int write_missing(struct stream *s, uint64_t off, const void *buf, size_t
 
 int stream_write(struct stream *s, uint64_t off, const void *buf, size_t len)
 {
-	size_t stored;
-	return write_missing(s, off, buf, len, false, 0, &stored);
+	return stream_write_flags(s, off, buf, len, 0, NULL);
 }
 
 int stream_write_flags(struct stream *s, uint64_t off, const void *buf, size_t len, unsigned flags,

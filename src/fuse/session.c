@@ -207,9 +207,9 @@ void session_after_init(struct fs *fs)
 {
 	if (!fs->readahead[0] || atomic_exchange(&fs->readahead_done, true))
 		return;
-	const char *kb = READ_AHEAD_KB;
 	int fd = open(fs->readahead, O_WRONLY | O_CLOEXEC);
-	if (fd < 0 || write(fd, kb, strlen(kb)) != (ssize_t)strlen(kb))
+	if (fd < 0 ||
+	    write(fd, READ_AHEAD_KB, strlen(READ_AHEAD_KB)) != (ssize_t)strlen(READ_AHEAD_KB))
 		log_debug("read-ahead stays the kernel's: %s: %s", fs->readahead, strerror(errno));
 	if (fd >= 0)
 		close(fd);

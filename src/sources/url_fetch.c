@@ -100,9 +100,9 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n, stored = 0;
 	int r = 0;
 	while (stored < take) {
-		size_t k2 = 0;
-		r = xfer_store(x, data + stored, take - stored, 0, &k2);
-		stored += k2;
+		size_t got = 0;
+		r = xfer_store(x, data + stored, take - stored, 0, &got);
+		stored += got;
 		if (r != -ENOBUFS || !stream_held_reader_in(x->u->s, x->pos, x->end))
 			break;
 		/* No room for the bytes at x->pos, and a reader whose room is

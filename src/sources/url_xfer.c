@@ -143,12 +143,8 @@ void xfer_fail(struct xfer *x, int err, const char *fmt, ...)
 int xfer_store(struct xfer *x, const char *data, size_t n, unsigned flags, size_t *stored)
 {
 	struct url_src *u = x->u;
-	size_t k = 0;
+	size_t k = 0; /* n on success, the prefix stored on -ENOBUFS, else 0 */
 	int r = n ? stream_write_flags(u->s, x->pos, data, n, flags, &k) : 0;
-	if (r == 0)
-		k = n;
-	else if (r != -ENOBUFS)
-		k = 0;
 	*stored = k;
 	x->pos += k;
 	if (x->pos > u->seen_end)
