@@ -157,6 +157,17 @@ void stream_set_keep(struct stream *s, uint64_t bytes);
  * bytes may be evicted (not with keep). */
 void stream_set_evictable(struct stream *s, bool on);
 
+/*
+ * For a reader that reads the store's file itself (FUSE passthrough): if
+ * the stream is complete, every byte of it is in the store, and the
+ * store's file is exactly the stream's length, no block of it is evicted
+ * from now on, and the store's descriptor is returned (owned by the
+ * stream; valid while it lives). Otherwise -1, and nothing is held. Each
+ * hold that succeeded is ended by stream_release_whole().
+ */
+int stream_hold_whole(struct stream *s);
+void stream_release_whole(struct stream *s);
+
 /* ---- producer side ---------------------------------------------------- */
 
 /*

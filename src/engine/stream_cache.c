@@ -24,6 +24,7 @@
 #include "log.h"
 #include "streamfs/store.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -31,6 +32,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 /* ---- blocks held in the budget ----------------------------------------- */
 
@@ -125,6 +127,8 @@ bool blk_touch(struct stream *s, uint64_t a, uint64_t b, bool read)
 static bool blk_pinned(struct stream *s, uint64_t b, bool held_only)
 {
 	uint64_t a = b * BLK, e = a + BLK;
+	if (s->whole_holds)
+		return true;
 	for (struct pin *p = s->pins; p; p = p->next)
 		if (p->a < e && p->b > a)
 			return true;
@@ -260,6 +264,43 @@ static bool cc_evict(struct cache_client *c, uint64_t b, uint64_t tick, bool *re
 	}
 	pthread_mutex_unlock(&s->lock);
 	return done;
+}
+
+/*
+ * A reader of the store's file sees its holes as zeros, not as missing
+ * bytes: while one may read, nothing is evicted (blk_pinned()). The store
+ * file must also end where the stream does: such a reader reads up to the
+ * file's size, not the stream's. fstat() with no lock held.
+ */
+int stream_hold_whole(struct stream *s)
+{
+	pthread_mutex_lock(&s->lock);
+	bool ok = s->state == STREAM_COMPLETE && s->length >= 0 && s->drop_to == 0 &&
+	          rangeset_contains(&s->present, 0, (uint64_t)s->length);
+	if (ok)
+		s->whole_holds++;
+	uint64_t len = (uint64_t)s->length;
+	pthread_mutex_unlock(&s->lock);
+	if (!ok)
+		return -1;
+	int fd = store_fd(s->store);
+	struct stat st;
+	if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == len)
+		return fd;
+	stream_release_whole(s);
+	return -1;
+}
+
+void stream_release_whole(struct stream *s)
+{
+	pthread_mutex_lock(&s->lock);
+	assert(s->whole_holds > 0);
+	bool freed = --s->whole_holds == 0 && evictable_now(s);
+	pthread_mutex_unlock(&s->lock);
+	/* Its blocks may be evicted again: a stream waiting for room may
+	 * have some now. */
+	if (freed && s->cache)
+		cache_poll(s->cache);
 }
 
 void stream_reask(struct stream *s)

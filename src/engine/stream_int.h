@@ -84,6 +84,7 @@ struct stream {
 	uint64_t blk_base, blk_n;
 	uint64_t held_blocks;
 	struct pin *pins;
+	unsigned whole_holds; /* stream_hold_whole(): no block is evicted */
 	bool evictable;
 	enum cache_pause paused;
 	unsigned resumes;       /* counts cc_resume(): a pause older than one is stale */

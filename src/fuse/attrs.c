@@ -29,13 +29,18 @@
  */
 #define XATTR_VALUE_MAX 65536
 
-static const char *const file_keys[] = {"state",   "bytes",        "size",    "source", "kind",
-                                        "error",   "error_offset", "waiters", "held",   "evicted",
-                                        "dropped", "keep",         "paused",  NULL};
+static const char *const file_keys[] = {
+    "state",   "bytes",        "size",    "source",      "kind",
+    "error",   "error_offset", "waiters", "held",        "evicted",
+    "dropped", "keep",         "paused",  "passthrough", NULL};
 
 void fs_set_cache(struct fs *fs, struct cache *ca)
 {
 	fs->cache = ca;
+	struct cache_stats st = {0};
+	if (ca)
+		cache_get_stats(ca, &st);
+	fs->cache_bounded = st.limit != 0;
 }
 
 void fs_set_control_name(struct fs *fs, const char *name)
@@ -44,8 +49,8 @@ void fs_set_control_name(struct fs *fs, const char *name)
 }
 
 /* The value of file attribute @key into @buf; its length, or -ENODATA. */
-static ssize_t file_xattr(const struct node *n, struct stream *s, const char *key, char *buf,
-                          size_t size)
+static ssize_t file_xattr(struct fs *fs, const struct node *n, struct stream *s, const char *key,
+                          char *buf, size_t size)
 {
 	struct stream_info in;
 	stream_get_info(s, &in);
@@ -77,6 +82,10 @@ static ssize_t file_xattr(const struct node *n, struct stream *s, const char *ke
 	if (strcmp(key, "paused") == 0)
 		return in.paused ? snprintf(buf, size, "%s", cache_pause_text(in.paused))
 		                 : -ENODATA;
+	if (strcmp(key, "passthrough") == 0) { /* files open reading the store directly */
+		unsigned k = passthrough_count(fs, n);
+		return k ? snprintf(buf, size, "%u", k) : -ENODATA;
+	}
 	return stream_get_attr(s, key, buf, size);
 }
 
@@ -110,6 +119,8 @@ static ssize_t root_xattr(struct fs *fs, const char *key, char *buf, size_t size
 		return snprintf(buf, size, "%s", fs->control);
 	if (strcmp(key, "version") == 0)
 		return snprintf(buf, size, "%s", STREAMFS_VERSION);
+	if (strcmp(key, "passthrough") == 0) /* the kernel reads complete streams from the store */
+		return snprintf(buf, size, "%s", atomic_load(&fs->passthrough) ? "on" : "off");
 	return -ENODATA;
 }
 
@@ -127,7 +138,7 @@ static ssize_t xattr_value(struct fs *fs, const struct node *n, struct stream *s
 		if (!buf)
 			return -ENOMEM;
 		ssize_t len =
-		    n->dir ? root_xattr(fs, key, buf, cap) : file_xattr(n, s, key, buf, cap);
+		    n->dir ? root_xattr(fs, key, buf, cap) : file_xattr(fs, n, s, key, buf, cap);
 		if (len >= 0 && (size_t)len >= cap) {
 			free(buf);
 			cap = (size_t)len + 1;
@@ -199,6 +210,7 @@ void attrs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 	if (ino == FUSE_ROOT_ID) {
 		add_name("pid", &nb);
 		add_name("version", &nb);
+		add_name("passthrough", &nb);
 		if (fs->control[0])
 			add_name("control", &nb);
 		static const char *const ck[] = {"cache_size",     "cache_used",
@@ -209,7 +221,7 @@ void attrs_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
 				add_name(ck[i], &nb);
 	} else if (s) {
 		for (int i = 0; file_keys[i]; i++)
-			if (file_xattr(n, s, file_keys[i], tmp, sizeof(tmp)) >= 0)
+			if (file_xattr(fs, n, s, file_keys[i], tmp, sizeof(tmp)) >= 0)
 				add_name(file_keys[i], &nb);
 		stream_list_attrs(s, add_name, &nb);
 		stream_unref(s);

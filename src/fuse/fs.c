@@ -164,6 +164,8 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	 * 12); past it every other page-cache read on the mount stalls. */
 	conn->max_background = 1024;
 	conn->congestion_threshold = 768;
+	/* The reply to this INIT is sent next, by this thread. */
+	passthrough_init_reply_next();
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -204,12 +206,25 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct fs *fs = fuse_req_userdata(req);
 	session_after_init(fs);
 	struct stream *s;
-	struct node *n = req_node(req, fs, ino, &s);
-	if (!n)
-		return;
-	if (n->dir) {
-		reply_attr(req, fs, n, NULL);
-		return;
+	struct node *n;
+	if (fi && fi->fh) {
+		/* Through an open file (a read past the kernel's size, an
+		 * lseek(SEEK_END), fstat): the file answers for its own stream,
+		 * also once removed from the tree (rm), when its node no longer
+		 * has one: open handles keep reading what was there. */
+		struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+		n = h->n;
+		s = stream_ref(h->s);
+	} else {
+		n = tree_get_open(fs, ino, &s);
+		if (!n) {
+			fuse_reply_err(req, ENOENT);
+			return;
+		}
+		if (n->dir) {
+			reply_attr(req, fs, n, NULL);
+			return;
+		}
 	}
 	stream_start(s);
 	enum stream_wait_kind kind =
@@ -271,6 +286,7 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 {
 	struct fs *fs = fuse_req_userdata(req);
 	struct handle *h = (struct handle *)(uintptr_t)fi->fh;
+	passthrough_release(fs, h);
 	if (h->push)
 		push_adopt(fs, h);
 	else

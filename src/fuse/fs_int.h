@@ -8,6 +8,8 @@
  *              the replies that answer them
  *   push.c     what direct_io readers were sent, stored in the page cache
  *              once the stream is complete (a thread of its own)
+ *   passthrough.c  complete streams read by the kernel straight from the
+ *              store (FUSE passthrough), under libfuse's custom I/O
  *   attrs.c    status as extended attributes (user.streamfs.*)
  *   session.c  the FUSE session: new/free, mount, loop, shutdown, and the
  *              notifications that tell the kernel of add and rm
@@ -19,6 +21,7 @@
  *   fs->plock       the list of parked requests
  *   a stream's lock (in stream.c)
  *   fs->hlock       the list of open handles (a leaf)
+ *   fs->pt_lock     nodes' open modes and backing files (passthrough.c)
  *   fs->push_lock   the handles adopted by push.c (a leaf)
  *   fs->mount_lock  fs->mounted and the session's device: held across a
  *                   notification, so unmounting cannot close the device
@@ -61,11 +64,24 @@ struct node {
 	bool removed;        /* protected by fs->lock */
 	struct nodevec kids; /* dir; protected by fs->lock */
 	struct stream *s;    /* file; protected by fs->lock (NULL once removed) */
+	/* passthrough.c, under fs->pt_lock: opens of the complete stream read
+	 * straight from the store, opens in page-cache mode (the kernel lets
+	 * the two not mix), and the store's registration as backing file (0:
+	 * none; kept for the node's life). */
+	unsigned pt_opens, cached_opens;
+	int32_t backing_id;
 	/* Set when the node is made, then read-only. */
 	enum size_policy size;
 	enum read_policy read;
 	enum start_policy start;
 	char *source;
+};
+
+/* How a file was opened (passthrough.c). */
+enum handle_mode {
+	H_DIRECT,      /* direct_io: the stream was still running */
+	H_CACHED,      /* complete, through the page cache and this daemon */
+	H_PASSTHROUGH, /* complete, read by the kernel from the store */
 };
 
 /* An open file. */
@@ -85,6 +101,7 @@ struct handle {
 	 * later open of the complete file reads from there. Set at open, then
 	 * read-only. */
 	bool push;
+	enum handle_mode mode;    /* set at open, then read-only until the release */
 	struct handle *push_next; /* adopted by push.c: under fs->push_lock */
 	uint64_t push_budget;     /* adopted: bytes it may still push (push.c's thread) */
 };
@@ -130,6 +147,14 @@ struct fs {
 
 	pthread_mutex_t mount_lock;
 	bool mounted; /* protected by mount_lock */
+
+	/* passthrough.c: the kernel takes backing files (set once INIT is
+	 * answered; cleared if a registration is refused), the lock of the
+	 * nodes' open modes, and whether the store has a size budget (then
+	 * complete streams may not stay whole in it; set before the loop). */
+	atomic_bool passthrough;
+	pthread_mutex_t pt_lock;
+	bool cache_bounded;
 
 	/* Open handles, so those the kernel never released (the daemon stops
 	 * first) are freed with the file system. */
@@ -182,6 +207,9 @@ void tree_free(struct fs *fs);
 /* As req_node(), but without a reply: NULL if there is no such node or it
  * was removed. */
 struct node *tree_get(struct fs *fs, fuse_ino_t ino, struct stream **s);
+/* tree_get(), but a removed node still open answers too, with the stream
+ * of one of its handles (a stat of an open file after rm). */
+struct node *tree_get_open(struct fs *fs, fuse_ino_t ino, struct stream **s);
 
 /*
  * The child @name of directory @parent, with one more lookup counted (the
@@ -243,6 +271,27 @@ void push_adopt(struct fs *fs, struct handle *h);
 /* Stop the thread (at shutdown, after park_wake_all()); the handles it still
  * holds are freed with the others. Idempotent. */
 void push_stop(struct fs *fs);
+
+/* ---- passthrough.c ---- */
+
+/* Route libfuse's messages through passthrough.c (after the mount, before
+ * the loop). Returns 0, or -errno (the mount then works without it). */
+int passthrough_install(struct fs *fs);
+/* Called from INIT's handler: the reply this thread sends next is INIT's. */
+void passthrough_init_reply_next(void);
+/* Decide how @h (new, on its node and stream) is opened: direct_io if not
+ * @complete, else read straight from the store if the kernel and the
+ * stream allow it (returns true; the open reply this thread sends next is
+ * made a passthrough one), else through the page cache. */
+bool passthrough_open(struct fs *fs, struct handle *h, bool complete);
+/* The open reply was sent (or failed): nothing more to patch. */
+void passthrough_sent(void);
+/* @h is released (or its open failed): undo what passthrough_open() held. */
+void passthrough_release(struct fs *fs, struct handle *h);
+/* Files of @n open for passthrough now. */
+unsigned passthrough_count(struct fs *fs, const struct node *n);
+/* @n is freed: let go of its backing file. Under fs->lock, written. */
+void passthrough_forget_node(struct fs *fs, struct node *n);
 
 /* ---- attrs.c ---- */
 

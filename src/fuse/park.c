@@ -151,17 +151,27 @@ static void reply_open(struct pending *p, ssize_t r)
 	bool complete = in.state == STREAM_COMPLETE;
 	p->fi.keep_cache = 1; /* nothing cached is ever wrong (push.c) */
 	p->fi.direct_io = !complete;
-	h->push = !complete;
+	passthrough_open(p->fs, h, complete);
+	/* Where the kernel will read a complete stream from the store itself
+	 * (passthrough.c), the FUSE file's page cache is never read: nothing
+	 * to push. Not under a size budget, which may leave the store without
+	 * some of the stream's bytes when it completes. */
+	h->push =
+	    !complete && !(atomic_load(&p->fs->passthrough) && !p->fs->cache_bounded && !in.keep);
 	/* A known length is the kernel's size of the file already: what this
 	 * reader is sent can be pushed while it reads, by a handle of the
 	 * push thread's own (push.c), instead of only after its release.
 	 * Made before the reply: once that is sent, a release may free h and
 	 * with it the last hold on the node. */
 	struct handle *ph = NULL;
-	if (!complete && in.length >= 0 && !in.keep)
+	if (h->push && in.length >= 0 && !in.keep)
 		ph = handle_new(p->fs, p->n, p->s);
-	if (fuse_reply_open(p->req, &p->fi) < 0) {
-		handle_free(p->fs, h); /* the opener is gone (interrupted): no release will come */
+	int sent = fuse_reply_open(p->req, &p->fi);
+	passthrough_sent();
+	if (sent < 0) {
+		/* the opener is gone (interrupted): no release will come */
+		passthrough_release(p->fs, h);
+		handle_free(p->fs, h);
 		if (ph)
 			handle_free(p->fs, ph);
 		return;

@@ -41,6 +41,7 @@ struct fs *fs_new(void)
 	xpthread_rwlock_init(&fs->lock, NULL);
 	xpthread_mutex_init(&fs->mount_lock, NULL);
 	xpthread_mutex_init(&fs->hlock, NULL);
+	xpthread_mutex_init(&fs->pt_lock, NULL);
 	xpthread_mutex_init(&fs->plock, NULL);
 	xpthread_cond_init(&fs->drained, NULL);
 	xpthread_mutex_init(&fs->push_lock, NULL);
@@ -72,6 +73,7 @@ void fs_free(struct fs *fs)
 	xpthread_rwlock_destroy(&fs->lock);
 	xpthread_mutex_destroy(&fs->mount_lock);
 	xpthread_mutex_destroy(&fs->hlock);
+	xpthread_mutex_destroy(&fs->pt_lock);
 	xpthread_mutex_destroy(&fs->plock);
 	xpthread_cond_destroy(&fs->drained);
 	xpthread_mutex_destroy(&fs->push_lock);
@@ -246,6 +248,7 @@ int fs_mount(struct fs *fs, const char *mountpoint, char *const *fuse_opts, char
 	if (where)
 		find_readahead(fs, where);
 	free(where);
+	passthrough_install(fs);
 	xpthread_mutex_lock(&fs->mount_lock);
 	fs->mounted = true;
 	xpthread_mutex_unlock(&fs->mount_lock);

@@ -94,6 +94,7 @@ static void node_release(struct fs *fs, struct node *n)
 	assert(fs->freeino.len < fs->freeino.cap);
 	fs->nodes.ptr[n->ino] = NULL;
 	fs->freeino.ptr[fs->freeino.len++] = n->ino;
+	passthrough_forget_node(fs, n);
 	node_destroy(n);
 }
 
@@ -142,6 +143,31 @@ struct node *tree_get(struct fs *fs, fuse_ino_t ino, struct stream **s)
 	if (n && n->removed)
 		n = NULL;
 	*s = n && n->s ? stream_ref(n->s) : NULL;
+	xpthread_rwlock_unlock(&fs->lock);
+	return n;
+}
+
+struct node *tree_get_open(struct fs *fs, fuse_ino_t ino, struct stream **s)
+{
+	xpthread_rwlock_rdlock(&fs->lock);
+	struct node *n = node_at(fs, ino);
+	*s = NULL;
+	if (n && n->removed) {
+		xpthread_mutex_lock(&fs->hlock);
+		struct handle *h;
+		TAILQ_FOREACH(h, &fs->handles, link)
+		{
+			if (h->n == n) {
+				*s = stream_ref(h->s);
+				break;
+			}
+		}
+		xpthread_mutex_unlock(&fs->hlock);
+	} else if (n) {
+		*s = n->s ? stream_ref(n->s) : NULL;
+	}
+	if (n && n->removed && !*s)
+		n = NULL;
 	xpthread_rwlock_unlock(&fs->lock);
 	return n;
 }

@@ -100,6 +100,29 @@ def test_rm_keeps_open_handles_readable(mount, streamfs_bin, tmp_path):
         os.close(fd)
 
 
+@pytest.mark.parametrize("passthrough", ["on", "off"])
+def test_rm_keeps_files_opened_after_the_end_readable_to_their_end(mount, streamfs_bin,
+                                                                  tmp_path, passthrough):
+    """A file opened once the stream is complete (page-cache mode, or read
+    straight from the store) and read past its end after rm: the kernel
+    asks for the size again (GETATTR with the file's handle), which the
+    handle answers although its node is gone."""
+    src = tmp_path / "d"
+    data = make_data(src, 300_000)
+    m = mount(f"d=cmd:cat {q(src)}", env={"STREAMFS_PASSTHROUGH": passthrough})
+    assert call(read_all, m / "d") == data
+    m.wait_state("d", "complete")
+    fd = call(os.open, str(m / "d"), os.O_RDONLY)
+    try:
+        r = rm(streamfs_bin, m.path, "d")
+        assert r.returncode == 0, r.stderr
+        assert call(os.pread, fd, len(data) + 1, 0) == data
+        assert call(os.pread, fd, 10, len(data)) == b""
+        assert call(os.fstat, fd).st_size == len(data)
+    finally:
+        os.close(fd)
+
+
 def test_rm_prunes_empty_directories_and_refuses_unknown(mount, streamfs_bin):
     m = mount("dir/sub/a=cmd:echo a", "dir/b=cmd:echo b")
     assert rm(streamfs_bin, m.path, "dir/sub/a").returncode == 0

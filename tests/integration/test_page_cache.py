@@ -14,6 +14,12 @@ is the source's bytes, also where a read began or ended inside a page.
 The pages are stored in the background, so the checks wait (with a
 deadline) for them.
 
+Where the kernel reads complete streams straight from the store (FUSE
+passthrough: root on Linux 6.9 and later; test_passthrough.py), the push is
+not needed and not done; these tests turn passthrough off
+(STREAMFS_PASSTHROUGH=off), as it is for other users, older kernels, and
+under a --cache-size budget.
+
 A page that was cached does not always stay cached: on the machines this
 runs on, the host's proactive reclaim takes cached pages of FUSE files
 (those the kernel read ahead itself too) in groups of 2 to 8 pages, a
@@ -42,6 +48,14 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+
+
+@pytest.fixture
+def mount(mount):
+    """The push is what these tests check: passthrough off (see above)."""
+    def without_passthrough(*specs, env=None, **kw):
+        return mount(*specs, env={"STREAMFS_PASSTHROUGH": "off", **(env or {})}, **kw)
+    return without_passthrough
 
 
 def resident_pages(path):

@@ -31,6 +31,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define MIB (1024ULL * 1024)
 
@@ -375,6 +376,48 @@ static void test_refetch_after_complete(void)
 	cache_free(ca);
 }
 
+/* stream_hold_whole(): only a complete stream with every byte in the
+ * store, the store's file exactly its length; nothing of it is evicted
+ * while held, and once let go others get room from it again. */
+static void test_hold_whole(void)
+{
+	struct cache *ca = cache_new(NULL, 4 * MIB, 0, -1);
+	struct csrc c1, c2;
+	struct stream *s = mk(ca, &c1, true);
+	atomic_store(&c1.fetch_off, true);
+	CHECK_EQ(put_block(s, 0, 0), 0);
+	CHECK_EQ(put_block(s, 1, 0), 0);
+	CHECK_EQ(stream_hold_whole(s), -1); /* still running */
+	stream_end(s);
+	int fd = stream_hold_whole(s);
+	CHECK(fd >= 0);
+	unsigned char buf[4096];
+	CHECK_EQ(pread(fd, buf, sizeof(buf), 2 * MIB - 100), 100); /* ends where the stream does */
+	CHECK(pat_ok(buf, 2 * MIB - 100, 100));
+	CHECK(stream_hold_whole(s) == fd); /* holds nest */
+	stream_release_whole(s);
+	/* Another stream wants room; the held stream's blocks are the only
+	 * evictable ones: it pauses instead. */
+	struct stream *o = mk(ca, &c2, false);
+	CHECK_EQ(put_block(o, 0, 0), 0);
+	CHECK_EQ(put_block(o, 1, 0), 0);
+	CHECK_EQ(put_block(o, 2, 0), -ENOBUFS);
+	CHECK(present(s, 0));
+	CHECK(present(s, 1));
+	/* Let go: the paused stream is told at once, and room is made. */
+	int before = atomic_load(&c2.resumes);
+	stream_release_whole(s);
+	CHECK(atomic_load(&c2.resumes) > before);
+	CHECK_EQ(put_block(o, 2, 0), 0);
+	CHECK(!present(s, 0) || !present(s, 1));
+	/* Complete, but not all of it in the store: not held. */
+	CHECK_EQ(stream_hold_whole(s), -1);
+	stream_cancel(o, NULL);
+	stream_unref(o);
+	stream_unref(s);
+	cache_free(ca);
+}
+
 static void test_fetch_failed_wakes(void)
 {
 	struct cache *ca = cache_new(NULL, 2 * MIB, 0, -1);
@@ -547,6 +590,7 @@ int main(void)
 	RUN(test_lru_read_first);
 	RUN(test_parked_reader_pins);
 	RUN(test_refetch_after_complete);
+	RUN(test_hold_whole);
 	RUN(test_fetch_failed_wakes);
 	RUN(test_ahead_evicts_only_read);
 	RUN(test_not_evictable_never_evicted);

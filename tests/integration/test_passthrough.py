@@ -1,0 +1,202 @@
+"""
+A complete stream whose bytes are all in the store is read by the kernel
+straight from the store's file (FUSE passthrough, Linux 6.9 and later, and
+only for root: README "Performance"). Such a read never reaches the daemon,
+which these tests show by stopping the daemon (SIGSTOP) while a file opened
+before reads: a read served by the daemon would wait until the deadline.
+
+Where passthrough is not used, the page-cache push serves the second read
+instead (test_page_cache.py, which turns passthrough off to test it).
+"""
+import hashlib
+import mmap
+import os
+import signal
+import subprocess
+
+import pytest
+
+from helpers import put, q, read_all, wait_until
+
+MiB = 1 << 20
+
+
+def _kernel_has_passthrough():
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    return (major, minor) >= (6, 9)
+
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not _kernel_has_passthrough(),
+    reason="FUSE passthrough needs root and Linux >= 6.9")
+
+
+def root_attr(m, key):
+    return os.getxattr(m.path, "user.streamfs." + key).decode()
+
+
+def file_attr(path, key):
+    try:
+        return os.getxattr(path, "user.streamfs." + key).decode()
+    except OSError:
+        return None
+
+
+def sha_of_fd_with_daemon_stopped(m, fd, timeout=30):
+    """sha256 of what a child reads from @fd (already open, read from the
+    start) while the daemon is stopped: only reads that do not need the
+    daemon can finish."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    # The reader's fstat() is a GETATTR unless the kernel's attributes are
+    # fresh: those of a complete stream stay so for an hour.
+    os.fstat(fd)
+    os.kill(m.pid, signal.SIGSTOP)
+    try:
+        r = subprocess.run(["sha256sum"], stdin=fd, capture_output=True, timeout=timeout)
+    finally:
+        os.kill(m.pid, signal.SIGCONT)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()[0].decode()
+
+
+def complete_cmd_stream(tmp_path, mount, size, opts=(), env=None):
+    blob = os.urandom(size)
+    src = tmp_path / "src"
+    src.write_bytes(blob)
+    m = mount(f"f=cmd:cat {q(src)}", opts=list(opts), env=env)
+    assert read_all(m / "f") == blob  # the first read: direct_io, through the daemon
+    m.wait_state("f", {"complete"})
+    return m, blob
+
+
+def test_complete_stream_is_read_from_the_store(tmp_path, mount):
+    m, blob = complete_cmd_stream(tmp_path, mount, 8 * MiB + 123)
+    assert root_attr(m, "passthrough") == "on"
+    p = m / "f"
+    assert file_attr(p, "passthrough") is None  # nothing open
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert file_attr(p, "passthrough") == "1"
+        assert sha_of_fd_with_daemon_stopped(m, fd) == hashlib.sha256(blob).hexdigest()
+        # A mapping reads the store's file too, to the last partial page.
+        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mp:
+            assert len(mp) == len(blob)
+            assert mp[:] == blob
+        assert os.pread(fd, 1000, len(blob) - 10) == blob[-10:]
+        assert os.pread(fd, 10, len(blob)) == b""
+    finally:
+        os.close(fd)
+    wait_until(lambda: file_attr(p, "passthrough") is None, what="the release to be counted")
+
+
+def test_every_open_of_the_node_is_passthrough_while_one_is(tmp_path, mount):
+    """The kernel refuses to mix passthrough and page-cache opens of one
+    inode: a second open while the first is held is passthrough too, with
+    the same backing file, and both read the right bytes."""
+    m, blob = complete_cmd_stream(tmp_path, mount, 3 * MiB + 5)
+    p = m / "f"
+    a = os.open(p, os.O_RDONLY)
+    try:
+        b = os.open(p, os.O_RDONLY)
+        try:
+            assert file_attr(p, "passthrough") == "2"
+            assert os.pread(b, 4096, MiB) == blob[MiB:MiB + 4096]
+            assert os.pread(a, len(blob), 0) == blob
+        finally:
+            os.close(b)
+        assert file_attr(p, "passthrough") == "1"
+    finally:
+        os.close(a)
+    # Closed and opened again (the registration is kept for the node).
+    assert read_all(p) == blob
+
+
+def test_url_stream_and_memory_store(srv, www, mount):
+    blob = put(www, "f", 5 * MiB + 77)
+    m = mount("a.bin=" + srv.url("f"), opts=["--cache-dir=memory"])
+    p = m / "a.bin"
+    assert read_all(p) == blob
+    m.wait_state("a.bin", {"complete"})
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert file_attr(p, "passthrough") == "1"
+        assert sha_of_fd_with_daemon_stopped(m, fd) == hashlib.sha256(blob).hexdigest()
+    finally:
+        os.close(fd)
+    assert len(srv.requests("/f", method="GET")) == 1
+
+
+def test_removed_while_open_reads_on(tmp_path, mount, streamfs_bin):
+    m, blob = complete_cmd_stream(tmp_path, mount, 2 * MiB)
+    p = m / "f"
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        subprocess.run([str(streamfs_bin), "rm", str(m.path), "f"], check=True, timeout=60)
+        assert not p.exists()
+        assert os.pread(fd, len(blob) + 1, 0) == blob
+    finally:
+        os.close(fd)
+
+
+def test_incomplete_and_failed_streams_are_not(tmp_path, mount):
+    """Only complete streams: a running one is read through the daemon (a
+    read past what arrived waits), and a failed one keeps its error at the
+    exact byte."""
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    m = mount(f"r=cmd:head -c 100000 /dev/zero; cat {q(gate)} >/dev/null",
+              "e=cmd:head -c 70000 /dev/zero; exit 3")
+    r = m / "r"
+    m.start("r")
+    m.wait_bytes("r", 100000)
+    fd = os.open(r, os.O_RDONLY)
+    try:
+        assert file_attr(r, "passthrough") is None
+        assert len(os.pread(fd, 4096, 0)) == 4096
+    finally:
+        os.close(fd)
+    with open(gate, "w"):
+        pass
+    e = m / "e"
+    fd = os.open(e, os.O_RDONLY)
+    try:
+        m.wait_state("e", {"failed"})
+        assert os.pread(fd, 70000, 0) == bytes(70000)
+        with pytest.raises(OSError):
+            os.pread(fd, 1, 70000)
+    finally:
+        os.close(fd)
+    fd = os.open(e, os.O_RDONLY)  # opened after the failure
+    try:
+        assert file_attr(e, "passthrough") is None
+        assert os.pread(fd, 70000, 0) == bytes(70000)
+        with pytest.raises(OSError):
+            os.pread(fd, 1, 70000)
+    finally:
+        os.close(fd)
+
+
+def test_not_under_a_size_budget(tmp_path, mount):
+    """Under --cache-size a complete stream may lose blocks to eviction,
+    and holding it whole would keep other streams from room: read through
+    the daemon there, as before."""
+    m, blob = complete_cmd_stream(tmp_path, mount, 3 * MiB, opts=["--cache-size=64M"])
+    p = m / "f"
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert file_attr(p, "passthrough") is None
+        assert os.pread(fd, len(blob), 0) == blob
+    finally:
+        os.close(fd)
+
+
+def test_turned_off_by_the_environment(tmp_path, mount):
+    m, blob = complete_cmd_stream(tmp_path, mount, MiB, env={"STREAMFS_PASSTHROUGH": "off"})
+    assert root_attr(m, "passthrough") == "off"
+    p = m / "f"
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert file_attr(p, "passthrough") is None
+        assert os.pread(fd, len(blob), 0) == blob
+    finally:
+        os.close(fd)
