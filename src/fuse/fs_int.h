@@ -21,7 +21,8 @@
  *   fs->plock       the list of parked requests
  *   a stream's lock (in stream.c)
  *   fs->hlock       the list of open handles (a leaf)
- *   fs->pt_lock     nodes' open modes and backing files (passthrough.c)
+ *   fs->pt_lock     nodes' open modes and backing files (passthrough.c);
+ *                   fs->mount_lock is taken under it
  *   fs->push_lock   the handles adopted by push.c (a leaf)
  *   fs->mount_lock  fs->mounted and the session's device: held across a
  *                   notification, so unmounting cannot close the device
@@ -52,6 +53,7 @@
 struct node;
 DEFINE_VECTOR(nodevec, struct node *);
 DEFINE_VECTOR(inovec, fuse_ino_t);
+DEFINE_VECTOR(idvec, int32_t);
 
 struct node {
 	fuse_ino_t ino;
@@ -155,6 +157,7 @@ struct fs {
 	atomic_bool passthrough;
 	pthread_mutex_t pt_lock;
 	bool cache_bounded;
+	struct idvec pt_closing; /* backing ids of freed nodes, to close (under pt_lock) */
 
 	/* Open handles, so those the kernel never released (the daemon stops
 	 * first) are freed with the file system. */
@@ -290,7 +293,10 @@ void passthrough_sent(void);
 void passthrough_release(struct fs *fs, struct handle *h);
 /* Files of @n open for passthrough now. */
 unsigned passthrough_count(struct fs *fs, const struct node *n);
-/* @n is freed: let go of its backing file. Under fs->lock, written. */
+/* @n is freed: its backing file is let go of at the next open or
+ * release (not here: this runs under fs->lock, and the device is used
+ * under fs->mount_lock, which a notification holds while the kernel may
+ * wait for a lookup that needs fs->lock). Under fs->lock, written. */
 void passthrough_forget_node(struct fs *fs, struct node *n);
 
 /* ---- attrs.c ---- */

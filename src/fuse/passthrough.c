@@ -197,8 +197,29 @@ static int32_t backing_of(struct fs *fs, struct node *n, int fd)
 	return id;
 }
 
+/* Close the backing ids of freed nodes. No lock held. */
+static void close_pending(struct fs *fs)
+{
+	xpthread_mutex_lock(&fs->pt_lock);
+	struct idvec v = fs->pt_closing;
+	fs->pt_closing = (struct idvec){0};
+	xpthread_mutex_unlock(&fs->pt_lock);
+	if (!v.len) {
+		idvec_free(&v);
+		return;
+	}
+	xpthread_mutex_lock(&fs->mount_lock);
+	for (size_t i = 0; fs->mounted && i < v.len; i++) {
+		uint32_t id = (uint32_t)v.ptr[i];
+		ioctl(fuse_session_fd(fs->se), PT_IOC_BACKING_CLOSE, &id);
+	}
+	xpthread_mutex_unlock(&fs->mount_lock);
+	idvec_free(&v);
+}
+
 bool passthrough_open(struct fs *fs, struct handle *h, bool complete)
 {
+	close_pending(fs);
 	h->mode = complete ? H_CACHED : H_DIRECT;
 	if (!complete)
 		return false;
@@ -241,6 +262,7 @@ void passthrough_release(struct fs *fs, struct handle *h)
 	if (h->mode == H_PASSTHROUGH)
 		stream_release_whole(h->s);
 	h->mode = H_DIRECT;
+	close_pending(fs);
 }
 
 unsigned passthrough_count(struct fs *fs, const struct node *n)
@@ -255,10 +277,10 @@ void passthrough_forget_node(struct fs *fs, struct node *n)
 {
 	if (n->backing_id <= 0)
 		return;
-	uint32_t id = (uint32_t)n->backing_id;
+	xpthread_mutex_lock(&fs->pt_lock);
+	/* Without memory it stays registered until the unmount: harmless. */
+	if (idvec_push(&fs->pt_closing, n->backing_id) < 0)
+		log_debug("passthrough: backing id %d kept until unmount", (int)n->backing_id);
 	n->backing_id = 0;
-	xpthread_mutex_lock(&fs->mount_lock);
-	if (fs->mounted)
-		ioctl(fuse_session_fd(fs->se), PT_IOC_BACKING_CLOSE, &id);
-	xpthread_mutex_unlock(&fs->mount_lock);
+	xpthread_mutex_unlock(&fs->pt_lock);
 }

@@ -73,6 +73,7 @@ void fs_free(struct fs *fs)
 	xpthread_rwlock_destroy(&fs->lock);
 	xpthread_mutex_destroy(&fs->mount_lock);
 	xpthread_mutex_destroy(&fs->hlock);
+	idvec_free(&fs->pt_closing);
 	xpthread_mutex_destroy(&fs->pt_lock);
 	xpthread_mutex_destroy(&fs->plock);
 	xpthread_cond_destroy(&fs->drained);

@@ -13,6 +13,7 @@ import mmap
 import os
 import signal
 import subprocess
+import threading
 
 import pytest
 
@@ -127,6 +128,9 @@ def test_url_stream_and_memory_store(srv, www, mount):
 
 
 def test_removed_while_open_reads_on(tmp_path, mount, streamfs_bin):
+    """rm while a passthrough file is open: it reads on; once it is closed
+    the node goes, and its backing file is let go of at the next open of
+    another file (which must work as before)."""
     m, blob = complete_cmd_stream(tmp_path, mount, 2 * MiB)
     p = m / "f"
     fd = os.open(p, os.O_RDONLY)
@@ -136,6 +140,11 @@ def test_removed_while_open_reads_on(tmp_path, mount, streamfs_bin):
         assert os.pread(fd, len(blob) + 1, 0) == blob
     finally:
         os.close(fd)
+    subprocess.run([str(streamfs_bin), "add", str(m.path), "g=cmd:echo again"], check=True,
+                   timeout=60)
+    for _ in range(2):  # the second open is passthrough, after the first read
+        assert read_all(m / "g") == b"again\n"
+        m.wait_state("g", {"complete"})
 
 
 def test_incomplete_and_failed_streams_are_not(tmp_path, mount):
@@ -200,3 +209,67 @@ def test_turned_off_by_the_environment(tmp_path, mount):
         assert os.pread(fd, len(blob), 0) == blob
     finally:
         os.close(fd)
+
+
+def test_opens_across_the_end_of_the_stream(tmp_path, mount):
+    """Threads open, read and close the file (and map it, once it is
+    complete) while the stream runs and after it ended: opens before the
+    end are direct_io, later ones passthrough, which the kernel lets mix
+    as long as no direct_io file is mapped; every read is right and no
+    open fails."""
+    blob = os.urandom(6 * MiB + 4097)
+    src = tmp_path / "src"
+    src.write_bytes(blob)
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    m = mount(f"f=cmd:head -c {3 * MiB} {q(src)}; cat {q(gate)} >/dev/null; "
+              f"tail -c +{3 * MiB + 1} {q(src)}")
+    p = m / "f"
+    m.start("f")
+    m.wait_bytes("f", 3 * MiB)
+    errors = []
+    stop = threading.Event()
+    counts = {"direct": 0, "passthrough": 0}
+
+    def worker(seed):
+        import random
+        rnd = random.Random(seed)
+        while not stop.is_set():
+            try:
+                fd = os.open(p, os.O_RDONLY)
+                try:
+                    complete = m.state("f") == "complete"
+                    limit = len(blob) if complete else 3 * MiB
+                    off = rnd.randrange(limit)
+                    n = rnd.randrange(1, 300_000)
+                    got = os.pread(fd, n, off)
+                    want = blob[off:off + n] if complete else blob[off:min(off + n, limit)]
+                    if complete and got != want or not complete and got[:len(want)] != want:
+                        errors.append(f"bytes at {off}+{n}")
+                    counts["passthrough" if complete else "direct"] += 1
+                finally:
+                    os.close(fd)
+            except OSError as e:
+                errors.append(repr(e))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: counts["direct"] >= 30 or errors, what="reads while running")
+        with open(gate, "w"):
+            pass
+        m.wait_state("f", {"complete"})
+        wait_until(lambda: counts["passthrough"] >= 60 or errors, what="reads once complete")
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mp:
+                assert mp[:] == blob
+        finally:
+            os.close(fd)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    assert not errors, errors[:5]
+    assert read_all(p) == blob
