@@ -19,10 +19,10 @@
  *   fs->lock        (read-write) the tree: node table, kids, node->s,
  *                   node->removed. Every request reads, add/rm/forget write.
  *   fs->plock       the list of parked requests
+ *   fs->pt_lock     nodes' open modes and backing files (passthrough.c);
+ *                   a stream's lock and fs->mount_lock are taken under it
  *   a stream's lock (in stream.c)
  *   fs->hlock       the list of open handles (a leaf)
- *   fs->pt_lock     nodes' open modes and backing files (passthrough.c);
- *                   fs->mount_lock is taken under it
  *   fs->push_lock   the handles adopted by push.c (a leaf)
  *   fs->mount_lock  fs->mounted and the session's device: held across a
  *                   notification, so unmounting cannot close the device
@@ -67,10 +67,11 @@ struct node {
 	struct nodevec kids; /* dir; protected by fs->lock */
 	struct stream *s;    /* file; protected by fs->lock (NULL once removed) */
 	/* passthrough.c, under fs->pt_lock: opens of the complete stream read
-	 * straight from the store, opens in page-cache mode (the kernel lets
-	 * the two not mix), and the store's registration as backing file (0:
-	 * none; kept for the node's life). */
-	unsigned pt_opens, cached_opens;
+	 * straight from the store, opens in page-cache mode and direct_io
+	 * opens (the kernel refuses to mix the first with the others), and
+	 * the store's registration as backing file (0: none; kept for the
+	 * node's life). */
+	unsigned pt_opens, cached_opens, direct_opens;
 	int32_t backing_id;
 	/* Set when the node is made, then read-only. */
 	enum size_policy size;
@@ -81,6 +82,7 @@ struct node {
 
 /* How a file was opened (passthrough.c). */
 enum handle_mode {
+	H_NONE,        /* not a file the kernel has open (push.c's own), or released */
 	H_DIRECT,      /* direct_io: the stream was still running */
 	H_CACHED,      /* complete, through the page cache and this daemon */
 	H_PASSTHROUGH, /* complete, read by the kernel from the store */
@@ -282,11 +284,13 @@ void push_stop(struct fs *fs);
 int passthrough_install(struct fs *fs);
 /* Called from INIT's handler: the reply this thread sends next is INIT's. */
 void passthrough_init_reply_next(void);
-/* Decide how @h (new, on its node and stream) is opened: direct_io if not
- * @complete, else read straight from the store if the kernel and the
- * stream allow it (returns true; the open reply this thread sends next is
- * made a passthrough one), else through the page cache. */
-bool passthrough_open(struct fs *fs, struct handle *h, bool complete);
+/* Decide how @h (new, on its node and stream) is opened, with the
+ * stream's state read at that moment into @in: direct_io if it is not
+ * complete, else read straight from the store if the kernel, the stream
+ * and the node's other open files allow it (the open reply this thread
+ * sends next is then made a passthrough one), else through the page
+ * cache. h->mode says which. */
+void passthrough_open(struct fs *fs, struct handle *h, struct stream_info *in);
 /* The open reply was sent (or failed): nothing more to patch. */
 void passthrough_sent(void);
 /* @h is released (or its open failed): undo what passthrough_open() held. */

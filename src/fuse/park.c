@@ -146,12 +146,11 @@ static void reply_open(struct pending *p, ssize_t r)
 	 * (push.c); every open keeps the cache: the next open of the complete
 	 * file reads from there. */
 	struct stream_info in;
-	stream_get_info(p->s, &in);
+	passthrough_open(p->fs, h, &in);
 	p->fi.fh = (uintptr_t)h;
-	bool complete = in.state == STREAM_COMPLETE;
+	bool complete = h->mode != H_DIRECT;
 	p->fi.keep_cache = 1; /* nothing cached is ever wrong (push.c) */
 	p->fi.direct_io = !complete;
-	passthrough_open(p->fs, h, complete);
 	/* Where the kernel will read a complete stream from the store itself
 	 * (passthrough.c), the FUSE file's page cache is never read: nothing
 	 * to push. Not under a size budget, which may leave the store without

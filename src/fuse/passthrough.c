@@ -39,10 +39,15 @@
  *    default --cache-min-free only evicts when the disk fills, and then
  *    the fill of others pauses instead, as for a command's bytes);
  *  - FOPEN_KEEP_CACHE is refused with it (the page cache is not used).
- * direct_io opens (incomplete streams) mix with passthrough ones, except
- * that a direct_io file cannot be mmap'ed while another file of the same
- * inode is open for passthrough (ENODEV): a reader that opened during the
- * fill and maps the file after another opened the complete one.
+ *  - a direct_io open (a running stream) fails too while a file of the
+ *    inode is open for passthrough, and so does a mapping of a direct_io
+ *    file that is already open. An open decided while the stream ran may
+ *    reach the kernel after one decided once it completed, so a node gets
+ *    passthrough opens only while it has no direct_io (nor page-cache)
+ *    file open: the decisions are taken under one lock (fs->pt_lock),
+ *    with the stream's state read under it, and counted per node until
+ *    their release. A file opened again while the first reader still has
+ *    it open is therefore read in page-cache mode, through the daemon.
  *
  * STREAMFS_PASSTHROUGH=off in the environment leaves it off (the INIT
  * reply untouched), as on a kernel without it.
@@ -217,31 +222,47 @@ static void close_pending(struct fs *fs)
 	idvec_free(&v);
 }
 
-bool passthrough_open(struct fs *fs, struct handle *h, bool complete)
+void passthrough_open(struct fs *fs, struct handle *h, struct stream_info *in)
 {
 	close_pending(fs);
-	h->mode = complete ? H_CACHED : H_DIRECT;
-	if (!complete)
-		return false;
+	struct node *n = h->n;
+	int32_t id = -1;
+	int fd = -1;
+	/* The state is read under the lock that orders the decisions: a
+	 * direct_io open decided on a running stream is counted before any
+	 * later open can see the stream complete. */
+	xpthread_mutex_lock(&fs->pt_lock);
+	stream_get_info(h->s, in);
+	if (in->state != STREAM_COMPLETE) {
+		h->mode = H_DIRECT;
+		n->direct_opens++;
+		xpthread_mutex_unlock(&fs->pt_lock);
+		return;
+	}
 	/* Not under a --cache-size budget: a stream held whole there would
 	 * keep its blocks from every other stream for as long as a file is
 	 * open (the budget's progress rules assume eviction can make room). */
-	int fd = atomic_load(&fs->passthrough) && !fs->cache_bounded ? stream_hold_whole(h->s) : -1;
-	xpthread_mutex_lock(&fs->pt_lock);
-	int32_t id = -1;
-	if (fd >= 0 && h->n->cached_opens == 0)
-		id = backing_of(fs, h->n, fd);
+	if (atomic_load(&fs->passthrough) && !fs->cache_bounded && n->direct_opens == 0 &&
+	    n->cached_opens == 0) {
+		fd = stream_hold_whole(h->s);
+		if (fd >= 0)
+			id = backing_of(fs, n, fd);
+	}
 	if (id > 0) {
 		h->mode = H_PASSTHROUGH;
-		h->n->pt_opens++;
+		n->pt_opens++;
 		open_next = id;
 	} else {
-		h->n->cached_opens++;
+		if (n->pt_opens)
+			log_warn("%s: cannot open it as the other open files are (read from the "
+			         "store): the kernel will refuse it",
+			         n->name);
+		h->mode = H_CACHED;
+		n->cached_opens++;
 	}
 	xpthread_mutex_unlock(&fs->pt_lock);
 	if (fd >= 0 && id <= 0)
 		stream_release_whole(h->s);
-	return id > 0;
 }
 
 void passthrough_sent(void)
@@ -251,17 +272,19 @@ void passthrough_sent(void)
 
 void passthrough_release(struct fs *fs, struct handle *h)
 {
-	if (h->mode == H_DIRECT)
+	if (h->mode == H_NONE)
 		return;
 	xpthread_mutex_lock(&fs->pt_lock);
 	if (h->mode == H_PASSTHROUGH)
 		h->n->pt_opens--;
-	else
+	else if (h->mode == H_CACHED)
 		h->n->cached_opens--;
+	else
+		h->n->direct_opens--;
 	xpthread_mutex_unlock(&fs->pt_lock);
 	if (h->mode == H_PASSTHROUGH)
 		stream_release_whole(h->s);
-	h->mode = H_DIRECT;
+	h->mode = H_NONE;
 	close_pending(fs);
 }
 
