@@ -37,10 +37,9 @@ static const char *const file_keys[] = {
 void fs_set_cache(struct fs *fs, struct cache *ca)
 {
 	fs->cache = ca;
-	struct cache_stats st = {0};
-	if (ca)
-		cache_get_stats(ca, &st);
-	fs->cache_bounded = st.limit != 0;
+	/* Bounded only under --cache-size (not cache_get_stats(): that asks
+	 * the file system for its free space under the budget's lock). */
+	fs->cache_bounded = ca && cache_window_max(ca) != UINT64_MAX;
 }
 
 void fs_set_control_name(struct fs *fs, const char *name)

@@ -291,6 +291,10 @@ void passthrough_init_reply_next(void);
  * sends next is then made a passthrough one), else through the page
  * cache. h->mode says which. */
 void passthrough_open(struct fs *fs, struct handle *h, struct stream_info *in);
+/* Will a complete file of this stream be read straight from the store
+ * (if its bytes are all there then)? If so, nothing need be pushed into
+ * the page cache for it (push.c). */
+bool passthrough_expected(struct fs *fs, const struct stream_info *in);
 /* The open reply was sent (or failed): nothing more to patch. */
 void passthrough_sent(void);
 /* @h is released (or its open failed): undo what passthrough_open() held. */

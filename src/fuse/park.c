@@ -151,12 +151,10 @@ static void reply_open(struct pending *p, ssize_t r)
 	bool complete = h->mode != H_DIRECT;
 	p->fi.keep_cache = 1; /* nothing cached is ever wrong (push.c) */
 	p->fi.direct_io = !complete;
-	/* Where the kernel will read a complete stream from the store itself
-	 * (passthrough.c), the FUSE file's page cache is never read: nothing
-	 * to push. Not under a size budget, which may leave the store without
-	 * some of the stream's bytes when it completes. */
-	h->push =
-	    !complete && !(atomic_load(&p->fs->passthrough) && !p->fs->cache_bounded && !in.keep);
+	/* Where the kernel will read the complete stream from the store
+	 * itself (passthrough.c), the FUSE file's page cache is never read:
+	 * nothing to push. */
+	h->push = !complete && !passthrough_expected(p->fs, &in);
 	/* A known length is the kernel's size of the file already: what this
 	 * reader is sent can be pushed while it reads, by a handle of the
 	 * push thread's own (push.c), instead of only after its release.

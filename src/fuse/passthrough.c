@@ -202,67 +202,77 @@ static int32_t backing_of(struct fs *fs, struct node *n, int fd)
 	return id;
 }
 
-/* Close the backing ids of freed nodes. No lock held. */
-static void close_pending(struct fs *fs)
+/* The backing ids of freed nodes, to close once fs->pt_lock is dropped
+ * (close_ids()). Under fs->pt_lock. */
+static struct idvec take_closing(struct fs *fs)
 {
-	xpthread_mutex_lock(&fs->pt_lock);
 	struct idvec v = fs->pt_closing;
 	fs->pt_closing = (struct idvec){0};
-	xpthread_mutex_unlock(&fs->pt_lock);
-	if (!v.len) {
-		idvec_free(&v);
-		return;
+	return v;
+}
+
+static void close_ids(struct fs *fs, struct idvec *v)
+{
+	if (v->len) {
+		xpthread_mutex_lock(&fs->mount_lock);
+		for (size_t i = 0; fs->mounted && i < v->len; i++) {
+			uint32_t id = (uint32_t)v->ptr[i];
+			ioctl(fuse_session_fd(fs->se), PT_IOC_BACKING_CLOSE, &id);
+		}
+		xpthread_mutex_unlock(&fs->mount_lock);
 	}
-	xpthread_mutex_lock(&fs->mount_lock);
-	for (size_t i = 0; fs->mounted && i < v.len; i++) {
-		uint32_t id = (uint32_t)v.ptr[i];
-		ioctl(fuse_session_fd(fs->se), PT_IOC_BACKING_CLOSE, &id);
-	}
-	xpthread_mutex_unlock(&fs->mount_lock);
-	idvec_free(&v);
+	idvec_free(v);
+}
+
+bool passthrough_expected(struct fs *fs, const struct stream_info *in)
+{
+	/* Not under a --cache-size budget: a stream held whole there would
+	 * keep its blocks from every other stream for as long as a file is
+	 * open (the budget's progress rules assume eviction can make room).
+	 * Not keep= streams: they drop their first bytes. */
+	return atomic_load(&fs->passthrough) && !fs->cache_bounded && !in->keep;
 }
 
 void passthrough_open(struct fs *fs, struct handle *h, struct stream_info *in)
 {
-	close_pending(fs);
 	struct node *n = h->n;
 	int32_t id = -1;
 	int fd = -1;
 	/* The state is read under the lock that orders the decisions: a
 	 * direct_io open decided on a running stream is counted before any
-	 * later open can see the stream complete. */
+	 * later open can see the stream complete. The registration (an ioctl
+	 * that waits for nothing) is done once per node under it, so that
+	 * two opens cannot register two backing files for one node. */
 	xpthread_mutex_lock(&fs->pt_lock);
+	struct idvec closing = take_closing(fs);
 	stream_get_info(h->s, in);
 	if (in->state != STREAM_COMPLETE) {
 		h->mode = H_DIRECT;
 		n->direct_opens++;
-		xpthread_mutex_unlock(&fs->pt_lock);
-		return;
-	}
-	/* Not under a --cache-size budget: a stream held whole there would
-	 * keep its blocks from every other stream for as long as a file is
-	 * open (the budget's progress rules assume eviction can make room). */
-	if (atomic_load(&fs->passthrough) && !fs->cache_bounded && n->direct_opens == 0 &&
-	    n->cached_opens == 0) {
-		fd = stream_hold_whole(h->s);
-		if (fd >= 0)
-			id = backing_of(fs, n, fd);
-	}
-	if (id > 0) {
-		h->mode = H_PASSTHROUGH;
-		n->pt_opens++;
-		open_next = id;
 	} else {
-		if (n->pt_opens)
-			log_warn("%s: cannot open it as the other open files are (read from the "
-			         "store): the kernel will refuse it",
-			         n->name);
-		h->mode = H_CACHED;
-		n->cached_opens++;
+		if (passthrough_expected(fs, in) && n->direct_opens == 0 && n->cached_opens == 0) {
+			fd = stream_hold_whole(h->s);
+			if (fd >= 0)
+				id = backing_of(fs, n, fd);
+		}
+		if (id > 0) {
+			h->mode = H_PASSTHROUGH;
+			n->pt_opens++;
+			open_next = id;
+		} else {
+			if (n->pt_opens)
+				log_warn(
+				    "%s: cannot open it as the other open files are (read from "
+				    "the store): the kernel will refuse it",
+				    n->name);
+			h->mode = H_CACHED;
+			n->cached_opens++;
+		}
 	}
 	xpthread_mutex_unlock(&fs->pt_lock);
 	if (fd >= 0 && id <= 0)
 		stream_release_whole(h->s);
+	close_ids(fs, &closing);
 }
 
 void passthrough_sent(void)
@@ -281,11 +291,12 @@ void passthrough_release(struct fs *fs, struct handle *h)
 		h->n->cached_opens--;
 	else
 		h->n->direct_opens--;
+	struct idvec closing = take_closing(fs);
 	xpthread_mutex_unlock(&fs->pt_lock);
 	if (h->mode == H_PASSTHROUGH)
 		stream_release_whole(h->s);
 	h->mode = H_NONE;
-	close_pending(fs);
+	close_ids(fs, &closing);
 }
 
 unsigned passthrough_count(struct fs *fs, const struct node *n)
@@ -298,11 +309,9 @@ unsigned passthrough_count(struct fs *fs, const struct node *n)
 
 void passthrough_forget_node(struct fs *fs, struct node *n)
 {
-	if (n->backing_id <= 0)
-		return;
 	xpthread_mutex_lock(&fs->pt_lock);
 	/* Without memory it stays registered until the unmount: harmless. */
-	if (idvec_push(&fs->pt_closing, n->backing_id) < 0)
+	if (n->backing_id > 0 && idvec_push(&fs->pt_closing, n->backing_id) < 0)
 		log_debug("passthrough: backing id %d kept until unmount", (int)n->backing_id);
 	n->backing_id = 0;
 	xpthread_mutex_unlock(&fs->pt_lock);

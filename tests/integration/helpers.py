@@ -476,6 +476,13 @@ def slow_cmd(path, chunks=4, delay=0.3):
             f"dd if={q(path)} bs={bs} skip=$i count=1 status=none; i=$((i+1)); done")
 
 
+def gated_cmd(data, head, gate):
+    """A cmd: source that sends the first @head bytes of the file @data,
+    waits for the Fifo @gate to be closed, then sends the rest."""
+    return (f"cmd:head -c {head} {q(data)}; {gate.gate}; "
+            f"tail -c +{head + 1} {q(data)}")
+
+
 class Fifo:
     """A named pipe the test writes to: the body of a 'pipe:' source, or of a
     command such as 'cat FIFO' (see .cat). The test decides exactly how many

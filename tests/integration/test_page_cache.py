@@ -37,7 +37,7 @@ import subprocess
 
 import pytest
 
-from helpers import put, q, wait_until
+from helpers import gated_cmd, put, wait_until
 
 MiB = 1 << 20
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -181,24 +181,20 @@ def test_nothing_read_nothing_cached(srv, www, mount):
     assert sum(pages) < len(pages) // 2
 
 
-def test_command_of_unknown_length(tmp_path, mount):
+def test_command_of_unknown_length(tmp_path, mount, fifo):
     """A command's bytes, read while it runs and again once it ended: the
     whole pages before the end come from the cache, and every byte is
     right, including the last, partial page."""
     blob = os.urandom(3 * MiB + 777)
     src = tmp_path / "src"
     src.write_bytes(blob)
-    gate = tmp_path / "gate"
-    os.mkfifo(gate)
-    # The first MiB, then a wait at the fifo, then the rest.
-    m = mount(f"c=cmd:head -c {MiB} {q(src)}; cat {q(gate)} >/dev/null; "
-              f"tail -c +{MiB + 1} {q(src)}")
+    gate = fifo("gate")
+    m = mount("c=" + gated_cmd(src, MiB, gate))  # the first MiB, the gate, the rest
     p = m / "c"
     with open(p, "rb", buffering=0) as f:
         first = f.read(MiB)
         assert first == blob[:MiB]
-        with open(gate, "w"):
-            pass  # let the command go on
+        gate.close()  # let the command go on
         rest = bytearray()
         while True:
             b = f.read(MiB)

@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from helpers import put, q, read_all, wait_until
+from helpers import gated_cmd, put, q, read_all, wait_until
 
 MiB = 1 << 20
 
@@ -60,10 +60,26 @@ def sha_of_fd_with_daemon_stopped(m, fd, timeout=30):
     return r.stdout.split()[0].decode()
 
 
-def complete_cmd_stream(tmp_path, mount, size, opts=(), env=None):
+def source_file(tmp_path, size):
+    """@size random bytes, and the file under @tmp_path that holds them."""
     blob = os.urandom(size)
     src = tmp_path / "src"
     src.write_bytes(blob)
+    return blob, src
+
+
+def read_through_the_daemon(p, blob):
+    """An open of @p that does not read from the store, and its bytes."""
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert file_attr(p, "passthrough") is None
+        assert os.pread(fd, len(blob), 0) == blob
+    finally:
+        os.close(fd)
+
+
+def complete_cmd_stream(tmp_path, mount, size, opts=(), env=None):
+    blob, src = source_file(tmp_path, size)
     m = mount(f"f=cmd:cat {q(src)}", opts=list(opts), env=env)
     assert read_all(m / "f") == blob  # the first read: direct_io, through the daemon
     m.wait_state("f", {"complete"})
@@ -112,26 +128,21 @@ def test_every_open_of_the_node_is_passthrough_while_one_is(tmp_path, mount):
     assert read_all(p) == blob
 
 
-def test_not_while_a_file_opened_during_the_run_is_open(tmp_path, mount):
+def test_not_while_a_file_opened_during_the_run_is_open(tmp_path, mount, fifo):
     """The kernel refuses a direct_io open, and a mapping of a direct_io
     file, while a file of the inode is open for passthrough; an open
     decided while the stream ran can reach the kernel after one decided
     once it completed. So while a file opened during the run is open,
     later opens go through the page cache; once it is closed, they read
     from the store again."""
-    blob = os.urandom(2 * MiB + 3)
-    src = tmp_path / "src"
-    src.write_bytes(blob)
-    gate = tmp_path / "gate"
-    os.mkfifo(gate)
-    m = mount(f"f=cmd:head -c {MiB} {q(src)}; cat {q(gate)} >/dev/null; "
-              f"tail -c +{MiB + 1} {q(src)}")
+    blob, src = source_file(tmp_path, 2 * MiB + 3)
+    gate = fifo("gate")
+    m = mount("f=" + gated_cmd(src, MiB, gate))
     p = m / "f"
     early = os.open(p, os.O_RDONLY)  # direct_io: the stream runs
     try:
         assert os.pread(early, 10, 0) == blob[:10]
-        with open(gate, "w"):
-            pass
+        gate.close()
         m.wait_state("f", {"complete"})
         late = os.open(p, os.O_RDONLY)
         try:
@@ -187,13 +198,12 @@ def test_removed_while_open_reads_on(tmp_path, mount, streamfs_bin):
         m.wait_state("g", {"complete"})
 
 
-def test_incomplete_and_failed_streams_are_not(tmp_path, mount):
+def test_incomplete_and_failed_streams_are_not(mount, fifo):
     """Only complete streams: a running one is read through the daemon (a
     read past what arrived waits), and a failed one keeps its error at the
-    exact byte."""
-    gate = tmp_path / "gate"
-    os.mkfifo(gate)
-    m = mount(f"r=cmd:head -c 100000 /dev/zero; cat {q(gate)} >/dev/null",
+    exact byte, for a file opened before the failure and one after."""
+    gate = fifo("gate")
+    m = mount(f"r=cmd:head -c 100000 /dev/zero; {gate.gate}",
               "e=cmd:head -c 70000 /dev/zero; exit 3")
     r = m / "r"
     m.start("r")
@@ -204,25 +214,22 @@ def test_incomplete_and_failed_streams_are_not(tmp_path, mount):
         assert len(os.pread(fd, 4096, 0)) == 4096
     finally:
         os.close(fd)
-    with open(gate, "w"):
-        pass
+    gate.close()
     e = m / "e"
-    fd = os.open(e, os.O_RDONLY)
+    before = os.open(e, os.O_RDONLY)
     try:
         m.wait_state("e", {"failed"})
-        assert os.pread(fd, 70000, 0) == bytes(70000)
-        with pytest.raises(OSError):
-            os.pread(fd, 1, 70000)
+        after = os.open(e, os.O_RDONLY)
+        try:
+            assert file_attr(e, "passthrough") is None
+            for fd in (before, after):
+                assert os.pread(fd, 70000, 0) == bytes(70000)
+                with pytest.raises(OSError):
+                    os.pread(fd, 1, 70000)
+        finally:
+            os.close(after)
     finally:
-        os.close(fd)
-    fd = os.open(e, os.O_RDONLY)  # opened after the failure
-    try:
-        assert file_attr(e, "passthrough") is None
-        assert os.pread(fd, 70000, 0) == bytes(70000)
-        with pytest.raises(OSError):
-            os.pread(fd, 1, 70000)
-    finally:
-        os.close(fd)
+        os.close(before)
 
 
 def test_not_under_a_size_budget(tmp_path, mount):
@@ -230,28 +237,16 @@ def test_not_under_a_size_budget(tmp_path, mount):
     and holding it whole would keep other streams from room: read through
     the daemon there, as before."""
     m, blob = complete_cmd_stream(tmp_path, mount, 3 * MiB, opts=["--cache-size=64M"])
-    p = m / "f"
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        assert file_attr(p, "passthrough") is None
-        assert os.pread(fd, len(blob), 0) == blob
-    finally:
-        os.close(fd)
+    read_through_the_daemon(m / "f", blob)
 
 
 def test_turned_off_by_the_environment(tmp_path, mount):
     m, blob = complete_cmd_stream(tmp_path, mount, MiB, env={"STREAMFS_PASSTHROUGH": "off"})
     assert root_attr(m, "passthrough") == "off"
-    p = m / "f"
-    fd = os.open(p, os.O_RDONLY)
-    try:
-        assert file_attr(p, "passthrough") is None
-        assert os.pread(fd, len(blob), 0) == blob
-    finally:
-        os.close(fd)
+    read_through_the_daemon(m / "f", blob)
 
 
-def test_opens_across_the_end_of_the_stream(tmp_path, mount):
+def test_opens_across_the_end_of_the_stream(tmp_path, mount, fifo):
     """Threads open, read and close the file while the stream runs and
     after it ended (and map it once complete): opens before the end are
     direct_io, and one of them may reach the kernel after an open decided
@@ -259,13 +254,9 @@ def test_opens_across_the_end_of_the_stream(tmp_path, mount):
     passthrough (an EIO seen under stress-ng before the rule that a node
     with direct_io files open gets no passthrough opens). Every read is
     right and no open fails."""
-    blob = os.urandom(6 * MiB + 4097)
-    src = tmp_path / "src"
-    src.write_bytes(blob)
-    gate = tmp_path / "gate"
-    os.mkfifo(gate)
-    m = mount(f"f=cmd:head -c {3 * MiB} {q(src)}; cat {q(gate)} >/dev/null; "
-              f"tail -c +{3 * MiB + 1} {q(src)}")
+    blob, src = source_file(tmp_path, 6 * MiB + 4097)
+    gate = fifo("gate")
+    m = mount("f=" + gated_cmd(src, 3 * MiB, gate))
     p = m / "f"
     m.start("f")
     m.wait_bytes("f", 3 * MiB)
@@ -299,8 +290,7 @@ def test_opens_across_the_end_of_the_stream(tmp_path, mount):
         t.start()
     try:
         wait_until(lambda: counts["direct"] >= 30 or errors, what="reads while running")
-        with open(gate, "w"):
-            pass
+        gate.close()
         m.wait_state("f", {"complete"})
         wait_until(lambda: counts["passthrough"] >= 60 or errors, what="reads once complete")
         fd = os.open(p, os.O_RDONLY)

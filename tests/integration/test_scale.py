@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import (DEADLINE, Background, _unescape_mountinfo, call, make_data,
+from helpers import (DEADLINE, Background, _unescape_mountinfo, call, gated_cmd, make_data,
                      pread_path, proc_state, q, read_all, register_pid, run, status_files, status_json,
                      storm_argv, unregister_pid, wait_blocked_in_read, wait_until)
 
@@ -98,13 +98,6 @@ class Parked:
             wait_until(lambda: self.m.xattr(name, "waiters") == str(n), PROMPT,
                        f"user.streamfs.waiters of {name} to be {n} "
                        f"(is {self.m.xattr(name, 'waiters')})")
-
-
-def gated(data, head, gate):
-    """A command that sends the first @head bytes of the file @data, waits
-    for the FIFO @gate to be closed, then sends the rest."""
-    return (f"cmd:head -c {head} {q(data)}; {gate.gate}; "
-            f"tail -c +{head + 1} {q(data)}")
 
 
 def spawn(argv):
@@ -203,7 +196,7 @@ def test_256_readers_on_a_stalled_stream_do_not_starve_the_mount(mount, tmp_path
     head = 100_000
     data = make_data(tmp_path / "data", 4_000_000)
     done = make_data(tmp_path / "done", 8_000_000)
-    m = mount(f"stalled.bin={gated(tmp_path / 'data', head, gate)}",
+    m = mount(f"stalled.bin={gated_cmd(tmp_path / 'data', head, gate)}",
               f"done.bin=cmd:cat {q(tmp_path / 'done')}",
               "other.txt=cmd:echo other", "late.txt=cmd:echo late", "sub/x.txt=cmd:echo x")
     parked = Parked(fusectl, m)
@@ -256,7 +249,7 @@ def test_killed_and_interrupted_readers_leave_no_parked_request(mount, tmp_path,
     gate = fifo("gate")
     head = 10_000
     data = make_data(tmp_path / "data", 1_000_000)
-    m = mount(f"s.bin={gated(tmp_path / 'data', head, gate)}")
+    m = mount(f"s.bin={gated_cmd(tmp_path / 'data', head, gate)}")
     parked = Parked(fusectl, m)
     m.start("s.bin").result()
     m.wait_bytes("s.bin", head)
@@ -368,7 +361,7 @@ def test_open_read_close_storms_from_several_processes(mount, tmp_path, fifo):
                      f"cat {q(tmp_path / f'd{k}')}")
     head = 50_000
     make_data(tmp_path / "stalled", 200_000)
-    specs.append(f"stalled.bin={gated(tmp_path / 'stalled', head, gate)}")
+    specs.append(f"stalled.bin={gated_cmd(tmp_path / 'stalled', head, gate)}")
     m = mount(*specs)
     m.start("stalled.bin").result()
     m.wait_bytes("stalled.bin", head)
