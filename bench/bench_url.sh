@@ -17,7 +17,10 @@
 #     `head -c 4096 MNT/f` on a fresh mount (mount time not counted).
 # Prints the median of each. Environment: STREAMFS (binary, default
 # build/streamfs), STREAMFS_OPTS (extra options, e.g. --cache-dir=memory),
-# REPS, BENCH_TMP (parent of the tmp dir, default /tmp), BENCH_DL_DIR.
+# REPS, BENCH_TMP (parent of the tmp dir, default /tmp), BENCH_DL_DIR,
+# BENCH_MEM (warm, the default, or asis: the state of free memory before the
+# download and the first read, both of which write a new page per 4 KiB; see
+# bench/memstate.sh; the last line says what writing SIZE_MIB costs here).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -68,6 +71,8 @@ trap 'exit 130' INT TERM
 now() { date +%s.%N; }
 # shellcheck source=bench/nginx.sh
 . "$(dirname "$0")/nginx.sh"
+# shellcheck source=bench/memstate.sh
+. "$(dirname "$0")/memstate.sh"
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 # ---- the file and nginx
@@ -78,6 +83,8 @@ BYTES=$(stat -c %s "$TMP/www/f")
 
 nginx_start || exit 1
 cat "$TMP/www/f" >/dev/null # page cache warm: measure streamfs and curl, not the disk
+DL_DIR=$(dirname "$DL")
+FLOOR=$(mem_floor "$DL_DIR" "$SIZE_MIB")
 
 start_streamfs() {
 	# shellcheck disable=SC2086
@@ -102,11 +109,13 @@ for r in $(seq "$REPS"); do
 	t0=$(now); curl -s -o /dev/null "$URL"; t1=$(now)
 	mibps "$t0" "$t1" >>"$TMP/seq_curl"
 	# download to a file
+	mem_state "$DL_DIR" "$SIZE_MIB"
 	t0=$(now); curl -s -o "$DL" "$URL"; t1=$(now)
 	rm -f "$DL"
 	mibps "$t0" "$t1" >>"$TMP/seq_dl"
 	# sequential, streamfs (fresh mount: the bytes come over HTTP)
 	start_streamfs
+	mem_state "$DL_DIR" "$SIZE_MIB"
 	t0=$(now); cat "$MNT/f" >/dev/null; t1=$(now)
 	got=$(stat -c %s "$MNT/f")
 	# second read, same mount, at once
@@ -134,7 +143,7 @@ TC=$(median <"$TMP/ttfb_curl"); TS=$(median <"$TMP/ttfb_sfs")
 RL=$(median <"$TMP/re_local"); RS=$(median <"$TMP/re_sfs")
 SD=$(median <"$TMP/seq_dl")
 echo
-echo "URL source vs curl: ${SIZE_MIB} MiB from nginx on 127.0.0.1, median of $REPS"
+echo "URL source vs curl: ${SIZE_MIB} MiB from nginx on 127.0.0.1, median of $REPS, BENCH_MEM=$BENCH_MEM"
 printf '%-28s %12s %12s %14s\n' "measure" "streamfs" "baseline" "ratio"
 printf '%-28s %12s %12s %14s\n' "sequential read (MiB/s)" "$SS" "$SC" "$(awk -v a="$SS" -v b="$SC" 'BEGIN {printf "%.2f", a/b}')"
 printf '%-28s %12s %12s %14s\n' "vs download to a file" "$SS" "$SD" "$(awk -v a="$SS" -v b="$SD" 'BEGIN {printf "%.2f", a/b}')"
@@ -143,3 +152,4 @@ printf '%-28s %12s %12s %14s\n' "first 4 KiB, fresh (ms)" "$TS" "$TC" "$(awk -v 
 echo "(baselines: sequential, curl -s -o /dev/null vs cat MNT/f >/dev/null; download to a file,"
 echo " curl -s -o FILE in ${BENCH_DL_DIR:-/var/tmp} vs the same cat MNT/f; second read, cat of the"
 echo " local page-cached file vs cat MNT/f again at once; first 4 KiB, curl -r 0-4095 vs head -c 4096)"
+echo "$FLOOR"

@@ -63,6 +63,7 @@ MiB = 1 << 20
 PKGS = ["nginx-light", "curl", "ffmpeg", "file", "zip", "unzip", "tar", "fuse3",
         "coreutils", "httpfs2", "httpdirfs", "rclone"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_REPORTING = Path("/sys/module/page_reporting")  # see "the state of free memory"
 
 
 def log(msg):
@@ -195,6 +196,33 @@ def proc_usage(pid):
     fields = st[st.rindex(")") + 2:].split()
     cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
     return rss, cpu
+
+
+# ---- the state of free memory
+#
+# This machine type's kernel hands free memory back to its host (free page
+# reporting), and the first touch of a page handed back costs the host's
+# work: writing 1 GiB into a new file takes 2.5-3.5 s on such ("cold")
+# memory here, 0.25 s on memory freed just before ("warm"). Every first read
+# of the big file writes a new page per 4 KiB (a store, a download, a cache)
+# except curl's and httpfs2's, and whether those pages are warm depends on
+# what ran before (another's unmount or a download's removal leaves warm
+# pages; how long they stay warm varies). So, by default (--memory warm),
+# each first read starts right after writing and removing as much; the table
+# head gives the cold and warm rates measured at the start. See
+# bench/memstate.sh.
+
+def mem_write(where, mib):
+    """MiB/s of writing mib MiB of zeros into a new file in where; removes it."""
+    fd, name = tempfile.mkstemp(prefix="memstate.", dir=str(where))
+    os.close(fd)
+    try:
+        t0 = time.monotonic()
+        subprocess.run(["dd", "if=/dev/zero", "of=" + name, "bs=1M", "count=%d" % mib,
+                        "status=none"], check=True)
+        return mib / (time.monotonic() - t0)
+    finally:
+        os.unlink(name)
 
 
 def run_rusage(argv, timeout):
@@ -513,7 +541,10 @@ class Suite:
 
     def record(self, row, sysm, fn, proc=None):
         """Run fn for row; its figure or its Failure goes in the results. A
-        failure while the daemon (proc) is gone says what the daemon said."""
+        failure while the daemon (proc) is gone says what the daemon said.
+        A first read of the big file starts from the --memory state."""
+        if row == "read1" and self.args.memory == "warm":
+            mem_write(self.tmp, self.args.size_mib)
         try:
             v = fn()
         except Failure as e:
@@ -1055,6 +1086,9 @@ def main():
     ap.add_argument("--note", default="", help="a line to put in RESULTS.md")
     ap.add_argument("--systems", help="comma-separated subset of: local, curl, download, "
                     "streamfs, streamfs-mem, httpdirfs, httpdirfs-cache, rclone-off, rclone-full, httpfs2")
+    ap.add_argument("--memory", choices=("warm", "asis"), default="warm",
+                    help="free memory before each first read of the big file: warm (freed "
+                    "just before, the default) or as it is; see bench/memstate.sh")
     ap.add_argument("--no-install", action="store_true", help="install no packages")
     ap.add_argument("--data", help="keep the generated data in DATA and reuse it next time")
     ap.add_argument("--tmp", default=os.environ.get("BENCH_TMP", "/var/tmp"),
@@ -1107,6 +1141,7 @@ def main():
         else:
             make_data(tmp / "www", args.size_mib, args.mp4_mib)
         server = args.server = Server(tmp)
+        floor = (mem_write(tmp, args.size_mib), mem_write(tmp, args.size_mib))
         suite = Suite(args, tmp)
         suite.run()
         cleanup()
@@ -1128,6 +1163,11 @@ def main():
         "Run %s UTC at commit %s, %s; load average %.2f at the start." % (
             started.strftime("%Y-%m-%d %H:%M"), at_commit, machine(), load),
         "Versions: %s. Each cell: %s, systems interleaved." % (versions(), reps),
+        "Writing %d MiB into a new file here: %.0f MiB/s at the start, %.0f at once again "
+        "(free page reporting %s); each first read of the big file started on %s memory "
+        "(--memory %s)." % (args.size_mib, floor[0], floor[1],
+                            "on" if PAGE_REPORTING.exists() else "off",
+                            "warm" if args.memory == "warm" else "unprepared", args.memory),
     ]
     if os.geteuid() != 0:
         head.append("Not root: the local file's first read is from the page cache.")
