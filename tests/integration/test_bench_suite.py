@@ -75,6 +75,10 @@ def test_suite_table(tmp_path, data, streamfs_bin):
     assert t["`unzip -l` (32 MiB zip), ms"]["curl"].startswith("n/a [")
     assert "unzip needs a seekable file" in out
     assert re.search(r"^Run \d{4}-\d\d-\d\d \d\d:\d\d UTC at commit \w+", out, re.M)
+    # the state of free memory the first reads started from, and what it costs here
+    assert re.search(r"^Writing 8 MiB into a new file here: \d+ MiB/s at the start, \d+ at once "
+                     r"again \(free page reporting o(n|ff)\); each first read of the big file "
+                     r"started on warm memory \(--memory warm\)\.$", out, re.M), out
 
 
 def test_suite_mount_failure_is_a_cell(tmp_path, data):
