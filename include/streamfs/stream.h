@@ -383,6 +383,10 @@ bool stream_held_reader_in(struct stream *s, uint64_t off, uint64_t end);
 /* Bytes filled in order from 0 (never decreases). */
 uint64_t stream_frontier(struct stream *s);
 
+/* Does @s drop its oldest bytes (keep=)? Then bytes present now may be gone
+ * by the time a reply is copied later. */
+bool stream_drops_bytes(struct stream *s);
+
 /*
  * A fetch of [off, off+len) for a COMPLETE stream (its bytes had been
  * evicted) failed for now: forget it was asked for, and answer the

@@ -134,6 +134,14 @@ uint64_t stream_frontier(struct stream *s)
 	return f;
 }
 
+bool stream_drops_bytes(struct stream *s)
+{
+	pthread_mutex_lock(&s->lock);
+	bool drops = s->keep != 0;
+	pthread_mutex_unlock(&s->lock);
+	return drops;
+}
+
 void stream_fetch_failed(struct stream *s, uint64_t off, uint64_t len)
 {
 	struct stream_waiter ready = {.next = NULL};

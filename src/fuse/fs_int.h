@@ -123,9 +123,11 @@ struct pending {
 	enum pending_op op;
 	bool with_fh; /* P_GETATTR: carried a file handle */
 	bool push;    /* P_READ: through a handle that notes what it sent (struct handle) */
-	struct fuse_file_info fi;  /* P_OPEN */
-	TAILQ_ENTRY(pending) link; /* on fs->parked, under fs->plock */
-	atomic_bool answered;      /* claimed by the one party that answers */
+	struct fuse_file_info fi;   /* P_OPEN */
+	TAILQ_ENTRY(pending) link;  /* on fs->parked, under fs->plock */
+	atomic_bool answered;       /* claimed by the one party that answers */
+	TAILQ_ENTRY(pending) qlink; /* on fs->replies, under fs->reply_lock (replier.c) */
+	ssize_t result;             /* what it is answered with, once queued there */
 };
 TAILQ_HEAD(pending_list, pending);
 
@@ -182,6 +184,13 @@ struct fs {
 	bool push_kick; /* a round is wanted now (a release): do not sleep; under push_lock */
 	atomic_bool push_stop;
 	pthread_t push_thread;
+
+	/* replier.c: woken reads whose replies its thread sends. */
+	pthread_mutex_t reply_lock;
+	pthread_cond_t reply_cond;
+	struct pending_list replies; /* linked by qlink */
+	bool reply_started, reply_stop, reply_failed;
+	pthread_t reply_thread;
 };
 
 /* ---- fs.c ---- */
@@ -259,6 +268,10 @@ void park(fuse_req_t req, struct fs *fs, struct node *n, struct stream *s, enum 
 void park_read(fuse_req_t req, struct fs *fs, struct handle *h, enum stream_wait_kind kind,
                uint64_t off, size_t len);
 
+/* Answer @p, woken by its stream with @r and handed to replier.c, and
+ * release it. */
+void pending_answer(struct pending *p, ssize_t r);
+
 /* Reply with the present bytes [off, off+len). Returns 0 when replied, or
  * -ERANGE (not all present) / -errno without replying. */
 int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len, bool push);
@@ -276,6 +289,17 @@ void push_adopt(struct fs *fs, struct handle *h);
 /* Stop the thread (at shutdown, after park_wake_all()); the handles it still
  * holds are freed with the others. Idempotent. */
 void push_stop(struct fs *fs);
+
+/* ---- replier.c ---- */
+
+/* Hand @p, woken with @r (> 0 bytes of a read), to the reply thread: true
+ * if it took it (it answers @p), false if the caller must answer it. */
+bool replier_take(struct fs *fs, struct pending *p, ssize_t r);
+
+/* Stop the reply thread once every reply handed to it is sent (from
+ * fs_shutdown(), after park_wake_all(), and fs_free()); later ones are
+ * answered by their wakers. */
+void replier_stop(struct fs *fs);
 
 /* ---- passthrough.c ---- */
 

@@ -10,7 +10,8 @@
  * Who answers a pending: exactly one of
  *  - park() itself, when stream_wait() answers at once;
  *  - pending_done(), the stream's done() callback (the bytes came, the
- *    stream ended, failed or was cancelled);
+ *    stream ended, failed or was cancelled), or the reply thread it hands
+ *    a read with bytes to (replier.c), which then owns it;
  *  - pending_interrupt(), libfuse's interrupt callback (Ctrl-C, SIGKILL,
  *    timeout), which answers EINTR;
  *  - park_wake_all() (fs_shutdown), which answers EIO.
@@ -257,9 +258,20 @@ static void answer(struct pending *p, ssize_t r, bool listed)
 	release(p, listed);
 }
 
+/* Woken by the stream: the reply of a read with bytes goes to the reply
+ * thread where it may (replier.c), so that the thread that wrote them goes
+ * on receiving. */
 static void pending_done(struct stream_waiter *w, ssize_t r)
 {
-	answer(w->data, r, true);
+	struct pending *p = w->data;
+	if (p->op == P_READ && r > 0 && replier_take(p->fs, p, r))
+		return;
+	answer(p, r, true);
+}
+
+void pending_answer(struct pending *p, ssize_t r)
+{
+	answer(p, r, true);
 }
 
 /* Runs under the request's lock: must not disarm itself. */

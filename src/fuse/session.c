@@ -46,8 +46,11 @@ struct fs *fs_new(void)
 	xpthread_cond_init(&fs->drained, NULL);
 	xpthread_mutex_init(&fs->push_lock, NULL);
 	xpthread_cond_init(&fs->push_cond, NULL);
+	xpthread_mutex_init(&fs->reply_lock, NULL);
+	xpthread_cond_init(&fs->reply_cond, NULL);
 	TAILQ_INIT(&fs->handles);
 	TAILQ_INIT(&fs->parked);
+	TAILQ_INIT(&fs->replies);
 	fs->uid = getuid();
 	fs->gid = getgid();
 	if (tree_init(fs) < 0) {
@@ -65,6 +68,7 @@ void fs_free(struct fs *fs)
 	/* Every parked request was answered: by its stream (the sources are
 	 * done) or by fs_shutdown(). */
 	assert(TAILQ_EMPTY(&fs->parked));
+	replier_stop(fs);
 	push_stop(fs);
 	tree_free(fs);
 	handles_free_all(fs);
@@ -78,6 +82,8 @@ void fs_free(struct fs *fs)
 	xpthread_mutex_destroy(&fs->plock);
 	xpthread_cond_destroy(&fs->drained);
 	xpthread_mutex_destroy(&fs->push_lock);
+	xpthread_mutex_destroy(&fs->reply_lock);
+	xpthread_cond_destroy(&fs->reply_cond);
 	xpthread_cond_destroy(&fs->push_cond);
 	free(fs);
 }
@@ -291,6 +297,9 @@ void fs_shutdown(struct fs *fs)
 	size_t k = park_wake_all(fs);
 	if (k)
 		log_debug("answered %zu parked request%s at shutdown", k, k == 1 ? "" : "s");
+	/* Every reply handed to the reply thread is sent: park_wake_all()
+	 * waited for them. */
+	replier_stop(fs);
 	/* After the parked requests: a store into the page cache can wait
 	 * on a page that a parked read holds locked. */
 	push_stop(fs);

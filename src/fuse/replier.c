@@ -1,0 +1,88 @@
+/*
+ * replier.c - the thread that sends the replies of reads woken by a write.
+ *
+ * A read parked at the frontier is woken by the thread that made its bytes
+ * present: for every source, the I/O thread, which also receives and
+ * stores every byte. Sending the reply there (a copy out of the store and
+ * the kernel's copy into the reader) kept that one thread busy with work
+ * that another CPU can do while it goes back to receiving. So a woken read
+ * is handed here instead, and this thread answers it (park.c's answer()).
+ *
+ * Only where a woken read's bytes stay present until the reply is sent:
+ * no --cache-size budget (which evicts) and no keep= (which drops). There
+ * the waiter's pin ends when it is woken, and a budget tight enough could
+ * evict the bytes of a queued reply again and again; those replies are
+ * sent by the waking thread, as before. (A copy that finds its bytes gone
+ * would still be safe, park.c parks the read again, but it would not make
+ * progress under such a budget.)
+ *
+ * A queued pending is still on fs->parked: park_wake_all() waits for its
+ * reply like for any other, so fs_shutdown() stops this thread only after
+ * the queue is empty. The thread starts with the first reply handed over.
+ */
+#include "fs_int.h"
+
+#include "log.h"
+#include "xpthread.h"
+
+#include <errno.h>
+#include <string.h>
+
+static void *replier_main(void *arg)
+{
+	struct fs *fs = arg;
+	pthread_setname_np(pthread_self(), "streamfs-reply"); /* top -H, perf */
+	xpthread_mutex_lock(&fs->reply_lock);
+	for (;;) {
+		struct pending *p = TAILQ_FIRST(&fs->replies);
+		if (!p) {
+			if (fs->reply_stop)
+				break;
+			xpthread_cond_wait(&fs->reply_cond, &fs->reply_lock);
+			continue;
+		}
+		TAILQ_REMOVE(&fs->replies, p, qlink);
+		xpthread_mutex_unlock(&fs->reply_lock);
+		pending_answer(p, p->result);
+		xpthread_mutex_lock(&fs->reply_lock);
+	}
+	xpthread_mutex_unlock(&fs->reply_lock);
+	return NULL;
+}
+
+bool replier_take(struct fs *fs, struct pending *p, ssize_t r)
+{
+	if (fs->cache_bounded || stream_drops_bytes(p->s))
+		return false;
+	xpthread_mutex_lock(&fs->reply_lock);
+	if (!fs->reply_started && !fs->reply_stop && !fs->reply_failed) {
+		int e = pthread_create(&fs->reply_thread, NULL, replier_main, fs);
+		if (e == 0) {
+			fs->reply_started = true;
+		} else {
+			fs->reply_failed = true; /* said once; replies go on from the waker */
+			log_warn("cannot start the reply thread: %s", strerror(e));
+		}
+	}
+	bool take = fs->reply_started && !fs->reply_stop;
+	if (take) {
+		p->result = r;
+		TAILQ_INSERT_TAIL(&fs->replies, p, qlink);
+		xpthread_cond_signal(&fs->reply_cond);
+	}
+	xpthread_mutex_unlock(&fs->reply_lock);
+	return take;
+}
+
+void replier_stop(struct fs *fs)
+{
+	xpthread_mutex_lock(&fs->reply_lock);
+	fs->reply_stop = true;
+	bool join = fs->reply_started;
+	fs->reply_started = false;
+	xpthread_cond_signal(&fs->reply_cond);
+	xpthread_mutex_unlock(&fs->reply_lock);
+	/* It leaves once the queue is empty: whatever was queued is sent. */
+	if (join)
+		pthread_join(fs->reply_thread, NULL);
+}
