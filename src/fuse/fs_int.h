@@ -189,7 +189,7 @@ struct fs {
 	pthread_mutex_t reply_lock;
 	pthread_cond_t reply_cond;
 	struct pending_list replies; /* linked by qlink */
-	bool reply_started, reply_stop, reply_failed;
+	enum { REPLY_NONE, REPLY_RUNNING, REPLY_FAILED, REPLY_STOPPED } reply_state;
 	pthread_t reply_thread;
 };
 

@@ -238,6 +238,7 @@ void passthrough_open(struct fs *fs, struct handle *h, struct stream_info *in)
 	struct node *n = h->n;
 	int32_t id = -1;
 	int fd = -1;
+	bool refused = false;
 	/* The state is read under the lock that orders the decisions: a
 	 * direct_io open decided on a running stream is counted before any
 	 * later open can see the stream complete. The registration (an ioctl
@@ -260,16 +261,16 @@ void passthrough_open(struct fs *fs, struct handle *h, struct stream_info *in)
 			n->pt_opens++;
 			open_next = id;
 		} else {
-			if (n->pt_opens)
-				log_warn(
-				    "%s: cannot open it as the other open files are (read from "
-				    "the store): the kernel will refuse it",
-				    n->name);
+			refused = n->pt_opens > 0;
 			h->mode = H_CACHED;
 			n->cached_opens++;
 		}
 	}
 	xpthread_mutex_unlock(&fs->pt_lock);
+	if (refused) /* said outside the lock: a log line is a write */
+		log_warn("%s: cannot open it as the other open files are (read from the store): "
+		         "the kernel will refuse it",
+		         n->name);
 	if (fd >= 0 && id <= 0)
 		stream_release_whole(h->s);
 	close_ids(fs, &closing);

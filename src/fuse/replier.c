@@ -25,7 +25,6 @@
 #include "log.h"
 #include "xpthread.h"
 
-#include <errno.h>
 #include <string.h>
 
 static void *replier_main(void *arg)
@@ -36,7 +35,7 @@ static void *replier_main(void *arg)
 	for (;;) {
 		struct pending *p = TAILQ_FIRST(&fs->replies);
 		if (!p) {
-			if (fs->reply_stop)
+			if (fs->reply_state == REPLY_STOPPED)
 				break;
 			xpthread_cond_wait(&fs->reply_cond, &fs->reply_lock);
 			continue;
@@ -54,32 +53,30 @@ bool replier_take(struct fs *fs, struct pending *p, ssize_t r)
 {
 	if (fs->cache_bounded || stream_drops_bytes(p->s))
 		return false;
+	int e = 0;
 	xpthread_mutex_lock(&fs->reply_lock);
-	if (!fs->reply_started && !fs->reply_stop && !fs->reply_failed) {
-		int e = pthread_create(&fs->reply_thread, NULL, replier_main, fs);
-		if (e == 0) {
-			fs->reply_started = true;
-		} else {
-			fs->reply_failed = true; /* said once; replies go on from the waker */
-			log_warn("cannot start the reply thread: %s", strerror(e));
-		}
+	if (fs->reply_state == REPLY_NONE) {
+		e = pthread_create(&fs->reply_thread, NULL, replier_main, fs);
+		/* Failed: said once, and the wakers go on replying. */
+		fs->reply_state = e == 0 ? REPLY_RUNNING : REPLY_FAILED;
 	}
-	bool take = fs->reply_started && !fs->reply_stop;
+	bool take = fs->reply_state == REPLY_RUNNING;
 	if (take) {
 		p->result = r;
 		TAILQ_INSERT_TAIL(&fs->replies, p, qlink);
 		xpthread_cond_signal(&fs->reply_cond);
 	}
 	xpthread_mutex_unlock(&fs->reply_lock);
+	if (e)
+		log_warn("cannot start the reply thread: %s", strerror(e));
 	return take;
 }
 
 void replier_stop(struct fs *fs)
 {
 	xpthread_mutex_lock(&fs->reply_lock);
-	fs->reply_stop = true;
-	bool join = fs->reply_started;
-	fs->reply_started = false;
+	bool join = fs->reply_state == REPLY_RUNNING;
+	fs->reply_state = REPLY_STOPPED;
 	xpthread_cond_signal(&fs->reply_cond);
 	xpthread_mutex_unlock(&fs->reply_lock);
 	/* It leaves once the queue is empty: whatever was queued is sent. */

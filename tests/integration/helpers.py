@@ -462,6 +462,25 @@ def put(www, name, size):
     return make_data(Path(www) / name, size)
 
 
+def source_file(dirpath, size, name="src"):
+    """@size random bytes in a new file @name under @dirpath (the body of a
+    cmd: source, say); returns (the bytes, the file's path)."""
+    path = Path(dirpath) / name
+    return make_data(path, size), path
+
+
+def thread_names(pid):
+    """The names (comm) of the threads of process @pid."""
+    names = set()
+    for t in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{t}/comm") as f:
+                names.add(f.read().strip())
+        except FileNotFoundError:
+            pass  # the thread ended meanwhile
+    return names
+
+
 def q(s):
     return shlex.quote(str(s))
 

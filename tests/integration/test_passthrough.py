@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from helpers import gated_cmd, put, q, read_all, wait_until
+from helpers import gated_cmd, put, q, read_all, source_file, wait_until
 
 MiB = 1 << 20
 
@@ -58,14 +58,6 @@ def sha_of_fd_with_daemon_stopped(m, fd, timeout=30):
         os.kill(m.pid, signal.SIGCONT)
     assert r.returncode == 0, r.stderr
     return r.stdout.split()[0].decode()
-
-
-def source_file(tmp_path, size):
-    """@size random bytes, and the file under @tmp_path that holds them."""
-    blob = os.urandom(size)
-    src = tmp_path / "src"
-    src.write_bytes(blob)
-    return blob, src
 
 
 def read_through_the_daemon(p, blob):

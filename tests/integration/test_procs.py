@@ -22,7 +22,7 @@ import signal
 import pytest
 
 from helpers import (DEADLINE, Background, assert_blocked, call, kill_if_alive, mounted,
-                     pid_alive, q, read_all, run, wait_until)
+                     pid_alive, q, read_all, run, thread_names, wait_until)
 
 TRAPPED = "(trap '' TERM; exec sleep 777) >/dev/null 2>&1 & echo $! > {job}"
 
@@ -267,17 +267,6 @@ def test_a_daemon_started_with_sigchld_ignored_still_sees_commands_end(mount):
 
 
 # ------------------------------------------- thread names
-
-def thread_names(pid):
-    names = set()
-    for t in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{t}/comm") as f:
-                names.add(f.read().strip())
-        except FileNotFoundError:
-            pass  # the thread ended meanwhile
-    return names
-
 
 def test_daemon_threads_are_named(mount):
     """top -H and perf show what each thread of the daemon is: the I/O

@@ -15,15 +15,9 @@ import threading
 
 import pytest
 
-from helpers import gated_cmd, mounted, put, read_all, wait_until
-from test_procs import thread_names
+from helpers import gated_cmd, mounted, read_all, source_file, thread_names, wait_until
 
 MiB = 1 << 20
-
-
-def source_file(tmp_path, size):
-    blob = put(tmp_path, "src.bin", size)
-    return blob, tmp_path / "src.bin"
 
 
 def read_parked(m, name, gate, blob):
@@ -130,11 +124,13 @@ def test_sigterm_with_replies_on_their_way(tmp_path, mount, fifo):
     threads = [threading.Thread(target=reader, args=(i,)) for i in range(16)]
     for t in threads:
         t.start()
-    m.wait_waiters("f", 16)
-    gate.close()
-    m.signal(signal.SIGTERM)
-    for t in threads:
-        t.join(60)
+    try:
+        m.wait_waiters("f", 16)
+    finally:
+        gate.close()
+        m.signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
     assert not any(t.is_alive() for t in threads), "a reader hung"
     assert len(outcomes) == 16
     # EIO: parked, answered by the shutdown; ECONNABORTED, ENOTCONN: a read
