@@ -99,6 +99,13 @@ struct stream_source_ops {
 	 * locks; must not block. A source that never sees -ENOBUFS needs none.
 	 */
 	void (*resume)(struct stream *s, void *src);
+	/*
+	 * Optional, for a source whose sequential fill holds while no reader
+	 * wants its bytes (stream_hold_fill()): a reader now waits for bytes
+	 * only that fill brings, so it must go on. Called at most once per
+	 * hold, from a reader's thread without locks; must not block.
+	 */
+	void (*fill_wanted)(struct stream *s, void *src);
 };
 
 /*
@@ -382,6 +389,17 @@ bool stream_held_reader_in(struct stream *s, uint64_t off, uint64_t end);
 
 /* Bytes filled in order from 0 (never decreases). */
 uint64_t stream_frontier(struct stream *s);
+
+/*
+ * Readers first: the source's sequential fill would hold until a reader
+ * waits for bytes only it brings (ones at or past the frontier that no
+ * fetch() was asked for, or the end). Returns false, and holds nothing, if
+ * such a reader waits already; else the next one to park calls the
+ * source's fill_wanted() (once). stream_release_fill() ends the hold
+ * from the source's side (it went on for another reason).
+ */
+bool stream_hold_fill(struct stream *s);
+void stream_release_fill(struct stream *s);
 
 /* Does @s drop its oldest bytes (keep=)? Then bytes present now may be gone
  * by the time a reply is copied later. */

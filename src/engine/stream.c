@@ -286,7 +286,7 @@ void finish_ready(struct stream_waiter *ready)
 
 ssize_t stream_wait(struct stream *s, struct stream_waiter *w)
 {
-	bool kick = false;
+	bool kick = false, wake_fill = false;
 	uint64_t off = w->off;
 	struct range ask[8];
 	int nask = 0;
@@ -329,6 +329,10 @@ ssize_t stream_wait(struct stream *s, struct stream_waiter *w)
 		    (w->need < s->frontier || s->state == STREAM_COMPLETE))
 			nask = want_locked(s, w->off, w->len, ask);
 		kick = s->paused != CACHE_RUN;
+		if (s->fill_held && waits_for_fill(s, w)) {
+			s->fill_held = false;
+			wake_fill = true;
+		}
 		/* A resume between our failed reservation and now ran
 		 * admit_waiters() before we were on the list: admit again, or
 		 * nothing would ever reserve our blocks. */
@@ -341,6 +345,8 @@ ssize_t stream_wait(struct stream *s, struct stream_waiter *w)
 	fetch_asked(s, ask, nask);
 	if (kick && s->ops->resume)
 		s->ops->resume(s, s->src);
+	if (wake_fill && s->ops->fill_wanted)
+		s->ops->fill_wanted(s, s->src);
 	return r;
 }
 

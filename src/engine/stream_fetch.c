@@ -134,6 +134,34 @@ uint64_t stream_frontier(struct stream *s)
 	return f;
 }
 
+/* Under s->lock: does @w wait for bytes only the sequential fill brings? */
+bool waits_for_fill(const struct stream *s, const struct stream_waiter *w)
+{
+	if (w->kind == STREAM_WAIT_SIZE)
+		return false; /* the first response tells it */
+	if (w->kind == STREAM_WAIT_END)
+		return true;
+	return w->need >= s->frontier && rangeset_run_end(&s->wanted, w->need) == w->need;
+}
+
+bool stream_hold_fill(struct stream *s)
+{
+	pthread_mutex_lock(&s->lock);
+	bool waits = false;
+	for (struct stream_waiter *w = s->waiters.next; !waits && w != &s->waiters; w = w->next)
+		waits = waits_for_fill(s, w);
+	s->fill_held = !waits;
+	pthread_mutex_unlock(&s->lock);
+	return !waits;
+}
+
+void stream_release_fill(struct stream *s)
+{
+	pthread_mutex_lock(&s->lock);
+	s->fill_held = false;
+	pthread_mutex_unlock(&s->lock);
+}
+
 bool stream_drops_bytes(struct stream *s)
 {
 	pthread_mutex_lock(&s->lock);

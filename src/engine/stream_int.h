@@ -64,6 +64,7 @@ struct stream {
 	struct rangeset present;
 	struct rangeset wanted; /* asked of the source's fetch(), maybe not here yet */
 	uint64_t fetch_distance;
+	bool fill_held; /* stream_hold_fill(): the next reader of the fill's bytes says so */
 	uint64_t frontier;
 	uint64_t seq_pos;     /* where stream_append/stream_fill_fd write next */
 	int64_t length;       /* exact when complete, announced, or -1 */
@@ -127,6 +128,9 @@ void set_failed(struct stream *s, enum stream_state st, int err, const char *msg
  * and return them in @ask; fetch_asked() then asks the source, unlocked. */
 int want_locked(struct stream *s, uint64_t off, uint64_t len, struct range ask[8]);
 void fetch_asked(struct stream *s, const struct range *ask, int nask);
+/* Under s->lock: does @w wait for bytes only the sequential fill brings
+ * (stream_hold_fill())? */
+bool waits_for_fill(const struct stream *s, const struct stream_waiter *w);
 
 /* ---- stream_write.c ------------------------------------------------------- */
 

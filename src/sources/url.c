@@ -61,9 +61,14 @@ void url_done(struct url_src *u)
 	if (!u->active)
 		return;
 	u->active = false;
+	if (u->grace) {
+		u->grace = false;
+		stream_release_fill(u->s);
+	}
 	url_fill_stop(u);
 	url_fetch_stop(u);
 	ioloop_timer_disarm(u->loop, &u->retry_timer);
+	ioloop_timer_disarm(u->loop, &u->grace_timer);
 	if (!u->cancelled)
 		url_update_rate(u, true);
 	source_drop(u->s);
@@ -173,6 +178,23 @@ static void url_resume(struct stream *s, void *src)
 	source_call_in_loop(s, u->loop, url_resume_in_loop, u);
 }
 
+/* A reader waits for bytes only the fill brings: its grace is over. */
+static void url_fill_wanted_in_loop(void *arg)
+{
+	struct url_src *u = arg;
+	struct stream *s = u->s;
+	assert(ioloop_in_loop(u->loop));
+	if (u->active)
+		url_fill_wanted_now(u);
+	stream_unref(s); /* the ref of this call */
+}
+
+static void url_fill_wanted(struct stream *s, void *src)
+{
+	struct url_src *u = src;
+	source_call_in_loop(s, u->loop, url_fill_wanted_in_loop, u);
+}
+
 static int url_start(struct stream *s, void *src)
 {
 	struct url_src *u = src;
@@ -206,6 +228,7 @@ static const struct stream_source_ops url_ops = {
     .destroy = url_destroy,
     .fetch = url_fetch,
     .resume = url_resume,
+    .fill_wanted = url_fill_wanted,
 };
 
 struct stream *source_url_new(struct ioloop *loop, const char *name, const char *url,
@@ -229,6 +252,8 @@ struct stream *source_url_new(struct ioloop *loop, const char *name, const char 
 	u->is_http = strncasecmp(url, "http", 4) == 0;
 	u->retry_timer.cb = url_retry_fired;
 	u->retry_timer.data = u;
+	u->grace_timer.cb = url_grace_fired;
+	u->grace_timer.data = u;
 	u->fill.u = u;
 	LIST_INIT(&u->ranges);
 	TAILQ_INIT(&u->queue);

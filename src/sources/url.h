@@ -89,6 +89,7 @@ struct xfer {
 	size_t round_bytes;     /* bytes taken in it */
 	bool yielded;           /* paused until the loop has run the rest */
 	LIST_ENTRY(xfer) ylink; /* on the list of those */
+	bool held;              /* fill: paused by its grace */
 };
 
 /* A range a reader waits for, queued until a range transfer is free. */
@@ -150,6 +151,11 @@ struct url_src {
 	bool pump_queued;              /* a call to start queued ranges is pending */
 	uint64_t near;                 /* fill=all: reads nearer than this wait for the fill */
 	uint64_t seen_end;             /* the end of the furthest bytes any response brought */
+
+	/* a fresh fill's grace (url_transfer.c) */
+	bool grace;                      /* the fill holds until a reader wants its bytes... */
+	struct ioloop_timer grace_timer; /* ...or until this fires */
+	bool grace_used;                 /* once per stream */
 };
 
 /* ---- url.c: the source ---------------------------------------------- */
@@ -301,6 +307,10 @@ void url_fill_start(struct url_src *u);
 
 /* Stop the fill's request, if one runs. */
 void url_fill_stop(struct url_src *u);
+/* A fresh fill's grace is over: a reader waits for its bytes, or its
+ * timer fired (url_transfer.c). */
+void url_fill_wanted_now(struct url_src *u);
+void url_grace_fired(struct ioloop_timer *t);
 
 /* The fill's request finished with @rc: go on, retry, end or fail. */
 void url_fill_done(struct url_src *u, CURLcode rc);

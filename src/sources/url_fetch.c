@@ -558,6 +558,8 @@ static void fetch_in_loop(void *arg)
 	if (!u->active || u->cancelled) {
 		free(q);
 	} else if (u->no_ranges || !u->is_http || fill_brings(u, q->off, q->end)) {
+		/* Its reader waits for the fill: a fresh one waits no more. */
+		url_fill_wanted_now(u);
 		stream_unwant(s, q->off, q->end - q->off);
 		free(q);
 	} else {

@@ -97,6 +97,8 @@ static void learn_validators(struct url_src *u)
 
 /* The first response of the resource (2xx): learn its length and
  * validators. Returns false to abort the transfer (failure set). */
+static void grace_begin(struct url_src *u, bool ranges);
+
 static bool learn_resource(struct url_src *u)
 {
 	int64_t length = url_content_length(&u->fill);
@@ -129,6 +131,7 @@ static bool learn_resource(struct url_src *u)
 			persist_adopt(u->opts.persist);
 		}
 	}
+	grace_begin(u, ranges);
 	return true;
 }
 
@@ -539,6 +542,76 @@ static void yield_over(struct ioloop_timer *t)
 	url_flush_all(); /* what the resumes delivered, outside a round */
 }
 
+/*
+ * A fresh fill's grace: readers first. Most first opens of a file that is
+ * not there yet are probes (stat, file, unzip -l, ffprobe: the start, the
+ * end, a few pieces), and the stream starts at the first lookup. On a fast
+ * source the fill then keeps the loop busy and, with a local server, both
+ * CPUs of a small machine, and the probe (the tool's own process, its
+ * range request at each step) waits behind it. So once the first response
+ * of a fill=all stream has told the length, the fill holds
+ * (CURL_WRITEFUNC_PAUSE: curl keeps the piece) until a reader waits for
+ * bytes only the fill brings, or GRACE_MS pass; once per stream. The
+ * engine says when such a reader parks (stream_hold_fill(), the source op
+ * fill_wanted()), and so does a read near the fill that url_fetch.c
+ * declines as a fetch; the fill then goes on through the same 0 ms timer
+ * as a yield, outside any round. A sequential reader loses nothing: its
+ * first read ends the grace, and the bytes curl kept come at once.
+ * Only for HTTP servers that take ranges (else every reader waits for the
+ * fill), never with fill=ondemand (no fill to hold). Measured: unzip -l
+ * of a 32 MiB zip from nginx on a fresh mount, two CPUs, median of 15:
+ * 9.7 ms before, 4.7 ms with the grace, 3.3 ms on the local file.
+ * (Holding the fill also while a reader's range request runs gained
+ * nothing measurable on top, and a fill held for long lets the socket
+ * buffers fill with bytes a jump then throws away.)
+ */
+#define GRACE_MS 100
+
+static void yield_later(struct xfer *x)
+{
+	if (LIST_EMPTY(&g_yielded))
+		ioloop_timer_arm(x->u->loop, &g_yield_timer, 0);
+	x->yielded = true;
+	LIST_INSERT_HEAD(&g_yielded, x, ylink);
+}
+
+static void grace_over(struct url_src *u, const char *why)
+{
+	if (!u->grace)
+		return;
+	u->grace = false;
+	ioloop_timer_disarm(u->loop, &u->grace_timer);
+	stream_release_fill(u->s);
+	log_debug("%s: the fill goes on (%s)", stream_name(u->s), why);
+	struct xfer *x = &u->fill;
+	if (x->held) {
+		x->held = false;
+		if (x->easy && !x->yielded)
+			yield_later(x); /* resumed by yield_over(), outside any round */
+	}
+}
+
+void url_fill_wanted_now(struct url_src *u)
+{
+	grace_over(u, "a reader waits for it");
+}
+
+void url_grace_fired(struct ioloop_timer *t)
+{
+	grace_over(t->data, "no reader came");
+}
+
+/* @ranges: the first response says the server takes range requests. */
+static void grace_begin(struct url_src *u, bool ranges)
+{
+	if (u->grace_used || !u->is_http || u->ondemand || u->no_ranges || !ranges ||
+	    !stream_hold_fill(u->s))
+		return;
+	u->grace = u->grace_used = true;
+	ioloop_timer_arm(u->loop, &u->grace_timer, GRACE_MS);
+	log_debug("%s: the fill waits up to %d ms for a reader", stream_name(u->s), GRACE_MS);
+}
+
 /* Should the fill that took @n more bytes in this round pause for now? */
 static bool fill_yields(struct xfer *x, size_t n)
 {
@@ -556,10 +629,7 @@ static bool fill_yields(struct xfer *x, size_t n)
 		/* Asked once per share, not for every piece after it. */
 		x->round_bytes = 0;
 		if (url_multi_others_wait()) {
-			if (LIST_EMPTY(&g_yielded))
-				ioloop_timer_arm(x->u->loop, &g_yield_timer, 0);
-			x->yielded = true;
-			LIST_INSERT_HEAD(&g_yielded, x, ylink);
+			yield_later(x);
 			return true;
 		}
 	}
@@ -584,6 +654,10 @@ static size_t fill_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 	}
 	if (u->is_http && x->code >= 300 && x->code < 400)
 		return n; /* body of a redirect */
+	if (u->grace) {
+		x->held = true; /* grace_over() lets it go on */
+		return CURL_WRITEFUNC_PAUSE;
+	}
 	if (fill_yields(x, n))
 		return CURL_WRITEFUNC_PAUSE; /* delivered again, skip included */
 	size_t k = 0;
@@ -702,6 +776,7 @@ void url_fill_stop(struct url_src *u)
 	unyield(&u->fill);
 	xfer_close(&u->fill);
 	u->fill.paused = false; /* of the request just closed */
+	u->fill.held = false;   /* a grace stays: it holds the next request */
 }
 
 void url_retry_fired(struct ioloop_timer *t)

@@ -24,7 +24,7 @@ import time
 
 import pytest
 
-from helpers import DEADLINE, Reader, assert_unchanged, pid_alive, read_ops, wait_until
+from helpers import DEADLINE, Reader, assert_unchanged, open_errno, pid_alive, read_ops, wait_until
 from helpers import xattr as _xattr
 
 MiB = 1 << 20
@@ -326,6 +326,11 @@ def test_etag_change_between_fill_and_range_fails(srv, www, mount, ignore_if_ran
     assert err and "changed" in err, err
     # What was kept before the failure is one version, the first one.
     eo = int(m.xattr("big.bin", "error_offset"))
+    if eo == 0:
+        # Nothing before it (the fresh fill waited for a reader, and the
+        # only reader was the tail's): the open itself fails.
+        assert open_errno(p) == errno.EIO
+        return
     head = read_ops(p, [("pread", 0, eo)])[0]["data"]
     assert len(head) == eo
     assert _one_version(head, blob, 0)
@@ -609,3 +614,70 @@ def test_inflight_range_not_downloaded_twice(srv, www, mount):
     sent = sent_total(srv, "big.bin")
     assert sent < BIG + 4 * MiB, "the server sent %.1f MiB for a %d MiB file: %r" % (
         sent / MiB, BIG // MiB, [(e["range"], e["sent"]) for e in srv.requests("/big.bin")])
+
+
+# ---------------------------------------------------------------- a fresh fill's grace
+
+GRACE_LOG = "the fill waits up to 100 ms for a reader"
+
+
+def test_fresh_fill_waits_for_a_reader(srv, www, mount):
+    """fill=all from a server that takes ranges: after the first response
+    the fill waits for a reader; a read at the frontier ends the wait at
+    once (the daemon says why), and the bytes are the file's."""
+    blob = (www / "big.bin").read_bytes()
+    m = mount("big.bin=" + srv.url("big.bin"), opts=["-v"])
+    p = m / "big.bin"
+    assert os.stat(p).st_size == BIG  # starts the stream, waits for the length
+    res = read_ops(p, [("pread", 0, 4096), ("seq", 0, BIG + 1, MiB)])
+    assert res[0]["data"] == blob[:4096]
+    assert res[1]["n"] == BIG and res[1]["sha"] == sha(blob)
+    m.wait_state("big.bin", "complete")
+    log = m.stderr_text()
+    assert GRACE_LOG in log, log
+    # Ended by the read, unless the 100 ms passed before it came (a
+    # loaded machine): never both, and never neither.
+    ends = [w for w in ("(a reader waits for it)", "(no reader came)") if w in log]
+    assert len(ends) == 1, log
+
+
+def test_fresh_fill_goes_on_without_readers(srv, www, mount):
+    """Nobody reads after the stat: the fill goes on by itself and the
+    stream completes."""
+    m = mount("big.bin=" + srv.url("big.bin"), opts=["-v"])
+    assert os.stat(m / "big.bin").st_size == BIG
+    m.wait_state("big.bin", "complete")
+    log = m.stderr_text()
+    assert GRACE_LOG in log and "the fill goes on (no reader came)" in log, log
+
+
+def test_fresh_fill_tail_probe(srv, www, mount):
+    """A probe of the end of a fresh stream is served by a range request
+    while the fill waits (no reader of its bytes), and the fill then goes
+    on: the whole file arrives, each byte fetched about once."""
+    blob = (www / "big.bin").read_bytes()
+    m = mount("big.bin=" + srv.url("big.bin"), opts=["-v"])
+    p = m / "big.bin"
+    res = read_ops(p, [("pread", BIG - 100, 100)])
+    assert res[0]["data"] == blob[-100:]
+    m.wait_state("big.bin", "complete")
+    assert read_ops(p, [("seq", 0, BIG + 1, MiB)])[0]["sha"] == sha(blob)
+    m.teardown()
+    wait_until(lambda: all(e["status"] for e in srv.requests("/big.bin")), 10,
+               "the server to log every response")
+    assert sent_total(srv, "big.bin") < BIG + 4 * MiB
+
+
+@pytest.mark.parametrize("how", ["norange", "ondemand"])
+def test_no_grace_without_ranges_or_fill(srv, www, mount, how):
+    """No grace where readers far ahead must wait for the fill (a server
+    without ranges), nor with fill=ondemand (no fill)."""
+    blob = (www / "big.bin").read_bytes()
+    if how == "norange":
+        m = mount("big.bin=" + srv.url("big.bin", norange=1), opts=["-v"])
+    else:
+        m = mount("big.bin=" + srv.url("big.bin"), opts=["-v", "--fill=ondemand"])
+    p = m / "big.bin"
+    assert read_ops(p, [("pread", 8 * MiB, 4096)])[0]["data"] == blob[8 * MiB:8 * MiB + 4096]
+    log = m.stderr_text()
+    assert GRACE_LOG not in log, log

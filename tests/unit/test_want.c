@@ -57,6 +57,7 @@ struct fsrc {
 	size_t n;
 	atomic_int starts, cancels, destroys;
 	atomic_int write_errors;
+	atomic_int fill_wanted; /* calls of fill_wanted() */
 };
 
 static int fsrc_start(struct stream *s, void *src)
@@ -99,12 +100,20 @@ static void fsrc_fetch(struct stream *s, void *src, uint64_t off, uint64_t len)
 	}
 }
 
+static void fsrc_fill_wanted(struct stream *s, void *src)
+{
+	struct fsrc *f = src;
+	(void)s;
+	atomic_fetch_add(&f->fill_wanted, 1);
+}
+
 static const struct stream_source_ops fetch_ops = {
     .kind = "fake",
     .start = fsrc_start,
     .cancel = fsrc_cancel,
     .destroy = fsrc_destroy,
     .fetch = fsrc_fetch,
+    .fill_wanted = fsrc_fill_wanted,
 };
 
 static struct stream *fsrc_stream(struct fsrc *f, bool start)
@@ -431,6 +440,83 @@ static void test_fetch_answers_reader(void)
 	fsrc_finish(s, &f);
 }
 
+/*
+ * stream_hold_fill(): the first reader that parks for bytes only the fill
+ * brings (at the frontier, not asked of fetch()) calls fill_wanted(), once;
+ * readers answered at once, readers of fetched ranges and readers of the
+ * length do not.
+ */
+static void test_hold_fill_woken_by_frontier_reader(void)
+{
+	struct fsrc f;
+	struct stream *s = fsrc_stream(&f, true);
+	CHECK_EQ(stream_set_length(s, 64 * MIB), 0);
+	stream_set_fetch_distance(s, 1 * MIB);
+	CHECK_EQ(pat_append(s, 0, 64 * KIB), 0);
+	CHECK(stream_hold_fill(s));
+
+	unsigned char *b = malloc(64 * KIB);
+	CHECK_EQ(stream_read(s, b, 4096, 0, false), 4096); /* present: no park */
+	free(b);
+	struct rec size, far, near, near2;
+	rec_init(&size, STREAM_WAIT_SIZE, 0, 0);
+	CHECK(stream_wait(s, &size.w) != STREAM_PARKED); /* the length is known */
+	rec_init(&far, STREAM_WAIT_RANGE, 32 * MIB, 4096);
+	stream_want(s, 32 * MIB, 4096);
+	CHECK(called_once(&f, 32 * MIB, 4096));
+	CHECK_EQ(stream_wait(s, &far.w), STREAM_PARKED);
+	CHECK_EQ(atomic_load(&f.fill_wanted), 0); /* a fetch brings it */
+
+	rec_init(&near, STREAM_WAIT_RANGE, 64 * KIB, 4096);
+	stream_want(s, 64 * KIB, 4096); /* near the frontier: not asked */
+	CHECK_EQ(stream_wait(s, &near.w), STREAM_PARKED);
+	CHECK_EQ(atomic_load(&f.fill_wanted), 1);
+	rec_init(&near2, STREAM_WAIT_RANGE, 128 * KIB, 4096);
+	CHECK_EQ(stream_wait(s, &near2.w), STREAM_PARKED);
+	CHECK_EQ(atomic_load(&f.fill_wanted), 1); /* once per hold */
+
+	/* A reader already waits for the fill: nothing is held. */
+	CHECK(!stream_hold_fill(s));
+	CHECK_EQ(pat_append(s, 64 * KIB, 128 * KIB), 0);
+	CHECK_EQ(rec_join(&near), 4096);
+	CHECK_EQ(rec_join(&near2), 4096);
+	CHECK_EQ(pat_write(s, 32 * MIB, 4096), 0);
+	CHECK_EQ(rec_join(&far), 4096);
+	rec_fini(&size);
+	rec_fini(&far);
+	rec_fini(&near);
+	rec_fini(&near2);
+	fsrc_finish(s, &f);
+}
+
+/* A reader of the end (an unknown length) waits for the fill; a hold the
+ * source released calls nothing. */
+static void test_hold_fill_end_and_release(void)
+{
+	struct fsrc f;
+	struct stream *s = fsrc_stream(&f, true);
+	CHECK(stream_hold_fill(s));
+	stream_release_fill(s);
+	struct rec r;
+	rec_init(&r, STREAM_WAIT_RANGE, 0, 4096);
+	CHECK_EQ(stream_wait(s, &r.w), STREAM_PARKED);
+	CHECK_EQ(atomic_load(&f.fill_wanted), 0);
+	CHECK(!stream_hold_fill(s)); /* that reader waits for the fill */
+
+	CHECK_EQ(pat_append(s, 0, 8192), 0);
+	CHECK_EQ(rec_join(&r), 4096);
+	CHECK(stream_hold_fill(s));
+	struct rec end;
+	rec_init(&end, STREAM_WAIT_END, 0, 0);
+	CHECK_EQ(stream_wait(s, &end.w), STREAM_PARKED);
+	CHECK_EQ(atomic_load(&f.fill_wanted), 1);
+	stream_end(s);
+	CHECK_EQ(rec_join(&end), 0);
+	rec_fini(&r);
+	rec_fini(&end);
+	fsrc_finish(s, &f);
+}
+
 /* The announced length clips a want; one wholly past it asks nothing. */
 static void test_clip_at_length(void)
 {
@@ -589,6 +675,8 @@ int main(void)
 	RUN(test_unwant_asks_again);
 	RUN(test_decline_inside_fetch);
 	RUN(test_fetch_answers_reader);
+	RUN(test_hold_fill_woken_by_frontier_reader);
+	RUN(test_hold_fill_end_and_release);
 	RUN(test_clip_at_length);
 	RUN(test_not_running);
 	RUN(test_no_fetch_op);
