@@ -138,16 +138,32 @@ struct node *req_node(fuse_req_t req, struct fs *fs, fuse_ino_t ino, struct stre
 
 #define WINDOW_MIN (1ULL << 20)
 #define WINDOW_MAX (64ULL << 20)
+/*
+ * A jump to within this much of the end, in the second half of the file,
+ * fetches up to the end at once. Tools that probe a file read its end in
+ * one go: `file` reads the last 7 MiB (as 1 MiB FUSE reads, one after the
+ * other), unzip the central directory, ffprobe a moov atom. Grown from
+ * 1 MiB by doubling, such a read took four range requests one after the
+ * other (`file -b` of a 64 MiB MP4 from nginx: 17.7 ms for its read of
+ * the end). Not in the first half: in a small file every read is near the
+ * end, and fill=ondemand would fetch all of it at the first read.
+ */
+#define WINDOW_TAIL (8ULL << 20)
 
 /* How far ahead of @off (at least @size) a reader of @h will soon need. */
 static uint64_t read_window(struct handle *h, uint64_t off, size_t size)
 {
 	uint64_t next = __atomic_load_n(&h->next_off, __ATOMIC_RELAXED);
 	uint64_t win = __atomic_load_n(&h->window, __ATOMIC_RELAXED);
-	if (off == next && off != 0)
+	if (off == next && off != 0) {
 		win = win * 2 > WINDOW_MAX ? WINDOW_MAX : win * 2;
-	else
+	} else {
 		win = WINDOW_MIN;
+		int64_t len = stream_length(h->s);
+		if (len > 0 && (uint64_t)len > off && off >= (uint64_t)len / 2 &&
+		    (uint64_t)len - off <= WINDOW_TAIL)
+			win = (uint64_t)len - off;
+	}
 	__atomic_store_n(&h->window, win, __ATOMIC_RELAXED);
 	__atomic_store_n(&h->next_off, off + size, __ATOMIC_RELAXED);
 	return win > size ? win : size;

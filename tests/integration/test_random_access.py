@@ -446,6 +446,29 @@ def test_ondemand_all_read_becomes_complete(srv, www, mount):
 # ---------------------------------------------------------------- read-ahead after a jump
 
 @pytest.mark.parametrize("fill", ["all", "ondemand"])
+def test_jump_near_the_end_fetches_to_the_end(srv, www, mount, fill):
+    """A jump to within 8 MiB of the end (in the file's second half) asks
+    for everything up to the end in one range request (tools that probe
+    the end read it in one go: `file` its last 7 MiB); a jump farther from
+    the end asks for 1 MiB."""
+    blob = (www / "big.bin").read_bytes()
+    m = mount("big.bin=" + srv.url("big.bin", rate=8_000_000), opts=["--fill=" + fill])
+    p = m / "big.bin"
+    near, far = BIG - 7 * MiB - 4096, 32 * MiB + 12345
+    res = read_ops(p, [("pread", near, 4096), ("pread", far, 4096)])
+    assert res[0]["data"] == blob[near:near + 4096]
+    assert res[1]["data"] == blob[far:far + 4096]
+
+    def asked():
+        return sorted((a, b) for a, b, _ in ranges(srv, "big.bin") if a >= far)
+
+    # Logged once sent: 7 MiB at 8 MB/s take about a second.
+    wait_until(lambda: len(asked()) >= 2, 30, "the server to log both ranges")
+    rs = asked()
+    assert rs == [(far, far + MiB - 1), (near, BIG - 1)], rs
+
+
+@pytest.mark.parametrize("fill", ["all", "ondemand"])
 def test_readahead_after_jump(srv, www, mount, fill):
     """A jump to the middle, then reading on: 16 MiB from 24 MiB at 2 MB/s.
     The sequential fill would reach 40 MiB after 21 s; read-ahead with
