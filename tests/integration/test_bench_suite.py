@@ -122,3 +122,26 @@ def test_suite_download_column(tmp_path, data):
     assert float(t["server sent for the 4 KiB reads and the probes, MiB"]["curl -o file"]) > 16
     # nothing downloaded is left behind
     assert not list(tmp_path.rglob("download.bin"))
+
+
+def test_bench_probe(tmp_path, streamfs_bin):
+    """bench/bench_probe.sh: the tool on the local file and through a fresh
+    mount, a line each with median (min-max); a tool that fails on the
+    mount (or anywhere) fails the script, which leaves nothing behind."""
+    f = tmp_path / "probe.bin"
+    f.write_bytes(os.urandom(3 << 20))
+    script = REPO / "bench" / "bench_probe.sh"
+    env = dict(os.environ, REPS="2", STREAMFS=str(streamfs_bin))
+    r = subprocess.run([str(script), str(f), "cmp", str(f)], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert re.search(r"^  local file +%s \(%s-%s\)$" % ((FIGURE,) * 3), r.stdout, re.M), r.stdout
+    assert re.search(r"^  streamfs +%s \(%s-%s\)" % ((FIGURE,) * 3), r.stdout, re.M), r.stdout
+    # cmp against another file's bytes fails: the script says so and stops
+    other = tmp_path / "other.bin"
+    other.write_bytes(os.urandom(3 << 20))
+    before = set(Path("/var/tmp").glob("streamfs-probe.*"))
+    r = subprocess.run([str(script), str(f), "cmp", str(other)], capture_output=True,
+                       text=True, timeout=300, env=env)
+    assert r.returncode == 1 and "failed" in r.stderr, (r.returncode, r.stderr)
+    assert set(Path("/var/tmp").glob("streamfs-probe.*")) == before
