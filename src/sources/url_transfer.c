@@ -95,10 +95,10 @@ static void learn_validators(struct url_src *u)
 	}
 }
 
-/* The first response of the resource (2xx): learn its length and
- * validators. Returns false to abort the transfer (failure set). */
 static void grace_begin(struct url_src *u, bool ranges);
 
+/* The first response of the resource (2xx): learn its length and
+ * validators. Returns false to abort the transfer (failure set). */
 static bool learn_resource(struct url_src *u)
 {
 	int64_t length = url_content_length(&u->fill);
