@@ -390,9 +390,6 @@ bool stream_held_reader_in(struct stream *s, uint64_t off, uint64_t end);
 /* Bytes filled in order from 0 (never decreases). */
 uint64_t stream_frontier(struct stream *s);
 
-/* The length: exact once complete, or as announced; -1 if not known. */
-int64_t stream_length(struct stream *s);
-
 /*
  * Readers first: the source's sequential fill would hold until a reader
  * waits for bytes only it brings (ones at or past the frontier that no

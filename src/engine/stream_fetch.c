@@ -162,14 +162,6 @@ void stream_release_fill(struct stream *s)
 	pthread_mutex_unlock(&s->lock);
 }
 
-int64_t stream_length(struct stream *s)
-{
-	pthread_mutex_lock(&s->lock);
-	int64_t len = s->length;
-	pthread_mutex_unlock(&s->lock);
-	return len;
-}
-
 bool stream_drops_bytes(struct stream *s)
 {
 	pthread_mutex_lock(&s->lock);

@@ -159,7 +159,7 @@ static uint64_t read_window(struct handle *h, uint64_t off, size_t size)
 		win = win * 2 > WINDOW_MAX ? WINDOW_MAX : win * 2;
 	} else {
 		win = WINDOW_MIN;
-		int64_t len = stream_length(h->s);
+		int64_t len = h->length;
 		if (len > 0 && (uint64_t)len > off && off >= (uint64_t)len / 2 &&
 		    (uint64_t)len - off <= WINDOW_TAIL)
 			win = (uint64_t)len - off;

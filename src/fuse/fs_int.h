@@ -100,6 +100,10 @@ struct handle {
 	 * makes one window a little smaller. */
 	uint64_t next_off;
 	uint64_t window;
+	/* The stream's length when it was opened (0 or -1: not known), for
+	 * the window's jump to the end: read without taking the stream lock
+	 * on every jump. Open waits for the length where there is one. */
+	int64_t length;
 	/* Opened direct_io: what is read through it is noted, and stored in
 	 * the kernel's page cache once the stream is complete (push.c), so a
 	 * later open of the complete file reads from there. Set at open, then

@@ -148,6 +148,7 @@ static void reply_open(struct pending *p, ssize_t r)
 	 * file reads from there. */
 	struct stream_info in;
 	passthrough_open(p->fs, h, &in);
+	h->length = in.length;
 	p->fi.fh = (uintptr_t)h;
 	bool complete = h->mode != H_DIRECT;
 	p->fi.keep_cache = 1; /* nothing cached is ever wrong (push.c) */

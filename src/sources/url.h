@@ -155,7 +155,6 @@ struct url_src {
 	/* a fresh fill's grace (url_transfer.c) */
 	bool grace;                      /* the fill holds until a reader wants its bytes... */
 	struct ioloop_timer grace_timer; /* ...or until this fires */
-	bool grace_used;                 /* once per stream */
 };
 
 /* ---- url.c: the source ---------------------------------------------- */

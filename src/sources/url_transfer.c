@@ -601,13 +601,13 @@ void url_grace_fired(struct ioloop_timer *t)
 	grace_over(t->data, "no reader came");
 }
 
-/* @ranges: the first response says the server takes range requests. */
+/* From learn_resource(), which runs once per stream (it sets u->ready).
+ * @ranges: the first response says the server takes range requests. */
 static void grace_begin(struct url_src *u, bool ranges)
 {
-	if (u->grace_used || !u->is_http || u->ondemand || u->no_ranges || !ranges ||
-	    !stream_hold_fill(u->s))
+	if (!u->is_http || u->ondemand || u->no_ranges || !ranges || !stream_hold_fill(u->s))
 		return;
-	u->grace = u->grace_used = true;
+	u->grace = true;
 	ioloop_timer_arm(u->loop, &u->grace_timer, GRACE_MS);
 	log_debug("%s: the fill waits up to %d ms for a reader", stream_name(u->s), GRACE_MS);
 }
