@@ -106,6 +106,15 @@ void cache_poll(struct cache *ca);
 void cache_attach(struct cache *ca, struct cache_client *c);
 /* Forget @c and release the blocks it holds. No client lock held. */
 void cache_detach(struct cache_client *c);
+/*
+ * cache_detach() in two steps, for a client whose storage goes after it is
+ * forgotten: cache_unlink() forgets @c (the cache looks at it no more) and
+ * returns its cache (NULL if none) with its blocks in @blocks, still
+ * counted as used; cache_give_back() releases them once the storage is
+ * gone, so that no client resumed in between writes past the budget.
+ */
+struct cache *cache_unlink(struct cache_client *c, uint64_t *blocks);
+void cache_give_back(struct cache *ca, uint64_t blocks);
 /* Blocks of @c may (not) be evicted from now on. */
 void cache_set_evictable(struct cache_client *c, bool on);
 

@@ -436,11 +436,12 @@ void cache_attach(struct cache *ca, struct cache_client *c)
 	pthread_mutex_unlock(&ca->lock);
 }
 
-void cache_detach(struct cache_client *c)
+struct cache *cache_unlink(struct cache_client *c, uint64_t *blocks)
 {
 	struct cache *ca = c->cache;
+	*blocks = 0;
 	if (!ca)
-		return;
+		return NULL;
 	pthread_mutex_lock(&ca->lock);
 	unpause_locked(ca, c);
 	if (c->reask_due) {
@@ -449,13 +450,30 @@ void cache_detach(struct cache_client *c)
 	}
 	c->prev->next = c->next;
 	c->next->prev = c->prev;
-	ca->used -= c->blocks * CACHE_BLOCK;
-	bool wake = c->blocks && ca->npaused;
+	*blocks = c->blocks;
 	c->blocks = 0;
 	c->cache = NULL;
 	pthread_mutex_unlock(&ca->lock);
+	return ca;
+}
+
+void cache_give_back(struct cache *ca, uint64_t blocks)
+{
+	if (!ca || !blocks)
+		return;
+	pthread_mutex_lock(&ca->lock);
+	ca->used -= blocks * CACHE_BLOCK;
+	bool wake = ca->npaused != 0;
+	pthread_mutex_unlock(&ca->lock);
 	if (wake)
 		resume_paused(ca);
+}
+
+void cache_detach(struct cache_client *c)
+{
+	uint64_t blocks;
+	struct cache *ca = cache_unlink(c, &blocks);
+	cache_give_back(ca, blocks);
 }
 
 void cache_set_evictable(struct cache_client *c, bool on)

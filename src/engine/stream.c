@@ -113,15 +113,18 @@ void stream_unref(struct stream *s)
 	if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
 		return;
 	/* First: the cache may be looking at this stream (under its lock)
-	 * until it is detached. */
-	if (s->cache)
-		cache_detach(&s->cc);
+	 * until it is unlinked. Its blocks count against the budget until
+	 * the store is closed (below): given back earlier, a paused stream
+	 * resumed and wrote while these were still on the disk. */
+	uint64_t blocks = 0;
+	struct cache *ca = s->cache ? cache_unlink(&s->cc, &blocks) : NULL;
 	free(s->blk);
 	rangeset_free(&s->seen);
 	rangeset_free(&s->sent);
 	if (s->ops->destroy)
 		s->ops->destroy(s->src);
 	store_close(s->store);
+	cache_give_back(ca, blocks);
 	rangeset_free(&s->present);
 	rangeset_free(&s->wanted);
 	for (struct attr *a = s->attrs, *n; a; a = n) {
