@@ -113,6 +113,9 @@ def test_every_open_of_the_node_is_passthrough_while_one_is(tmp_path, mount):
             assert os.pread(a, len(blob), 0) == blob
         finally:
             os.close(b)
+        # close() returns before the daemon has the RELEASE: wait for it.
+        wait_until(lambda: file_attr(p, "passthrough") == "1", 10,
+                   "the second file's release to be counted")
         assert file_attr(p, "passthrough") == "1"
     finally:
         os.close(a)
