@@ -154,6 +154,7 @@ struct url_src {
 
 	/* a fresh fill's grace (url_transfer.c) */
 	bool grace;                      /* the fill holds until a reader wants its bytes... */
+	size_t grace_head;               /* ...after storing this many (GRACE_HEAD at most) */
 	struct ioloop_timer grace_timer; /* ...or until this fires */
 };
 

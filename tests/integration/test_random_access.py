@@ -691,6 +691,29 @@ def test_fresh_fill_tail_probe(srv, www, mount):
     assert sent_total(srv, "big.bin") < BIG + 4 * MiB
 
 
+def test_fresh_fill_stores_the_head_before_it_waits(srv, www, mount):
+    """The head of the file comes with the first response: its first
+    128 KiB are stored before the fill waits, so a probe of the start of
+    a fresh stream is answered at once and leaves the fill waiting; a read
+    past the head ends the wait. (The wait is stretched to 20 s here, so
+    that nothing but a reader can end it while the test looks.)"""
+    blob = (www / "big.bin").read_bytes()
+    m = mount("big.bin=" + srv.url("big.bin"), opts=["-v"],
+              env={"STREAMFS_TEST_GRACE_MS": "20000"})
+    p = m / "big.bin"
+    assert os.stat(p).st_size == BIG
+    wait_until(lambda: m.nbytes("big.bin") >= 128 * 1024, DEADLINE, "the head to be stored")
+    assert read_ops(p, [("pread", 100, 4096)])[0]["data"] == blob[100:4196]
+    log = m.stderr_text()
+    assert "the fill waits up to 20000 ms for a reader" in log, log
+    assert "the fill goes on" not in log, log  # the probe did not wake it
+    assert m.nbytes("big.bin") < 1 * MiB  # the head and no more
+    res = read_ops(p, [("pread", 2 * MiB, 4096), ("seq", 0, BIG + 1, MiB)])
+    assert res[0]["data"] == blob[2 * MiB:2 * MiB + 4096]
+    assert res[1]["n"] == BIG and res[1]["sha"] == sha(blob)
+    assert "the fill goes on (a reader waits for it)" in m.stderr_text()
+
+
 @pytest.mark.parametrize("how", ["norange", "ondemand"])
 def test_no_grace_without_ranges_or_fill(srv, www, mount, how):
     """No grace where readers far ahead must wait for the fill (a server
