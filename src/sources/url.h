@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <sys/queue.h>
 
+#define COALESCE (128u << 10)       /* bytes stored at once (url_transfer.c, "coalescing") */
 #define MAX_RANGES 4                /* range transfers per stream at once */
 #define RANGE_TRIES 3               /* tries of one range before it goes to the fill */
 #define ONDEMAND_FIRST (256u << 10) /* fill=ondemand: the first request's bytes */
@@ -74,15 +75,16 @@ struct xfer {
 
 	LIST_ENTRY(xfer) link; /* range: in url_src.ranges */
 
-	/* fill: body bytes taken from curl and not yet stored, which belong
-	 * at pos (url_transfer.c, "coalescing"). */
+	/* body bytes taken from curl and not yet stored, which belong at pos
+	 * (url_transfer.c, "coalescing"; ranges: url_fetch.c) */
 	char *cbuf;
 	size_t clen;
 	unsigned cflags;
 	bool cqueued;           /* on the list flushed after each curl round */
 	LIST_ENTRY(xfer) clink; /* that list */
-	bool done_wait;         /* the request ended with bytes still here */
+	bool done_wait;         /* the request ended with bytes still here... */
 	CURLcode done_rc;       /* ...and this result, handled once stored */
+	int refused;            /* range: the store refused gathered bytes (-errno) */
 
 	/* fill: sharing the loop (url_transfer.c) */
 	uint64_t round;         /* the curl round round_bytes counts in */
@@ -168,10 +170,14 @@ void url_done(struct url_src *u);
  * ends and the source is done, and true is returned. */
 bool url_all_present(struct url_src *u);
 
-/* Store the fill's coalesced bytes of every stream (after each curl
- * round), and those of one; drop those of one (its request is
- * abandoned). url_transfer.c. */
+/* Store the coalesced bytes of every request (after each curl round):
+ * the fill's, and the ranges' (url_range_flush_round()); and those of
+ * one fill; drop those of one fill (its request is abandoned).
+ * url_transfer.c, which keeps the list of requests with bytes gathered:
+ * url_gathered() puts one on it, url_ungathered() takes it off. */
 void url_flush_all(void);
+void url_gathered(struct xfer *x);
+void url_ungathered(struct xfer *x);
 void url_fill_flush_resume(struct url_src *u);
 void url_fill_discard(struct url_src *u);
 
@@ -335,5 +341,9 @@ void url_fetch_stop(struct url_src *u);
 
 /* Room in the store again: go on with the range requests that paused. */
 void url_fetch_resume(struct url_src *u);
+
+/* The end of a curl round: store what range @x gathered (pausing it if
+ * the store has no room). */
+void url_range_flush_round(struct xfer *x);
 
 #endif

@@ -31,6 +31,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static void pump_queue(struct url_src *u);
 
@@ -77,11 +78,107 @@ static bool range_check(struct xfer *x)
 	return true;
 }
 
+/*
+ * Store @n bytes at x->pos: 0, -ENOBUFS (@stored says how many were), or
+ * the store's error.
+ */
+static int range_store(struct xfer *x, const char *data, size_t n, size_t *stored)
+{
+	int r = 0;
+	*stored = 0;
+	while (*stored < n) {
+		size_t got = 0;
+		r = xfer_store(x, data + *stored, n - *stored, 0, &got);
+		*stored += got;
+		if (r != -ENOBUFS || !stream_held_reader_in(x->u->s, x->pos, x->end))
+			break;
+		/* No room for the bytes at x->pos, and a reader whose room is
+		 * reserved waits in what this transfer brings: pausing here
+		 * could wait for good (that reader's blocks may be all the
+		 * budget has). Drop them up to the next block, as if stored
+		 * and evicted at once (a read of them asks again), and go on:
+		 * the reader's own blocks take its bytes. */
+		uint64_t edge = (x->pos / CACHE_BLOCK + 1) * CACHE_BLOCK;
+		size_t d = edge - x->pos < n - *stored ? (size_t)(edge - x->pos) : n - *stored;
+		stream_unwant(x->u->s, x->pos, d);
+		x->pos += d;
+		*stored += d;
+		r = 0;
+	}
+	return r;
+}
+
+/*
+ * Coalescing, as the fill does (url_transfer.c): curl hands over 16 KiB
+ * at a time, and a range stored piece by piece cost a pwrite() and the
+ * stream's bookkeeping per piece: the 7 MiB tail that `file` reads was
+ * 448 of them on the I/O thread, while the fill shared it. The pieces
+ * are gathered in x->cbuf and stored COALESCE bytes at a time, at the
+ * end of every curl round (url_range_flush_round(), so a reader waits no
+ * longer than before), and before the end of the request is handled.
+ * Returns 0, -ENOBUFS (what was not stored stays gathered), or the
+ * store's error (what was gathered is dropped).
+ */
+static int range_flush(struct xfer *x)
+{
+	size_t stored;
+	int r = x->clen ? range_store(x, x->cbuf, x->clen, &stored) : 0;
+	if (r == -ENOBUFS) {
+		x->clen -= stored;
+		memmove(x->cbuf, x->cbuf + stored, x->clen);
+		return r;
+	}
+	x->clen = 0;
+	url_ungathered(x);
+	return r;
+}
+
+/* The store refused the bytes for good: the request ends (the next write
+ * callback returns 0) and url_range_done() says why. */
+static void range_refused(struct xfer *x, int r)
+{
+	x->refused = r;
+	x->unstorable = r == -EFBIG;
+	/* Otherwise the stream takes no more bytes (cancelled, or failed by
+	 * the store) and the loop may not know yet: no retry. */
+	if (r != -EFBIG)
+		x->u->stopped = true;
+}
+
+/* No room for the bytes: the request pauses and leaves its slot to the
+ * next one, which may be for a reader whose room is already reserved (its
+ * bytes are what frees room for this one). url_fetch_resume() goes on. */
+static void range_pause(struct xfer *x)
+{
+	x->paused = true;
+	x->u->npaused++;
+	url_fetch_kick(x->u);
+}
+
+void url_range_flush_round(struct xfer *x)
+{
+	if (x->u->cancelled) {
+		x->clen = 0;
+		url_ungathered(x);
+		return;
+	}
+	int r = range_flush(x);
+	if (r == -ENOBUFS) {
+		url_ungathered(x); /* the resume stores them */
+		if (!x->paused && x->easy) {
+			curl_easy_pause(x->easy, CURLPAUSE_RECV);
+			range_pause(x);
+		}
+	} else if (r < 0) {
+		range_refused(x, r);
+	}
+}
+
 static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 {
 	struct xfer *x = userp;
 	size_t n = size * nmemb, total = n, k = 0;
-	if (x->u->cancelled)
+	if (x->u->cancelled || x->refused)
 		return 0;
 	if (!x->got_headers && !range_check(x))
 		return 0;
@@ -97,45 +194,33 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 		data += k;
 		n -= k;
 	}
-	size_t take = x->pos + n > x->end ? (size_t)(x->end - x->pos) : n, stored = 0;
+	/* The gathered bytes belong at x->pos, this piece after them. */
+	uint64_t at = x->pos + x->clen;
+	size_t take = at + n > x->end ? (at < x->end ? (size_t)(x->end - at) : 0) : n, stored = 0;
 	int r = 0;
-	while (stored < take) {
-		size_t got = 0;
-		r = xfer_store(x, data + stored, take - stored, 0, &got);
-		stored += got;
-		if (r != -ENOBUFS || !stream_held_reader_in(x->u->s, x->pos, x->end))
-			break;
-		/* No room for the bytes at x->pos, and a reader whose room is
-		 * reserved waits in what this transfer brings: pausing here
-		 * could wait for good (that reader's blocks may be all the
-		 * budget has). Drop them up to the next block, as if stored
-		 * and evicted at once (a read of them asks again), and go on:
-		 * the reader's own blocks take its bytes. */
-		uint64_t edge = (x->pos / CACHE_BLOCK + 1) * CACHE_BLOCK;
-		size_t d = edge - x->pos < take - stored ? (size_t)(edge - x->pos) : take - stored;
-		stream_unwant(x->u->s, x->pos, d);
-		x->pos += d;
-		stored += d;
-		r = 0;
+	if (x->clen && x->clen + take > COALESCE)
+		r = range_flush(x); /* nothing of this piece is stored yet */
+	if (r == 0 && take) {
+		if (!x->cbuf && take < COALESCE)
+			x->cbuf = malloc(COALESCE);
+		if (x->cbuf && take < COALESCE) {
+			memcpy(x->cbuf + x->clen, data, take);
+			x->clen += take;
+			url_gathered(x);
+			stored = take;
+		} else {
+			r = range_store(x, data, take, &stored);
+		}
 	}
 	if (r == -ENOBUFS) {
-		/* A paused transfer leaves its slot to the next request: that
-		 * one may be for a reader whose room is already reserved, and
-		 * its bytes are what frees room for this one. curl delivers
-		 * these bytes again once resumed: what was stored of them is
-		 * skipped then. */
+		/* curl delivers these bytes again once resumed: what was
+		 * taken of them is skipped then. */
 		x->skip += stored;
-		x->paused = true;
-		x->u->npaused++;
-		url_fetch_kick(x->u);
+		range_pause(x);
 		return CURL_WRITEFUNC_PAUSE;
 	}
 	if (r < 0) {
-		x->unstorable = r == -EFBIG;
-		/* Otherwise the stream takes no more bytes (cancelled, or failed
-		 * by the store) and the loop may not know yet: no retry. */
-		if (r != -EFBIG)
-			x->u->stopped = true;
+		range_refused(x, r);
 		return 0;
 	}
 	x->skip -= k;
@@ -178,7 +263,9 @@ static void range_free(struct xfer *x)
 	x->u->nranges--;
 	if (x->paused)
 		x->u->npaused--;
+	url_ungathered(x);
 	xfer_close(x);
+	free(x->cbuf);
 	free(x);
 }
 
@@ -275,8 +362,17 @@ void url_fetch_resume(struct url_src *u)
 	for (x = LIST_FIRST(&u->ranges); x; x = next) {
 		next = LIST_NEXT(x, link);
 		if (x->paused) {
+			int r = range_flush(x);
+			if (r == -ENOBUFS)
+				continue; /* still no room: the next resume tries again */
+			if (r < 0)
+				range_refused(x, r);
 			x->paused = false;
 			u->npaused--;
+			if (x->done_wait) {
+				url_range_done(x, x->done_rc);
+				continue;
+			}
 			/* A refusal of the kept bytes comes back here, and curl
 			 * does not go on with the request (url_transfer.c,
 			 * fill_unpause()): it ends here. */
@@ -493,6 +589,19 @@ void url_range_done(struct xfer *x, CURLcode rc)
 {
 	struct url_src *u = x->u;
 	assert(ioloop_in_loop(u->loop));
+	if (x->clen && u->active && !u->cancelled && !u->stopped) {
+		/* Every byte received is stored before the end is handled. */
+		int r = range_flush(x);
+		if (r == -ENOBUFS) {
+			x->done_wait = true; /* url_fetch_resume() goes on */
+			x->done_rc = rc;
+			if (!x->paused)
+				range_pause(x);
+			return;
+		}
+		if (r < 0)
+			range_refused(x, r);
+	}
 	if (rc == CURLE_OK && !x->got_headers && u->active && !u->cancelled)
 		range_check(x); /* an empty body: no write callback ran */
 	xfer_explain(x);

@@ -358,7 +358,6 @@ static uint64_t jump_target(struct url_src *u)
  * finished once the resume has stored its last bytes
  * (url_fill_flush_resume()).
  */
-#define COALESCE (128u << 10) /* the store's own copy size (store.c) */
 
 static LIST_HEAD(, xfer) g_gathered = LIST_HEAD_INITIALIZER(g_gathered);
 
@@ -368,6 +367,19 @@ static void unqueue(struct xfer *x)
 		LIST_REMOVE(x, clink);
 		x->cqueued = false;
 	}
+}
+
+void url_gathered(struct xfer *x)
+{
+	if (!x->cqueued) {
+		LIST_INSERT_HEAD(&g_gathered, x, clink);
+		x->cqueued = true;
+	}
+}
+
+void url_ungathered(struct xfer *x)
+{
+	unqueue(x);
 }
 
 /* The store refused bytes for good: the fill cannot go on. */
@@ -417,10 +429,7 @@ static int fill_take(struct xfer *x, const char *data, size_t n, unsigned flags,
 	memcpy(x->cbuf + x->clen, data, n);
 	x->clen += n;
 	x->cflags = flags;
-	if (!x->cqueued) {
-		LIST_INSERT_HEAD(&g_gathered, x, clink);
-		x->cqueued = true;
-	}
+	url_gathered(x);
 	return 0;
 }
 
@@ -436,6 +445,10 @@ void url_flush_all(void)
 	struct xfer *x, *next;
 	for (x = LIST_FIRST(&g_gathered); x; x = next) {
 		next = LIST_NEXT(x, clink);
+		if (x->is_range) {
+			url_range_flush_round(x);
+			continue;
+		}
 		struct url_src *u = x->u;
 		if (u->cancelled || u->stopped) {
 			url_fill_discard(u);
