@@ -279,6 +279,9 @@ void pending_answer(struct pending *p, ssize_t r);
 /* Reply with the present bytes [off, off+len). Returns 0 when replied, or
  * -ERANGE (not all present) / -errno without replying. */
 int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len, bool push);
+/* Give the calling thread its reply buffer now (the reply thread, at its
+ * start); reply_present() otherwise does at the first reply. */
+void reply_buf_warm(void);
 
 /* Answer every parked request with EIO, and wait until the replies of
  * those being answered by others have been sent. After fs->shut is set,
@@ -299,6 +302,12 @@ void push_stop(struct fs *fs);
 /* Hand @p, woken with @r (> 0 bytes of a read), to the reply thread: true
  * if it took it (it answers @p), false if the caller must answer it. */
 bool replier_take(struct fs *fs, struct pending *p, ssize_t r);
+
+/* Would a woken read of @s be handed to the thread, which has not started
+ * yet? Then the read that parks starts it (replier_start()), so that the
+ * start overlaps the wait. Starting twice is harmless. */
+bool replier_wanted(struct fs *fs, struct stream *s);
+void replier_start(struct fs *fs);
 
 /* Stop the reply thread once every reply handed to it is sent (from
  * fs_shutdown(), after park_wake_all(), and fs_free()); later ones are

@@ -71,6 +71,19 @@ static void buf_key_init(void)
 	xpthread_key_create(&buf_key, free);
 }
 
+void reply_buf_warm(void)
+{
+	xpthread_once(&buf_once, buf_key_init);
+	if (pthread_getspecific(buf_key))
+		return;
+	char *buf = malloc(REPLY_BUF);
+	if (!buf)
+		return;            /* reply_present() tries again */
+	memset(buf, 0, REPLY_BUF); /* its pages, now rather than in a reply */
+	if (pthread_setspecific(buf_key, buf) != 0)
+		free(buf);
+}
+
 int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len, bool push)
 {
 	xpthread_once(&buf_once, buf_key_init);
@@ -329,9 +342,14 @@ static void do_park(fuse_req_t req, struct fs *fs, struct node *n, struct stream
 	/* Armed before parking: an interrupt that comes in between is seen by
 	 * stream_wait() as -EINTR instead of being lost. */
 	fuse_req_interrupt_func(req, pending_interrupt, p);
+	/* Asked before: once parked, @p (and its reference on @s) may be
+	 * answered and freed at any moment. */
+	bool start = op == P_READ && replier_wanted(fs, s);
 	ssize_t r = stream_wait(s, &p->w);
 	if (r != STREAM_PARKED)
 		answer(p, r, true);
+	else if (start)
+		replier_start(fs);
 	/* Parked: @p may be answered and freed already. */
 }
 

@@ -18,7 +18,11 @@
  *
  * A queued pending is still on fs->parked: park_wake_all() waits for its
  * reply like for any other, so fs_shutdown() stops this thread only after
- * the queue is empty. The thread starts with the first reply handed over.
+ * the queue is empty. The thread starts when the first read it would
+ * answer parks (replier_wanted(), replier_start()), so that its start (the thread, its
+ * malloc arena, its reply buffer) overlaps that read's wait instead of
+ * coming after its bytes: on a fresh mount the first woken read took
+ * ~0.2 ms more than the next ones.
  */
 #include "fs_int.h"
 
@@ -31,6 +35,7 @@ static void *replier_main(void *arg)
 {
 	struct fs *fs = arg;
 	pthread_setname_np(pthread_self(), "streamfs-reply"); /* top -H, perf */
+	reply_buf_warm(); /* before the first reply, not during it */
 	xpthread_mutex_lock(&fs->reply_lock);
 	for (;;) {
 		struct pending *p = TAILQ_FIRST(&fs->replies);
@@ -49,17 +54,50 @@ static void *replier_main(void *arg)
 	return NULL;
 }
 
-bool replier_take(struct fs *fs, struct pending *p, ssize_t r)
+/* Would the replies of @s's woken reads come here? */
+static bool replies_here(const struct fs *fs, struct stream *s)
 {
-	if (fs->cache_bounded || stream_drops_bytes(p->s))
-		return false;
+	return !fs->cache_bounded && !stream_drops_bytes(s);
+}
+
+/* Start the thread if it is not yet. Under fs->reply_lock; returns
+ * pthread_create()'s error, said by the caller once (the wakers then go
+ * on replying themselves). */
+static int start_locked(struct fs *fs)
+{
 	int e = 0;
-	xpthread_mutex_lock(&fs->reply_lock);
 	if (fs->reply_state == REPLY_NONE) {
 		e = pthread_create(&fs->reply_thread, NULL, replier_main, fs);
-		/* Failed: said once, and the wakers go on replying. */
 		fs->reply_state = e == 0 ? REPLY_RUNNING : REPLY_FAILED;
 	}
+	return e;
+}
+
+bool replier_wanted(struct fs *fs, struct stream *s)
+{
+	if (!replies_here(fs, s))
+		return false;
+	xpthread_mutex_lock(&fs->reply_lock);
+	bool none = fs->reply_state == REPLY_NONE;
+	xpthread_mutex_unlock(&fs->reply_lock);
+	return none;
+}
+
+void replier_start(struct fs *fs)
+{
+	xpthread_mutex_lock(&fs->reply_lock);
+	int e = start_locked(fs);
+	xpthread_mutex_unlock(&fs->reply_lock);
+	if (e)
+		log_warn("cannot start the reply thread: %s", strerror(e));
+}
+
+bool replier_take(struct fs *fs, struct pending *p, ssize_t r)
+{
+	if (!replies_here(fs, p->s))
+		return false;
+	xpthread_mutex_lock(&fs->reply_lock);
+	int e = start_locked(fs);
 	bool take = fs->reply_state == REPLY_RUNNING;
 	if (take) {
 		p->result = r;

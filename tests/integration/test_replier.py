@@ -39,9 +39,35 @@ def test_woken_reads_are_answered_by_the_reply_thread(tmp_path, mount, fifo):
     blob, src = source_file(tmp_path, 3 * MiB + 5)
     gate = fifo("gate")
     m = mount("f=" + gated_cmd(src, MiB, gate))
-    assert "streamfs-reply" not in thread_names(m.pid)  # started by the first one
+    assert "streamfs-reply" not in thread_names(m.pid)  # started by the first read
     read_parked(m, "f", gate, blob)
     assert "streamfs-reply" in thread_names(m.pid)
+
+
+def test_the_thread_starts_while_the_first_read_waits(tmp_path, mount, fifo):
+    """The first parked read starts the thread, so that its start overlaps
+    the wait instead of delaying the first reply."""
+    blob, src = source_file(tmp_path, 3 * MiB + 5)
+    gate = fifo("gate")
+    m = mount("f=" + gated_cmd(src, MiB, gate))
+    # Everything before the gate is there first: the reader's first wait
+    # is at the gate, and nothing has been woken before it.
+    m.start("f")
+    wait_until(lambda: m.nbytes("f") == MiB, 10, "the bytes before the gate")
+    assert "streamfs-reply" not in thread_names(m.pid)
+    got = {}
+    t = threading.Thread(target=lambda: got.setdefault("data", read_all(m / "f")))
+    t.start()
+    try:
+        m.wait_waiters("f", 1)
+        wait_until(lambda: "streamfs-reply" in thread_names(m.pid), 10,
+                   "the reply thread to start while the read waits")
+        assert t.is_alive()  # still parked: the gate is shut
+    finally:
+        gate.close()
+        t.join(60)
+    assert not t.is_alive(), "the reader did not finish"
+    assert got.get("data") == blob
 
 
 @pytest.mark.parametrize("opt", ["--cache-size=64M", "--keep=64M"])
