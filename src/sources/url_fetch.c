@@ -358,10 +358,17 @@ void url_fetch_stop(struct url_src *u)
 
 void url_fetch_resume(struct url_src *u)
 {
-	struct xfer *x, *next;
-	for (x = LIST_FIRST(&u->ranges); x; x = next) {
-		next = LIST_NEXT(x, link);
-		if (x->paused) {
+	/* url_range_done() frees its request and may end the source, which
+	 * frees every other (url_fetch_stop()): after one, the walk starts
+	 * again from the head. Each such restart has one paused request
+	 * fewer; one that curl_easy_pause() pauses again stays paused. */
+	bool again = true;
+	while (again && u->active) {
+		again = false;
+		struct xfer *x;
+		for (x = LIST_FIRST(&u->ranges); x; x = LIST_NEXT(x, link)) {
+			if (!x->paused)
+				continue;
 			int r = range_flush(x);
 			if (r == -ENOBUFS)
 				continue; /* still no room: the next resume tries again */
@@ -369,16 +376,17 @@ void url_fetch_resume(struct url_src *u)
 				range_refused(x, r);
 			x->paused = false;
 			u->npaused--;
-			if (x->done_wait) {
-				url_range_done(x, x->done_rc);
-				continue;
-			}
+			CURLcode rc = x->done_wait ? x->done_rc : CURLE_OK;
 			/* A refusal of the kept bytes comes back here, and curl
 			 * does not go on with the request (url_transfer.c,
 			 * fill_unpause()): it ends here. */
-			CURLcode rc = curl_easy_pause(x->easy, CURLPAUSE_CONT);
-			if (rc != CURLE_OK)
+			if (!x->done_wait)
+				rc = curl_easy_pause(x->easy, CURLPAUSE_CONT);
+			if (x->done_wait || rc != CURLE_OK) {
 				url_range_done(x, rc);
+				again = true;
+				break;
+			}
 		}
 	}
 }
