@@ -601,6 +601,8 @@ void url_range_done(struct xfer *x, CURLcode rc)
 		/* Every byte received is stored before the end is handled. */
 		int r = range_flush(x);
 		if (r == -ENOBUFS) {
+			log_debug("%s: range at %" PRIu64 ": its last %zu bytes wait for room",
+			          stream_name(u->s), x->pos, x->clen);
 			x->done_wait = true; /* url_fetch_resume() goes on */
 			x->done_rc = rc;
 			if (!x->paused)
