@@ -71,32 +71,30 @@ static void buf_key_init(void)
 	xpthread_key_create(&buf_key, free);
 }
 
-void reply_buf_warm(void)
+/* The calling thread's reply buffer, made at its first use; NULL if out
+ * of memory. */
+static char *thread_buf(void)
 {
 	xpthread_once(&buf_once, buf_key_init);
-	if (pthread_getspecific(buf_key))
-		return;
-	char *buf = malloc(REPLY_BUF);
-	if (!buf)
-		return;            /* reply_present() tries again */
-	memset(buf, 0, REPLY_BUF); /* its pages, now rather than in a reply */
-	if (pthread_setspecific(buf_key, buf) != 0)
+	char *buf = pthread_getspecific(buf_key);
+	if (!buf && (buf = req_alloc(REPLY_BUF)) && pthread_setspecific(buf_key, buf) != 0) {
 		free(buf);
+		buf = NULL;
+	}
+	return buf;
+}
+
+void reply_buf_warm(void)
+{
+	char *buf = thread_buf();
+	if (buf)
+		memset(buf, 0, REPLY_BUF); /* its pages, now rather than in a reply */
 }
 
 int reply_present(fuse_req_t req, struct stream *s, uint64_t off, size_t len, bool push)
 {
-	xpthread_once(&buf_once, buf_key_init);
-	char *buf = pthread_getspecific(buf_key);
-	bool own = false;
-	if (len > REPLY_BUF) {
-		buf = req_alloc(len);
-		own = true;
-	} else if (!buf) {
-		buf = req_alloc(REPLY_BUF);
-		if (buf && pthread_setspecific(buf_key, buf) != 0)
-			own = true;
-	}
+	bool own = len > REPLY_BUF;
+	char *buf = own ? req_alloc(len) : thread_buf();
 	if (!buf)
 		return -ENOMEM;
 	/* Noted with the copy, before the reply: once replied, the reader

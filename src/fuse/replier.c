@@ -68,19 +68,21 @@ static int start_locked(struct fs *fs)
 	int e = 0;
 	if (fs->reply_state == REPLY_NONE) {
 		e = pthread_create(&fs->reply_thread, NULL, replier_main, fs);
-		fs->reply_state = e == 0 ? REPLY_RUNNING : REPLY_FAILED;
+		/* Stored atomically for replier_wanted(), which reads it
+		 * without the lock. */
+		__atomic_store_n(&fs->reply_state, e == 0 ? REPLY_RUNNING : REPLY_FAILED,
+		                 __ATOMIC_RELEASE);
 	}
 	return e;
 }
 
 bool replier_wanted(struct fs *fs, struct stream *s)
 {
-	if (!replies_here(fs, s))
-		return false;
-	xpthread_mutex_lock(&fs->reply_lock);
-	bool none = fs->reply_state == REPLY_NONE;
-	xpthread_mutex_unlock(&fs->reply_lock);
-	return none;
+	/* On every parked read: once the thread was started (or could not
+	 * be), no lock is taken here. A stale REPLY_NONE only costs a call
+	 * of replier_start() that finds it started. */
+	return __atomic_load_n(&fs->reply_state, __ATOMIC_ACQUIRE) == REPLY_NONE &&
+	       replies_here(fs, s);
 }
 
 void replier_start(struct fs *fs)
@@ -114,7 +116,7 @@ void replier_stop(struct fs *fs)
 {
 	xpthread_mutex_lock(&fs->reply_lock);
 	bool join = fs->reply_state == REPLY_RUNNING;
-	fs->reply_state = REPLY_STOPPED;
+	__atomic_store_n(&fs->reply_state, REPLY_STOPPED, __ATOMIC_RELEASE);
 	xpthread_cond_signal(&fs->reply_cond);
 	xpthread_mutex_unlock(&fs->reply_lock);
 	/* It leaves once the queue is empty: whatever was queued is sent. */

@@ -84,7 +84,6 @@ struct xfer {
 	LIST_ENTRY(xfer) clink; /* that list */
 	bool done_wait;         /* the request ended with bytes still here... */
 	CURLcode done_rc;       /* ...and this result, handled once stored */
-	int refused;            /* range: the store refused gathered bytes (-errno) */
 
 	/* fill: sharing the loop (url_transfer.c) */
 	uint64_t round;         /* the curl round round_bytes counts in */
@@ -174,10 +173,14 @@ bool url_all_present(struct url_src *u);
  * the fill's, and the ranges' (url_range_flush_round()); and those of
  * one fill; drop those of one fill (its request is abandoned).
  * url_transfer.c, which keeps the list of requests with bytes gathered:
- * url_gathered() puts one on it, url_ungathered() takes it off. */
+ * url_gathered() puts one on it, url_ungathered() takes it off, and
+ * url_gathered_stored() follows a store of all x->cbuf that stored
+ * @stored bytes and returned @r: on -ENOBUFS the rest stays gathered,
+ * else nothing does (returns @r). */
 void url_flush_all(void);
 void url_gathered(struct xfer *x);
 void url_ungathered(struct xfer *x);
+int url_gathered_stored(struct xfer *x, size_t stored, int r);
 void url_fill_flush_resume(struct url_src *u);
 void url_fill_discard(struct url_src *u);
 

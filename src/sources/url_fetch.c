@@ -121,23 +121,15 @@ static int range_store(struct xfer *x, const char *data, size_t n, size_t *store
  */
 static int range_flush(struct xfer *x)
 {
-	size_t stored;
+	size_t stored = 0;
 	int r = x->clen ? range_store(x, x->cbuf, x->clen, &stored) : 0;
-	if (r == -ENOBUFS) {
-		x->clen -= stored;
-		memmove(x->cbuf, x->cbuf + stored, x->clen);
-		return r;
-	}
-	x->clen = 0;
-	url_ungathered(x);
-	return r;
+	return url_gathered_stored(x, stored, r);
 }
 
 /* The store refused the bytes for good: the request ends (the next write
  * callback returns 0) and url_range_done() says why. */
 static void range_refused(struct xfer *x, int r)
 {
-	x->refused = r;
 	x->unstorable = r == -EFBIG;
 	/* Otherwise the stream takes no more bytes (cancelled, or failed by
 	 * the store) and the loop may not know yet: no retry. */
@@ -178,8 +170,8 @@ static size_t range_write_cb(char *data, size_t size, size_t nmemb, void *userp)
 {
 	struct xfer *x = userp;
 	size_t n = size * nmemb, total = n, k = 0;
-	if (x->u->cancelled || x->refused)
-		return 0;
+	if (x->u->cancelled || x->u->stopped || x->unstorable)
+		return 0; /* refused: see range_refused() */
 	if (!x->got_headers && !range_check(x))
 		return 0;
 	if (x->collect) {
@@ -376,12 +368,11 @@ void url_fetch_resume(struct url_src *u)
 				range_refused(x, r);
 			x->paused = false;
 			u->npaused--;
-			CURLcode rc = x->done_wait ? x->done_rc : CURLE_OK;
 			/* A refusal of the kept bytes comes back here, and curl
 			 * does not go on with the request (url_transfer.c,
 			 * fill_unpause()): it ends here. */
-			if (!x->done_wait)
-				rc = curl_easy_pause(x->easy, CURLPAUSE_CONT);
+			CURLcode rc =
+			    x->done_wait ? x->done_rc : curl_easy_pause(x->easy, CURLPAUSE_CONT);
 			if (x->done_wait || rc != CURLE_OK) {
 				url_range_done(x, rc);
 				again = true;

@@ -361,14 +361,6 @@ static uint64_t jump_target(struct url_src *u)
 
 static LIST_HEAD(, xfer) g_gathered = LIST_HEAD_INITIALIZER(g_gathered);
 
-static void unqueue(struct xfer *x)
-{
-	if (x->cqueued) {
-		LIST_REMOVE(x, clink);
-		x->cqueued = false;
-	}
-}
-
 void url_gathered(struct xfer *x)
 {
 	if (!x->cqueued) {
@@ -379,7 +371,23 @@ void url_gathered(struct xfer *x)
 
 void url_ungathered(struct xfer *x)
 {
-	unqueue(x);
+	if (x->cqueued) {
+		LIST_REMOVE(x, clink);
+		x->cqueued = false;
+	}
+}
+
+int url_gathered_stored(struct xfer *x, size_t stored, int r)
+{
+	if (r == -ENOBUFS) {
+		/* What had room is stored: keep only the rest. */
+		x->clen -= stored;
+		memmove(x->cbuf, x->cbuf + stored, x->clen);
+		return r;
+	}
+	x->clen = 0;
+	url_ungathered(x);
+	return r;
 }
 
 /* The store refused bytes for good: the fill cannot go on. */
@@ -400,15 +408,7 @@ static int fill_flush(struct xfer *x)
 		return 0;
 	size_t stored;
 	int r = xfer_store(x, x->cbuf, x->clen, x->cflags, &stored);
-	if (r == -ENOBUFS) {
-		/* What had room is stored: keep only the rest. */
-		x->clen -= stored;
-		memmove(x->cbuf, x->cbuf + stored, x->clen);
-		return r;
-	}
-	x->clen = 0;
-	unqueue(x);
-	return r;
+	return url_gathered_stored(x, stored, r);
 }
 
 /* Take @n bytes for fill.pos + what is gathered: 0 (gathered or stored),
@@ -437,7 +437,7 @@ void url_fill_discard(struct url_src *u)
 {
 	u->fill.clen = 0;
 	u->fill.done_wait = false;
-	unqueue(&u->fill);
+	url_ungathered(&u->fill);
 }
 
 void url_flush_all(void)
@@ -457,7 +457,7 @@ void url_flush_all(void)
 		int r = fill_flush(x);
 		if (r == -ENOBUFS) {
 			/* The resume stores them, then lets curl go on. */
-			unqueue(x);
+			url_ungathered(x);
 			if (x->easy && !x->paused) {
 				x->paused = true;
 				curl_easy_pause(x->easy, CURLPAUSE_RECV);
