@@ -271,6 +271,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         }
         self._entry = entry
         self._cut = False
+        owner._begin(entry)
         try:
             self._respond(head, parsed, path, q, n_all, n_get, entry)
         except _ClientGone:
@@ -598,6 +599,7 @@ class TestHTTPServer:
         self._lock = threading.Lock()
         self._counts = {}
         self._conns = set()
+        self._open = {}  # id -> entry of each request being answered
         self._stopping = threading.Event()
         self._httpd = None
         self._thread = None
@@ -656,10 +658,15 @@ class TestHTTPServer:
         return u
 
     # -- log --
-    def requests(self, path=None, method=None):
-        """Log entries (copies), optionally for one path ("/a.bin") / method."""
+    def requests(self, path=None, method=None, started=False):
+        """Log entries (copies), optionally for one path ("/a.bin") / method.
+
+        A request is logged when its answer ends (a client that drops it
+        is noticed at the server's next write); started=True adds the
+        requests still being answered, whose entries are not final yet.
+        """
         with self._lock:
-            out = list(self.log)
+            out = list(self.log) + (list(self._open.values()) if started else [])
         if path is not None:
             p = path if path.startswith("/") else "/" + path
             out = [e for e in out if e["path"] == p]
@@ -684,8 +691,13 @@ class TestHTTPServer:
                 c[1] += 1
             return c[0], c[1]
 
+    def _begin(self, entry):
+        with self._lock:
+            self._open[id(entry)] = entry
+
     def _record(self, entry):
         with self._lock:
+            self._open.pop(id(entry), None)
             self.log.append(entry)
             if self._logf:
                 try:

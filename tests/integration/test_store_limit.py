@@ -52,9 +52,11 @@ def pread_errno(fd, n, off):
 
 
 def range_starts(srv, name):
-    """The first byte of every bounded Range request for /name."""
+    """The first byte of every bounded Range request for /name that the
+    server has received (answered or not: a refused range's request is
+    logged only once the server notices the client has gone)."""
     out = []
-    for e in srv.requests("/" + name, method="GET"):
+    for e in srv.requests("/" + name, method="GET", started=True):
         r = e["range"] or ""
         a, _, b = r[6:].partition("-")
         if r.startswith("bytes=") and a.isdigit() and b.isdigit():
