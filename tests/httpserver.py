@@ -674,6 +674,15 @@ class TestHTTPServer:
             out = [e for e in out if e["method"] == method]
         return out
 
+    def answering(self, path=None):
+        """The requests (for one path) whose answers have not ended."""
+        with self._lock:
+            out = list(self._open.values())
+        if path is not None:
+            p = path if path.startswith("/") else "/" + path
+            out = [e for e in out if e["path"] == p]
+        return out
+
     def bytes_sent(self, path=None):
         return sum(e["sent"] for e in self.requests(path))
 

@@ -9,7 +9,6 @@ every sample; the check does not depend on the store's layout.
 """
 import errno
 import hashlib
-import json
 import os
 import random
 import subprocess

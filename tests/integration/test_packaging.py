@@ -11,7 +11,6 @@ and package what the other tests run.
 import os
 import re
 import shlex
-import subprocess
 from pathlib import Path
 
 import pytest

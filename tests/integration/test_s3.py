@@ -11,11 +11,10 @@ import errno
 import hashlib
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
-from helpers import DEADLINE, open_errno, preads, read_values, run, wait_until
+from helpers import DEADLINE, open_errno, preads, run, wait_until
 from helpers import status_files, status_json
 from s3_fixture import S3RVER_KEY, UNSIGNED, S3rver, SigV4Server, sigv4_signature
 

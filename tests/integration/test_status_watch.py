@@ -12,7 +12,6 @@ import os
 import pty
 import re
 import select
-import signal
 import struct
 import subprocess
 import termios
@@ -20,7 +19,7 @@ import time
 
 import pytest
 
-from helpers import DEADLINE, register_pid, run, unregister_pid, wait_until
+from helpers import DEADLINE, register_pid, unregister_pid, wait_until
 
 RATE = 400_000      # bytes/s the server sends at most
 SIZE = 1_600_000    # four seconds' worth at RATE

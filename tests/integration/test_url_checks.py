@@ -52,7 +52,9 @@ def test_206_with_wrong_start_to_unranged_get_fails(srv, www, mount):
     assert rc != 0 and out == b"", "bytes 100.. served as bytes 0..: %r" % (out[:16],)
     err = failed_with(p, "wrong range")
     assert "bytes 100-299999/300000" in err, err
-    assert len(srv.requests("/f", method="GET")) == 1  # not retried: the server is wrong
+    # Not retried: the server is wrong. (started: the dropped answer may not
+    # be logged yet, see TestHTTPServer.requests.)
+    assert len(srv.requests("/f", method="GET", started=True)) == 1
     assert blob  # (the file exists; the server sent the wrong part of it)
 
 
@@ -109,7 +111,7 @@ def test_resumed_206_with_another_total_fails(srv, www, mount, delta):
     assert out == blob[:100_000]
     err = failed_with(p, "changed on the server")
     assert str(1_000_000 + delta) in err, err
-    g = srv.requests("/f", method="GET")
+    g = srv.requests("/f", method="GET", started=True)  # the 206 was dropped
     assert len(g) == 2 and g[1]["range"] == "bytes=100000-", g
 
 
