@@ -136,7 +136,16 @@ struct node *req_node(fuse_req_t req, struct fs *fs, fuse_ino_t ino, struct stre
 
 /* ---- read-ahead ------------------------------------------------------- */
 
-#define WINDOW_MIN (1ULL << 20)
+/*
+ * After a jump a reader asks for WINDOW_MIN: scattered reads (a database's
+ * pages) need no more, and every byte more is transfer that competes with
+ * the next read (60 random sqlite lookups in a 119 MiB file behind a
+ * 20 MiB/s server: 1.21 s and 55 MiB sent with 1 MiB, 0.51 s and 17 MiB
+ * with 128 KiB). A read that follows on is a sequential reader: at least
+ * WINDOW_SEQ, doubling while it reads on.
+ */
+#define WINDOW_MIN (128ULL << 10)
+#define WINDOW_SEQ (2ULL << 20)
 #define WINDOW_MAX (64ULL << 20)
 /*
  * A jump to within this much of the end, in the second half of the file,
@@ -157,6 +166,7 @@ static uint64_t read_window(struct handle *h, uint64_t off, size_t size)
 	uint64_t win = __atomic_load_n(&h->window, __ATOMIC_RELAXED);
 	if (off == next && off != 0) {
 		win = win * 2 > WINDOW_MAX ? WINDOW_MAX : win * 2;
+		win = win < WINDOW_SEQ ? WINDOW_SEQ : win;
 	} else {
 		win = WINDOW_MIN;
 		int64_t len = h->length;
