@@ -145,3 +145,26 @@ def test_bench_probe(tmp_path, streamfs_bin):
                        text=True, timeout=300, env=env)
     assert r.returncode == 1 and "failed" in r.stderr, (r.returncode, r.stderr)
     assert set(Path("/var/tmp").glob("streamfs-probe.*")) == before
+
+
+def test_bench_cpu(tmp_path, streamfs_bin):
+    """bench/bench_cpu.sh: per repetition a curl line and a streamfs line,
+    each with a rate and CPU seconds per GiB whose parts add up to the
+    total; the daemon's I/O thread is among the parts; nothing is left
+    mounted or behind."""
+    script = REPO / "bench" / "bench_cpu.sh"
+    env = dict(os.environ, REPS="2", SIZE_MIB="32", STREAMFS=str(streamfs_bin),
+               BENCH_TMP=str(tmp_path), BENCH_MEM="asis")
+    r = subprocess.run([str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert [ln.split()[0] for ln in lines] == ["curl", "streamfs"] * 2, r.stdout
+    for ln in lines:
+        m = re.match(r"^\w+ +(%s) MiB/s  (.*)  total (%s) CPU-s/GiB$" % (FIGURE, FIGURE), ln)
+        assert m and float(m.group(1)) > 0, ln
+        parts = dict(re.findall(r"([\w-]+) (%s)" % FIGURE, m.group(2).replace("| ", "")))
+        total = float(m.group(3))
+        own = sum(float(v) for k, v in parts.items() if k != "daemon")
+        assert abs(own - total) < 0.05, (ln, parts)
+    assert "streamfs-io" in lines[1], lines[1]
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
