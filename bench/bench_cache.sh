@@ -36,16 +36,6 @@ NGINX_PID=
 SFS_PID=
 SAMPLER_PID=
 
-stop_streamfs() {
-	if [ -n "$SFS_PID" ]; then
-		mountpoint -q "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || fusermount3 -uz "$MNT" || true; }
-		for _ in $(seq 50); do kill -0 "$SFS_PID" 2>/dev/null || break; sleep 0.1; done
-		kill -KILL "$SFS_PID" 2>/dev/null || true
-		wait "$SFS_PID" 2>/dev/null || true
-		SFS_PID=
-	fi
-}
-
 cleanup() {
 	set +e
 	[ -n "$SAMPLER_PID" ] && kill "$SAMPLER_PID" 2>/dev/null
@@ -60,6 +50,8 @@ trap 'exit 130' INT TERM
 now() { date +%s.%N; }
 # shellcheck source=bench/nginx.sh
 . "$(dirname "$0")/nginx.sh"
+# shellcheck source=bench/mount.sh
+. "$(dirname "$0")/mount.sh"
 
 # ---- the file, nginx, the store's tmpfs
 mkdir -p "$TMP/www" "$TMP/nginx" "$MNT" "$STORE"
@@ -88,8 +80,8 @@ run() {
 	( peak=0; while :; do u=$(used_store); [ "$u" -gt "$peak" ] && peak=$u && echo $((peak - base)) >"$TMP/peak"; sleep 0.05; done ) &
 	SAMPLER_PID=$!
 	echo 0 >"$TMP/peak"
-	local i rates="" ok=yes t0 t1 s
-	for i in $(seq "$reads"); do
+	local rates="" ok=yes t0 t1 s
+	for _ in $(seq "$reads"); do
 		t0=$(now)
 		s=$(dd if="$MNT/f" bs=1M status=none | sha256sum | cut -d' ' -f1)
 		t1=$(now)

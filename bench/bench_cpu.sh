@@ -25,27 +25,20 @@ STREAMFS_OPTS=${STREAMFS_OPTS:-}
 SIZE_MIB=${SIZE_MIB:-1024}
 REPS=${REPS:-5}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
-for t in "$STREAMFS" "$NGINX"; do
-	[ -x "$t" ] || { echo "bench_cpu: $t not found" >&2; exit 2; }
-done
-command -v curl >/dev/null || { echo "bench_cpu: curl not found" >&2; exit 2; }
+# shellcheck source=bench/nginx.sh
+. "$HERE/nginx.sh"
+# shellcheck source=bench/mount.sh
+. "$HERE/mount.sh"
+# shellcheck source=bench/memstate.sh
+. "$HERE/memstate.sh"
+bench_need bench_cpu "$STREAMFS" "$NGINX" curl
 
 TMP=$(mktemp -d "${BENCH_TMP:-/tmp}/bench_cpu.XXXXXX")
 MNT=$TMP/mnt
 mkdir -p "$MNT" "$TMP/www"
 NGINX_PID=
 SFS_PID=
-# shellcheck source=bench/nginx.sh
-. "$HERE/nginx.sh"
-# shellcheck source=bench/memstate.sh
-. "$HERE/memstate.sh"
 
-stop_streamfs() {
-	[ -n "$SFS_PID" ] || return 0
-	mountpoint -q "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || fusermount3 -uz "$MNT" || true; }
-	wait "$SFS_PID" 2>/dev/null || true
-	SFS_PID=
-}
 # shellcheck disable=SC2317 # reached through the trap
 cleanup() {
 	set +e

@@ -31,33 +31,17 @@ SIZE_MIB=${1:-${SIZE_MIB:-1024}}
 REPS=${REPS:-3}
 NGINX=${NGINX:-$(command -v nginx || echo /usr/sbin/nginx)}
 
-for t in "$STREAMFS" "$NGINX"; do
-	[ -x "$t" ] || { echo "bench_url: $t not found (build first: cmake -B build && cmake --build build)" >&2; exit 2; }
-done
-command -v curl >/dev/null || { echo "bench_url: curl not found" >&2; exit 2; }
+# shellcheck source=bench/nginx.sh
+. "$(dirname "$0")/nginx.sh"
+# shellcheck source=bench/mount.sh
+. "$(dirname "$0")/mount.sh"
+bench_need bench_url "$STREAMFS" "$NGINX" curl
 
 TMP=$(mktemp -d "${BENCH_TMP:-/tmp}/bench_url.XXXXXX")
 DL=${BENCH_DL_DIR:-/var/tmp}/bench_url.download.$$
 MNT=$TMP/mnt
 NGINX_PID=
 SFS_PID=
-
-stop_streamfs() {
-	if [ -n "$SFS_PID" ]; then
-		if mountpoint -q "$MNT" 2>/dev/null; then
-			fusermount3 -u "$MNT" 2>/dev/null || fusermount3 -uz "$MNT" 2>/dev/null || true
-		fi
-		# a foreground daemon exits once unmounted; SIGTERM if it does not
-		for _ in $(seq 50); do kill -0 "$SFS_PID" 2>/dev/null || break; sleep 0.1; done
-		if kill -0 "$SFS_PID" 2>/dev/null; then
-			kill -TERM "$SFS_PID" 2>/dev/null || true
-			for _ in $(seq 50); do kill -0 "$SFS_PID" 2>/dev/null || break; sleep 0.1; done
-			kill -KILL "$SFS_PID" 2>/dev/null || true
-		fi
-		wait "$SFS_PID" 2>/dev/null || true
-		SFS_PID=
-	fi
-}
 
 cleanup() {
 	set +e
@@ -69,8 +53,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 now() { date +%s.%N; }
-# shellcheck source=bench/nginx.sh
-. "$(dirname "$0")/nginx.sh"
 # shellcheck source=bench/memstate.sh
 . "$(dirname "$0")/memstate.sh"
 median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }

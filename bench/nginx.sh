@@ -9,6 +9,19 @@
 # $TMP/www/f) and returns once nginx answers; nginx_stop ends it, from
 # the caller's cleanup trap, even half started.
 
+# bench_need WHO PROGRAM...: each PROGRAM (a path, or a command on PATH)
+# is there, or WHO says which one is not and the script exits 2.
+bench_need() {
+	local who=$1 t
+	shift
+	for t in "$@"; do
+		case $t in
+		*/*) [ -x "$t" ] ;;
+		*) command -v "$t" >/dev/null ;;
+		esac || { echo "$who: $t not found (build streamfs first: tools/build)" >&2; exit 2; }
+	done
+}
+
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 nginx_start() {
