@@ -18,7 +18,7 @@ bench_need() {
 		case $t in
 		*/*) [ -x "$t" ] ;;
 		*) command -v "$t" >/dev/null ;;
-		esac || { echo "$who: $t not found (build streamfs first: tools/build)" >&2; exit 2; }
+		esac || { echo "$who: $t not found (tools/build builds streamfs, tools/bootstrap installs the rest)" >&2; exit 2; }
 	done
 }
 
