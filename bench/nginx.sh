@@ -1,5 +1,6 @@
 # bench/nginx.sh - a throwaway nginx on 127.0.0.1 for the benchmarks that
-# need a real server (bench_url.sh, bench_cache.sh). Sourced, not run.
+# need a real server (bench_url.sh, bench_cache.sh, bench_cpu.sh). Sourced,
+# not run. Also bench_need, the check that a script's programs are there.
 #
 # Needs: TMP (a scratch directory; its www/ is the document root),
 # NGINX (the binary). Optional: NGINX_HTTP (directives added to the http

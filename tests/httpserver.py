@@ -585,6 +585,16 @@ class _Server(http.server.ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+def _select(entries, path, method):
+    """The log entries for one path ("/a.bin" or "a.bin") and method."""
+    if path is not None:
+        p = path if path.startswith("/") else "/" + path
+        entries = [e for e in entries if e["path"] == p]
+    if method is not None:
+        entries = [e for e in entries if e["method"] == method]
+    return entries
+
+
 class TestHTTPServer:
     """The server in a background thread (for pytest)."""
 
@@ -659,29 +669,25 @@ class TestHTTPServer:
 
     # -- log --
     def requests(self, path=None, method=None, started=False):
-        """Log entries (copies), optionally for one path ("/a.bin") / method.
+        """Log entries, optionally for one path ("/a.bin") / method, in the
+        order their answers ended.
 
         A request is logged when its answer ends (a client that drops it
         is noticed at the server's next write); started=True adds the
-        requests still being answered, whose entries are not final yet.
+        requests still being answered, whose entries are not final yet,
+        and orders all by when they started.
         """
         with self._lock:
-            out = list(self.log) + (list(self._open.values()) if started else [])
-        if path is not None:
-            p = path if path.startswith("/") else "/" + path
-            out = [e for e in out if e["path"] == p]
-        if method is not None:
-            out = [e for e in out if e["method"] == method]
-        return out
+            out = list(self.log)
+            if started:
+                out = sorted(out + list(self._open.values()), key=lambda e: e["t"])
+        return _select(out, path, method)
 
     def answering(self, path=None):
         """The requests (for one path) whose answers have not ended."""
         with self._lock:
             out = list(self._open.values())
-        if path is not None:
-            p = path if path.startswith("/") else "/" + path
-            out = [e for e in out if e["path"] == p]
-        return out
+        return _select(out, path, None)
 
     def bytes_sent(self, path=None):
         return sum(e["sent"] for e in self.requests(path))
